@@ -1,0 +1,1 @@
+"""The Streamlit result browser: thin pages over `analysis/`, read-only."""

@@ -1,0 +1,154 @@
+"""Typed model configs: the decoder LM, the vision side, the projector and the VLM that joins them.
+
+Every config is a frozen, slotted, keyword-only dataclass; `__post_init__` validates and derived
+values are properties. Presets (`models.presets`) are instances of these, and variants are
+`dataclasses.replace(...)`. This module imports nothing heavy: the planner uses it without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+VisionKind = Literal["patch", "vit", "hf"]
+ProjectorKind = Literal["mlp2", "linear"]
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def swiglu_hidden(d_model: int, multiple_of: int = 256) -> int:
+    """open_lm's SwiGLU width: 2/3 of 4·d, rounded up to a multiple (keeps params ≈ a 4·d MLP)."""
+    return multiple_of * ((int(2 * 4 * d_model / 3) + multiple_of - 1) // multiple_of)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LMConfig:
+    """A pre-norm decoder-only transformer (RMSNorm, RoPE, SwiGLU, no biases)."""
+
+    vocab_size: int  # rows of the token embedding; the world's tokenizer or GPT-NeoX's 50432
+    d_model: int  # residual width
+    n_layers: int  # transformer blocks
+    n_heads: int  # attention heads; head_dim = d_model / n_heads
+    ffn_hidden: int = 0  # SwiGLU inner width; 0 = open_lm's rule (swiglu_hidden)
+    max_seq_len: int = 2048  # longest sequence RoPE tables are built for
+    tie_embeddings: bool = False  # open_lm (and the paper) keep input and output embeddings apart
+    rope_theta: float = 10_000.0  # RoPE base frequency
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+
+    def __post_init__(self) -> None:
+        _require(self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}")
+        _require(self.d_model > 0 and self.n_layers > 0 and self.n_heads > 0,
+                 "d_model, n_layers and n_heads must be positive")
+        _require(self.d_model % self.n_heads == 0,
+                 f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        _require(self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for RoPE")
+        _require(self.ffn_hidden >= 0, "ffn_hidden must be >= 0 (0 = open_lm's rule)")
+        _require(self.max_seq_len > 0, "max_seq_len must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        """The SwiGLU inner width actually used."""
+        return self.ffn_hidden or swiglu_hidden(self.d_model)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VisionConfig:
+    """The image side: a bare patch projection, a small ViT, or a local Hugging Face encoder."""
+
+    kind: VisionKind = "vit"  # patch = the paper's no-encoder ablation; hf = e.g. SigLIP on disk
+    image_size: int = 32  # square input side in pixels (images are resized to it)
+    patch_size: int = 4  # square patch side; image tokens = (image_size / patch_size)^2
+    channels: int = 3  # RGB
+    width: int = 128  # ViT width (patch: the projection's output width)
+    n_layers: int = 2  # ViT blocks (ignored for patch and hf)
+    n_heads: int = 4  # ViT heads (ignored for patch and hf)
+    mlp_dim: int = 0  # ViT MLP inner width; 0 = 4 · width
+    hf_path: str = ""  # local directory of a Hugging Face vision model (kind = hf)
+    frozen: bool = True  # the paper freezes SigLIP; patch projections are always trained
+    pretrain: bool = True  # pre-train contrastively in an `encoder` step before freezing (vit only)
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("patch", "vit", "hf"), f"unknown vision kind {self.kind!r}")
+        _require(self.image_size > 0 and self.patch_size > 0, "image and patch sizes must be positive")
+        _require(self.image_size % self.patch_size == 0,
+                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        _require(self.width > 0, "vision width must be positive")
+        if self.kind == "vit":
+            _require(self.width % self.n_heads == 0,
+                     f"vision width {self.width} is not divisible by n_heads {self.n_heads}")
+        if self.kind == "hf":
+            _require(bool(self.hf_path), "vision kind 'hf' needs hf_path (a local directory)")
+        if self.kind == "patch":
+            _require(not self.frozen, "a patch projection has nothing pretrained: frozen must be false")
+
+    @property
+    def mlp_width(self) -> int:
+        return self.mlp_dim or 4 * self.width
+
+    @property
+    def n_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def needs_encoder_step(self) -> bool:
+        """Whether the planner adds an `encoder` step that pre-trains this encoder."""
+        return self.kind == "vit" and self.pretrain
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProjectorConfig:
+    """Maps vision features to LM embeddings: the paper's 2-layer MLP with GELU, or linear."""
+
+    kind: ProjectorKind = "mlp2"
+    hidden: int = 0  # MLP inner width; 0 = the LM's d_model
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("mlp2", "linear"), f"unknown projector kind {self.kind!r}")
+        _require(self.hidden >= 0, "projector hidden must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VLMConfig:
+    """The whole model: image tokens (vision → projector) placed before the caption in the LM."""
+
+    lm: LMConfig
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+    @property
+    def image_tokens(self) -> int:
+        """LM positions one image occupies (one per patch; no CLS token is passed on)."""
+        return self.vision.n_patches
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainDefaults:
+    """A preset's optimisation defaults; a study may override each."""
+
+    lr: float  # peak learning rate (AdamW)
+    warmup_steps: int  # linear warmup before the cosine
+    batch_size: int  # sequences per optimizer step
+    seq_len: int  # tokens per text-only sequence
+    image_seq_len: int = 0  # tokens per image-stage sequence; 0 = seq_len (the paper uses 1024)
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak
+    weight_decay: float = 0.1  # AdamW decoupled weight decay
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "lr must be positive")
+        _require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _require(self.batch_size > 0 and self.seq_len > 0, "batch_size and seq_len must be positive")
+        _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
+
+    @property
+    def image_stage_seq_len(self) -> int:
+        return self.image_seq_len or self.seq_len

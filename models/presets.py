@@ -1,0 +1,88 @@
+"""The one registry of named model presets, by size.
+
+`debug` runs a step in a second or two; `170k` … `20m` are CPU sizes for the built-in world
+(its word-level vocabulary fits in 512 rows); `79m` … `1.4b` are the paper's scales with open_lm's
+shapes and the GPT-NeoX vocabulary (50432), which the paper's names count with untied embeddings.
+Names are what study files use; `get_preset` names the known ones when a name is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.accounting import param_counts
+from models.config import LMConfig, TrainDefaults, VisionConfig, VLMConfig
+
+WORLD_VOCAB = 512  # rows reserved for the built-in world's tokenizer (models.data.tokenizer)
+NEOX_VOCAB = 50_432  # the GPT-NeoX tokenizer the paper (and open_lm) train with
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Preset:
+    """A named model and its optimisation defaults."""
+
+    name: str
+    model: VLMConfig
+    train: TrainDefaults
+    description: str
+
+    @property
+    def params(self) -> dict[str, int | None]:
+        return param_counts(self.model)
+
+
+def _world_vision(width: int, n_layers: int, n_heads: int) -> VisionConfig:
+    # 32×32 images in 8×8 patches: 16 image tokens, enough to tell 1–4 objects on a 2×2 grid apart.
+    return VisionConfig(kind="vit", image_size=32, patch_size=8, width=width, n_layers=n_layers,
+                        n_heads=n_heads, frozen=True, pretrain=True)
+
+
+def _world(name: str, d: int, layers: int, heads: int, ffn: int, vision: VisionConfig,
+           lr: float, warmup: int, batch: int, seq: int, description: str) -> Preset:
+    lm = LMConfig(vocab_size=WORLD_VOCAB, d_model=d, n_layers=layers, n_heads=heads,
+                  ffn_hidden=ffn, max_seq_len=512)
+    return Preset(name=name, model=VLMConfig(lm=lm, vision=vision),
+                  train=TrainDefaults(lr=lr, warmup_steps=warmup, batch_size=batch, seq_len=seq),
+                  description=description)
+
+
+# The paper's SigLIP is loaded from disk (vision kind "hf" in a study); the presets carry a
+# SigLIP-B/16-shaped ViT so that their vision parameter counts are known without the files.
+_SIGLIP_B16 = VisionConfig(kind="vit", image_size=224, patch_size=16, width=768, n_layers=12,
+                           n_heads=12, mlp_dim=3072, frozen=True, pretrain=False)
+
+
+def _paper(name: str, d: int, layers: int, heads: int, lr: float, warmup: int, batch: int,
+           description: str) -> Preset:
+    lm = LMConfig(vocab_size=NEOX_VOCAB, d_model=d, n_layers=layers, n_heads=heads,
+                  max_seq_len=2048)
+    return Preset(name=name, model=VLMConfig(lm=lm, vision=_SIGLIP_B16),
+                  train=TrainDefaults(lr=lr, warmup_steps=warmup, batch_size=batch, seq_len=2048,
+                                      image_seq_len=1024, min_lr_ratio=0.1, weight_decay=0.033),
+                  description=description)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    _world("debug", 32, 1, 2, 96, _world_vision(32, 1, 2), 3e-3, 2, 4, 32,
+           "smoke tests: a step runs in a second or two"),
+    _world("170k", 64, 2, 4, 192, _world_vision(48, 1, 4), 3e-3, 20, 16, 64,
+           "the smallest built-in-world model that learns the world's facts"),
+    _world("1m", 128, 4, 4, 384, _world_vision(64, 2, 4), 3e-3, 40, 16, 64,
+           "CPU demo scale"),
+    _world("5m", 256, 6, 8, 768, _world_vision(96, 2, 4), 2e-3, 80, 32, 128,
+           "CPU scale; minutes per trunk on a laptop"),
+    _world("20m", 384, 10, 8, 1024, _world_vision(128, 3, 4), 1e-3, 100, 32, 128,
+           "the largest CPU scale; a workstation or a GPU"),
+    # open_lm shapes; LR/warmup/batch for 79m and 1.4b are the paper's, the middle two DCLM's.
+    _paper("79m", 512, 8, 4, 3e-3, 400, 512, "paper scale: 8 layers, d_model 512"),
+    _paper("154m", 576, 24, 8, 3e-3, 2000, 512, "paper scale: 24 layers, d_model 576"),
+    _paper("411m", 1024, 24, 8, 3e-3, 2000, 512, "paper scale: 24 layers, d_model 1024"),
+    _paper("1.4b", 2048, 24, 16, 1e-2, 5000, 256, "paper scale: 24 layers, 16 heads, d_model 2048"),
+]}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None

@@ -1,0 +1,186 @@
+"""What a step is: its kind, the config fields that change its result, its parents — and its id.
+
+The planner (`sweep.plan`) builds these; `models.run.run_step` executes them. A step's id is a short
+hash of (kind, canonical JSON of its config, its parents' ids, CODE_SALT), so changing a field that
+does not matter (labels in `meta`, output root, backend) changes no id. Bump CODE_SALT by hand when
+a code change alters what a step computes (the git commit is recorded in result.json instead).
+No torch here: planning a 300-step study must take milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
+
+CODE_SALT = 1  # bump when a change alters what any step computes
+STEP_KINDS = ("encoder", "trunk", "branch", "finetune", "eval")
+StepKind = Literal["encoder", "trunk", "branch", "finetune", "eval"]
+SchedulePolicy = Literal["continue", "rewarm"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataSource:
+    """A named data source: the built-in world, or shards on disk. The name is only a label."""
+
+    name: str = field(metadata={"identity": False})  # what the study calls it
+    kind: str  # world | jsonl | parquet | webdataset | parquet_images | llava | vqa_jsonl | mc_jsonl
+    paths: tuple[str, ...] = ()  # absolute shard paths or globs (empty for the world)
+    options: tuple[tuple[str, Any], ...] = ()  # kind-specific settings, sorted (e.g. world seed)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EncoderConfig:
+    """Contrastive (SigLIP-style sigmoid loss) pre-training of a small ViT on image-caption pairs."""
+
+    vision: VisionConfig
+    data: DataSource  # image-caption pairs
+    text_width: int  # width of the caption tower used only by this step
+    text_layers: int
+    vocab_size: int
+    samples: int  # image-caption pairs seen in total
+    batch_size: int
+    lr: float
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrunkConfig:
+    """Text-only LM pre-training with warmup + cosine over `tokens`."""
+
+    lm: LMConfig
+    train: TrainDefaults
+    data: DataSource  # text
+    tokens: int  # T: the schedule's full length in tokens
+    seed: int
+    on_bad_record: Literal["error", "skip"] = "error"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BranchConfig:
+    """Resume the trunk at intro_fraction·T and train the image-text mix for `tokens`."""
+
+    intro_fraction: float
+    schedule: SchedulePolicy  # resolved: `paper` becomes continue (0<f<1) or rewarm (f=0, f=1)
+    image_data: DataSource
+    instruction_data: DataSource | None  # only when instruction_share > 0
+    image_ratio: float  # share of image-stage tokens that come from image-caption data
+    instruction_share: float  # share of instruction data inside the image part
+    tokens: int  # image-stage length in tokens
+    vision: VisionConfig
+    projector: ProjectorConfig
+    train: TrainDefaults  # lr / warmup used by rewarm; batch and image_stage_seq_len
+    loss_on_image_positions: bool = False  # the paper puts loss on text tokens only
+    on_bad_record: Literal["error", "skip"] = "error"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FinetuneConfig:
+    """Instruction fine-tuning (LLaVA-style data) for `epochs` epochs, loss on responses only."""
+
+    data: DataSource
+    epochs: int
+    lr: float
+    batch_size: int
+    max_samples: int  # 0 = the whole data set
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvalConfig:
+    """Zero-shot evaluation on VL and/or text tasks of one checkpoint of the parent."""
+
+    data: DataSource  # benchmarks (the world's, or JSONL eval files)
+    tasks: tuple[str, ...]  # task names; empty = every task the source has
+    groups: tuple[str, ...]  # ("vl", "text") or ("text",) for a text-only trunk
+    n_per_task: int  # held-out samples per task (0 = all)
+    checkpoint: float | None = None  # trunk evals: which intro-fraction checkpoint; None = final
+    seed: int = 0
+
+
+StepConfig = Union[EncoderConfig, TrunkConfig, BranchConfig, FinetuneConfig, EvalConfig]
+CONFIG_TYPES: dict[str, type] = {"encoder": EncoderConfig, "trunk": TrunkConfig,
+                                  "branch": BranchConfig, "finetune": FinetuneConfig,
+                                  "eval": EvalConfig}
+
+
+def identity(obj: Any) -> Any:
+    """The JSON-able value of a config with every non-identity field (labels) left out."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: identity(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.metadata.get("identity", True)}
+    if isinstance(obj, (list, tuple)):
+        return [identity(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): identity(v) for k, v in obj.items()}
+    return obj
+
+
+def to_json(obj: Any) -> Any:
+    """The full JSON-able value of a config (labels included), for config.json."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    return obj
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Step:
+    """One node of the study DAG.
+
+    `parents` are (role, step_id) pairs — roles: encoder, trunk, branch, finetune — so a step knows
+    where its inputs live. `meta` holds what does not change the result and so is not hashed: the
+    axis values as the study names them (scale, text_data, …, for analysis), the trunk's checkpoint
+    fractions (a trunk asked for one more checkpoint replays from the nearest earlier one), labels.
+    """
+
+    kind: StepKind
+    config: StepConfig
+    parents: tuple[tuple[str, str], ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        expected = CONFIG_TYPES[self.kind]
+        if not isinstance(self.config, expected):
+            raise TypeError(f"{self.kind} step needs {expected.__name__}, got {type(self.config).__name__}")
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "config": identity(self.config),
+                "parents": [list(p) for p in self.parents], "salt": CODE_SALT}
+
+    @property
+    def step_id(self) -> str:
+        return hashlib.sha256(canonical_json(self.identity).encode()).hexdigest()[:12]
+
+    def parent(self, role: str) -> str:
+        for r, sid in self.parents:
+            if r == role:
+                return sid
+        raise KeyError(f"{self.kind} step {self.step_id} has no {role} parent")
+
+    def to_json(self) -> dict[str, Any]:
+        """What config.json holds: identity, full config (labels included), parents, meta."""
+        return {"step_id": self.step_id, "kind": self.kind, "config": to_json(self.config),
+                "parents": [list(p) for p in self.parents], "meta": to_json(dict(self.meta)),
+                "code_salt": CODE_SALT}
+
+
+def step_dir(root: str | Path, kind: str, step_id: str) -> Path:
+    """Where a step's files live: <root>/steps/<kind>/<step_id>/."""
+    return Path(root) / "steps" / kind / step_id
