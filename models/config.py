@@ -77,7 +77,8 @@ class VisionConfig:
     def __post_init__(self) -> None:
         _require(self.kind in ("patch", "vit", "hf"), f"unknown vision kind {self.kind!r}")
         _require(self.image_size > 0 and self.patch_size > 0, "image and patch sizes must be positive")
-        _require(self.image_size % self.patch_size == 0,
+        # An hf encoder's convolution may drop a remainder (SigLIP: 384 px in 14 px patches → 27²).
+        _require(self.kind == "hf" or self.image_size % self.patch_size == 0,
                  f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         _require(self.width > 0, "vision width must be positive")
         if self.kind == "vit":

@@ -92,6 +92,7 @@ class FinetuneConfig:
     batch_size: int
     max_samples: int  # 0 = the whole data set
     seed: int
+    seq_len: int = 256  # tokens per fine-tuning sequence (the planner sets the image stage's)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

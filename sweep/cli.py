@@ -1,0 +1,186 @@
+"""The `vlmsweep` command line: one entry point, one subcommand per job.
+
+Each subcommand parses its arguments here and calls into a library module; bad input (a
+`UserError` from anywhere below) becomes one message on stderr and exit status 2, with nothing
+written. Subcommands whose implementation has not landed yet say so and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sweep.errors import UserError
+
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+vlmsweep: scaling studies of when, and how much, image data to put into LM pre-training.
+
+A study file (TOML) names the axes — scale × text_data × image_data × intro_fraction ×
+image_ratio × instruction_share × finetune_epochs × seed × schedule — and vlmsweep expands it
+into a DAG of steps (encoder, trunk, branch, finetune, eval) that share one text-only trunk per
+scale, runs them inline, on local workers or on SLURM, and collects the results in DuckDB.
+"""
+
+
+def _study_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", type=Path, help="the study file (TOML), e.g. studies/demo.toml")
+    p.add_argument("--root", type=Path, default=None,
+                   help="results root (default: [study].root, relative to the study file)")
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="show the steps a study expands to, their cost and status",
+                       description="Expand a study into its DAG of steps and show, per kind and "
+                       "scale, how many steps there are, their tokens and FLOPs, how many are "
+                       "done under the root, and the tokens saved by sharing trunks.")
+    _study_arg(p)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: study, totals, savings and a `steps` list")
+    p.add_argument("--explain", action="store_true",
+                   help="say why each step that is not done must run")
+    p.set_defaults(handler="sweep.plancli:run_plan")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run every step of a study that is not done",
+                       description="Run the study's missing steps in dependency order. inline: "
+                       "in this process; local: N worker processes; slurm: job arrays per DAG "
+                       "level with afterok dependencies (submits and returns).")
+    _study_arg(p)
+    p.add_argument("--backend", choices=("inline", "local", "slurm"), default=None,
+                   help="where steps run (default: [backend].default of the study)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also rerun failed steps (each at most [backend].max_failures times)")
+    p.add_argument("--dry-run", action="store_true", help="print what would run; run nothing")
+    p.set_defaults(handler="sweep.launch.cli:run_run")
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="each step as done / running / pending / failed / blocked",
+                       description="Reconcile the study's steps from result files and one "
+                       "squeue/sacct query per poll; failed steps show their reason and log path.")
+    _study_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", action="store_true", help="refresh until every step is settled")
+    p.set_defaults(handler="sweep.launch.cli:run_status")
+
+
+def _add_ingest(sub) -> None:
+    p = sub.add_parser("ingest", help="collect finished steps into <root>/results.duckdb",
+                       description="Build the DuckDB catalog from every finished step's files: "
+                       "idempotent, incremental, and swapped in atomically.")
+    _study_arg(p)
+    p.set_defaults(handler="sweep.analysiscli:run_ingest")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write the paper's figures, tables and findings",
+                       description="Write every figure the results support (PNG, SVG, PDF and "
+                       "the CSV of the plotted data), LaTeX tables and findings.md.")
+    _study_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="folder to write the report into")
+    p.set_defaults(handler="sweep.analysiscli:run_report")
+
+
+def _add_app(sub) -> None:
+    p = sub.add_parser("app", help="browse results in a Streamlit app (read-only)")
+    p.add_argument("target", type=Path, help="a study file or a results folder")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    p.set_defaults(handler="app.cli:run_app")
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="adaptive multi-objective search over intro_fraction and image_ratio")
+    _study_arg(p)
+    p.add_argument("--trials", type=int, required=True, help="Optuna trials to run in total")
+    p.add_argument("--objectives", default="vl,text", help="stable-score averages to maximise")
+    p.add_argument("--backend", choices=("local", "slurm"), default="local")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler="sweep.search:run_search")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the demo study end to end on this machine's CPU",
+                       description="Plan studies/demo.toml, run it on local workers, ingest, "
+                       "write the report and print the findings.")
+    p.add_argument("--out", type=Path, default=Path("vlmsweep-demo"), help="results root")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(handler="sweep.demo:run_demo")
+
+
+def _add_world(sub) -> None:
+    p = sub.add_parser("world", help="write the built-in world as real-format shards",
+                       description="Materialise the procedurally generated world as JSONL/Parquet "
+                       "text shards, WebDataset image-caption shards, LLaVA JSON and eval JSONL, "
+                       "with a manifest of counts and sha256 per shard.")
+    p.add_argument("--out", type=Path, required=True, help="folder to write into")
+    p.add_argument("--seed", type=int, default=0, help="world seed (same seed, same bytes)")
+    p.set_defaults(handler="models.data.materialize:run_world")
+
+
+def _add_fit_scaling(sub) -> None:
+    p = sub.add_parser("fit-scaling", help="fit a Chinchilla Approach-3 law to a CSV",
+                       description="Fit L(N, D) = E + A/N^alpha + B/D^beta (Huber loss on log-loss, "
+                       "L-BFGS from a grid of starts) to the rows of a CSV file.")
+    p.add_argument("csv", type=Path)
+    p.add_argument("--params-col", required=True, help="column with parameter counts N")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--tokens-col", help="column with training tokens D")
+    data.add_argument("--flops-col", help="column with training FLOPs (D = FLOPs / 6N)")
+    p.add_argument("--loss-col", required=True, help="column with the loss")
+    p.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
+                   help="drop the K rows with the highest loss first")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap resamples for intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print E, A, B, alpha, beta as JSON")
+    p.set_defaults(handler="sweep.analysiscli:run_fit_scaling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmsweep", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_app,
+                _add_search, _add_demo, _add_world, _add_fit_scaling):
+        add(sub)
+    return parser
+
+
+def _resolve(spec: str) -> Callable | None:
+    """"module:function" → the function, or None while that module has not landed."""
+    module, _, name = spec.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            return None
+        raise
+    return getattr(mod, name, None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = _resolve(args.handler)
+    if handler is None:
+        print(f"vlmsweep {args.command}: not implemented yet", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(handler(args) or 0)
+    except UserError as exc:
+        print(f"vlmsweep {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"vlmsweep {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

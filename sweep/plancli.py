@@ -1,0 +1,157 @@
+"""`vlmsweep plan`: the study's steps per kind and scale, their cost, status and trunk savings."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from models.presets import PRESETS
+from models.steps import step_dir
+from sweep.plan import Plan, plan_study, sharing_savings, step_cost
+from sweep.spec import load_study
+
+
+def run_plan(args) -> int:
+    plan = plan_study(load_study(args.study), root=args.root)
+    if args.json:
+        print(json.dumps(plan_json(plan), sort_keys=True, indent=1))
+        return 0
+    print(plan_table(plan))
+    if args.explain:
+        print()
+        print(explain(plan))
+    return 0
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """Identical across runs and roots for the same study and the same files under the root."""
+    steps = []
+    for s in plan.steps:
+        cost = step_cost(s)
+        steps.append({"step_id": s.step_id, "kind": s.kind, "parents": [list(p) for p in s.parents],
+                      "config": s.to_json()["config"], "meta": s.to_json()["meta"],
+                      "tokens": cost.tokens, "flops": cost.flops, "status": plan.status(s)})
+    return {"study": plan.study.name, "n_cells": len(plan.study.cells), "n_steps": len(steps),
+            "levels": [len(level) for level in plan.levels()],
+            "savings": sharing_savings(plan), "steps": steps}
+
+
+def _fmt(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("Y", 1e24), ("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def plan_table(plan: Plan) -> str:
+    rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"steps": 0, "done": 0, "failed": 0, "tokens": 0, "flops": 0, "unknown": False})
+    for s in plan.steps:
+        row = rows[(s.kind, str(s.meta.get("scale", "-")))]
+        cost = step_cost(s)
+        status = plan.status(s)
+        row["steps"] += 1
+        row["done"] += status == "done"
+        row["failed"] += status == "failed"
+        if cost.tokens is None or cost.flops is None:
+            row["unknown"] = True
+        row["tokens"] += cost.tokens or 0
+        row["flops"] += cost.flops or 0
+    order = {"encoder": 0, "trunk": 1, "branch": 2, "finetune": 3, "eval": 4}
+    lines = [f"study {plan.study.name}: {len(plan.study.cells)} grid cells → {len(plan.steps)} steps "
+             f"in {len(plan.levels())} levels; root {plan.root}",
+             f"{'kind':<9} {'scale':<6} {'steps':>6} {'done':>5} {'failed':>6} "
+             f"{'tokens/step':>12} {'tokens':>9} {'FLOPs':>9}"]
+    total_tokens = total_flops = 0
+    def key(item):
+        (kind, scale), _ = item
+        params = PRESETS[scale].params["lm_total"] if scale in PRESETS else 0
+        return order[kind], params, scale
+
+    for (kind, scale), r in sorted(rows.items(), key=key):
+        per = r["tokens"] / r["steps"]
+        mark = "+" if r["unknown"] else ""
+        lines.append(f"{kind:<9} {scale:<6} {r['steps']:>6} {r['done']:>5} {r['failed']:>6} "
+                     f"{_fmt(per):>12} {_fmt(r['tokens']) + mark:>9} {_fmt(r['flops']) + mark:>9}")
+        total_tokens += r["tokens"]
+        total_flops += r["flops"]
+    done = sum(plan.status(s) == "done" for s in plan.steps)
+    lines.append(f"{'total':<16} {len(plan.steps):>6} {done:>5} {'':>6} {'':>12} "
+                 f"{_fmt(total_tokens):>9} {_fmt(total_flops):>9}")
+    sav = sharing_savings(plan)
+    lines.append(f"sharing trunks saves {_fmt(sav['tokens_saved'])} tokens "
+                 f"({sav['saved_percent']:.1f}% of {_fmt(sav['tokens_unshared'])} if every branch "
+                 f"trained its own text-only prefix)")
+    if any(r["unknown"] for r in rows.values()):
+        lines.append("+ some steps' tokens are unknown until their data is read "
+                     "([finetune].samples = 0); totals leave them out")
+    missing = sorted({p for src in plan.study.data.values() for p in src.paths
+                      if "*" not in p and not Path(p).exists()})
+    if missing:
+        lines.append(f"note: {len(missing)} data path(s) do not exist on this machine "
+                     f"(fine when planning for a cluster), e.g. {missing[0]}")
+    return "\n".join(lines)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out |= _flatten(v, f"{prefix}.{k}" if prefix else k)
+        return out
+    return {prefix: json.dumps(value, sort_keys=True)}
+
+
+def _done_configs(root: Path, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for cfg in sorted((root / "steps" / kind).glob("*/config.json")):
+        if (cfg.parent / "result.json").exists():
+            try:
+                data = json.loads(cfg.read_text())
+            except (OSError, ValueError):
+                continue
+            out.append((cfg.parent.name, _flatten({"config": data.get("config", {}),
+                                                   "parents": data.get("parents", [])})))
+    return out
+
+
+def explain(plan: Plan) -> str:
+    """Why each not-done step must run: no output yet / failed / which field differs."""
+    lines, cache = [], {}
+    for s in plan.steps:
+        status = plan.status(s)
+        if status == "done":
+            continue
+        label = f"{s.kind:<8} {s.step_id} {s.meta.get('scale', '')}"
+        if status == "failed":
+            reason = _failure_reason(step_dir(plan.root, s.kind, s.step_id))
+            lines.append(f"{label}: failed before ({reason}); `run --retry-failed` reruns it")
+            continue
+        done = cache.setdefault(s.kind, _done_configs(plan.root, s.kind))
+        if not done:
+            lines.append(f"{label}: no output yet (no done {s.kind} step under the root)")
+            continue
+        mine = _flatten({"config": s.to_json()["config"], "parents": [list(p) for p in s.parents]})
+        best_id, diff = min(((sid, _diff(mine, other)) for sid, other in done),
+                            key=lambda item: len(item[1]))
+        shown = "; ".join(f"{k}: {o} → {m}" for k, o, m in diff[:3])
+        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        lines.append(f"{label}: differs from done {s.kind} {best_id} in {shown}{more}")
+    return "\n".join(lines) if lines else "every step is done"
+
+
+def _diff(mine: dict[str, Any], other: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    keys = sorted(set(mine) | set(other))
+    return [(k, other.get(k, "∅"), mine.get(k, "∅")) for k in keys if mine.get(k) != other.get(k)]
+
+
+def _failure_reason(d: Path) -> str:
+    try:
+        data = json.loads((d / "failure.json").read_text())
+        return f"{data.get('reason', '?')}: {data.get('error', '')}".strip()
+    except (OSError, ValueError):
+        return "failure.json unreadable"

@@ -1,0 +1,210 @@
+"""The fixed (non-axis) sections of a study: [train], [encoder], [finetune], [eval], [backend].
+
+Each is a frozen dataclass with documented defaults and a `read_*` function that validates its
+TOML table. Backend settings never change a step's id; the others do, through the step configs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from models.config import TrainDefaults
+from models.steps import DataSource
+from sweep.reader import Table, check_str
+
+_TRAIN_OVERRIDES = ("lr", "warmup_steps", "batch_size", "seq_len", "image_seq_len",
+                    "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip")
+_INT_OVERRIDES = ("warmup_steps", "batch_size", "seq_len", "image_seq_len")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainSettings:
+    trunk_tokens_per_param: float = 20.0  # T = this × the LM's parameters (Chinchilla: 20)
+    image_tokens_per_param: float = 20.0  # image-stage length (the paper: ≈ 20, 28B at 1.4B)
+    instruction_data: str = "world"  # instruction source mixed into the image part (instruction_share)
+    on_bad_record: str = "error"  # error | skip (counted in the step's metrics)
+    loss_on_image_positions: bool = False  # the paper puts loss on text tokens only
+    overrides: tuple[tuple[str, Any], ...] = ()  # [train] lr, warmup_steps, … for every scale
+    per_scale: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # [train.scale.NAME]
+
+    def apply(self, scale: str, defaults: TrainDefaults) -> TrainDefaults:
+        merged = dict(self.overrides) | dict(dict(self.per_scale).get(scale, ()))
+        return replace(defaults, **merged) if merged else defaults
+
+
+def _read_overrides(t: Table) -> tuple[tuple[str, Any], ...]:
+    out = []
+    for key in _TRAIN_OVERRIDES:
+        if t.has(key):
+            if key in _INT_OVERRIDES:
+                lo = 0 if key in ("warmup_steps", "image_seq_len") else 1
+                out.append((key, t.int(key, lo=lo)))
+            elif key == "lr":
+                out.append((key, t.float(key, lo=0.0, lo_open=True)))
+            else:
+                out.append((key, t.float(key, lo=0.0, hi=1.0 if key != "grad_clip" else None)))
+    return tuple(out)
+
+
+def read_train(t: Table, scales: tuple[str, ...], data: dict[str, DataSource]) -> TrainSettings:
+    per_scale = []
+    scale_table = t.table("scale")
+    for name in list(scale_table.data):
+        if name not in scales:
+            raise scale_table.error(name, f"is not on the scale axis ({', '.join(scales)})")
+        sub = scale_table.table(name)
+        per_scale.append((name, _read_overrides(sub)))
+        sub.finish()
+    scale_table.finish()
+    settings = TrainSettings(
+        trunk_tokens_per_param=t.float("trunk_tokens_per_param", 20.0, lo=0.0, lo_open=True),
+        image_tokens_per_param=t.float("image_tokens_per_param", 20.0, lo=0.0, lo_open=True),
+        instruction_data=_source(t, "instruction_data", data, ("world", "llava")),
+        on_bad_record=t.str("on_bad_record", "error", choices=("error", "skip")),
+        loss_on_image_positions=t.bool("loss_on_image_positions", False),
+        overrides=_read_overrides(t), per_scale=tuple(per_scale))
+    t.finish()
+    return settings
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EncoderSettings:
+    """Contrastive pre-training of the small ViT (only for vision kind vit with pretrain = true)."""
+
+    data: str = "world"  # image-caption source
+    samples: int = 20_000  # image-caption pairs seen
+    batch_size: int = 64
+    lr: float = 1e-3
+    text_width: int = 64  # caption tower used only by the encoder step
+    text_layers: int = 2
+    seed: int = 0  # one frozen encoder for the whole study, like the paper's one SigLIP
+
+
+def read_encoder(t: Table, data: dict[str, DataSource]) -> EncoderSettings:
+    s = EncoderSettings(data=_source(t, "data", data, ("world", "webdataset", "parquet_images")), samples=t.int("samples", 20_000, lo=1),
+                        batch_size=t.int("batch_size", 64, lo=2), lr=t.float("lr", 1e-3, lo=0.0, lo_open=True),
+                        text_width=t.int("text_width", 64, lo=8), text_layers=t.int("text_layers", 2, lo=1),
+                        seed=t.int("seed", 0, lo=0))
+    t.finish()
+    return s
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FinetuneSettings:
+    data: str = "world"  # instruction (LLaVA-style) source
+    samples: int = 2_000  # records per epoch (0 = the whole source; then tokens are unknown at plan time)
+    lr: float = 1e-3
+    batch_size: int = 16
+
+
+def read_finetune(t: Table, data: dict[str, DataSource]) -> FinetuneSettings:
+    s = FinetuneSettings(data=_source(t, "data", data, ("world", "llava")),
+                         samples=t.int("samples", 2_000, lo=0), lr=t.float("lr", 1e-3, lo=0.0, lo_open=True),
+                         batch_size=t.int("batch_size", 16, lo=1))
+    t.finish()
+    return s
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvalSettings:
+    data: str = "world"  # benchmark source
+    n_per_task: int = 200  # held-out items per task (0 = all)
+    tasks: tuple[str, ...] = ()  # empty = every task the source has
+    pretrained: bool = True  # also evaluate each branch before fine-tuning
+    trunk_checkpoints: bool = True  # evaluate the trunk (text tasks) at every intro fraction
+
+
+def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
+    s = EvalSettings(data=_source(t, "data", data, ("world", "vqa_jsonl", "mc_jsonl")),
+                     n_per_task=t.int("n_per_task", 200, lo=0),
+                     tasks=tuple(t.list("tasks", lambda v, k: check_str(v, t.error, k), [], nonempty=False)),
+                     pretrained=t.bool("pretrained", True),
+                     trunk_checkpoints=t.bool("trunk_checkpoints", True))
+    t.finish()
+    return s
+
+
+def _source(t: Table, key: str, data: dict[str, DataSource], kinds: tuple[str, ...]) -> str:
+    name = t.str(key, "world")
+    if name not in data:
+        raise t.error(key, f"unknown data source {name!r}; declared sources: {', '.join(data)}")
+    if data[name].kind not in kinds:
+        raise t.error(key, f"data source {name!r} is of kind {data[name].kind!r}; "
+                           f"allowed here: {', '.join(kinds)}")
+    return name
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SlurmSettings:
+    partition: str = ""  # empty = the cluster's default partition
+    time_min: int = 60  # wall-clock limit per job; a step past it is checkpointed and requeued
+    cpus: int = 2  # cpus per task
+    gpus: int = 0  # gpus per node
+    mem_gb: int = 8
+    account: str = ""
+    qos: str = ""
+    array_parallelism: int = 64  # most array tasks of one level running at once
+    extra: tuple[str, ...] = ()  # further sbatch options, e.g. "--constraint=a100"
+
+
+_SLURM_FIELDS = tuple(f.name for f in fields(SlurmSettings))
+STEP_KINDS_WITH_OVERRIDES = ("encoder", "trunk", "branch", "finetune", "eval")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BackendSettings:
+    default: str = "local"  # inline | local | slurm, when `vlmsweep run` is not told
+    workers: int = 2  # local worker processes
+    max_failures: int = 3  # a step that failed this often is not retried automatically
+    max_num_timeout: int = 3  # requeues after a timeout or preemption
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    slurm_per_kind: tuple[tuple[str, SlurmSettings], ...] = ()
+
+    def slurm_for(self, kind: str) -> SlurmSettings:
+        return dict(self.slurm_per_kind).get(kind, self.slurm)
+
+
+def _parse_time(value: Any, t: Table, key: str) -> int:
+    """Minutes, from an integer or "HH:MM:SS" / "D-HH:MM:SS"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)", str(value)) if isinstance(value, str) else None
+    if not m:
+        raise t.error(key, f"expected minutes (a positive integer) or \"HH:MM:SS\", got {value!r}")
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    return max(1, days * 1440 + hours * 60 + minutes + (1 if seconds else 0))
+
+
+def _read_slurm(t: Table, base: SlurmSettings) -> SlurmSettings:
+    values: dict[str, Any] = {}
+    for key in ("partition", "account", "qos"):
+        if t.has(key):
+            values[key] = t.str(key)
+    if t.has("time"):
+        values["time_min"] = _parse_time(t.raw("time"), t, "time")
+    for key, lo in (("cpus", 1), ("gpus", 0), ("mem_gb", 1), ("array_parallelism", 1)):
+        if t.has(key):
+            values[key] = t.int(key, lo=lo)
+    if t.has("extra"):
+        values["extra"] = tuple(t.list("extra", lambda v, k: check_str(v, t.error, k), nonempty=False))
+    return replace(base, **values)
+
+
+def read_backend(t: Table) -> BackendSettings:
+    slurm_t = t.table("slurm")
+    slurm = _read_slurm(slurm_t, SlurmSettings())
+    per_kind = []
+    for kind in STEP_KINDS_WITH_OVERRIDES:
+        if slurm_t.has(kind):
+            sub = slurm_t.table(kind)
+            per_kind.append((kind, _read_slurm(sub, slurm)))
+            sub.finish()
+    slurm_t.finish()
+    s = BackendSettings(default=t.str("default", "local", choices=("inline", "local", "slurm")),
+                        workers=t.int("workers", 2, lo=1), max_failures=t.int("max_failures", 3, lo=1),
+                        max_num_timeout=t.int("max_num_timeout", 3, lo=0), slurm=slurm,
+                        slurm_per_kind=tuple(per_kind))
+    t.finish()
+    return s

@@ -1,0 +1,103 @@
+"""Bad study files: each refused with one message naming the file and key path, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweep.cli import main
+
+GOOD = """
+[study]
+name = "t"
+root = "out"
+
+[data.shards]
+kind = "webdataset"
+paths = ["shards/a.tar"]
+
+[axes]
+scale = ["debug"]
+intro_fraction = [0.5, 1.0]
+image_ratio = [0.1]
+"""
+
+# (name, edit applied to GOOD, key path expected in the message, text expected in the message)
+CASES = [
+    ("unknown top-level key", GOOD + "\n[bogus]\nx = 1\n", "bogus", "unknown key"),
+    ("unknown axis", GOOD.replace("image_ratio = [0.1]", "image_ratio = [0.1]\ncolour = [1]"),
+     "axes.colour", "unknown key"),
+    ("wrong type", GOOD.replace("intro_fraction = [0.5, 1.0]", 'intro_fraction = ["half"]'),
+     "axes.intro_fraction[0]", "expected a number"),
+    ("scalar instead of list", GOOD.replace("intro_fraction = [0.5, 1.0]", "intro_fraction = 0.5"),
+     "axes.intro_fraction", "expected a list"),
+    ("out of range", GOOD.replace("image_ratio = [0.1]", "image_ratio = [1.5]"),
+     "axes.image_ratio[0]", "out of range"),
+    ("zero image ratio", GOOD.replace("image_ratio = [0.1]", "image_ratio = [0.0]"),
+     "axes.image_ratio", "no image data"),
+    ("unknown preset", GOOD.replace('scale = ["debug"]', 'scale = ["huge"]'),
+     "axes.scale[0]", "unknown preset 'huge'"),
+    ("unknown data source", GOOD.replace("image_ratio = [0.1]", 'image_ratio = [0.1]\nimage_data = ["laion"]'),
+     "axes.image_data[0]", "unknown data source 'laion'"),
+    ("source of the wrong kind", GOOD.replace("image_ratio = [0.1]", 'image_ratio = [0.1]\ntext_data = ["shards"]'),
+     "axes.text_data[0]", "cannot serve as text_data"),
+    ("empty axis", GOOD.replace("intro_fraction = [0.5, 1.0]", "intro_fraction = []"),
+     "axes.intro_fraction", "must not be empty"),
+    ("duplicate values", GOOD.replace("intro_fraction = [0.5, 1.0]", "intro_fraction = [0.5, 0.5]"),
+     "axes.intro_fraction", "twice"),
+    ("missing required axis", GOOD.replace("image_ratio = [0.1]\n", ""),
+     "axes.image_ratio", "is required"),
+    ("exclude matching nothing", GOOD + "\n[[exclude]]\nintro_fraction = [0.2]\n",
+     "exclude[0]", "matches no cell"),
+    ("include adding nothing", GOOD + "\n[[include]]\nintro_fraction = [0.5]\n",
+     "include[0]", "adds no cell"),
+    ("exclude removing everything", GOOD + "\n[[exclude]]\nscale = [\"debug\"]\n",
+     "exclude", "remove every cell"),
+    ("empty rule", GOOD + "\n[[exclude]]\n", "exclude[0]", "at least one axis"),
+    ("bad schedule", GOOD.replace("image_ratio = [0.1]", 'image_ratio = [0.1]\nschedule = ["linear"]'),
+     "axes.schedule[0]", "not one of"),
+    ("bad slurm time", GOOD + '\n[backend.slurm]\ntime = "soon"\n', "backend.slurm.time", "HH:MM:SS"),
+    ("override for a scale not studied", GOOD + "\n[train.scale.1m]\nlr = 1e-3\n",
+     "train.scale.1m", "not on the scale axis"),
+    ("negative lr", GOOD + "\n[train]\nlr = -1.0\n", "train.lr", "out of range"),
+    ("invalid vision override", GOOD + '\n[model.vision]\nkind = "patch"\nfrozen = true\n',
+     "model.vision", "frozen must be false"),
+    ("source without paths", GOOD.replace('paths = ["shards/a.tar"]\n', ""),
+     "data.shards.paths", "is required"),
+    ("unknown source option", GOOD.replace('kind = "webdataset"', 'kind = "webdataset"\ncolour = "red"'),
+     "data.shards.colour", "unknown key"),
+    ("missing [study]", GOOD.replace('[study]\nname = "t"\nroot = "out"\n', ""), "study", "is required"),
+    ("not TOML", "[study\nname = ", "<toml>", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("name,text,key,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_study_is_refused_with_its_key(tmp_path, capsys, name, text, key, message):
+    study = tmp_path / "study.toml"
+    study.write_text(text)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["plan", str(study)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1, f"expected one line, got: {err!r}"
+    assert f"{study}: {key}:" in err, err
+    assert message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_good_study_plans(tmp_path, capsys):
+    study = tmp_path / "study.toml"
+    study.write_text(GOOD)
+    assert main(["plan", str(study)]) == 0
+    assert "study t: 2 grid cells" in capsys.readouterr().out
+
+
+def test_missing_study_file(tmp_path, capsys):
+    assert main(["plan", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml: <file>: no such file" in capsys.readouterr().err
+
+
+def test_unimplemented_command_exits_2(tmp_path, capsys, monkeypatch):
+    import sweep.cli as cli
+    monkeypatch.setattr(cli, "_resolve", lambda spec: None)
+    assert cli.main(["search", "x.toml", "--trials", "1"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
