@@ -100,9 +100,19 @@ def _add_search(sub) -> None:
     p = sub.add_parser("search", help="adaptive multi-objective search over intro_fraction and image_ratio")
     _study_arg(p)
     p.add_argument("--trials", type=int, required=True, help="Optuna trials to run in total")
-    p.add_argument("--objectives", default="vl,text", help="stable-score averages to maximise")
-    p.add_argument("--backend", choices=("local", "slurm"), default="local")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--objectives", default="vl,text",
+                   help="comma-separated stable-score averages to maximise (vl, text)")
+    p.add_argument("--backend", choices=("local", "slurm"), default="local",
+                   help="where trial chains run (local worker processes or SLURM jobs)")
+    p.add_argument("--workers", type=int, default=None, help="trials running at once")
+    p.add_argument("--sampler", choices=("tpe", "nsga2"), default="tpe")
+    p.add_argument("--lattice", type=float, default=0.05,
+                   help="intro fractions are multiples of this; the trunk checkpoints each")
+    p.add_argument("--ratio-range", default="0.01,0.5", help="image_ratio search range lo,hi (log scale)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--compare-grid", action="store_true",
+                   help="report the hypervolume of the found front vs the grid's")
+    p.add_argument("--json", action="store_true", help="print trials and pareto_front as JSON")
     p.set_defaults(handler="sweep.search:run_search")
 
 

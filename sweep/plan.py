@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from models.accounting import param_counts, train_flops, vision_param_count
 from models.steps import (BranchConfig, EncoderConfig, EvalConfig, FinetuneConfig, Step,
@@ -77,18 +77,28 @@ class Plan:
 
 def plan_study(study: Study, root: str | Path | None = None) -> Plan:
     """The study's DAG under `root` (default: the study's own root)."""
-    builder = _Builder(study)
-    cells = {cell: builder.add_cell(cell) for cell in study.cells}
-    steps = builder.finish()
-    return Plan(study=study, root=Path(root).resolve() if root else study.root, steps=steps,
-                cells=cells)
+    return plan_cells(study, study.cells, root)
+
+
+def plan_cells(study: Study, cells: Iterable[Cell], root: str | Path | None = None, *,
+               trunk_lattice: Iterable[float] = ()) -> Plan:
+    """The DAG of any cells of a study (adaptive search plans its trials this way).
+
+    `trunk_lattice` adds checkpoint fractions to every trunk, so later cells at those fractions
+    branch from checkpoints that already exist.
+    """
+    builder = _Builder(study, extra_fractions=tuple(trunk_lattice))
+    ids = {cell: builder.add_cell(cell) for cell in cells}
+    return Plan(study=study, root=Path(root).resolve() if root else study.root,
+                steps=builder.finish(), cells=ids)
 
 
 class _Builder:
     """Adds each cell's chain, reusing steps already added (same id = same step)."""
 
-    def __init__(self, study: Study):
+    def __init__(self, study: Study, extra_fractions: tuple[float, ...] = ()):
         self.study = study
+        self.extra_fractions = extra_fractions
         self.steps: dict[str, Step] = {}
         self.trunk_fractions: dict[str, set[float]] = {}
 
@@ -109,7 +119,8 @@ class _Builder:
             seed=cell.seed, on_bad_record=st.train.on_bad_record),
             meta=_meta(axes, "trunk", trunk_tokens))
         trunk_id = self._add(trunk)
-        self.trunk_fractions.setdefault(trunk_id, set()).add(cell.intro_fraction)
+        fractions = self.trunk_fractions.setdefault(trunk_id, set(self.extra_fractions))
+        fractions.add(cell.intro_fraction)
         ids = {"trunk": trunk_id}
 
         vision = st.vision_config(cell.scale)

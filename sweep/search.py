@@ -1,0 +1,333 @@
+"""Adaptive search: a multi-objective Optuna study over intro_fraction × image_ratio per scale.
+
+Each trial is one grid cell (the study's other axes at their first value) whose branch → finetune →
+eval chain joins the same DAG as the grid: it reuses the scale's single trunk (checkpointed on a
+lattice of fractions) and any step already done, so a trial that lands on a grid cell costs nothing.
+Trials run asynchronously with ask/tell: whenever a worker frees up it gets the next trial. The
+Optuna study lives in a JournalFileStorage file under the root, so stopping and re-running
+`vlmsweep search` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from models.steps import Step, step_dir
+from sweep.errors import UserError
+from sweep.plan import Plan, plan_cells, plan_study, write_study_manifest
+from sweep.spec import Cell, Study, load_study
+
+OBJECTIVES = ("vl", "text")
+SAMPLERS = ("tpe", "nsga2")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SearchSettings:
+    trials: int  # trials in total over every scale (a re-run continues up to this number)
+    objectives: tuple[str, ...] = OBJECTIVES  # stable-score averages to maximise
+    sampler: str = "tpe"
+    lattice: float = 0.05  # intro fractions are multiples of this (the trunk checkpoints each)
+    ratio_range: tuple[float, float] = (0.01, 0.5)  # image_ratio is searched log-uniformly here
+    workers: int = 2
+    backend: str = "local"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise UserError(f"--trials must be at least 1, got {self.trials}")
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or not self.objectives:
+            raise UserError(f"--objectives: unknown {bad or 'empty'}; choose from {', '.join(OBJECTIVES)}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
+        if not (0 < self.lattice <= 0.5) or abs(round(1 / self.lattice) * self.lattice - 1) > 1e-9:
+            raise UserError(f"--lattice must divide 1 (e.g. 0.05, 0.1), got {self.lattice}")
+        lo, hi = self.ratio_range
+        if not (0 < lo < hi <= 1):
+            raise UserError(f"--ratio-range must satisfy 0 < lo < hi <= 1, got {lo},{hi}")
+
+    @property
+    def fractions(self) -> list[float]:
+        n = round(1 / self.lattice)
+        return [round(i / n, 6) for i in range(n + 1)]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrialRecord:
+    scale: str
+    number: int
+    params: dict[str, float]
+    values: tuple[float, ...] | None  # None while running or when the chain failed
+    state: str  # COMPLETE | FAIL | RUNNING
+    eval_step: str
+
+
+def journal_path(root: Path, study: Study) -> Path:
+    return root / "search" / f"{study.name}.journal"
+
+
+def trial_cell(study: Study, scale: str, fraction: float, ratio: float) -> Cell:
+    """A trial's grid cell: the searched values plus every other axis at its first value."""
+    first = {axis: values[0] for axis, values in study.axes.items()}
+    return Cell(**(first | {"scale": scale, "intro_fraction": round(fraction, 6),
+                            "image_ratio": round(ratio, 4)}))
+
+
+def eval_scores(root: Path, eval_step: Step) -> dict[str, float]:
+    """Stable-score averages (accuracy − chance) per group from one eval step's evals.parquet."""
+    import polars as pl
+
+    path = step_dir(root, eval_step.kind, eval_step.step_id) / "evals.parquet"
+    frame = pl.read_parquet(path).filter(pl.col("metric") == "accuracy")
+    means = (frame.with_columns((pl.col("value") - pl.col("chance")).alias("stable"))
+             .group_by("group").agg(pl.col("stable").mean()))
+    return {row["group"]: float(row["stable"]) for row in means.iter_rows(named=True)}
+
+
+class ChainJob:
+    """One trial: run its chain's missing steps in order inside one job (picklable for submitit)."""
+
+    def __init__(self, steps: Sequence[Step], root: Path):
+        self.steps, self.root = list(steps), str(root)
+
+    def __call__(self) -> str:
+        from sweep.launch.worker import StepJob
+
+        for step in self.steps:
+            StepJob(step, self.root)()
+        return self.steps[-1].step_id if self.steps else ""
+
+
+def _executor(settings: SearchSettings, root: Path, study: Study):
+    import submitit
+
+    folder = root / "logs" / "search" / "%j"
+    if settings.backend == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=24 * 60)
+        return executor
+    from sweep.launch.slurm import sbatch_parameters  # the same resources as `run` uses
+
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=study.backend.max_num_timeout)
+    executor.update_parameters(**sbatch_parameters(study.backend.slurm_for("branch")))
+    return executor
+
+
+class _Search:
+    """The ask/tell loop over every scale's Optuna study."""
+
+    def __init__(self, study: Study, root: Path, settings: SearchSettings,
+                 log: Callable[[str], None]):
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study, self.root, self.settings, self.log = study, root, settings, log
+        path = journal_path(root, study)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        self.optuna = {scale: optuna.create_study(
+            study_name=f"{study.name}:{scale}", storage=storage, load_if_exists=True,
+            directions=["maximize"] * len(settings.objectives), sampler=self._sampler(scale))
+            for scale in study.axes["scale"]}
+        self.lattice = settings.fractions
+
+    def _sampler(self, scale: str):
+        import optuna
+
+        seed = self.settings.seed + sum(map(ord, scale))
+        if self.settings.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, self.settings.workers * 2))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True)
+
+    def finished(self) -> int:
+        return sum(1 for s in self.optuna.values() for t in s.trials if t.state.is_finished())
+
+    def plan(self, cells: Sequence[Cell]) -> Plan:
+        return plan_cells(self.study, cells, self.root, trunk_lattice=self.lattice)
+
+    def ask(self) -> tuple[Any, Any, str, Cell]:
+        """The next trial, on the scale with the fewest trials so far."""
+        scale = min(self.optuna, key=lambda s: (len(self.optuna[s].trials), s))
+        ostudy = self.optuna[scale]
+        trial = ostudy.ask()
+        fraction = trial.suggest_float("intro_fraction", 0.0, 1.0, step=self.settings.lattice)
+        lo, hi = self.settings.ratio_range
+        ratio = trial.suggest_float("image_ratio", lo, hi, log=True)
+        return ostudy, trial, scale, trial_cell(self.study, scale, fraction, ratio)
+
+    def tell(self, ostudy, trial, eval_step: Step) -> tuple[float, ...] | None:
+        import optuna
+
+        try:
+            scores = eval_scores(self.root, eval_step)
+            values = tuple(scores[o] for o in self.settings.objectives)
+        except (OSError, KeyError, ValueError) as exc:
+            self.log(f"search: trial {trial.number} failed: {exc}")
+            ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return None
+        ostudy.tell(trial, list(values))
+        return values
+
+
+def prepare_trunks(search: _Search, backend_name: str, workers: int) -> None:
+    """Train (or extend with lattice checkpoints) every scale's trunk and encoder before trials."""
+    from sweep.launch import get_backend, select_steps
+
+    cells = [trial_cell(search.study, s, 1.0, search.settings.ratio_range[1])
+             for s in search.study.axes["scale"]]
+    plan = search.plan(cells)
+    shared = [s for s in plan.steps if s.kind in ("trunk", "encoder")]
+    lattice_plan = replace(plan, steps=tuple(shared))
+    todo = select_steps(lattice_plan, retry_failed=True, max_failures=search.study.backend.max_failures)
+    todo += [s for s in shared if s.kind == "trunk" and s not in todo and _missing_checkpoints(plan.root, s)]
+    if not todo:
+        return
+    search.log(f"search: training {len(todo)} shared step(s) first (trunks with checkpoints "
+               f"every {search.settings.lattice:g} of T, encoders)")
+    result = get_backend(backend_name).run(lattice_plan, todo, workers=workers, progress=True)
+    while backend_name == "slurm" and not all(lattice_plan.status(st) != "missing" for st in todo):
+        time.sleep(5)  # slurm returns at once: wait for the shared steps' files
+    if result.failed or any(lattice_plan.status(st) == "failed" for st in todo):
+        raise UserError("search: a shared trunk or encoder step failed; see `vlmsweep status`")
+
+
+def _missing_checkpoints(root: Path, trunk: Step) -> bool:
+    from models.run import trunk_checkpoint_path
+
+    return any(not trunk_checkpoint_path(root, trunk.step_id, f).exists()
+               for f in trunk.meta.get("checkpoint_fractions", []))
+
+
+def search(study: Study, root: Path, settings: SearchSettings,
+           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    """Run trials until `settings.trials` have finished; returns trials and the Pareto front."""
+    s = _Search(study, root, settings, log)
+    prepare_trunks(s, settings.backend, settings.workers)
+    executor = _executor(settings, root, study)
+    running: list[tuple[Any, Any, Any, Step, Cell]] = []
+    started = time.monotonic()
+    while s.finished() + len(running) < settings.trials or running:
+        while len(running) < settings.workers and s.finished() + len(running) < settings.trials:
+            ostudy, trial, scale, cell = s.ask()
+            plan = s.plan([cell])
+            eval_step = plan.by_id[plan.cells[cell]["eval"]]
+            chain = [st for st in plan.steps if st.kind not in ("trunk", "encoder")
+                     and plan.status(st) != "done" and st.step_id in plan.cells[cell].values()]
+            job = executor.submit(ChainJob(chain, root)) if chain else None
+            log(f"search: trial {scale}#{trial.number} f={cell.intro_fraction:g} "
+                f"ratio={cell.image_ratio:g}: {len(chain)} step(s) to run"
+                + ("" if chain else " (reusing finished steps)"))
+            running.append((ostudy, trial, job, eval_step, cell))
+        still = []
+        for ostudy, trial, job, eval_step, cell in running:
+            if job is not None and not job.done():
+                still.append((ostudy, trial, job, eval_step, cell))
+                continue
+            if job is not None and job.exception() is not None:
+                log(f"search: trial {trial.number} chain failed: {job.exception()}")
+            values = s.tell(ostudy, trial, eval_step)
+            if values is not None:
+                log(f"search: trial {trial.number} → " + ", ".join(
+                    f"{o} {v:+.3f}" for o, v in zip(settings.objectives, values))
+                    + f"  ({s.finished()}/{settings.trials}, {time.monotonic() - started:.0f} s)")
+        running = still
+        if running:
+            time.sleep(0.5)
+    return summarize(s)
+
+
+def summarize(s: _Search) -> dict:
+    import optuna
+
+    trials, front = [], []
+    for scale, ostudy in s.optuna.items():
+        for t in ostudy.trials:
+            trials.append({"scale": scale, "number": t.number, "state": t.state.name,
+                           "params": dict(t.params), "values": t.values})
+        complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if complete:
+            for t in ostudy.best_trials:
+                front.append({"scale": scale, "number": t.number, "params": dict(t.params),
+                              "values": t.values})
+    return {"objectives": list(s.settings.objectives), "trials": trials, "pareto_front": front}
+
+
+def hypervolume_2d(points: Sequence[Sequence[float]], reference: Sequence[float] = (0.0, 0.0)) -> float:
+    """Area dominated by `points` (maximisation) above `reference` (chance level by default)."""
+    pts = sorted(((x, y) for x, y in points if x > reference[0] and y > reference[1]), reverse=True)
+    area, best_y = 0.0, reference[1]
+    for x, y in pts:
+        if y > best_y:
+            area += (x - reference[0]) * (y - best_y)
+            best_y = y
+    return area
+
+
+def compare_with_grid(study: Study, root: Path, result: dict) -> dict:
+    """Hypervolume of the searched front vs the grid's front, with the runs each took per scale."""
+    grid = plan_study(study, root)
+    out = {}
+    for scale in study.axes["scale"]:
+        grid_points, grid_runs = [], 0
+        for cell, ids in grid.cells.items():
+            if cell.scale != scale:
+                continue
+            grid_runs += 1
+            step = grid.by_id[ids["eval"]]
+            if grid.status(step) == "done":
+                scores = eval_scores(root, step)
+                grid_points.append(tuple(scores[o] for o in result["objectives"]))
+        found = [t["values"] for t in result["trials"] if t["scale"] == scale and t["values"]]
+        out[scale] = {"search_hypervolume": hypervolume_2d(found), "search_runs": len(found),
+                      "grid_hypervolume": hypervolume_2d(grid_points), "grid_runs": grid_runs,
+                      "grid_runs_done": len(grid_points)}
+    return out
+
+
+def run_search(args) -> int:
+    study = load_study(args.study)
+    root = Path(args.root).resolve() if args.root else study.root
+    lo, hi = (float(x) for x in args.ratio_range.split(","))
+    settings = SearchSettings(trials=args.trials, objectives=tuple(args.objectives.split(",")),
+                              sampler=args.sampler, lattice=args.lattice, ratio_range=(lo, hi),
+                              workers=args.workers or study.backend.workers, backend=args.backend,
+                              seed=args.seed)
+    if len(settings.objectives) != 2 and args.compare_grid:
+        raise UserError("--compare-grid needs exactly two objectives")
+    write_study_manifest(plan_study(study, root))
+    result = search(study, root, settings)
+    if args.compare_grid:
+        result["grid_comparison"] = compare_with_grid(study, root, result)
+    _write_search_manifest(study, root, settings)
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        for p in result["pareto_front"]:
+            vals = ", ".join(f"{o} {v:+.3f}" for o, v in zip(result["objectives"], p["values"]))
+            print(f"{p['scale']:>6}  f={p['params']['intro_fraction']:<5g} "
+                  f"ratio={p['params']['image_ratio']:<7.4f} {vals}")
+        for scale, c in result.get("grid_comparison", {}).items():
+            print(f"{scale}: hypervolume search {c['search_hypervolume']:.4f} ({c['search_runs']} runs) "
+                  f"vs grid {c['grid_hypervolume']:.4f} ({c['grid_runs_done']}/{c['grid_runs']} runs done)")
+    return 0
+
+
+def _write_search_manifest(study: Study, root: Path, settings: SearchSettings) -> None:
+    """Register the searched cells as a study of their own so ingest, the app and report see them."""
+    s = _Search(study, root, settings, lambda m: None)
+    cells = []
+    for scale, ostudy in s.optuna.items():
+        for t in ostudy.trials:
+            if t.state.is_finished() and "intro_fraction" in t.params:
+                cells.append(trial_cell(study, scale, t.params["intro_fraction"], t.params["image_ratio"]))
+    if cells:
+        plan = s.plan(cells)
+        named = replace(study, name=f"{study.name}-search")
+        write_study_manifest(replace(plan, study=named))
