@@ -130,8 +130,9 @@ def _add_world(sub) -> None:
                        description="Materialise the procedurally generated world as JSONL/Parquet "
                        "text shards, WebDataset image-caption shards, LLaVA JSON and eval JSONL, "
                        "with a manifest of counts and sha256 per shard.")
-    p.add_argument("--out", type=Path, required=True, help="folder to write into")
-    p.add_argument("--seed", type=int, default=0, help="world seed (same seed, same bytes)")
+    from models.data.materialize import add_world_arguments  # numpy only; no torch
+
+    add_world_arguments(p)
     p.set_defaults(handler="models.data.materialize:run_world")
 
 

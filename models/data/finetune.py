@@ -1,0 +1,115 @@
+"""Instruction fine-tuning data: a finite dataset seen for a number of epochs, one conversation per
+row (padded, never packed), loss on assistant responses only. Batch k is a pure function of
+(seed, k), so the stream resumes exactly and has a known length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from models.data import readers as rd
+from models.data.errors import BadRecordError, DataError, check_on_bad_record
+from models.data.packing import encode_conversation, rows_to_batch
+from models.data.sources import parse_llava, resolve_paths, world_data
+from models.data.streams import BatchStream
+from models.data.types import LOSS_NONE, Batch
+
+WORLD_FINETUNE_SAMPLES = 4000  # the world's instruction set size when max_samples is 0
+
+
+class InstructionSet:
+    """Random access to a source's conversations: the world's, or LLaVA JSON files."""
+
+    def __init__(self, source, image_size: int) -> None:
+        self.image_size = image_size
+        if source.kind == "world":
+            wd = world_data(source)
+            n = int(source.option("finetune_samples", WORLD_FINETUNE_SAMPLES))
+            # A stream of its own (offset indices), apart from the image stage's instruction mix.
+            self._get = lambda i: wd.instruction(10**9 + i, image_size)
+            self._n = n
+        elif source.kind == "llava":
+            self._records = [(path, idx, rec) for path in resolve_paths(source)
+                             for idx, rec in rd.iter_llava(path)]
+            self._n = len(self._records)
+            self._get = self._parse
+        else:
+            raise DataError(f"data source {source.name!r}: kind {source.kind!r} is not fine-tune "
+                            "data; use 'world' or 'llava'")
+        if self._n == 0:
+            raise DataError(f"data source {source.name!r} holds no fine-tune records")
+
+    def _parse(self, i: int):
+        path, idx, rec = self._records[i]
+        if isinstance(rec, BadRecordError):
+            raise rec
+        return parse_llava(rec, path, idx, image_size=self.image_size)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int):
+        return self._get(i)
+
+
+class FinetuneStream(BatchStream):
+    """`epochs` shuffled passes; StopIteration at the end; len() = number of batches."""
+
+    def __init__(self, data: InstructionSet, tok, *, batch_size: int, seq_len: int, image_tokens: int,
+                 epochs: int, seed: int, max_samples: int = 0, on_bad_record: str = "error") -> None:
+        if epochs < 1 or batch_size < 1:
+            raise DataError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
+        if image_tokens >= seq_len:
+            raise DataError(f"image_tokens ({image_tokens}) must be < seq_len ({seq_len})")
+        self.data, self.tok, self.B, self.L = data, tok, batch_size, seq_len
+        self.image_tokens, self.epochs, self.seed = image_tokens, epochs, seed
+        self.n = min(len(data), max_samples) if max_samples > 0 else len(data)
+        self.per_epoch = math.ceil(self.n / batch_size)
+        self.on_bad, self.batch = check_on_bad_record(on_bad_record), 0
+
+    def __len__(self) -> int:
+        return self.per_epoch * self.epochs
+
+    def _indices(self, k: int) -> np.ndarray:
+        epoch, b = divmod(k, self.per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return order[b * self.B:(b + 1) * self.B]
+
+    def __next__(self) -> Batch:
+        if self.batch >= len(self):
+            raise StopIteration
+        rows, images, skipped = [], [], 0
+        for i in self._indices(self.batch):
+            try:
+                image, turns = self.data[int(i)]
+            except BadRecordError:
+                if self.on_bad == "error":
+                    raise
+                skipped += 1
+                continue
+            ids, kinds = encode_conversation(self.tok, turns, self.image_tokens, self.L)
+            pad = self.L + 1 - len(ids)
+            rows.append((ids + [self.tok.pad_id] * pad, kinds + [LOSS_NONE] * pad))
+            images.append(image)
+        self.batch += 1
+        if not rows:
+            raise DataError(f"fine-tune batch {self.batch - 1}: every record was bad")
+        batch = rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=[],
+                              image_size=self.data.image_size, skipped=skipped)
+        batch.n_image_tokens = batch.n_tokens
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch = int(state["batch"])
+
+
+def instruction_set(source, image_size: int) -> InstructionSet:
+    return InstructionSet(source, image_size)
+
+
+__all__ = ["FinetuneStream", "InstructionSet", "instruction_set"]

@@ -1,0 +1,95 @@
+"""Token-level building blocks of batches: encoding samples, packing text, assembling rows.
+
+A row is built as L+1 token slots with, for each slot, the loss kind of predicting it (-1 for no
+loss); tokens are the first L slots and targets the last L, so a row's final target is the real
+next token whenever one is known (text continues into the next row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.data.types import IGNORE, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE, LOSS_TEXT, Batch
+
+
+def encode_caption(tok, caption: str, image_tokens: int, max_len: int) -> tuple[list[int], list[int]]:
+    """Image placeholders, the caption, EOS; loss on the caption and EOS (truncated to max_len)."""
+    cap = tok.encode(caption)[: max(0, max_len - image_tokens - 1)] + [tok.eos_id]
+    return [tok.image_id] * image_tokens + cap, [LOSS_NONE] * image_tokens + [LOSS_CAPTION] * len(cap)
+
+
+def encode_conversation(tok, turns, image_tokens: int, max_len: int) -> tuple[list[int], list[int]]:
+    """Image, then `<user> q <assistant> a` per turn, then EOS; loss on answers and the token that
+    ends each answer (so the model learns to stop). Truncated to max_len."""
+    ids, kinds = [tok.image_id] * image_tokens, [LOSS_NONE] * image_tokens
+    after_answer = False
+    for question, answer in turns:
+        q = [tok.user_id] + tok.encode(question) + [tok.assistant_id]
+        a = tok.encode(answer)
+        ids += q + a
+        kinds += [LOSS_INSTRUCTION if after_answer else LOSS_NONE] + [LOSS_NONE] * (len(q) - 1)
+        kinds += [LOSS_INSTRUCTION] * len(a)
+        after_answer = True
+    ids.append(tok.eos_id)
+    kinds.append(LOSS_INSTRUCTION)
+    return ids[:max_len], kinds[:max_len]
+
+
+class TextPacker:
+    """Documents of a text source as one token stream, EOS after each; resumable mid-document."""
+
+    def __init__(self, source, tok) -> None:
+        self.source, self.tok = source, tok
+        self.doc: list[int] = []
+        self.pos, self.doc_state = 0, None
+
+    def _load(self) -> None:
+        text, self.doc_state = self.source.next()
+        self.doc, self.pos = self.tok.encode(text) + [self.tok.eos_id], 0
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            if self.pos >= len(self.doc):
+                self._load()
+            k = min(n - len(out), len(self.doc) - self.pos)
+            out += self.doc[self.pos:self.pos + k]
+            self.pos += k
+        return out
+
+    def peek(self) -> int:
+        if self.pos >= len(self.doc):
+            self._load()
+        return self.doc[self.pos]
+
+    def state_dict(self) -> dict:
+        return {"doc": self.doc_state, "pos": self.pos, "source": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["doc"] is None:
+            self.source.load_state_dict(state["source"])
+            self.doc, self.pos, self.doc_state = [], 0, None
+        else:
+            self.source.load_state_dict(state["doc"])
+            self._load()
+            self.pos = int(state["pos"])
+
+
+def rows_to_batch(rows: list[tuple[list[int], list[int]]], images: list[np.ndarray], *, pad_id: int,
+                  image_counts: list[int], image_size: int, skipped: int) -> Batch:
+    """Rows of L+1 (ids, kinds) slots → a Batch; `image_counts[b]` = image-data tokens of row b."""
+    from models.data.world.render import normalise
+    ids = np.array([r[0] for r in rows], np.int64)
+    kinds = np.array([r[1] for r in rows], np.int8)
+    tokens, targets, loss_kind = ids[:, :-1], ids[:, 1:].copy(), kinds[:, 1:].copy()
+    targets[loss_kind == LOSS_NONE] = IGNORE
+    imgs = (normalise(np.stack(images)) if images
+            else np.zeros((0, 3, image_size, image_size), np.float32))
+    return Batch(tokens=np.ascontiguousarray(tokens), targets=targets, loss_kind=loss_kind,
+                 images=imgs, n_tokens=int((tokens != pad_id).sum()),
+                 n_image_tokens=int(sum(image_counts)), skipped_records=skipped)
+
+
+def text_row(packer: TextPacker, seq_len: int) -> tuple[list[int], list[int]]:
+    ids = packer.take(seq_len) + [packer.peek()]
+    return ids, [LOSS_TEXT] * len(ids)

@@ -1,0 +1,161 @@
+"""Real-format shard readers: each yields a shard's records in file order as (index, record) or
+(index, BadRecordError), and stops after an error it cannot read past (a truncated file).
+
+Formats: JSONL (optionally zstd), Parquet, WebDataset tar (an image and a `.txt` per key), and a
+LLaVA JSON list. Decoding a record into a sample (image bytes → array) is `decode_image`'s job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from models.data.errors import BadRecordError
+
+Item = tuple[int, Any]  # (record index, record dict or BadRecordError)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def iter_jsonl(path: str) -> Iterator[Item]:
+    """Lines of a `.jsonl` or `.jsonl.zst` file as dicts; blank lines are not records."""
+    index = 0
+    try:
+        for line in _lines(path):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+                yield index, rec
+            except ValueError as exc:
+                yield index, BadRecordError(path, index, f"not valid JSON: {exc}")
+            index += 1
+    except Exception as exc:  # truncated or corrupt compression (zstandard has its own error type)
+        yield index, BadRecordError(path, index, f"unreadable from here on ({type(exc).__name__}: {exc})")
+
+
+def _lines(path: str, chunk: int = 1 << 16) -> Iterator[str]:
+    """Text lines; zstd is decoded frame by frame so that a truncated frame is an error, not EOF."""
+    if not str(path).endswith(".zst"):
+        with open(path, encoding="utf-8") as f:
+            yield from f
+        return
+    import zstandard
+    dobj, tail, complete = zstandard.ZstdDecompressor().decompressobj(), b"", True
+    with open(path, "rb") as f:
+        while raw := f.read(chunk):
+            while raw:
+                data = dobj.decompress(raw)
+                raw = dobj.unused_data if dobj.eof else b""
+                complete = dobj.eof
+                if dobj.eof:  # concatenated frames: start the next one
+                    dobj = zstandard.ZstdDecompressor().decompressobj()
+                *lines, tail = (tail + data).split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8") + "\n"
+    if not complete:
+        raise EOFError("zstd frame is truncated")
+    if tail:
+        yield tail.decode("utf-8")
+
+
+def iter_parquet(path: str, columns: list[str] | None = None) -> Iterator[Item]:
+    """Rows of a Parquet file as dicts, one row group at a time."""
+    import pyarrow.parquet as pq
+    index = 0
+    try:
+        pf = pq.ParquetFile(path)
+        for g in range(pf.num_row_groups):
+            for row in pf.read_row_group(g, columns=columns).to_pylist():
+                yield index, row
+                index += 1
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        yield index, BadRecordError(path, index, f"unreadable Parquet ({type(exc).__name__}: {exc})")
+
+
+def iter_webdataset(path: str) -> Iterator[Item]:
+    """WebDataset samples: tar members grouped by key (name up to the first dot), in order.
+
+    Python's tarfile stops quietly at a truncated member, so sizes and the end-of-archive marker
+    are checked here: a cut-off shard is an error, never a silently shorter one.
+    """
+    index, key, sample, end = 0, None, {}, 0
+    try:
+        plain = str(path).endswith(".tar")  # compressed tars detect truncation themselves
+        size = Path(path).stat().st_size if plain else float("inf")
+        with tarfile.open(path, "r:" if plain else "r:*") as tar:
+            for member in tar:
+                end = member.offset_data + -(-member.size // 512) * 512
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                k = f"{folder}/{stem}" if folder else stem
+                if k != key and sample:
+                    yield index, sample
+                    index += 1
+                    sample = {}
+                key = k
+                data = tar.extractfile(member).read()
+                if len(data) != member.size or end > size:
+                    raise EOFError(f"member {member.name!r} is cut off")
+                sample["__key__"], sample[ext.lower()] = k, data
+        if plain and end + 1024 > size:
+            raise EOFError("no end-of-archive marker")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        yield index, BadRecordError(path, index, f"truncated or corrupt tar ({type(exc).__name__}: {exc})")
+        return
+    if sample:
+        yield index, sample
+
+
+def iter_llava(path: str) -> Iterator[Item]:
+    """Elements of a LLaVA JSON list (`image`, `conversations` of {from, value})."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        yield 0, BadRecordError(path, 0, f"not a readable JSON list ({type(exc).__name__}: {exc})")
+        return
+    if not isinstance(data, list):
+        yield 0, BadRecordError(path, 0, "a LLaVA file must hold a JSON list of records")
+        return
+    for i, rec in enumerate(data):
+        yield i, rec if isinstance(rec, dict) else BadRecordError(path, i, "record is not an object")
+
+
+def decode_image(data: bytes, image_size: int, shard: str, index: int) -> np.ndarray:
+    """Image bytes → uint8 [S, S, 3], resized with bicubic when the size differs."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            if im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            return np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # Pillow raises many types for undecodable bytes
+        raise BadRecordError(shard, index, f"undecodable image ({type(exc).__name__}: {exc})") from None
+
+
+def field(rec: dict, name: str, shard: str, index: int, types=(str,)) -> Any:
+    """`rec[name]`, or a BadRecordError naming the shard, record and missing field."""
+    value = rec.get(name) if isinstance(rec, dict) else None
+    if value is None or not isinstance(value, types):
+        got = "missing" if value is None else f"a {type(value).__name__}"
+        raise BadRecordError(shard, index, f"field {name!r} is {got}")
+    return value
+
+
+def first_image_key(sample: dict) -> str | None:
+    return next((k for k in sample if "." + k.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
+
+
+def image_path(base: str, rel: str) -> Path:
+    p = Path(rel)
+    return p if p.is_absolute() else Path(base).parent / p

@@ -1,0 +1,205 @@
+"""Resumable sample streams over a `DataSource`, one per role: text, image-caption pairs, and
+instruction conversations. The world gives random access; shards are read in a per-epoch seeded
+shard order, records in file order, and a stream's state is (epoch, shard, record) — small,
+JSON-able, and exact on resume. Bad records raise, or are counted and skipped on request.
+"""
+
+from __future__ import annotations
+
+import glob
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from models.data import readers as rd
+from models.data.errors import BadRecordError, DataError, EmptySourceError, check_on_bad_record
+from models.data.world import WorldData
+
+ROLES = ("text", "pairs", "instructions")
+KINDS_BY_ROLE = {"text": ("world", "jsonl", "parquet"),
+                 "pairs": ("world", "webdataset", "parquet_images"),
+                 "instructions": ("world", "llava")}
+Turns = list[tuple[str, str]]
+
+
+def resolve_paths(source) -> list[str]:
+    """The source's shard files: globs expanded, sorted; a clear error when nothing matches."""
+    if not source.paths:
+        raise DataError(f"data source {source.name!r} ({source.kind}) names no paths")
+    found: list[str] = []
+    for p in source.paths:
+        matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else ([p] if Path(p).exists() else [])
+        if not matches:
+            raise DataError(f"data source {source.name!r}: no file matches {p!r}")
+        found += matches
+    return sorted(dict.fromkeys(found))
+
+
+def world_data(source) -> WorldData:
+    return WorldData.from_seed(int(source.option("seed", 0)), int(source.option("n_kinds", 32)))
+
+
+class WorldSource:
+    """Sample i of a world stream; the state is just i."""
+
+    def __init__(self, fn: Callable[[int], Any]) -> None:
+        self.fn, self.index, self.skipped = fn, 0, 0
+
+    def next(self) -> tuple[Any, dict]:
+        before = {"index": self.index}
+        self.index += 1
+        return self.fn(before["index"]), before
+
+    def state_dict(self) -> dict:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.index = int(state["index"])
+
+
+class ShardSource:
+    """Records of sharded files, parsed into samples, forever (epoch after epoch)."""
+
+    def __init__(self, paths: list[str], iter_shard: Callable, parse: Callable, *, seed: int,
+                 on_bad_record: str = "error", shuffle_shards: bool = True) -> None:
+        self.paths, self.iter_shard, self.parse = paths, iter_shard, parse
+        self.seed, self.shuffle = seed, shuffle_shards
+        self.on_bad = check_on_bad_record(on_bad_record)
+        self.epoch = self.shard = self.record = self.skipped = 0
+        self._it = None
+        self._good_in_epoch = 0
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.paths))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.paths))
+
+    def _path(self) -> str:
+        return self.paths[int(self._order()[self.shard])]
+
+    def _open(self) -> None:
+        self._it, self._seen = self.iter_shard(self._path()), 0
+        if self.record > 0:  # resume: read past the records this shard already gave
+            for idx, _ in self._it:
+                self._seen += 1
+                if idx + 1 >= self.record:
+                    break
+
+    def _bad(self, err: BadRecordError) -> None:
+        if self.on_bad == "error":
+            raise err
+        self.skipped += 1
+
+    def _next_shard(self) -> None:
+        if self._seen == 0 and self.record == 0:
+            self._bad(BadRecordError(self._path(), -1, "empty shard: no records"))
+        self._it, self.record, self.shard = None, 0, self.shard + 1
+        if self.shard == len(self.paths):
+            if self._good_in_epoch == 0:
+                raise EmptySourceError(f"no readable record in {len(self.paths)} shard(s): "
+                                       f"{', '.join(self.paths[:3])}{' …' if len(self.paths) > 3 else ''}")
+            self.epoch, self.shard, self._good_in_epoch = self.epoch + 1, 0, 0
+
+    def next(self) -> tuple[Any, dict]:
+        while True:
+            if self._it is None:
+                self._open()
+            item = next(self._it, None)
+            if item is None:
+                self._next_shard()
+                continue
+            self._seen += 1
+            idx, rec = item
+            self.record = idx + 1
+            try:
+                if isinstance(rec, BadRecordError):
+                    raise rec
+                sample = self.parse(rec, self._path(), idx)
+            except BadRecordError as err:
+                self._bad(err)
+                continue
+            self._good_in_epoch += 1
+            return sample, {"epoch": self.epoch, "shard": self.shard, "record": idx}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "shard": self.shard, "record": self.record}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.shard, self.record = (int(state[k]) for k in ("epoch", "shard", "record"))
+        self._it, self._good_in_epoch = None, 1  # resumed mid-epoch: records were read before
+
+
+# --- parsers: record → sample -----------------------------------------------------------------
+
+def parse_text(rec: dict, shard: str, idx: int, *, key: str = "text") -> str:
+    return rd.field(rec, key, shard, idx)
+
+
+def parse_wds(rec: dict, shard: str, idx: int, *, image_size: int) -> tuple[np.ndarray, str]:
+    img_key = rd.first_image_key(rec)
+    if img_key is None:
+        raise BadRecordError(shard, idx, f"sample {rec.get('__key__')!r} has no image file")
+    if "txt" not in rec:
+        raise BadRecordError(shard, idx, f"sample {rec.get('__key__')!r} has no .txt caption")
+    try:
+        caption = rec["txt"].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRecordError(shard, idx, "caption .txt is not UTF-8") from None
+    return rd.decode_image(rec[img_key], image_size, shard, idx), caption.strip()
+
+
+def parse_parquet_image(rec: dict, shard: str, idx: int, *, image_size: int, image_key: str = "image",
+                        caption_key: str = "caption") -> tuple[np.ndarray, str]:
+    data = rd.field(rec, image_key, shard, idx, (bytes, dict))
+    if isinstance(data, dict):  # Hugging Face datasets store {"bytes": …, "path": …}
+        data = rd.field(data, "bytes", shard, idx, (bytes,))
+    caption = rd.field(rec, caption_key, shard, idx)
+    return rd.decode_image(data, image_size, shard, idx), caption
+
+
+def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int) -> tuple[np.ndarray, Turns]:
+    rel = rd.field(rec, "image", shard, idx)
+    convs = rd.field(rec, "conversations", shard, idx, (list,))
+    turns: Turns = []
+    for j in range(0, len(convs) - 1, 2):
+        q, a = convs[j], convs[j + 1]
+        if not (isinstance(q, dict) and isinstance(a, dict) and q.get("from") == "human"
+                and a.get("from") == "gpt" and isinstance(q.get("value"), str)
+                and isinstance(a.get("value"), str)):
+            raise BadRecordError(shard, idx, f"conversations[{j}:{j + 2}] is not a human/gpt pair "
+                                             "of {from, value}")
+        turns.append((q["value"].replace("<image>", "").strip(), a["value"].strip()))
+    if not turns:
+        raise BadRecordError(shard, idx, "conversations holds no human/gpt turn")
+    path = rd.image_path(shard, rel)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadRecordError(shard, idx, f"image {str(path)!r} unreadable ({exc.strerror})") from None
+    return rd.decode_image(data, image_size, shard, idx), turns
+
+
+def open_source(source, role: str, *, image_size: int = 32, seed: int = 0,
+                on_bad_record: str = "error"):
+    """A resumable sample stream for `role` of `source`."""
+    if source.kind not in KINDS_BY_ROLE[role]:
+        raise DataError(f"data source {source.name!r}: kind {source.kind!r} cannot serve as "
+                        f"{role}; use one of {KINDS_BY_ROLE[role]}")
+    if source.kind == "world":
+        wd = world_data(source)
+        fn = {"text": wd.text, "pairs": partial(wd.pair, image_size=image_size),
+              "instructions": partial(wd.instruction, image_size=image_size)}[role]
+        return WorldSource(fn)
+    readers = {"jsonl": (rd.iter_jsonl, partial(parse_text, key=source.option("text_field", "text"))),
+               "parquet": (rd.iter_parquet, partial(parse_text, key=source.option("text_field", "text"))),
+               "webdataset": (rd.iter_webdataset, partial(parse_wds, image_size=image_size)),
+               "parquet_images": (rd.iter_parquet, partial(
+                   parse_parquet_image, image_size=image_size,
+                   image_key=source.option("image_field", "image"),
+                   caption_key=source.option("caption_field", "caption"))),
+               "llava": (rd.iter_llava, partial(parse_llava, image_size=image_size))}
+    it, parse = readers[source.kind]
+    return ShardSource(resolve_paths(source), it, parse, seed=seed, on_bad_record=on_bad_record,
+                       shuffle_shards=bool(source.option("shuffle_shards", True)))

@@ -1,0 +1,209 @@
+"""Infinite, deterministic, exactly resumable batch streams: packed text, and the image-stage mix.
+
+The mix decides row by row. A row is either packed text, or whole image samples (image
+placeholders + caption, or + a conversation) with the tail that cannot hold another whole sample
+filled with the text stream's next tokens (counted as text), or with padding (not counted) when
+that keeps the share nearer its target, as at high ratios. "Image tokens" are every token of an
+image sample: placeholders, caption or conversation, and its EOS. Each row goes to whichever type
+keeps the running share of image tokens nearest `image_ratio`, and each image sample to whichever
+type keeps the running instruction share of image tokens nearest `instruction_share`, so both
+shares hold to within one row (one sample) at every point of the stream. All decisions depend only
+on counters kept in the state, so a resumed stream yields exactly the uninterrupted batches.
+"""
+
+from __future__ import annotations
+
+from models.data.errors import DataError
+from models.data.packing import (TextPacker, encode_caption, encode_conversation, rows_to_batch,
+                                 text_row)
+from models.data.types import LOSS_NONE, Batch
+
+
+class BatchStream:
+    """An iterator of Batch with `state_dict`/`load_state_dict` for exact resume."""
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> Batch:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+def _skipped(*sources) -> int:
+    return sum(s.skipped for s in sources if s is not None)
+
+
+class TextStream(BatchStream):
+    """Packed documents, EOS-separated, every position a text target."""
+
+    def __init__(self, source, tok, *, batch_size: int, seq_len: int) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise DataError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
+        self.source, self.tok, self.packer = source, tok, TextPacker(source, tok)
+        self.batch_size, self.seq_len, self.batches = batch_size, seq_len, 0
+
+    def __next__(self) -> Batch:
+        before = self.source.skipped
+        rows = [text_row(self.packer, self.seq_len) for _ in range(self.batch_size)]
+        self.batches += 1
+        return rows_to_batch(rows, [], pad_id=self.tok.pad_id, image_counts=[0], image_size=1,
+                             skipped=self.source.skipped - before)
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "text": self.packer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches = int(state["batches"])
+        self.packer.load_state_dict(state["text"])
+
+
+class MixedStream(BatchStream):
+    """The image stage's mix of text, image-caption and instruction data (see module docstring)."""
+
+    def __init__(self, text, pairs, instructions, tok, *, batch_size: int, seq_len: int,
+                 image_ratio: float, instruction_share: float, image_size: int,
+                 image_tokens: int) -> None:
+        _check_mix(text, instructions, seq_len, image_ratio, instruction_share, image_tokens)
+        self.text, self.pairs, self.instructions, self.tok = text, pairs, instructions, tok
+        self.packer = TextPacker(text, tok) if text is not None else None
+        self.B, self.L, self.ratio, self.share = batch_size, seq_len, image_ratio, instruction_share
+        self.image_size, self.image_tokens = image_size, image_tokens
+        self.counts = {"image": 0, "total": 0, "instruction": 0, "image_part": 0, "batches": 0}
+        self.row_estimate = float(seq_len)  # image tokens the last image row held
+        self.pending = None  # (role, ids, kinds, image, state_before): drawn, did not fit
+
+    def __next__(self) -> Batch:
+        before = _skipped(self.text, self.pairs, self.instructions)
+        rows, images, counts = [], [], []
+        for _ in range(self.B):
+            row, n_image = self._image_row(images) if self._wants_image_row() else (
+                text_row(self.packer, self.L), 0)
+            rows.append(row)
+            counts.append(n_image)
+            self.counts["image"] += n_image
+            self.counts["total"] += sum(1 for t in row[0][:self.L] if t != self.tok.pad_id)
+        self.counts["batches"] += 1
+        return rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=counts,
+                             image_size=self.image_size,
+                             skipped=_skipped(self.text, self.pairs, self.instructions) - before)
+
+    def _deviation(self) -> float:
+        return self.counts["image"] - self.ratio * self.counts["total"]
+
+    def _wants_image_row(self) -> bool:
+        """Text row, or image row (text- or pad-filled), whichever lands nearest the ratio."""
+        if self.ratio <= 0.0:
+            return False
+        dev, e, L = self._deviation(), self.row_estimate, self.L
+        text = abs(dev - self.ratio * L) if self.packer is not None else float("inf")
+        return min(abs(dev + e - self.ratio * L), abs(dev + e * (1 - self.ratio))) < text
+
+    def _draw(self):
+        use_instr = self.share > 0 and self.counts["instruction"] <= self.share * self.counts["image_part"]
+        role, source = ("instructions", self.instructions) if use_instr else ("pairs", self.pairs)
+        sample, state = source.next()
+        image, text = sample
+        encode = encode_conversation if use_instr else encode_caption
+        ids, kinds = encode(self.tok, text, self.image_tokens, self.L)
+        return role, ids, kinds, image, state
+
+    def _image_row(self, images: list) -> tuple[tuple[list[int], list[int]], int]:
+        ids: list[int] = []
+        kinds: list[int] = []
+        while True:
+            drawn = self.pending or self._draw()
+            self.pending = None
+            if len(ids) + len(drawn[1]) > self.L:
+                self.pending = drawn
+                break
+            role, s_ids, s_kinds, image, _ = drawn
+            ids += s_ids
+            kinds += s_kinds
+            images.append(image)
+            self.counts["image_part"] += len(s_ids)
+            if role == "instructions":
+                self.counts["instruction"] += len(s_ids)
+        n_image = len(ids)
+        self.row_estimate = float(n_image)
+        dev = self._deviation()
+        # Fill the tail with text unless padding keeps the image share nearer its target
+        # (high ratios: a text tail would cap the share below what was asked).
+        if self.packer is not None and (abs(dev + n_image - self.ratio * self.L)
+                                        <= abs(dev + n_image * (1 - self.ratio))):
+            filler = self.packer.take(self.L - len(ids)) + [self.packer.peek()]
+            ids, kinds = ids + filler, kinds + [0] * len(filler)
+        pad = self.L + 1 - len(ids)
+        return (ids + [self.tok.pad_id] * pad, kinds + [LOSS_NONE] * pad), n_image
+
+    def state_dict(self) -> dict:
+        pending = None if self.pending is None else {"role": self.pending[0], "state": self.pending[4]}
+        return {"counts": dict(self.counts), "row_estimate": self.row_estimate, "pending": pending,
+                "text": self.packer.state_dict() if self.packer else None,
+                "pairs": self.pairs.state_dict(),
+                "instructions": self.instructions.state_dict() if self.instructions else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts = {k: int(v) for k, v in state["counts"].items()}
+        self.row_estimate = float(state["row_estimate"])
+        if self.packer is not None:
+            self.packer.load_state_dict(state["text"])
+        self.pairs.load_state_dict(state["pairs"])
+        if self.instructions is not None:
+            self.instructions.load_state_dict(state["instructions"])
+        self.pending = None
+        if state["pending"] is not None:  # re-read the drawn sample from where it started
+            role = state["pending"]["role"]
+            source = self.pairs if role == "pairs" else self.instructions
+            source.load_state_dict(state["pending"]["state"])
+            (image, text), st = source.next()
+            encode = encode_conversation if role == "instructions" else encode_caption
+            self.pending = (role, *encode(self.tok, text, self.image_tokens, self.L), image, st)
+
+
+def _check_mix(text, instructions, seq_len, ratio, share, image_tokens) -> None:
+    if not 0.0 <= ratio <= 1.0:
+        raise DataError(f"image_ratio must be in [0, 1], got {ratio}")
+    if not 0.0 <= share <= 1.0:
+        raise DataError(f"instruction_share must be in [0, 1], got {share}")
+    if image_tokens < 1 or image_tokens >= seq_len:
+        raise DataError(f"image_tokens ({image_tokens}) must be in [1, seq_len={seq_len})")
+    if text is None and ratio < 1.0:
+        raise DataError("a mix with image_ratio < 1 needs a text source")
+    if instructions is None and share > 0.0:
+        raise DataError("instruction_share > 0 needs an instruction source")
+
+
+class CaptionPairStream(BatchStream):
+    """Image-caption pairs for contrastive encoder pre-training: captions padded right."""
+
+    def __init__(self, source, tok, *, batch_size: int, image_size: int, max_caption_len: int) -> None:
+        self.source, self.tok, self.B, self.Lc = source, tok, batch_size, max_caption_len
+        self.image_size, self.batches = image_size, 0
+
+    def __next__(self) -> Batch:
+        before = self.source.skipped
+        rows, images = [], []
+        for _ in range(self.B):
+            (image, caption), _ = self.source.next()
+            ids = (self.tok.encode(caption)[: self.Lc - 1] + [self.tok.eos_id])
+            pad = self.Lc + 1 - len(ids)
+            rows.append((ids + [self.tok.pad_id] * pad, [1] * len(ids) + [LOSS_NONE] * pad))
+            images.append(image)
+        self.batches += 1
+        batch = rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=[],
+                              image_size=self.image_size, skipped=self.source.skipped - before)
+        batch.n_image_tokens = batch.n_tokens
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "source": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches = int(state["batches"])
+        self.source.load_state_dict(state["source"])

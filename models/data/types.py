@@ -1,0 +1,70 @@
+"""The data layer's output types: training batches, and evaluation tasks with their items.
+
+Plain numpy and lists (the trainer converts to torch), so the data layer never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+IGNORE = -100  # target value where no loss is taken (pad, image positions, prompts)
+LOSS_TEXT, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE = 0, 1, 2, -1
+
+
+@dataclass(kw_only=True, slots=True)
+class Batch:
+    """One training batch. `loss_kind[b, t]` describes the target at `targets[b, t]`."""
+
+    tokens: np.ndarray  # int64 [B, L]; image positions hold image_id, one per image token
+    targets: np.ndarray  # int64 [B, L]; next-token targets, IGNORE where no loss
+    loss_kind: np.ndarray  # int8 [B, L]; 0 text, 1 caption, 2 instruction response, -1 none
+    images: np.ndarray  # float32 [N, 3, H, W], normalised, in order of appearance (row-major)
+    n_tokens: int  # non-pad tokens
+    n_image_tokens: int  # tokens from image data: placeholders + caption/instruction tokens + EOS
+    skipped_records: int = 0  # bad records skipped while producing this batch
+
+
+@dataclass(kw_only=True, slots=True)
+class EvalItem:
+    prompt_tokens: list[int]  # image placeholders first (when `image` is set), then text
+    image: np.ndarray | None  # float32 [3, H, W]
+    choices: list[list[int]] = field(default_factory=list)  # multiple choice continuations
+    label: int = 0  # index of the right choice
+    answers: list[str] = field(default_factory=list)  # generate: accepted normalised answers
+    max_new_tokens: int = 0
+
+
+@dataclass(kw_only=True, slots=True)
+class EvalTask:
+    """A benchmark: its items and its chance level (stable score = accuracy − chance).
+
+    Chance is the mean of 1/len(choices) over items for multiple choice, and for generation the
+    accuracy of always giving the most common answer among the items.
+    """
+
+    name: str
+    group: Literal["vl", "text"]
+    chance: float
+    kind: Literal["multiple_choice", "generate"]
+    items: list[EvalItem]
+
+
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalise_answer(text: str) -> str:
+    """Lowercase, punctuation and articles removed: VQAv2's answer normalisation, simplified."""
+    words = "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split()
+    return " ".join(w for w in words if w not in _ARTICLES)
+
+
+def chance_level(kind: str, items: list[EvalItem]) -> float:
+    if not items:
+        return 0.0
+    if kind == "multiple_choice":
+        return float(np.mean([1.0 / len(it.choices) for it in items]))
+    firsts = [it.answers[0] for it in items]
+    return max(firsts.count(a) for a in set(firsts)) / len(firsts)

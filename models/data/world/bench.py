@@ -1,0 +1,147 @@
+"""The built-in world's benchmarks: VL and text tasks on held-out samples, with chance levels.
+
+Items come from evaluation-only generators (their own seeds, and layouts and stories reserved
+for evaluation), so none is a training sample. POPE answers alternate yes/no, so each POPE task
+is exactly balanced. Prompts use the instruction format: image placeholders, `<user>` question
+`<assistant>`; text tasks use the corpus's "question : … answer :" drill format.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from models.data.types import EvalItem, EvalTask, chance_level, normalise_answer
+from models.data.world import corpus, scenes
+from models.data.world import lexicon as lx
+from models.data.world.entities import World
+from models.data.world.render import normalise, render
+
+VL_TASKS = ("attribute_vqa", "attribute_vqa_novel", "counting", "spatial_relation", "pope_random",
+            "pope_popular", "pope_adversarial", "knowledge_vqa", "caption_matching")
+TEXT_TASKS = ("fact_recall", "story_completion", "arithmetic")
+GENERATE_TASKS = ("counting", "arithmetic")
+
+
+class _Maker:
+    """Builds items for one task; `question` returns (scene, QA) or (None, text-item parts)."""
+
+    def __init__(self, world: World, tok, image_size: int, image_tokens: int) -> None:
+        self.world, self.tok, self.image_size, self.image_tokens = world, tok, image_size, image_tokens
+
+    def vl_item(self, scene, qa, kind: str) -> EvalItem:
+        question, answer, choices = qa
+        prompt = [self.tok.image_id] * self.image_tokens + self.tok.encode(f"<user> {question} <assistant>")
+        image = normalise(render(scene, self.world.kinds, self.image_size))
+        if kind == "generate":
+            return EvalItem(prompt_tokens=prompt, image=image, answers=[normalise_answer(answer)],
+                            max_new_tokens=4)
+        return EvalItem(prompt_tokens=prompt, image=image, label=list(choices).index(answer),
+                        choices=[self.tok.encode(c) for c in choices])
+
+    def mc_text(self, prompt: str, answer: str, wrong: list[str]) -> EvalItem:
+        choices = [answer] + list(wrong)
+        return EvalItem(prompt_tokens=self.tok.encode(prompt), image=None, label=0,
+                        choices=[self.tok.encode(" " + c) for c in choices])
+
+
+def _vl_question(name: str, world: World, rng, i: int):
+    """(scene, QA) for VL task `name`, or None to draw again."""
+    if name == "attribute_vqa_novel":
+        scene = scenes.sample_scene(world, rng, split="eval", novel_texture=True)
+        return scene, scenes.q_texture(world, scene, rng)
+    scene = scenes.sample_scene(world, rng, split="eval")
+    if name == "attribute_vqa":
+        return scene, scenes.q_attribute(world, scene, rng)
+    if name == "counting":
+        return scene, scenes.q_count(world, scene, rng)
+    if name == "spatial_relation":
+        qa = scenes.q_relation(world, scene, rng)
+        return (scene, qa) if qa else None
+    if name.startswith("pope_"):
+        qa = scenes.q_exists(world, scene, rng, negative=name[5:], answer=(i % 2 == 0),
+                             popularity=world.frequency)
+        return scene, qa
+    if name == "knowledge_vqa":
+        qa = scenes.q_knowledge(world, scene, rng, train=False)
+        return (scene, qa) if qa else None
+    raise KeyError(name)
+
+
+def _caption_item(m: _Maker, rng) -> EvalItem:
+    """Four captions that differ from the right one in one entity's kind or cell."""
+    world = m.world
+    scene = scenes.sample_scene(world, rng, split="eval")
+    right = scenes.canonical_caption(world, scene)
+    wrong: list[str] = []
+    while len(wrong) < 3:
+        insts = list(scene.instances)
+        j = int(rng.integers(len(insts)))
+        free = [c for c in range(4) if scene.at(c) is None]
+        if free and rng.random() < 0.3:
+            insts[j] = scenes.Instance(kind=insts[j].kind, cell=int(rng.choice(free)),
+                                       size=insts[j].size, texture=insts[j].texture)
+        else:
+            insts[j] = scenes.Instance(kind=int(rng.integers(world.n)), cell=insts[j].cell,
+                                       size=insts[j].size, texture=insts[j].texture)
+        text = scenes.canonical_caption(world, scenes.Scene(instances=tuple(insts), noise_seed=0))
+        if text != right and text not in wrong:
+            wrong.append(text)
+    order = rng.permutation(4)
+    captions = [([right] + wrong)[k] for k in order]
+    prompt = [m.tok.image_id] * m.image_tokens
+    return EvalItem(prompt_tokens=prompt, image=normalise(render(scene, world.kinds, m.image_size)),
+                    choices=[m.tok.encode(c) for c in captions], label=int(np.argmax(order == 0)))
+
+
+def _text_item(name: str, m: _Maker, rng) -> EvalItem:
+    world = m.world
+    if name == "fact_recall":
+        kind = world.kinds[int(rng.integers(world.n))]
+        q, a, values = corpus.fact_question(kind, str(rng.choice(list(corpus.FACT_TEMPLATES))))
+        others = [v for v in values if v != a]
+        wrong = [others[int(k)] for k in rng.permutation(len(others))[:3]]
+        return m.mc_text(f"question : {q} answer :", a, wrong)
+    if name == "story_completion":
+        story = corpus.location_story if rng.random() < 0.5 else corpus.count_story
+        body, end, wrong = story(world, rng, "eval")
+        return m.mc_text(" ".join(body), end, wrong)
+    a, op, b, c = corpus.arithmetic(rng)
+    return EvalItem(prompt_tokens=m.tok.encode(f"question : what is {a} {op} {b} ? answer :"),
+                    image=None, answers=[str(c)], max_new_tokens=2)
+
+
+def _shuffle_choices(item: EvalItem, rng) -> EvalItem:
+    order = rng.permutation(len(item.choices))
+    item.choices = [item.choices[k] for k in order]
+    item.label = int(np.argmax(order == item.label))
+    return item
+
+
+def build_task(name: str, world: World, tok, *, n: int, image_size: int, image_tokens: int,
+               seed: int) -> EvalTask:
+    """Task `name` with `n` items; item i is a pure function of (world seed, task, seed, i)."""
+    m = _Maker(world, tok, image_size, image_tokens)
+    group = "vl" if name in VL_TASKS else "text"
+    kind = "generate" if name in GENERATE_TASKS else "multiple_choice"
+    task_code = (VL_TASKS + TEXT_TASKS).index(name)
+    items = []
+    for i in range(n):
+        rng = np.random.default_rng([world.seed, 1000 + task_code, seed, i])
+        items.append(_one_item(name, m, rng, i, group, kind))
+    return EvalTask(name=name, group=group, chance=chance_level(kind, items), kind=kind, items=items)
+
+
+def _one_item(name: str, m: _Maker, rng, i: int, group: str, kind: str) -> EvalItem:
+    if name == "caption_matching":
+        return _caption_item(m, rng)
+    if group == "text":
+        item = _text_item(name, m, rng)
+        return _shuffle_choices(item, rng) if kind == "multiple_choice" else item
+    for _ in range(100):
+        drawn = _vl_question(name, m.world, rng, i)
+        if drawn is not None:
+            return m.vl_item(drawn[0], drawn[1], kind)
+    raise RuntimeError(f"world benchmark {name}: could not draw a scene for item {i}")
+
+

@@ -1,0 +1,166 @@
+"""The built-in world: determinism, vocabulary, rendering, held-out splits, benchmark sanity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.data import eval_tasks, get_tokenizer
+from models.data.types import chance_level
+from models.data.world import WorldData, corpus, scenes
+from models.data.world import lexicon as lx
+from models.data.world.bench import TEXT_TASKS, VL_TASKS
+from models.data.world.entities import make_world
+from models.data.world.render import render
+from models.presets import WORLD_VOCAB
+from models.steps import DataSource
+
+WORLD = DataSource(name="world", kind="world", options=(("seed", 0),))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer(WORLD, vocab_limit=WORLD_VOCAB)
+
+
+@pytest.fixture(scope="module")
+def tasks(tok):
+    return {t.name: t for t in eval_tasks(WORLD, tok, n_per_task=120, image_size=32, seed=0)}
+
+
+def test_world_is_a_pure_function_of_its_seed():
+    a, b, c = WorldData.from_seed(3), WorldData.from_seed(3), WorldData.from_seed(4)
+    assert a.world == b.world and a.world != c.world
+    assert [a.text(i) for i in range(20)] == [b.text(i) for i in range(20)]
+    assert [a.text(i) for i in range(20)] != [c.text(i) for i in range(20)]
+    img_a, cap_a = a.pair(7)
+    img_b, cap_b = b.pair(7)
+    assert cap_a == cap_b and np.array_equal(img_a, img_b)
+    assert not np.array_equal(img_a, c.pair(7)[0])
+
+
+def test_kinds_are_many_and_visually_distinct():
+    world = make_world(0)
+    assert world.n >= 24
+    assert len({(k.shape, k.colour) for k in world.kinds}) == world.n
+    assert {k.knowledge_qa for k in world.kinds} == {True, False}
+    assert abs(sum(world.frequency) - 1.0) < 1e-9
+
+
+def test_vocabulary_is_closed_and_fits_the_presets(tok, tasks):
+    assert tok.vocab_size <= WORLD_VOCAB
+    wd = WorldData.from_seed(0)
+    ids = []
+    for i in range(400):
+        ids += tok.encode(wd.text(i)) + tok.encode(wd.pair(i)[1])
+        ids += [t for q, a in wd.instruction(i)[1] for t in tok.encode(q + " " + a)]
+    for task in tasks.values():
+        for item in task.items[:30]:
+            ids += item.prompt_tokens + [t for c in item.choices for t in c]
+    assert tok.unk_id not in ids
+    assert tok.decode(tok.encode("a dax is red .")) == "a dax is red ."
+
+
+def test_render_shows_colour_size_and_position():
+    world = make_world(0)
+    kind = world.kinds[0]
+    rgb = np.array(lx.COLOURS[kind.colour])
+    for size in lx.SIZES:
+        inst = scenes.Instance(kind=0, cell=1, size=size, texture="plain")
+        img = render(scenes.Scene(instances=(inst,), noise_seed=1), world.kinds, 32).astype(float)
+        close = np.abs(img - rgb).sum(-1) < 60
+        assert close[:16, 16:].sum() > 6 and close[16:, :].sum() == 0  # only in the top right
+        if size == "small":
+            small = close.sum()
+    assert close.sum() > small  # big covers more pixels
+    assert render(scenes.Scene(instances=(inst,), noise_seed=1), world.kinds, 64).shape == (64, 64, 3)
+
+
+def test_training_never_shows_eval_layouts_or_held_out_textures():
+    wd = WorldData.from_seed(0)
+    for i in range(500):
+        scene, _ = wd.pair_scene(i)
+        assert not scenes.layout_is_eval(scene.instances)
+        assert all(inst.texture != wd.world.kinds[inst.kind].heldout_texture for inst in scene.instances)
+    rng = np.random.default_rng(0)
+    novel = scenes.sample_scene(wd.world, rng, split="eval", novel_texture=True)
+    assert novel.instances[0].texture == wd.world.kinds[novel.instances[0].kind].heldout_texture
+
+
+def test_eval_stories_are_not_training_documents(tasks, tok):
+    train_docs = {WorldData.from_seed(0).text(i) for i in range(3000)}
+    for item in tasks["story_completion"].items:
+        context = tok.decode(item.prompt_tokens)
+        story = context + " " + tok.decode(item.choices[item.label])
+        assert story not in train_docs
+        assert not any(doc.startswith(context) for doc in train_docs)
+
+
+def test_instruction_knowledge_questions_avoid_the_held_out_kinds():
+    wd = WorldData.from_seed(0)
+    asked = set()
+    for i in range(400):
+        rng = np.random.default_rng([0, 3, i])
+        scene = scenes.sample_scene(wd.world, rng)
+        qa = scenes.q_knowledge(wd.world, scene, rng, train=True)
+        if qa:
+            cell = qa[0].split("the thing in the ")[1].split(" ")[0:2]
+            inst = scene.at(lx.CELLS.index(" ".join(cell)))
+            asked.add(inst.kind)
+    assert asked and all(wd.world.kinds[k].knowledge_qa for k in asked)
+
+
+def test_every_task_is_there_with_its_chance_level(tasks):
+    assert set(tasks) == set(VL_TASKS + TEXT_TASKS)
+    for task in tasks.values():
+        assert len(task.items) == 120
+        assert task.chance == pytest.approx(chance_level(task.kind, task.items))
+        for item in task.items:
+            if task.kind == "multiple_choice":
+                assert 0 <= item.label < len(item.choices) and len(set(map(tuple, item.choices))) == len(item.choices)
+            else:
+                assert item.answers and item.max_new_tokens > 0
+            assert (item.image is not None) == (task.group == "vl")
+    assert tasks["pope_random"].chance == 0.5 and tasks["spatial_relation"].chance == 0.25
+    assert 0 < tasks["counting"].chance < 1 and 0 < tasks["arithmetic"].chance < 0.5
+
+
+def test_answers_are_balanced(tasks):
+    for name in ("pope_random", "pope_popular", "pope_adversarial"):
+        labels = [it.label for it in tasks[name].items]
+        assert labels.count(0) == labels.count(1)  # exactly balanced yes/no
+    for name in ("caption_matching", "fact_recall", "story_completion"):
+        labels = np.bincount([it.label for it in tasks[name].items], minlength=4)
+        assert labels.min() >= 10, (name, labels)  # the right answer is not always in one place
+
+
+def test_pope_negatives_differ_by_strategy(tasks, tok):
+    world = make_world(0)
+    popular = {k.name for k in world.kinds if world.frequency[k.index] >= sorted(world.frequency)[-4]}
+
+    def negatives(name):
+        return [tok.decode(it.prompt_tokens).split(" is there a ")[1].split(" ")[0]
+                for it in tasks[name].items if it.label == 1]
+
+    share = lambda names: np.mean([n in popular for n in names])
+    assert share(negatives("pope_popular")) > share(negatives("pope_random")) + 0.3
+
+
+def test_eval_items_depend_on_seed(tok):
+    a = eval_tasks(WORLD, tok, tasks=("attribute_vqa",), n_per_task=5, image_size=32, seed=0)[0]
+    b = eval_tasks(WORLD, tok, tasks=("attribute_vqa",), n_per_task=5, image_size=32, seed=1)[0]
+    assert [i.prompt_tokens for i in a.items] != [i.prompt_tokens for i in b.items] or \
+        not all(np.array_equal(x.image, y.image) for x, y in zip(a.items, b.items))
+    assert eval_tasks(WORLD, tok, groups=("text",), n_per_task=2, image_size=32, seed=0)[0].group == "text"
+
+
+def test_corpus_states_knowledge_that_captions_never_do():
+    wd = WorldData.from_seed(0)
+    captions = " ".join(wd.pair(i)[1] for i in range(300))
+    for word in lx.HABITATS + lx.USES + lx.CATEGORIES:
+        assert f" {word} " not in f" {captions} "
+    text = " ".join(wd.text(i) for i in range(2000))
+    for kind in wd.world.kinds:
+        assert f"{kind.name} lives in the {kind.habitat}" in text or f"{kind.plural} live in the {kind.habitat}" in text \
+            or f"find a {kind.name} in the {kind.habitat}" in text or f"does a {kind.name} live ? answer : in the {kind.habitat}" in text
+    assert corpus.fact_question(wd.world.kinds[0], "edible")[1] in ("yes", "no")
