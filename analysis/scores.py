@@ -1,0 +1,116 @@
+"""Stable scores and their aggregates: per task, per eval step, and per configuration over seeds.
+
+Stable score = accuracy − the task's chance level (DESIGN §1). Per step: the VL average, the text
+average and a configurable k-task average (the paper's 6-task average). Per configuration: mean,
+standard error and run count over seeds. Nothing is dropped silently: counts travel with means.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import polars as pl
+
+from analysis.errors import AnalysisInputError
+from analysis.schema import AXES
+
+SCORES = ("vl_score", "text_score", "avg_score")  # per-step aggregates, in display order
+CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # a configuration = every axis but the seed
+SCORE_LABELS = {"vl_score": "VL stable score (acc. − chance)",
+                "text_score": "text stable score (acc. − chance)",
+                "avg_score": "k-task average stable score (acc. − chance)"}
+
+
+def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:
+    """Add `stable_score` = value − chance to eval rows (columns task, group, value, chance)."""
+    for col in ("task", "group", "value", "chance"):
+        if col not in evals.columns:
+            raise AnalysisInputError(f"eval rows: missing column {col!r}")
+    return evals.with_columns((pl.col("value") - pl.col("chance")).alias("stable_score"))
+
+
+def step_scores(scores: pl.DataFrame, *, average_tasks: Sequence[str] | None = None) -> pl.DataFrame:
+    """One row per eval step: its axes, vl_score, text_score, avg_score and the task counts behind them.
+
+    avg_score is the mean over `average_tasks` (every task of the step when None); a step that lacks
+    one of the listed tasks gets a null avg_score, and n_avg_tasks says how many it had.
+    """
+    if "stable_score" not in scores.columns:
+        scores = stable_scores(scores)
+    axes = [a for a in AXES if a in scores.columns]
+    in_avg = pl.lit(True) if average_tasks is None else pl.col("task").is_in(list(average_tasks))
+    wanted = None if average_tasks is None else len(set(average_tasks))
+    out = scores.group_by(["step_id", *axes], maintain_order=True).agg(
+        pl.col("stable_score").filter(pl.col("group") == "vl").mean().alias("vl_score"),
+        pl.col("stable_score").filter(pl.col("group") == "text").mean().alias("text_score"),
+        pl.col("stable_score").filter(in_avg).mean().alias("avg_score"),
+        (pl.col("group") == "vl").sum().alias("n_vl_tasks"),
+        (pl.col("group") == "text").sum().alias("n_text_tasks"),
+        in_avg.sum().alias("n_avg_tasks") if average_tasks is not None else pl.len().alias("n_avg_tasks"),
+    )
+    if wanted is not None:
+        out = out.with_columns(pl.when(pl.col("n_avg_tasks") == wanted).then(pl.col("avg_score"))
+                               .otherwise(None).alias("avg_score"))
+    return out
+
+
+def aggregate_over_seeds(steps: pl.DataFrame, *, scores: Sequence[str] = SCORES,
+                         by: Sequence[str] = CONFIG_AXES) -> pl.DataFrame:
+    """Per configuration: `<score>_mean`, `<score>_stderr` (null with one run), `<score>_n`, and n_runs."""
+    keys = [a for a in by if a in steps.columns]
+    aggs: list[pl.Expr] = [pl.len().alias("n_runs")]
+    if "seed" in steps.columns:
+        aggs.append(pl.col("seed").unique().sort().alias("seeds"))
+    for s in scores:
+        n = pl.col(s).count()
+        aggs += [pl.col(s).mean().alias(f"{s}_mean"),
+                 pl.when(n > 1).then(pl.col(s).std() / n.sqrt()).otherwise(None).alias(f"{s}_stderr"),
+                 n.alias(f"{s}_n")]
+    return steps.group_by(keys, maintain_order=True).agg(aggs).sort(keys, nulls_last=True)
+
+
+def varied_axes(steps: pl.DataFrame, axes: Sequence[str] = CONFIG_AXES) -> list[str]:
+    """The axes that take more than one value in these rows."""
+    return [a for a in axes if a in steps.columns and steps[a].n_unique() > 1]
+
+
+def mode_value(column: pl.Series) -> Any:
+    """The value most rows have (ties: the smallest), null included as a value."""
+    counts = column.value_counts(sort=False).sort(["count", column.name], descending=[True, False],
+                                                 nulls_last=True)
+    return counts[column.name][0]
+
+
+def fix_other_axes(steps: pl.DataFrame, vary: Sequence[str], *, axes: Sequence[str] = CONFIG_AXES
+                   ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The slice where every axis not in `vary` is at its most common value; also returns those values.
+
+    An axis determined by the varied ones (params by scale, schedule_policy by intro_fraction under
+    the paper's schedule) is left alone: fixing it would throw away the varied axis's values.
+    """
+    fixed: dict[str, Any] = {}
+    keys = [v for v in vary if v in steps.columns]
+    for axis in axes:
+        if axis in vary or axis not in steps.columns or steps[axis].n_unique() <= 1:
+            continue
+        if keys and steps.group_by(keys).agg(pl.col(axis).n_unique())[axis].max() <= 1:
+            continue
+        value = mode_value(steps[axis])
+        fixed[axis] = value
+        steps = steps.filter(pl.col(axis).is_null() if value is None else pl.col(axis) == value)
+    return steps, fixed
+
+
+def main_stage(steps: pl.DataFrame) -> pl.DataFrame:
+    """The evaluations of the final models: fine-tuned if the study fine-tunes, else the branches."""
+    for stage in ("finetune", "branch"):
+        chosen = steps.filter(pl.col("stage") == stage)
+        if len(chosen):
+            return chosen
+    return steps.filter(pl.col("stage").is_null() | (pl.col("stage") != "trunk"))
+
+
+def text_only_baseline(steps: pl.DataFrame) -> pl.DataFrame:
+    """Text score of each scale's text-only trunk (final checkpoint): mean, stderr, n over seeds."""
+    trunks = steps.filter((pl.col("stage") == "trunk") & pl.col("checkpoint").is_null())
+    return aggregate_over_seeds(trunks, scores=("text_score",), by=("scale", "params"))

@@ -1,0 +1,283 @@
+"""The results catalog: `ingest` builds `<root>/results.duckdb` from the per-step files, `connect` reads it.
+
+Ingest writes a new catalog next to the old one and renames it over it (atomic on POSIX), so a
+reader never sees a half-built catalog and never blocks ingest; a killed ingest leaves the old one.
+Steps whose files are unchanged (same sizes and mtimes) are copied from the old catalog, not re-read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import polars as pl
+
+from analysis import stepfiles
+from analysis.errors import AnalysisInputError, AnalysisWarning
+from analysis.schema import SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
+
+CATALOG_NAME = "results.duckdb"
+
+
+def catalog_path(root: str | Path) -> Path:
+    return Path(root) / CATALOG_NAME
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IngestSummary:
+    ingested: int  # steps read from their files this time
+    reused: int  # unchanged steps copied from the previous catalog
+    unfinished: tuple[tuple[str, str], ...]  # (kind, step_id) with no result.json: not ingested
+    failed: tuple[tuple[str, str], ...]  # (kind, step_id) with failure.json: ingested as status failed
+    skipped_corrupt: tuple[tuple[str, str, str], ...]  # (step_id, file, error)
+    studies: tuple[str, ...]  # study manifests found under the root
+    path: Path  # the catalog written
+    seconds: float
+
+    def __str__(self) -> str:
+        lines = [f"catalog {self.path}: {self.ingested} steps read, {self.reused} unchanged reused, "
+                 f"{len(self.failed)} failed, {len(self.unfinished)} unfinished (not ingested), "
+                 f"{len(self.skipped_corrupt)} files skipped as unreadable, in {self.seconds:.1f}s",
+                 f"studies: {', '.join(self.studies) or '(no manifests)'}"]
+        lines += [f"  unfinished {kind} {sid}" for kind, sid in self.unfinished[:20]]
+        if len(self.unfinished) > 20:
+            lines.append(f"  ... and {len(self.unfinished) - 20} more unfinished")
+        lines += [f"  skipped {file} of step {sid}: {err}" for sid, file, err in self.skipped_corrupt]
+        return "\n".join(lines)
+
+
+def connect(root_or_catalog: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """A connection to the current catalog (a root directory or the .duckdb file itself)."""
+    path = Path(root_or_catalog)
+    if path.is_dir():
+        path = catalog_path(path)
+    if not path.is_file():
+        raise AnalysisInputError(f"{path}: no results catalog; run `vlmsweep ingest` first")
+    con = duckdb.connect(str(path), read_only=read_only)
+    version = _schema_version(con)
+    if version != SCHEMA_VERSION:
+        con.close()
+        raise AnalysisInputError(f"{path}: catalog schema version {version}, this code reads "
+                                 f"{SCHEMA_VERSION}; run `vlmsweep ingest` to rebuild it")
+    return con
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection, prefix: str = "") -> int | None:
+    try:
+        rows = con.execute(f"SELECT value FROM {prefix}catalog_info WHERE key = 'schema_version'").fetchall()
+    except duckdb.Error:
+        return None
+    return int(rows[0][0]) if rows else None
+
+
+def ingest(root: str | Path, *, progress: Callable[[int, int], None] | None = None) -> IngestSummary:
+    """Build the catalog from every step under root and swap it in; see the module docstring."""
+    start = time.perf_counter()
+    root = Path(root)
+    if not (root / "steps").is_dir() and not (root / "studies").is_dir():
+        raise AnalysisInputError(f"{root}: no steps/ or studies/ directory: not a results root")
+    target = catalog_path(root)
+    with _ingest_lock(root):
+        _remove_stale_temporaries(root)
+        tmp = root / f".{CATALOG_NAME}.{os.getpid()}.tmp"
+        try:
+            summary = _build(root, target, tmp, progress)
+            if tmp.exists():  # nothing changed: the old catalog is already this one
+                os.replace(tmp, target)
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+    return IngestSummary(**summary, path=target, seconds=time.perf_counter() - start)
+
+
+class _ingest_lock:
+    """One ingest at a time per root (flock is released by the kernel if the process dies)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / f".{CATALOG_NAME}.lock"
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Delete what a killed ingest left; the lock guarantees no other ingest is writing one."""
+    for leftover in root.glob(f".{CATALOG_NAME}.*.tmp*"):
+        leftover.unlink(missing_ok=True)
+
+
+def _reusable(target: Path) -> tuple[dict[str, str], str | None]:
+    """(step_id -> signature of steps the old catalog holds completely, its manifests' signature)."""
+    if not target.is_file():
+        return {}, None
+    try:
+        with duckdb.connect(str(target), read_only=True) as old:
+            if _schema_version(old) != SCHEMA_VERSION:
+                return {}, None
+            rows = old.execute("SELECT step_id, source_signature FROM steps WHERE skipped_files = ''").fetchall()
+            sig = old.execute("SELECT value FROM catalog_info WHERE key = 'manifests'").fetchall()
+    except duckdb.Error as exc:
+        warnings.warn(f"{target}: previous catalog unreadable ({exc}); rebuilding from scratch",
+                      AnalysisWarning, stacklevel=3)
+        return {}, None
+    return dict(rows), (sig[0][0] if sig else None)
+
+
+def _manifests_signature(root: Path) -> str:
+    files = sorted((root / "studies").glob("*.json")) if (root / "studies").is_dir() else []
+    return "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], None] | None) -> dict:
+    steps = stepfiles.scan_steps(root)
+    old, old_manifests = _reusable(target)
+    manifests = _manifests_signature(root)
+    finished = [s for s in steps if s.status != "unfinished"]
+    reuse = [s for s in finished if old.get(s.step_id) == s.signature]
+    fresh = [s for s in finished if old.get(s.step_id) != s.signature]
+    result = {"ingested": 0, "reused": len(reuse),
+              "unfinished": tuple((s.kind, s.step_id) for s in steps if s.status == "unfinished"),
+              "failed": tuple((s.kind, s.step_id) for s in finished if s.status == "failed")}
+    if not fresh and len(reuse) == len(old) and manifests == old_manifests:
+        with connect(target) as con:  # unchanged: keep the catalog, report what it holds
+            studies = [r[0] for r in con.execute("SELECT study FROM studies ORDER BY study").fetchall()]
+        return {**result, "skipped_corrupt": (), "studies": tuple(studies)}
+    con = duckdb.connect(str(tmp))
+    try:
+        create_all(con)
+        con.execute("INSERT INTO catalog_info VALUES ('root', ?), ('manifests', ?)",
+                    [str(root.resolve()), manifests])
+        # No explicit transaction: the file is private until renamed (that is the commit), and
+        # a failed bulk insert must roll back alone so the file-by-file fallback can run.
+        if reuse:
+            _copy_reused(con, target, [s.step_id for s in reuse])
+        rows, corrupt = _read_fresh(fresh, len(reuse), len(steps), progress)
+        corrupt += _insert_fresh(con, rows, fresh)
+        studies = _insert_manifests(con, root)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return {**result, "ingested": len(rows), "skipped_corrupt": tuple(corrupt), "studies": tuple(studies)}
+
+
+def _copy_reused(con: duckdb.DuckDBPyConnection, target: Path, ids: list[str]) -> None:
+    con.execute(f"ATTACH '{_sql_str(target)}' AS old (READ_ONLY)")
+    reuse_ids = pl.DataFrame({"step_id": ids})
+    con.register("reuse_ids", reuse_ids)
+    for name in ("steps", "metrics", "evals"):
+        cols = ", ".join(f'"{c}"' for c in TABLES[name].column_names)
+        con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM old.{name} "
+                    "WHERE step_id IN (SELECT step_id FROM reuse_ids)")
+    con.unregister("reuse_ids")
+    con.execute("DETACH old")
+
+
+def _read_fresh(fresh: list[stepfiles.StepDir], done_before: int, total: int,
+                progress: Callable[[int, int], None] | None) -> tuple[list[dict], list[tuple[str, str, str]]]:
+    """The steps rows of changed steps; a step whose JSON is unreadable is listed, not ingested."""
+    rows, corrupt = [], []
+    for i, step in enumerate(fresh):
+        try:
+            rows.append(stepfiles.step_row(step))
+        except AnalysisInputError as exc:
+            bad = "failure.json" if step.status == "failed" and "failure.json" in str(exc) else (
+                "result.json" if "result.json" in str(exc) else "config.json")
+            _warn_corrupt(step.step_id, bad, str(exc))
+            corrupt.append((step.step_id, bad, str(exc)))
+        if progress is not None:
+            progress(done_before + i + 1, total)
+    return rows, corrupt
+
+
+def _warn_corrupt(step_id: str, file: str, error: str) -> None:
+    warnings.warn(f"step {step_id}: skipped {file}: {error}", AnalysisWarning, stacklevel=4)
+
+
+def _insert_fresh(con: duckdb.DuckDBPyConnection, rows: list[dict],
+                  fresh: list[stepfiles.StepDir]) -> list[tuple[str, str, str]]:
+    """Insert steps rows and their Parquet files in bulk; unreadable files are skipped and named."""
+    by_id = {r["step_id"]: r for r in rows}
+    corrupt: list[tuple[str, str, str]] = []
+    for file, table in stepfiles.TABLE_FOR_FILE.items():
+        good = []
+        for step in fresh:
+            path = step.path / file
+            if step.step_id not in by_id or by_id[step.step_id]["status"] != "done" or not path.exists():
+                continue
+            try:
+                stepfiles.check_parquet(path)
+                good.append((step.step_id, str(path)))
+            except AnalysisInputError as exc:
+                corrupt.append((step.step_id, file, str(exc)))
+        corrupt += _insert_parquet(con, table.name, good)
+    for sid, file, err in corrupt:
+        _warn_corrupt(sid, file, err)
+        by_id[sid]["skipped_files"] = ",".join(filter(None, [by_id[sid]["skipped_files"], file]))
+    if rows:
+        frame = pl.DataFrame(rows, schema=STEPS.polars_schema())
+        con.register("new_steps", frame)
+        con.execute("INSERT INTO steps SELECT * FROM new_steps")
+        con.unregister("new_steps")
+    return corrupt
+
+
+def _insert_parquet(con: duckdb.DuckDBPyConnection, table: str, files: list[tuple[str, str]]
+                    ) -> list[tuple[str, str, str]]:
+    """One bulk read of every file; if some file's data pages are damaged, fall back to one by one."""
+    if not files:
+        return []
+    try:
+        _insert_parquet_files(con, table, files)
+        return []
+    except duckdb.Error:
+        pass
+    corrupt = []
+    for sid, path in files:
+        try:
+            _insert_parquet_files(con, table, [(sid, path)])
+        except duckdb.Error as exc:
+            corrupt.append((sid, Path(path).name, f"{path}: {exc}"))
+    return corrupt
+
+
+def _insert_parquet_files(con: duckdb.DuckDBPyConnection, table: str, files: list[tuple[str, str]]) -> None:
+    """INSERT ... SELECT over read_parquet of the files, tagging rows with their step_id."""
+    columns = TABLES[table].columns
+    select = ", ".join(f'CAST(p."{c.name}" AS {c.dtype})' for c in columns[1:])
+    con.register("file_ids", pl.DataFrame({"step_id": [f[0] for f in files], "file": [f[1] for f in files]}))
+    try:
+        con.execute(f"INSERT INTO {table} SELECT f.step_id, {select} "
+                    "FROM read_parquet($files, filename = true) p JOIN file_ids f ON p.filename = f.file",
+                    {"files": [f[1] for f in files]})
+    finally:
+        con.unregister("file_ids")
+
+
+def _insert_manifests(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
+    names, study_rows, step_rows = [], [], []
+    for path in sorted((root / "studies").glob("*.json")) if (root / "studies").is_dir() else []:
+        study, rows = stepfiles.manifest_rows(path)
+        names.append(study["study"])
+        study_rows.append(study)
+        step_rows += rows
+    for table, rows in ((STUDIES, study_rows), (STUDY_STEPS, step_rows)):
+        if rows:
+            con.register("new_rows", pl.DataFrame(rows, schema=table.polars_schema()))
+            con.execute(f"INSERT INTO {table.name} SELECT DISTINCT * FROM new_rows")
+            con.unregister("new_rows")
+    return names
+
+
+def _sql_str(path: Path) -> str:
+    return str(path).replace("'", "''")

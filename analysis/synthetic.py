@@ -1,0 +1,233 @@
+"""A seeded generator of realistic synthetic study results, in exactly the per-step file layout.
+
+Tests, benchmarks and the app use it to get a study without training anything: a few scales,
+intro fractions 0..1, image ratios, seeds and fine-tune epochs, with scores shaped like the
+paper's (VL best near f = 0.8 at large scale, small models prefer more image data) plus noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Approximate LM totals of the paper's presets (analysis never imports models).
+SCALE_PARAMS = {"79m": 79_000_000, "154m": 154_000_000, "411m": 411_000_000,
+                "1.4b": 1_400_000_000, "1m": 1_000_000, "5m": 5_000_000}
+VL_TASKS = {"vqav2": 0.0, "gqa": 0.0, "vizwiz": 0.0, "textvqa": 0.0, "pope": 0.5}
+TEXT_TASKS = {"arc_easy": 0.25, "hellaswag": 0.25, "piqa": 0.5}
+METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("tokens", pa.int64()), ("name", pa.string()),
+                            ("value", pa.float64())])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SyntheticSpec:
+    """What to generate; the defaults give ~100 steps that exercise every figure."""
+
+    study: str = "synthetic"
+    scales: tuple[str, ...] = ("79m", "411m")
+    intro_fractions: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    image_ratios: tuple[float, ...] = (0.1, 0.5)
+    instruction_shares: tuple[float, ...] = (0.0,)
+    finetune_epochs: tuple[int, ...] = (1, 2)
+    seeds: tuple[int, ...] = (0, 1)
+    schedule: str = "paper"  # paper: rewarm at f = 0 and f = 1, continue in between
+    metric_rows: int = 40  # optimizer steps logged per training step (x 5 metric names)
+    unfinished: int = 0  # eval steps left with progress.json only
+    failed: int = 0  # eval steps left with failure.json
+    seed: int = 0  # the noise seed
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SyntheticStudy:
+    root: Path
+    manifest: Path
+    step_ids: dict[str, list[str]] = field(default_factory=dict)  # kind -> ids written
+
+
+def _sid(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def lr_curve(frac: np.ndarray, *, peak: float, warmup: float = 0.02, floor: float = 0.1) -> np.ndarray:
+    """Warmup + cosine to floor·peak over a schedule whose progress is `frac` in [0, 1]."""
+    cos = floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * np.clip((frac - warmup) / (1 - warmup), 0, 1)))
+    return peak * np.where(frac < warmup, frac / warmup, cos)
+
+
+def vl_shape(scale_size: float, f: float, ratio: float, share: float, epochs: int) -> float:
+    """Stable VL score: grows with scale, peaks near f = 0.8 (larger models), ratio optimum shrinks."""
+    best_ratio = 0.5 / (1 + 4 * scale_size)  # small models prefer more image data
+    best_f = 0.55 + 0.25 * scale_size
+    s = 0.25 + 0.15 * scale_size - 0.12 * (f - best_f) ** 2 - 0.04 * math.log(ratio / best_ratio) ** 2
+    return s - 0.15 * share + 0.02 * min(epochs, 3) - 0.01 * max(epochs - 3, 0)
+
+
+def text_shape(scale_size: float, f: float, ratio: float, epochs: int) -> float:
+    """Stable text score: more text pre-training (larger f) helps, more image data costs a little."""
+    return 0.15 + 0.12 * scale_size + 0.06 * f - 0.05 * ratio - 0.01 * max(epochs - 2, 0)
+
+
+class _Writer:
+    """Writes the steps of one synthetic study under root and collects the manifest."""
+
+    def __init__(self, root: Path, spec: SyntheticSpec) -> None:
+        self.root, self.spec = root, spec
+        self.rng = np.random.default_rng(spec.seed)
+        self.manifest: list[dict] = []
+        self.ids: dict[str, list[str]] = {}
+        self.evals: list[tuple[str, dict, list[list[str]]]] = []  # deferred to mark unfinished
+
+    def step(self, kind: str, sid: str, parents: list[list[str]], meta: dict,
+             metrics: pa.Table | None = None, evals: pa.Table | None = None,
+             flops: float = 0.0, status: str = "done") -> None:
+        self.manifest.append({"step_id": sid, "kind": kind, "parents": parents, "meta": meta})
+        self.ids.setdefault(kind, []).append(sid)
+        d = self.root / "steps" / kind / sid
+        d.mkdir(parents=True, exist_ok=True)
+        _write_json(d / "config.json", {"step_id": sid, "kind": kind, "parents": parents,
+                                        "meta": meta, "code_salt": 1,
+                                        "config": {"seed": meta.get("seed"), "tokens": meta.get("tokens")}})
+        if metrics is not None:
+            pq.write_table(metrics, d / "metrics.parquet")
+        if evals is not None:
+            pq.write_table(evals, d / "evals.parquet")
+        if status == "running":
+            _write_json(d / "progress.json", {"step_id": sid, "fraction": 0.5})
+        elif status == "failed":
+            _write_json(d / "failure.json", {"step_id": sid, "kind": kind, "status": "failed",
+                                             "reason": "oom", "error": "CUDA out of memory",
+                                             "traceback": "...", "finished_at": "2025-01-02T00:00:00"})
+        else:
+            _write_json(d / "result.json", self._result(sid, kind, meta, flops))
+
+    def _result(self, sid: str, kind: str, meta: dict, flops: float) -> dict:
+        n = meta.get("params") or 0
+        return {"step_id": sid, "kind": kind, "status": "done", "tokens": meta.get("tokens") or 0,
+                "flops": flops, "params": {"embedding": n // 5, "non_embedding": n - n // 5,
+                                           "lm_total": n, "vision": 86_000_000, "projector": 2_000_000},
+                "wall_time_s": float(self.rng.uniform(10, 100)), "peak_memory_bytes": 2 ** 30,
+                "code_salt": 1, "git_commit": "0" * 40, "started_at": "2025-01-01T00:00:00+00:00",
+                "finished_at": "2025-01-01T01:00:00+00:00", "hostname": "synthetic", "device": "cpu"}
+
+    def metrics(self, names_values: dict[str, np.ndarray], tokens: np.ndarray) -> pa.Table:
+        k = len(tokens)
+        steps = np.arange(1, k + 1, dtype=np.int64)
+        return pa.table({"step": np.tile(steps, len(names_values)),
+                         "tokens": np.tile(tokens.astype(np.int64), len(names_values)),
+                         "name": np.repeat(list(names_values), k),
+                         "value": np.concatenate(list(names_values.values())).astype(np.float64)},
+                        schema=METRICS_SCHEMA)
+
+    def eval_table(self, vl: float | None, text: float) -> pa.Table:
+        rows = [(t, "text", text, c) for t, c in TEXT_TASKS.items()]
+        if vl is not None:
+            rows += [(t, "vl", vl, c) for t, c in VL_TASKS.items()]
+        value = [float(np.clip(c + s * (1 - c) + self.rng.normal(0, 0.01), 0, 1)) for _, _, s, c in rows]
+        return pa.table({"task": [r[0] for r in rows], "group": [r[1] for r in rows],
+                         "metric": ["accuracy"] * len(rows), "value": value,
+                         "chance": [r[3] for r in rows], "n": [500] * len(rows)})
+
+
+def _size(scale: str) -> float:
+    """A scale's position in [0, 1] on a log axis from 1M to 1.4B parameters."""
+    return (math.log(SCALE_PARAMS[scale]) - math.log(1e6)) / (math.log(1.4e9) - math.log(1e6))
+
+
+def write_synthetic_study(root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> SyntheticStudy:
+    """Write every step of a synthetic study (and its manifest) under root; seeded by spec.seed."""
+    root = Path(root)
+    w = _Writer(root, spec)
+    enc = _sid("encoder", spec.seed)
+    w.step("encoder", enc, [], {"image_data": "world"})
+    for scale in spec.scales:
+        for seed in spec.seeds:
+            _write_chain(w, spec, scale, seed, enc)
+    _write_evals(w, spec)
+    manifest = root / "studies" / f"{spec.study}.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    axes = {"scale": list(spec.scales), "intro_fraction": list(spec.intro_fractions),
+            "image_ratio": list(spec.image_ratios), "instruction_share": list(spec.instruction_shares),
+            "finetune_epochs": list(spec.finetune_epochs), "seed": list(spec.seeds),
+            "schedule": [spec.schedule]}
+    _write_json(manifest, {"name": spec.study, "study_file": f"studies/{spec.study}.toml",
+                           "written_at": "2025-01-01T00:00:00+00:00", "axes": axes, "steps": w.manifest})
+    return SyntheticStudy(root=root, manifest=manifest, step_ids=w.ids)
+
+
+def _write_chain(w: _Writer, spec: SyntheticSpec, scale: str, seed: int, enc: str) -> None:
+    """One trunk and everything that branches from it."""
+    n, size, k = SCALE_PARAMS[scale], _size(scale), spec.metric_rows
+    total = 20 * n  # trunk tokens (the synthetic world is 1x Chinchilla, not 150x)
+    base = {"scale": scale, "params": n, "text_data": "world", "seed": seed}
+    trunk = _sid("trunk", scale, seed)
+    frac = np.linspace(0, 1, k + 1)[1:]
+    toks = frac * total
+    loss = 2.0 + 400 / n ** 0.34 + 400 / toks ** 0.28 + w.rng.normal(0, 0.01, k)
+    w.step("trunk", trunk, [], {**base, "tokens": total},
+           w.metrics({"train_loss": loss, "text_loss": loss + 0.02, "lr": lr_curve(frac, peak=3e-3),
+                      "grad_norm": 1 / (1 + 5 * frac), "tokens_per_s": np.full(k, 1e5)}, toks),
+           flops=6.0 * n * total)
+    w.evals.append((trunk, {**base, "stage": "trunk", "checkpoint": None}, [["trunk", trunk]]))
+    for f in spec.intro_fractions:
+        policy = "rewarm" if spec.schedule == "rewarm" or (spec.schedule == "paper" and f in (0.0, 1.0)) else "continue"
+        for ratio in spec.image_ratios:
+            for share in spec.instruction_shares:
+                _write_branch(w, spec, dict(base, intro_fraction=f, image_ratio=ratio, image_data="world",
+                                            instruction_share=share, schedule=spec.schedule,
+                                            schedule_policy=policy), trunk, enc, size, total)
+
+
+def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: str, size: float,
+                  trunk_tokens: int) -> None:
+    n, k, f = meta["params"], spec.metric_rows, meta["intro_fraction"]
+    stage_tokens = 20 * n
+    branch = _sid("branch", trunk, f, meta["image_ratio"], meta["instruction_share"])
+    frac = np.linspace(0, 1, k + 1)[1:]
+    if meta["schedule_policy"] == "rewarm":
+        lr = lr_curve(frac, peak=3e-3)
+    else:  # continue from where the trunk's schedule stands, decay over the image stage
+        start = float(lr_curve(np.array([f]), peak=3e-3)[0])
+        lr = 3e-4 + (start - 3e-4) * 0.5 * (1 + np.cos(np.pi * frac))
+    toks = frac * stage_tokens
+    loss = 2.1 + 300 / n ** 0.34 + 150 / (toks + f * trunk_tokens + 1e6) ** 0.28
+    caption = loss + 0.4 * (1 - frac) + w.rng.normal(0, 0.01, k)
+    w.step("branch", branch, [["trunk", trunk], ["encoder", enc]], {**meta, "tokens": stage_tokens},
+           w.metrics({"train_loss": loss, "text_loss": loss - 0.05, "caption_loss": caption, "lr": lr,
+                      "grad_norm": 1 / (1 + 5 * frac)}, toks), flops=6.0 * n * stage_tokens)
+    for epochs in spec.finetune_epochs:
+        ft = _sid("finetune", branch, epochs)
+        ft_meta = {**meta, "finetune_epochs": epochs, "tokens": 1_000_000}
+        steps = np.linspace(0, 1, max(k // 4, 2) + 1)[1:]
+        w.step("finetune", ft, [["branch", branch]], ft_meta,
+               w.metrics({"train_loss": 1.5 - 0.3 * steps, "instruction_loss": 1.5 - 0.3 * steps,
+                          "lr": lr_curve(steps, peak=1e-4)}, steps * 1_000_000))
+        w.evals.append((ft, {**ft_meta, "stage": "finetune", "checkpoint": None,
+                             "_scores": (vl_shape(size, f, meta["image_ratio"], meta["instruction_share"], epochs),
+                                         text_shape(size, f, meta["image_ratio"], epochs))},
+                        [["finetune", ft]]))
+
+
+def _write_evals(w: _Writer, spec: SyntheticSpec) -> None:
+    """Eval steps last, so the final `unfinished` / `failed` ones can be left without a result."""
+    n_evals = len(w.evals)
+    for i, (target, meta, parents) in enumerate(w.evals):
+        scores = meta.pop("_scores", None)
+        vl, text = scores if scores else (None, 0.23 + 0.12 * _size(meta["scale"]))  # text-only trunk
+        status = ("running" if i >= n_evals - spec.unfinished else
+                  "failed" if i >= n_evals - spec.unfinished - spec.failed else "done")
+        sid = _sid("eval", target)
+        w.step("eval", sid, parents, {**meta, "tokens": 0},
+               evals=None if status != "done" else w.eval_table(vl, text), status=status)

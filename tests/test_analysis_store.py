@@ -1,0 +1,179 @@
+"""The results catalog: schema round trip, idempotent and incremental ingest, bad input, and a
+real SIGKILL in the middle of ingest that must leave the previous catalog intact and readable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from analysis.errors import AnalysisInputError, AnalysisWarning
+from analysis.schema import SCHEMA_VERSION, TABLES, create_all
+from analysis.store import catalog_path, connect, ingest
+from analysis.synthetic import SyntheticSpec, write_synthetic_study
+
+SMALL = SyntheticSpec(scales=("79m",), intro_fractions=(0.0, 0.5, 1.0), image_ratios=(0.1,),
+                      finetune_epochs=(1,), metric_rows=10, unfinished=1, failed=1)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    write_synthetic_study(tmp_path, SMALL)
+    return tmp_path
+
+
+def table_contents(root: Path) -> dict[str, pl.DataFrame]:
+    with connect(root) as con:
+        return {name: con.sql(f"SELECT * FROM {name}").pl().sort(pl.all())
+                for name in ("steps", "study_steps", "metrics", "evals", "studies")}
+
+
+def test_schema_round_trip_keeps_every_dtype(root: Path) -> None:
+    ingest(root)
+    with connect(root) as con:
+        for name, table in TABLES.items():
+            frame = con.sql(f"SELECT * FROM {name}").pl()
+            assert frame.schema == table.polars_schema(), name
+            assert len(frame) > 0, name
+        # and a polars frame of the declared schema goes in and comes back unchanged
+    con = duckdb.connect()
+    create_all(con)
+    steps = table_contents(root)["steps"]
+    con.register("x", steps)
+    con.execute("INSERT INTO steps SELECT * FROM x")
+    back = con.sql("SELECT * FROM steps").pl().sort(pl.all())
+    assert back.equals(steps)
+    assert con.execute("SELECT value FROM catalog_info WHERE key='schema_version'").fetchall() == [
+        (str(SCHEMA_VERSION),)]
+
+
+def test_ingest_is_idempotent_and_incremental(root: Path) -> None:
+    first = ingest(root)
+    assert first.reused == 0 and first.ingested > 0
+    assert len(first.unfinished) == 1 and len(first.failed) == 1
+    before = table_contents(root)
+    second = ingest(root)
+    assert second.ingested == 0 and second.reused == first.ingested
+    after = table_contents(root)
+    for name in before:
+        assert before[name].equals(after[name]), name
+    # a rebuilt-from-scratch catalog is the same as the incremental one
+    catalog_path(root).unlink()
+    ingest(root)
+    for name, frame in table_contents(root).items():
+        assert frame.equals(before[name]), name
+    # touching one step re-reads only that step
+    result = next((root / "steps" / "branch").iterdir()) / "result.json"
+    result.write_text(result.read_text().replace('"wall_time_s": ', '"wall_time_s": 1'))
+    held = connect(root)  # a reader holding the catalog open neither blocks ingest nor sees it change
+    third = ingest(root)
+    assert third.ingested == 1 and third.reused == first.ingested - 1
+    assert held.sql("SELECT * FROM steps").pl().sort(pl.all()).equals(before["steps"])
+    held.close()
+
+
+def test_unfinished_and_failed_steps_are_listed(root: Path) -> None:
+    summary = ingest(root)
+    with connect(root) as con:
+        ids = {r[0]: r[1] for r in con.execute("SELECT step_id, status FROM steps").fetchall()}
+    (kind, sid), = summary.unfinished
+    assert kind == "eval" and sid not in ids
+    (kind, failed_id), = summary.failed
+    assert ids[failed_id] == "failed"
+    assert "1 unfinished" in str(summary) and sid in str(summary)
+
+
+def test_corrupt_parquet_is_named_and_skipped(root: Path) -> None:
+    branches = sorted((root / "steps" / "branch").iterdir())
+    (branches[0] / "metrics.parquet").write_bytes(b"not parquet at all")
+    damaged = branches[1] / "metrics.parquet"
+    data = bytearray(damaged.read_bytes())
+    data[4:200] = bytes(196)  # data pages zeroed, footer intact
+    damaged.write_bytes(bytes(data))
+    with pytest.warns(AnalysisWarning, match="metrics.parquet"):
+        summary = ingest(root)
+    skipped = {(sid, file) for sid, file, _ in summary.skipped_corrupt}
+    assert (branches[0].name, "metrics.parquet") in skipped
+    assert (branches[1].name, "metrics.parquet") in skipped
+    with connect(root) as con:
+        per_step = dict(con.execute("SELECT step_id, count(*) FROM metrics GROUP BY step_id").fetchall())
+        flagged = dict(con.execute("SELECT step_id, skipped_files FROM steps").fetchall())
+    assert branches[0].name not in per_step and branches[1].name not in per_step
+    assert per_step[branches[2].name] > 0  # the rest ingested
+    assert flagged[branches[0].name] == "metrics.parquet"
+    # a step with a skipped file is re-read (and warned about) next time, never silently reused
+    with pytest.warns(AnalysisWarning):
+        again = ingest(root)
+    assert again.ingested == 2
+
+
+def test_unreadable_config_skips_that_step_only(root: Path) -> None:
+    trunk = next((root / "steps" / "trunk").iterdir())
+    cfg = json.loads((trunk / "config.json").read_text())
+    cfg["meta"]["params"] = "seventy-nine million"
+    (trunk / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(AnalysisWarning, match="meta.params"):
+        summary = ingest(root)
+    assert summary.skipped_corrupt[0][:2] == (trunk.name, "config.json")
+    assert "meta.params" in summary.skipped_corrupt[0][2]
+
+
+def test_bad_manifest_and_missing_catalog_raise_naming_the_file(root: Path) -> None:
+    with pytest.raises(AnalysisInputError, match="results.duckdb"):
+        connect(root)
+    manifest = root / "studies" / "synthetic.json"
+    manifest.write_text(json.dumps({"name": "x", "steps": [{"kind": "trunk"}]}))
+    with pytest.raises(AnalysisInputError, match=r"synthetic.json.*steps\[0\]"):
+        ingest(root)
+    with pytest.raises(AnalysisInputError, match="not a results root"):
+        ingest(root / "steps" / "trunk")
+
+
+KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+from analysis.store import ingest
+def progress(done, total):  # stop at the first fresh step read, with the new catalog half-built
+    Path(sys.argv[2]).write_text("reached")
+    time.sleep(60)
+ingest(sys.argv[1], progress=progress)
+"""
+
+
+def test_sigkill_mid_ingest_leaves_previous_catalog(root: Path, tmp_path_factory) -> None:
+    ingest(root)
+    before = table_contents(root)
+    # more work for the next ingest: a second study under the same root
+    write_synthetic_study(root, SyntheticSpec(study="second", scales=("154m",), intro_fractions=(0.5,),
+                                              image_ratios=(0.2,), finetune_epochs=(1,), metric_rows=10))
+    marker = tmp_path_factory.mktemp("kill") / "marker"
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(root), str(marker)], cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "ingest never got going"
+            time.sleep(0.05)
+        assert list(root.glob(".results.duckdb.*.tmp")), "the new catalog is being built aside"
+        # a reader opens the catalog while ingest is mid-way: it is not blocked and sees the old one
+        for name, frame in table_contents(root).items():
+            assert frame.equals(before[name]), name
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for name, frame in table_contents(root).items():
+        assert frame.equals(before[name]), name
+    summary = ingest(root)  # the next ingest cleans up and completes
+    assert "second" in summary.studies
+    assert not list(root.glob(".results.duckdb.*.tmp*"))
