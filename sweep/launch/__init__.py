@@ -1,0 +1,82 @@
+"""Launch backends behind one small interface: inline (this process), local (worker processes), slurm.
+
+`select_steps` decides what a `run` submits (missing steps, failed ones when asked, never a done or
+in-flight one, nothing under a step that cannot run); `get_backend(name).run(plan, steps, ...)`
+runs or submits them and returns a `LaunchResult`. Each backend lives in its own module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+from models.steps import Step
+from sweep.status import StepStatus, reconcile
+
+BACKENDS = ("inline", "local", "slurm")
+JobFactory = Callable[[Step, Any], Callable[[], Any]]  # (step, root) → a submitit-picklable callable
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LaunchResult:
+    submitted: int  # steps handed to the backend
+    completed: int  # steps that finished with result.json (0 for slurm: it returns at once)
+    failed: int  # steps that raised or were killed
+    blocked: int = 0  # steps not run because a parent failed in this run
+    job_ids: tuple[str, ...] = ()
+    sbatch_calls: int = 0  # slurm: job arrays submitted
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, plan: Any, steps: Sequence[Step], *, workers: int = 1, progress: bool = True,
+            job_factory: JobFactory | None = None,
+            statuses: dict[str, StepStatus] | None = None) -> LaunchResult: ...
+
+
+def get_backend(name: str) -> Backend:
+    if name == "inline":
+        from sweep.launch.inline import InlineBackend
+        return InlineBackend()
+    if name == "local":
+        from sweep.launch.local import LocalBackend
+        return LocalBackend()
+    if name == "slurm":
+        from sweep.launch.slurm import SlurmBackend
+        return SlurmBackend()
+    raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
+
+
+def select_steps(plan: Any, retry_failed: bool, max_failures: int, *,
+                 statuses: dict[str, StepStatus] | None = None) -> list[Step]:
+    """The steps a `run` should submit, parents first.
+
+    Missing steps, and failed ones when `retry_failed` unless they failed `max_failures` times;
+    never a done step or one queued/running already; never a step under one that cannot run.
+    """
+    statuses = reconcile(plan) if statuses is None else statuses
+    will_finish: dict[str, bool] = {}  # step_id → done, in flight, or chosen now
+    chosen: list[Step] = []
+    for step in plan.steps:
+        status = statuses[step.step_id]
+        if status.state in ("done", "running", "pending"):
+            will_finish[step.step_id] = True
+            continue
+        if not all(will_finish.get(pid, False) for _, pid in step.parents):
+            will_finish[step.step_id] = False
+            continue
+        if status.state == "failed" and (not retry_failed or status.failures >= max_failures):
+            will_finish[step.step_id] = False
+            continue
+        will_finish[step.step_id] = True
+        chosen.append(step)
+    return chosen
+
+
+def run_levels(steps: Sequence[Step]) -> dict[str, int]:
+    """step_id → level among these steps (0 = no parent among them), for arrays and ordering."""
+    level: dict[str, int] = {}
+    for step in steps:  # parents come first
+        level[step.step_id] = 1 + max((level[p] for _, p in step.parents if p in level), default=-1)
+    return level

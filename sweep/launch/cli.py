@@ -1,0 +1,170 @@
+"""`vlmsweep run` and `vlmsweep status`: argument definitions and the thin handlers over sweep.launch.
+
+`run` takes the root lock, reconciles, selects what to submit and hands it to a backend;
+`status` prints every step's state (a table, or JSON), optionally refreshing with --watch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from sweep.errors import UserError
+from sweep.launch import BACKENDS, LaunchResult, get_backend, select_steps
+from sweep.launch.journal import JournalError
+from sweep.launch.queue import QueueError
+from sweep.launch.slurm import SlurmSettingsError, group_steps, render_sbatch, sbatch_parameters
+from sweep.locking import root_lock
+from sweep.status import StepStatus, reconcile, summary
+
+WATCH_S = 5.0
+
+
+class LaunchError(UserError):
+    """The launch could not proceed: no SLURM answer, an unreadable journal, a bad sbatch option."""
+
+
+def _add_once(p: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    if flag not in p._option_string_actions:  # the main CLI may have defined it already
+        p.add_argument(flag, **kwargs)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    _add_once(p, "--root", type=Path, default=None, help="results root (default: the study's)")
+    _add_once(p, "--backend", choices=BACKENDS, default=None,
+              help="where steps run (default: [backend].default of the study)")
+    _add_once(p, "--workers", type=int, default=None, help="local worker processes")
+    _add_once(p, "--retry-failed", action="store_true",
+              help="also rerun failed steps (each at most [backend].max_failures times)")
+    _add_once(p, "--dry-run", action="store_true", help="print what would run; run nothing")
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    _add_once(p, "--root", type=Path, default=None, help="results root (default: the study's)")
+    _add_once(p, "--json", action="store_true", help="machine-readable output")
+    _add_once(p, "--watch", action="store_true", help="refresh until no step is queued or running")
+
+
+def _plan_from_args(args: argparse.Namespace) -> Any:
+    from sweep.plan import plan_study
+    from sweep.spec import load_study
+
+    return plan_study(load_study(args.study), root=getattr(args, "root", None))
+
+
+def _by_kind(steps: list[Any]) -> str:
+    counts = Counter(s.kind for s in steps)
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing"
+
+
+def _explain(plan: Any, statuses: dict[str, StepStatus], chosen: list[Any], max_failures: int,
+             retry_failed: bool) -> None:
+    counts = summary(statuses)
+    print(f"{plan.study.name}: {len(plan.steps)} steps under {plan.root}: "
+          + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    for s in statuses.values():
+        if s.state == "failed" and (s.failures >= max_failures or not retry_failed):
+            why = (f"failed {s.failures} times (max_failures = {max_failures})"
+                   if s.failures >= max_failures else "failed; rerun with --retry-failed")
+            print(f"  not retried: {s.kind} {s.step_id}: {why}: {s.reason}")
+    print(f"to run: {len(chosen)} steps ({_by_kind(chosen)})")
+
+
+def _dry_run_slurm(plan: Any, chosen: list[Any]) -> None:
+    for (level, _), members in group_steps(plan, chosen):
+        params = sbatch_parameters(plan.study.backend.slurm_for(members[0].kind))
+        print(f"\n# level {level}: array of {len(members)} ({_by_kind(members)})")
+        print(render_sbatch(params, folder=Path(plan.root) / "logs" / "%j",
+                            job_name=f"{plan.study.name}.L{level}", array_size=len(members)))
+
+
+def _launch(args: argparse.Namespace, plan: Any) -> LaunchResult | None:
+    settings = plan.study.backend
+    name = getattr(args, "backend", None) or settings.default
+    workers = getattr(args, "workers", None) or settings.workers
+    retry = bool(getattr(args, "retry_failed", False))
+    # The lock spans reconcile → submit, so a concurrent run sees our jobs in the journal;
+    # a dry run writes nothing, not even the lock file.
+    dry = bool(getattr(args, "dry_run", False))
+    with contextlib.nullcontext() if dry else root_lock(plan.root):
+        statuses = reconcile(plan)
+        chosen = select_steps(plan, retry, settings.max_failures, statuses=statuses)
+        _explain(plan, statuses, chosen, settings.max_failures, retry)
+        if dry:
+            if name == "slurm":
+                _dry_run_slurm(plan, chosen)
+            return None
+        if not chosen:
+            return LaunchResult(submitted=0, completed=0, failed=0)
+        from sweep.plan import write_study_manifest
+
+        write_study_manifest(plan)
+        return get_backend(name).run(plan, chosen, workers=workers, progress=True,
+                                     statuses=statuses)
+
+
+def run_run(args: argparse.Namespace, plan: Any = None) -> int:
+    plan = plan if plan is not None else _plan_from_args(args)
+    try:
+        result = _launch(args, plan)
+    except (QueueError, JournalError, SlurmSettingsError, submitit.core.utils.FailedJobError,
+            submitit.core.utils.FailedSubmissionError) as exc:
+        raise LaunchError(str(exc)) from None
+    if result is None:
+        return 0
+    if result.sbatch_calls:
+        print(f"submitted {result.submitted} steps in {result.sbatch_calls} job arrays "
+              f"(jobs recorded in {Path(plan.root) / 'launch' / 'jobs.jsonl'}); "
+              f"follow with `vlmsweep status {plan.study.path}`")
+    else:
+        print(f"ran {result.submitted} steps: {result.completed} done, {result.failed} failed, "
+              f"{result.blocked} blocked")
+    return 1 if result.failed or result.blocked else 0
+
+
+def format_table(plan: Any, statuses: dict[str, StepStatus]) -> str:
+    counts = summary(statuses)
+    lines = [f"{plan.study.name}: {len(statuses)} steps under {plan.root}: "
+             + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
+    for s in statuses.values():
+        if s.state == "done":
+            continue
+        line = f"  {s.state:<13} {s.kind:<8} {s.step_id}"
+        if s.job_id:
+            line += f"  job {s.job_id}"
+        if s.progress and s.progress.get("total_tokens"):
+            line += f"  {100 * s.progress['tokens'] / s.progress['total_tokens']:.0f}%"
+        if s.reason:
+            line += f"  {s.reason}"
+        if s.state == "failed" and s.log:
+            line += f"\n{'':16}log: {s.log}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run_status(args: argparse.Namespace, plan: Any = None) -> int:
+    plan = plan if plan is not None else _plan_from_args(args)
+    while True:
+        try:
+            statuses = reconcile(plan)
+        except (QueueError, JournalError) as exc:
+            raise LaunchError(str(exc)) from None
+        if getattr(args, "json", False):
+            print(json.dumps({"study": plan.study.name, "root": str(plan.root),
+                              "counts": summary(statuses),
+                              "steps": [s.to_json() for s in statuses.values()]}))
+        else:
+            print(format_table(plan, statuses))
+        settled = not any(s.state in ("running", "pending") for s in statuses.values())
+        if not getattr(args, "watch", False) or settled:
+            return 0
+        sys.stdout.flush()
+        time.sleep(WATCH_S)

@@ -1,0 +1,63 @@
+"""The inline backend: every step in this process, one after another, parents first.
+
+For tests and debugging (a breakpoint in a step works). A failed step does not stop the run:
+its descendants are skipped as blocked and independent steps still run. A thread redraws the
+progress line while a step trains.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Sequence
+
+from models.steps import Step
+from sweep.launch import JobFactory, LaunchResult
+from sweep.launch.progress import ProgressLine
+from sweep.launch.worker import StepJob
+from sweep.status import StepStatus
+
+
+class InlineBackend:
+    name = "inline"
+
+    def run(self, plan: Any, steps: Sequence[Step], *, workers: int = 1, progress: bool = True,
+            job_factory: JobFactory | None = None,
+            statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
+        factory = job_factory or StepJob
+        line = ProgressLine(root=plan.root, total=len(steps)) if progress else None
+        state = {"done": 0, "failed": 0, "current": [], "times": []}
+        stop = threading.Event()
+        ticker = threading.Thread(target=_tick, args=(line, state, stop), daemon=True)
+        if line:
+            ticker.start()
+        bad: set[str] = set()  # failed or blocked in this run
+        blocked = 0
+        try:
+            for step in steps:
+                if any(pid in bad for _, pid in step.parents):
+                    bad.add(step.step_id)
+                    blocked += 1
+                    continue
+                state["current"] = [step]
+                began = time.monotonic()
+                try:
+                    factory(step, plan.root)()
+                    state["done"] += 1
+                    state["times"].append(time.monotonic() - began)
+                except Exception:
+                    state["failed"] += 1
+                    bad.add(step.step_id)
+                state["current"] = []
+        finally:
+            stop.set()
+        if line:
+            ticker.join()
+            line.show(state["done"], state["failed"], [], state["times"], final=True)
+        return LaunchResult(submitted=len(steps), completed=state["done"], failed=state["failed"],
+                            blocked=blocked)
+
+
+def _tick(line: ProgressLine | None, state: dict, stop: threading.Event) -> None:
+    while line is not None and not stop.wait(0.5):
+        line.show(state["done"], state["failed"], list(state["current"]), list(state["times"]))

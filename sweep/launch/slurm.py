@@ -1,0 +1,143 @@
+"""The SLURM backend: one job array per DAG level (and resource set), `afterok` between levels.
+
+`run` submits and returns at once, recording every job in the launch journal. Resources per step
+kind come from the study's [backend.slurm] (and [backend.slurm.<kind>]) through
+`sbatch_parameters`; steps of one level that need the same resources share one array, so a
+study usually costs one sbatch call per level. Jobs get SIGUSR2 before their time limit and are
+checkpointed and requeued by the worker (Lightning's own SLURM requeue stays off).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
+from models.steps import Step
+from sweep.launch import JobFactory, LaunchResult, run_levels
+from sweep.launch.journal import JobRecord, append_jobs
+from sweep.launch.local import source_setup
+from sweep.launch.worker import StepJob
+from sweep.status import StepStatus, reconcile
+
+
+class SlurmSettingsError(ValueError):
+    """A [backend.slurm] value cannot be turned into an sbatch option."""
+
+
+def parse_extra(extra: Sequence[str], *, where: str = "backend.slurm.extra") -> dict[str, Any]:
+    """("--constraint=a100", "--exclusive") → {"constraint": "a100", "exclusive": True}."""
+    out: dict[str, Any] = {}
+    for option in extra:
+        if not option.startswith("--") or len(option) < 3 or " " in option.split("=", 1)[0]:
+            raise SlurmSettingsError(f"{where}: {option!r} is not a long sbatch option "
+                                     "like \"--constraint=a100\" or \"--exclusive\"")
+        key, has_value, value = option[2:].partition("=")
+        out[key] = value if has_value else True
+    return out
+
+
+def signal_delay_s(time_min: int) -> int:
+    """Seconds of warning before the time limit: a fifth of it, between 10 s and 2 minutes."""
+    return int(min(120, max(10, time_min * 60 // 5)))
+
+
+def sbatch_parameters(settings: Any, *, where: str = "backend.slurm") -> dict[str, Any]:
+    """submitit SlurmExecutor parameters for one step kind's SlurmSettings (no job name)."""
+    params: dict[str, Any] = {
+        "time": settings.time_min, "cpus_per_task": settings.cpus, "mem": f"{settings.mem_gb}GB",
+        "array_parallelism": settings.array_parallelism,
+        "signal_delay_s": signal_delay_s(settings.time_min), "setup": source_setup(),
+        "wckey": "vlmsweep",
+    }
+    for key in ("partition", "account", "qos"):
+        if getattr(settings, key):
+            params[key] = getattr(settings, key)
+    if settings.gpus:
+        params["gpus_per_node"] = settings.gpus
+    if settings.extra:
+        params["additional_parameters"] = parse_extra(settings.extra, where=f"{where}.extra")
+    return params
+
+
+def render_sbatch(params: dict[str, Any], *, folder: str | Path, job_name: str,
+                  array_size: int | None = None, command: str = "<COMMAND>") -> str:
+    """The sbatch script submitit writes for these parameters (for golden files and --dry-run)."""
+    kwargs = dict(params)
+    if array_size is not None and array_size > 1:
+        kwargs["map_count"] = array_size
+    return _make_sbatch_string(command=command, folder=folder, job_name=job_name, **kwargs)
+
+
+class SlurmBackend:
+    name = "slurm"
+
+    def run(self, plan: Any, steps: Sequence[Step], *, workers: int = 1, progress: bool = True,
+            job_factory: JobFactory | None = None,
+            statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
+        factory = job_factory or StepJob
+        statuses = reconcile(plan) if statuses is None else statuses
+        groups = group_steps(plan, steps)
+        job_of: dict[str, str] = {}  # step_id → job id, this submission
+        array_of: dict[str, str] = {}  # step_id → array job id, this submission
+        job_ids: list[str] = []
+        for (level, kind_key), members in groups:
+            deps = _dependencies(members, array_of, statuses)
+            records = self._submit(plan, level, kind_key, members, deps, factory)
+            for r in records:
+                job_of[r.step_id], array_of[r.step_id] = r.job_id, r.array_job_id or r.job_id
+                job_ids.append(r.job_id)
+            append_jobs(plan.root, records)
+        return LaunchResult(submitted=len(job_ids), completed=0, failed=0,
+                            job_ids=tuple(job_ids), sbatch_calls=len(groups))
+
+    def _submit(self, plan: Any, level: int, kind_key: str, members: list[Step],
+                deps: list[str], factory: JobFactory) -> list[JobRecord]:
+        backend = plan.study.backend
+        executor = submitit.SlurmExecutor(folder=Path(plan.root) / "logs" / "%j",
+                                          max_num_timeout=backend.max_num_timeout)
+        params = sbatch_parameters(backend.slurm_for(members[0].kind),
+                                   where=f"{plan.study.path}: backend.slurm")
+        params["job_name"] = f"{plan.study.name}.L{level}"
+        if deps:
+            params["dependency"] = "afterok:" + ":".join(deps)
+        executor.update_parameters(**params)
+        with executor.batch():
+            jobs = [executor.submit(factory(step, plan.root)) for step in members]
+        now = time.time()
+        records = []
+        for step, job in zip(members, jobs):
+            array_id, _, index = job.job_id.partition("_")
+            records.append(JobRecord(
+                step_id=step.step_id, kind=step.kind, job_id=job.job_id, backend="slurm",
+                study=plan.study.name, log=str(job.paths.stderr), submitted_at=now,
+                array_job_id=array_id if index else "", array_index=int(index) if index else -1,
+                level=level))
+        return records
+
+
+def group_steps(plan: Any, steps: Sequence[Step]) -> list[tuple[tuple[int, str], list[Step]]]:
+    """Steps grouped by (level, resources): each group is one sbatch call, in level order."""
+    levels = run_levels(steps)
+    groups: dict[tuple[int, str], list[Step]] = defaultdict(list)
+    for step in steps:
+        settings = plan.study.backend.slurm_for(step.kind)
+        groups[(levels[step.step_id], repr(settings))].append(step)
+    return sorted(groups.items(), key=lambda item: (item[0][0], item[1][0].kind))
+
+
+def _dependencies(members: list[Step], array_of: dict[str, str],
+                  statuses: dict[str, StepStatus]) -> list[str]:
+    """afterok targets: arrays of this submission holding a parent, and parents' queued jobs."""
+    deps: set[str] = set()
+    for step in members:
+        for _, pid in step.parents:
+            if pid in array_of:
+                deps.add(array_of[pid])
+            elif pid in statuses and statuses[pid].state in ("running", "pending"):
+                deps.add(statuses[pid].job_id)
+    return sorted(deps)

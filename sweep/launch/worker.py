@@ -1,0 +1,130 @@
+"""What runs inside one job: `StepJob(step, root)()` trains one step through `models.run.run_step`.
+
+Submitit pickles a `StepJob` for every step. It re-checks `result.json` first, so a requeued or
+duplicated job is harmless. On a timeout or preemption signal it asks the running step to
+checkpoint (`models.run.request_checkpoint`), lets the step save and raise `Preempted` at its next
+optimizer step, and only then hands over to submitit, which calls `checkpoint()` (resume = run the
+same step again) and requeues the job, at most `max_num_timeout` times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.core.job_environment import JobEnvironment
+
+from models.steps import Step, step_dir
+from sweep.launch.journal import append_failure
+
+
+def current_job_id() -> str:
+    """The submitit job id of this process ("12_3", a pid), or "inline" outside submitit."""
+    try:
+        return JobEnvironment().job_id
+    except (RuntimeError, KeyError):
+        return "inline"
+
+
+def _cancelled() -> bool:
+    """Whether SLURM cancelled this job (scancel): its SIGTERM also makes a step checkpoint, but
+    such a job must end, not be requeued; `run --retry-failed` resumes it from the checkpoint."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return False
+    try:
+        out = subprocess.run(["scontrol", "show", "job", current_job_id()], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    # A cancelled job whose processes are still ending shows COMPLETING; a warned one RUNNING.
+    return "JobState=CANCELLED" in out or "JobState=COMPLETING" in out
+
+
+def read_result(root: str | Path, step: Step) -> dict[str, Any] | None:
+    path = step_dir(root, step.kind, step.step_id) / "result.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+class StepJob(submitit.helpers.Checkpointable):
+    """A checkpointable callable running one step; subclasses replace `run` (see sweep.launch.noop)."""
+
+    def __init__(self, step: Step, root: str | Path):
+        self.step = step
+        self.root = str(root)
+        self._signal: int | None = None
+
+    def run(self) -> dict[str, Any]:
+        from models.run import run_step  # torch is imported only inside the job
+
+        return run_step(self.step, Path(self.root))
+
+    def request_checkpoint(self) -> None:
+        from models.run import request_checkpoint
+
+        request_checkpoint()
+
+    def is_preempted(self, error: BaseException) -> bool:
+        from models.run import Preempted
+
+        return isinstance(error, Preempted)
+
+    def __call__(self) -> dict[str, Any]:
+        done = read_result(self.root, self.step)
+        if done is not None:
+            return done  # a duplicate or requeued job whose step finished meanwhile
+        handover = self._intercept_preemption()
+        try:
+            return self.run()
+        except BaseException as error:
+            if handover is not None and self.is_preempted(error) and not _cancelled():
+                try:  # submitit: checkpoint(), requeue and exit, or give up after max_num_timeout
+                    handover(self._signal or JobEnvironment._usr_sig(), None)
+                except Exception as final:
+                    self._record_failure(final)
+                    raise
+            if isinstance(error, Exception):
+                self._record_failure(error)
+            raise
+        finally:
+            if handover is not None:
+                signal.signal(JobEnvironment._usr_sig(), handover)
+
+    def _record_failure(self, error: BaseException) -> None:
+        append_failure(self.root, self.step.step_id, current_job_id(),
+                       f"{type(error).__name__}: {error}")
+        traceback.print_exc()
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on timeout/preemption: resuming is running the same step again."""
+        self.request_checkpoint()
+        self._signal = None
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def _intercept_preemption(self):
+        """Replace submitit's requeue-at-once handler by one that lets the step checkpoint first.
+
+        Returns submitit's handler (to call once the step has saved), or None outside submitit.
+        """
+        sig = JobEnvironment._usr_sig()
+        handler = signal.getsignal(sig)
+        if not callable(handler) or getattr(handler, "__name__", "") != "checkpoint_and_try_requeue":
+            return None
+
+        def on_signal(signum: int, frame: Any) -> None:
+            print(f"vlmsweep: signal {signum} at {time.strftime('%H:%M:%S')}: "
+                  f"checkpointing {self.step.kind} {self.step.step_id}", flush=True)
+            self._signal = signum
+            self.request_checkpoint()
+
+        signal.signal(sig, on_signal)
+        return handler

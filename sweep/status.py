@@ -1,0 +1,149 @@
+"""Where every step of a plan stands: done, running, pending, failed, blocked or not submitted.
+
+Reconciled from the step files (`result.json`, `failure.json`, `progress.json`), the launch
+journal (`<root>/launch/jobs.jsonl`, `failures.jsonl`) and one `squeue` + one `sacct` call for
+all SLURM jobs at once. A failed step carries its reason (the exception, OOM, TIMEOUT, NODE_FAIL,
+CANCELLED) and the path of its log; a step under a failed one is blocked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sweep.launch.journal import JobRecord, latest_jobs, read_failures, read_jobs
+from sweep.launch.queue import FAILURE_REASONS, JobState, local_job_alive, query_slurm
+
+State = Literal["done", "running", "pending", "failed", "blocked", "not submitted"]
+UNKNOWN_GRACE_S = 300.0  # a job SLURM does not list yet counts as pending for this long
+STATES: tuple[State, ...] = ("done", "running", "pending", "failed", "blocked", "not submitted")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepStatus:
+    step_id: str
+    kind: str
+    state: State
+    reason: str = ""  # why failed / blocked
+    job_id: str = ""  # the latest job that ran or will run it
+    log: str = ""  # that job's stderr
+    failures: int = 0  # failed attempts so far (for max_failures)
+    progress: dict[str, Any] | None = None  # progress.json of a running step
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step_id": self.step_id, "kind": self.kind, "state": self.state,
+                "reason": self.reason, "job_id": self.job_id, "log": self.log,
+                "failures": self.failures, "progress": self.progress}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # absent, or caught mid-rename
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _failure_text(failure: dict[str, Any] | None) -> str:
+    if not failure:
+        return ""
+    error = str(failure.get("error") or "") or json.dumps(failure)[:200]
+    return f"OOM: {error}" if failure.get("reason") == "oom" else error
+
+
+def job_states(records: list[JobRecord]) -> dict[str, JobState]:
+    """States of the recorded jobs: SLURM ones in one query, local ones by pid."""
+    slurm_ids = sorted({r.job_id for r in records if r.backend == "slurm"})
+    states = query_slurm(slurm_ids)
+    for r in records:
+        if r.backend == "local":
+            alive = local_job_alive(r.job_id)
+            states[r.job_id] = JobState(job_id=r.job_id, state="RUNNING" if alive else "ENDED")
+    return states
+
+
+def _failed_attempts(records: list[JobRecord], states: dict[str, JobState],
+                     failures: dict[str, set[str]]) -> dict[str, int]:
+    """step_id → attempts that failed: ones a worker recorded plus ones SLURM killed after start."""
+    seen: dict[str, set[str]] = {k: set(v) for k, v in failures.items()}
+    for r in records:
+        st = states.get(r.job_id)
+        if st and st.started and st.state in FAILURE_REASONS:
+            seen.setdefault(r.step_id, set()).add(r.job_id)
+    return {k: len(v) for k, v in seen.items()}
+
+
+def reconcile(plan: Any, *, states: dict[str, JobState] | None = None) -> dict[str, StepStatus]:
+    """step_id → StepStatus for every step of the plan (in the plan's topological order)."""
+    records = [r for r in read_jobs(plan.root) if r.step_id in plan.by_id]
+    if states is None:
+        states = job_states(records)
+    latest = latest_jobs(records)
+    worker_failures: dict[str, set[str]] = {}
+    errors: dict[str, str] = {}
+    for f in read_failures(plan.root):
+        worker_failures.setdefault(f.step_id, set()).add(f.job_id)
+        errors[f.step_id] = f.error
+    attempts = _failed_attempts(records, states, worker_failures)
+    out: dict[str, StepStatus] = {}
+    for step in plan.steps:
+        sid = step.step_id
+        record = latest.get(sid)
+        base = dict(step_id=sid, kind=step.kind, failures=attempts.get(sid, 0),
+                    job_id=record.job_id if record else "", log=record.log if record else "")
+        out[sid] = _one(plan, step, record, states, errors.get(sid, ""), out, base)
+    return out
+
+
+def _blocking_parent(step: Any, out: dict[str, StepStatus]) -> StepStatus | None:
+    for _, pid in step.parents:
+        parent = out.get(pid)
+        if parent and parent.state in ("failed", "blocked"):
+            return parent
+    return None
+
+
+def _one(plan: Any, step: Any, record: JobRecord | None, states: dict[str, JobState],
+         error: str, out: dict[str, StepStatus], base: dict[str, Any]) -> StepStatus:
+    folder = plan.dir(step)
+    if (folder / "result.json").exists():
+        return StepStatus(state="done", **base)
+    job = states.get(record.job_id) if record else None
+    blocker = _blocking_parent(step, out)
+    why_blocked = f"{blocker.kind} {blocker.step_id} {blocker.state}" if blocker else ""
+    if job is not None and job.state == "UNKNOWN" and record is not None:
+        if time.time() - record.submitted_at < UNKNOWN_GRACE_S:  # accounting lags sbatch a little
+            return StepStatus(state="pending", reason="just submitted", **base)
+        return StepStatus(state="failed", reason=f"job {job.job_id} is unknown to squeue and "
+                          "sacct (was the cluster reset?)", **base)
+    if job is not None and job.live:
+        if job.running:
+            return StepStatus(state="running", progress=_read_json(folder / "progress.json"), **base)
+        if blocker:
+            return StepStatus(state="blocked", reason=why_blocked, **base)
+        return StepStatus(state="pending", reason=job.reason, **base)
+    if job is not None and not job.started:  # cancelled before it ran: a dependency died
+        return StepStatus(state="blocked", reason=why_blocked or f"job {job.job_id} {job.state} "
+                          f"before it started ({job.reason or 'dependency never satisfied'})", **base)
+    failure_file = _read_json(folder / "failure.json")
+    if job is not None and job.state in FAILURE_REASONS:
+        detail = error or _failure_text(failure_file)
+        reason = FAILURE_REASONS[job.state] + (f": {detail}" if detail else "")
+        return StepStatus(state="failed", reason=reason, **base)
+    if failure_file is not None or error:
+        return StepStatus(state="failed", reason=error or _failure_text(failure_file), **base)
+    if job is not None and record is not None and record.backend != "inline":
+        return StepStatus(state="failed", reason=f"job {job.job_id} ended ({job.state}) "
+                          "without result.json", **base)
+    if blocker:
+        return StepStatus(state="blocked", reason=why_blocked, **base)
+    return StepStatus(state="not submitted", **base)
+
+
+def summary(statuses: dict[str, StepStatus]) -> dict[str, int]:
+    counts = Counter(s.state for s in statuses.values())
+    return {state: counts.get(state, 0) for state in STATES}

@@ -1,0 +1,165 @@
+"""The SLURM backend against a real single-node cluster (scripts/slurm-dev-cluster up).
+
+Job arrays per DAG level with afterok dependencies, failures blocking dependents, scancel and
+resume from a checkpoint, requeue on the time-limit signal, idempotent reruns, the run lock, and
+two studies sharing a trunk. Most steps are `NoopStepJob`s; one test trains real debug steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep.launch import get_backend, select_steps
+from sweep.launch.cli import format_table
+from sweep.launch.journal import read_jobs
+from sweep.status import reconcile
+from tests.launch_helpers import noop, small_plan, wait_for, wait_settled
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _trunk(plan):
+    return next(s for s in plan.steps if s.kind == "trunk")
+
+
+def _tick(plan, step) -> int:
+    path = plan.dir(step) / "ckpt" / "noop.json"
+    try:
+        return json.loads(path.read_text())["tick"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _requeued(job: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r"], capture_output=True,
+                         text=True).stdout
+    return out.startswith("PENDING")
+
+
+def _result(plan, step):
+    return json.loads((plan.dir(step) / "result.json").read_text())
+
+
+def test_three_level_dag_runs_through_job_arrays(tmp_path):
+    plan = small_plan(tmp_path)
+    backend = get_backend("slurm")
+    result = backend.run(plan, select_steps(plan, False, 3), job_factory=noop(0.3))
+    assert result.sbatch_calls == len(plan.levels()) == 4
+    records = read_jobs(plan.root)
+    assert len(records) == 12 and len({r.array_job_id for r in records}) == 4
+    statuses = wait_settled(plan)
+    assert {s.state for s in statuses.values()} == {"done"}
+    for step in plan.steps:  # afterok: every parent finished before its child
+        for _, pid in step.parents:
+            assert _result(plan, plan.by_id[pid])["finished_at"] < _result(plan, step)["finished_at"]
+    again = backend.run(plan, select_steps(plan, False, 3), job_factory=noop())
+    assert (again.submitted, again.sbatch_calls) == (0, 0)
+    assert len(read_jobs(plan.root)) == 12
+
+
+def test_failing_step_blocks_dependents_and_rerun_submits_only_missing(tmp_path):
+    plan = small_plan(tmp_path)
+    trunk = _trunk(plan)
+    backend = get_backend("slurm")
+    backend.run(plan, select_steps(plan, False, 3), job_factory=noop(0.0, {trunk.step_id}))
+    statuses = wait_settled(plan)
+    assert statuses[trunk.step_id].state == "failed"
+    assert statuses[trunk.step_id].reason.startswith("exception: NoopFailure")
+    assert "NoopFailure" in Path(statuses[trunk.step_id].log).read_text()
+    encoder = next(s for s in plan.steps if s.kind == "encoder")
+    assert statuses[encoder.step_id].state == "done"
+    blocked = [s for s in statuses.values() if s.state == "blocked"]
+    assert len(blocked) == 10
+    table = format_table(plan, statuses)
+    assert "blocked" in table and f"log: {statuses[trunk.step_id].log}" in table
+    assert select_steps(plan, False, 3) == []
+    retry = select_steps(plan, True, 3)
+    assert len(retry) == 11 and encoder not in retry
+    backend.run(plan, retry, job_factory=noop())
+    assert {s.state for s in wait_settled(plan).values()} == {"done"}
+    per_step = [r.step_id for r in read_jobs(plan.root)]
+    assert per_step.count(encoder.step_id) == 1 and per_step.count(trunk.step_id) == 2
+
+
+def test_scancel_mid_trunk_then_retry_resumes_from_checkpoint(tmp_path):
+    plan = small_plan(tmp_path)
+    trunk = _trunk(plan)
+    backend = get_backend("slurm")
+    job = backend.run(plan, [trunk], job_factory=noop(5.0)).job_ids[0]
+    wait_for(lambda: _tick(plan, trunk) >= 10, what="the trunk to tick")
+    subprocess.run(["scancel", job], check=True)
+    status = wait_settled(plan)[trunk.step_id]
+    assert status.state == "failed" and status.reason.startswith("CANCELLED")
+    saved = _tick(plan, trunk)
+    assert 10 <= saved < 50
+    retry = select_steps(plan, True, 3)
+    assert trunk in retry
+    backend.run(plan, [trunk], job_factory=noop(5.0))
+    assert wait_settled(plan)[trunk.step_id].state == "done"
+    assert _result(plan, trunk)["resumed_from_tick"] >= saved
+
+
+def test_time_limit_signal_checkpoints_and_requeues(tmp_path):
+    plan = small_plan(tmp_path)
+    trunk = _trunk(plan)
+    job = get_backend("slurm").run(plan, [trunk], job_factory=noop(4.0)).job_ids[0]
+    wait_for(lambda: _tick(plan, trunk) >= 10, what="the trunk to tick")
+    # What SLURM sends `signal_delay_s` before the time limit (#SBATCH --signal=USR2@...).
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    # SLURM holds a requeued job back for two minutes (BeginTime); let it start sooner, but not
+    # within the second its old credential was revoked (slurmd would refuse to launch it).
+    wait_for(lambda: _requeued(job), timeout_s=30, what="the job to be requeued")
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    assert wait_settled(plan, timeout_s=90)[trunk.step_id].state == "done"
+    result = _result(plan, trunk)
+    assert result["resumed_from_tick"] >= 10  # the requeued job resumed, it did not restart
+    assert [r.step_id for r in read_jobs(plan.root)] == [trunk.step_id]  # same job, requeued
+    log = Path(reconcile(plan)[trunk.step_id].log).with_suffix(".out").read_text()
+    assert "Requeued job" in log or "requeue" in log.lower()
+
+
+def test_studies_sharing_a_trunk_train_it_once(tmp_path):
+    a = small_plan(tmp_path, name="a")
+    b = small_plan(tmp_path, name="b", root=a.root,
+                   extra="[[include]]\nintro_fraction = [0.8]\nimage_ratio = [0.1]\n")
+    assert _trunk(a).step_id == _trunk(b).step_id
+    backend = get_backend("slurm")
+    backend.run(a, select_steps(a, False, 3), job_factory=noop(0.2))
+    chosen_b = select_steps(b, False, 3)
+    assert _trunk(b) not in chosen_b  # in flight for study a
+    backend.run(b, chosen_b, job_factory=noop(0.2))
+    assert {s.state for s in wait_settled(b).values()} == {"done"}
+    assert [r.step_id for r in read_jobs(a.root)].count(_trunk(a).step_id) == 1
+
+
+@pytest.mark.slow
+def test_two_concurrent_cli_runs_submit_each_real_step_once(tmp_path):
+    study = tmp_path / "real.toml"
+    study.write_text((REPO / "tests" / "golden" / "real_study.toml").read_text())
+    cmd = [sys.executable, "-m", "sweep.cli", "run", str(study), "--root", str(tmp_path / "root"),
+           "--backend", "slurm"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], outputs
+    assert sum("to run: 0 steps" in out for out in outputs) == 1, outputs
+    records = read_jobs(tmp_path / "root")
+    assert len(records) == len({r.step_id for r in records}) == 7
+    from sweep.plan import plan_study
+    from sweep.spec import load_study
+    plan = plan_study(load_study(study), root=tmp_path / "root")
+    first = [s for s in plan.steps if not s.parents]  # encoder and trunk: real training on SLURM
+    wait_for(lambda: all((plan.dir(s) / "result.json").exists() for s in first), timeout_s=90,
+             what="the real encoder and trunk to train")
+    subprocess.run(["scancel", *{r.array_job_id or r.job_id for r in records}], check=True)
+    assert _result(plan, _trunk(plan))["step_id"] == _trunk(plan).step_id
