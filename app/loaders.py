@@ -1,0 +1,110 @@
+"""Cached data loaders of the app: each runs one query (or fit) against a catalog version.
+
+Every loader takes the `CatalogVersion` first, so a swapped-in catalog misses every cache entry
+and is read afresh; the filters are part of the key too. Frames come back as copies
+(`st.cache_data`), fits as shared immutable objects (`st.cache_resource`).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import streamlit as st
+
+from analysis import queries, scores
+from analysis.frontier import FrontierFit, fit_frontier
+from analysis.scaling import ScalingFit, fit_scaling_law
+from app import data
+from app.catalog import CatalogVersion, cursor
+from app.filters import Filters
+
+_CACHE = {"max_entries": 64, "show_spinner": False}
+
+
+@st.cache_data(**_CACHE)
+def studies(version: CatalogVersion) -> list[str]:
+    with cursor(version) as cur:
+        return queries.study_names(cur)
+
+
+@st.cache_data(**_CACHE)
+def axis_options(version: CatalogVersion, study: str | None) -> dict[str, list]:
+    with cursor(version) as cur:
+        return data.axis_options(cur, study)
+
+
+@st.cache_data(**_CACHE)
+def metric_names(version: CatalogVersion) -> list[str]:
+    with cursor(version) as cur:
+        return data.metric_names(cur)
+
+
+@st.cache_data(**_CACHE)
+def steps(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
+    with cursor(version) as cur:
+        return data.filtered_steps(cur, filters)
+
+
+# Running steps are seen on disk (progress.json), not in the catalog: refresh them every few seconds.
+@st.cache_data(ttl=5, **_CACHE)
+def coverage(version: CatalogVersion, filters: Filters, kinds: tuple[str, ...]) -> pl.DataFrame:
+    with cursor(version) as cur:
+        return data.coverage(cur, version.root, filters, kinds)
+
+
+@st.cache_data(**_CACHE)
+def totals(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
+    with cursor(version) as cur:
+        return data.totals(cur, filters)
+
+
+@st.cache_data(**_CACHE)
+def curves(version: CatalogVersion, filters: Filters, names: tuple[str, ...], kinds: tuple[str, ...],
+           points: int) -> pl.DataFrame:
+    """Downsampled curves joined with their step's axes, kind and parent."""
+    with cursor(version) as cur:
+        pts = data.curve_points(cur, filters, names=names, kinds=kinds, points=points)
+    meta = steps(version, filters).drop("config_json", "meta_json", "tokens", strict=False)
+    return pts.join(meta, on="step_id", how="left")
+
+
+@st.cache_data(**_CACHE)
+def task_scores(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
+    """Per-task stable scores of done eval steps, with the evaluated chain's axes."""
+    with cursor(version) as cur:
+        return filters.apply(queries.load_stable_scores(cur, filters.study))
+
+
+@st.cache_data(**_CACHE)
+def step_scores(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
+    """One row per eval step: vl_score, text_score, avg_score (analysis.scores.step_scores)."""
+    return scores.step_scores(task_scores(version, filters))
+
+
+@st.cache_data(**_CACHE)
+def runs(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
+    with cursor(version) as cur:
+        return data.runs_table(cur, version.root, filters)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def frontier(version: CatalogVersion, filters: Filters, bootstrap: int) -> FrontierFit:
+    """The VL-vs-text frontier over the final models' configurations."""
+    final = scores.main_stage(step_scores(version, filters))
+    return fit_frontier(final, x="text_score", y="vl_score", bootstrap=bootstrap, seed=0)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def scaling(version: CatalogVersion, filters: Filters, metric: str, kinds: tuple[str, ...],
+            points_per_run: int, skip_fraction: float, bootstrap: int) -> tuple[pl.DataFrame, ScalingFit]:
+    """(N, D, L) points from the chosen loss curves and the Approach-3 fit through them.
+
+    Each run contributes `points_per_run` bucket means of its curve after the first `skip_fraction`
+    of its tokens (warm-up losses say little about the law).
+    """
+    pts = curves(version, filters, (metric,), kinds, points_per_run)
+    pts = pts.filter(pl.col("tokens") >= skip_fraction * pl.col("tokens").max().over("step_id"))
+    pts = pts.filter(pl.col("params").is_not_null() & (pl.col("tokens") > 0) & (pl.col("value") > 0))
+    fit = fit_scaling_law(pts["params"].to_numpy().astype(float), pts["tokens"].to_numpy(),
+                          pts["value"].to_numpy(), bootstrap=bootstrap, seed=0)
+    return pts.select("step_id", "scale", "params", "tokens", "value"), fit
+

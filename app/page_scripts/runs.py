@@ -1,0 +1,45 @@
+"""Runs page: a filterable table of steps with their status, axes, cost, files and job log; each
+step's full config on request; the table as CSV."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import streamlit as st
+
+from analysis.schema import AXES
+from app import loaders, session
+
+SHOWN = ("step_id", "kind", "status", *AXES, "tokens", "flops", "wall_time_s", "failure_reason",
+         "step_dir", "log")
+
+
+def runs_page() -> None:
+    ctx = session.context()
+    st.title("Runs")
+    table = loaders.runs(ctx.version, ctx.filters)
+    a, b, c = st.columns(3)
+    kinds = a.multiselect("kind", sorted(set(table["kind"].to_list())), key="runs_kinds", placeholder="all")
+    statuses = b.multiselect("status", sorted(set(table["status"].to_list())), key="runs_status", placeholder="all")
+    text = c.text_input("step id contains", key="runs_text")
+    if kinds:
+        table = table.filter(pl.col("kind").is_in(kinds))
+    if statuses:
+        table = table.filter(pl.col("status").is_in(statuses))
+    if text:
+        table = table.filter(pl.col("step_id").str.contains(text, literal=True))
+    shown = table.select([c for c in SHOWN if c in table.columns])
+    st.caption(f"{len(shown)} steps")
+    st.dataframe(shown, hide_index=True, key="runs_table")
+    st.download_button("Download CSV", shown.write_csv(), file_name="runs.csv", mime="text/csv",
+                       key="runs_csv")
+    if len(table):
+        sid = st.selectbox("step config", table["step_id"].to_list(), key="runs_config_step")
+        row = table.filter(pl.col("step_id") == sid).row(0, named=True)
+        st.caption(f"files: `{row['step_dir']}`" + (f" · log: `{row['log']}`" if row["log"] else ""))
+        st.json(json.loads(row["config_json"] or "{}"), expanded=1)
+
+
+if __name__ == "__main__":
+    runs_page()
