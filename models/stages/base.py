@@ -1,0 +1,297 @@
+"""What every training stage shares: a manual-optimisation LightningModule, the stream wrapper,
+the checkpoint/progress/preemption callback and the Trainer factory.
+
+Resumability: each batch travels with the data stream's state *after* it, so a checkpoint taken
+after optimizer step s records exactly where step s+1's batch starts, however far Lightning
+prefetches. Metrics rows live in the module and are saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from models import checkpoint as ck
+from models.schedules import Schedule
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OptimConfig:
+    weight_decay: float = 0.1  # AdamW decoupled decay on matrices only (not norms, biases)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # global-norm clip; 0 disables (the norm is still logged)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunOptions:
+    """How a step runs, never what it computes (none of this is in the step id)."""
+
+    devices: int = 1  # >1: DDP through Lightning; each rank takes a slice of every global batch
+    accelerator: str = "auto"  # auto = CUDA when present, else CPU
+    compile: bool = False  # torch.compile the model (CUDA)
+    checkpoint_every_steps: int = 0  # periodic resumable checkpoint; 0 = time-based only
+    checkpoint_every_s: float = 600.0  # periodic checkpoint by wall clock
+    progress_every_s: float = 2.0  # progress.json cadence
+
+
+def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
+    """A data-layer Batch (numpy arrays) as tensors; images may be empty."""
+    out: dict[str, torch.Tensor | int] = {
+        "tokens": torch.as_tensor(np.asarray(batch.tokens, dtype=np.int64)),
+        "targets": torch.as_tensor(np.asarray(batch.targets, dtype=np.int64)),
+        "loss_kind": torch.as_tensor(np.asarray(batch.loss_kind, dtype=np.int64)),
+        "skipped_records": int(getattr(batch, "skipped_records", 0)),
+    }
+    images = getattr(batch, "images", None)
+    if images is not None and len(images):
+        out["images"] = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    return out
+
+
+def split_rows(batch: dict[str, Any], rank: int, world: int, image_id: int,
+               image_tokens: int) -> dict[str, Any]:
+    """Rank `rank`'s rows of a global batch (DDP), with the images those rows hold."""
+    if world == 1:
+        return batch
+    tokens = batch["tokens"]
+    if tokens.shape[0] % world:
+        raise ValueError(f"batch_size {tokens.shape[0]} is not divisible by {world} devices")
+    rows = slice(rank * tokens.shape[0] // world, (rank + 1) * tokens.shape[0] // world)
+    out = {k: (v[rows] if isinstance(v, torch.Tensor) and k != "images" else v)
+           for k, v in batch.items()}
+    if "images" in batch:
+        per_row = (tokens == image_id).sum(1) // image_tokens
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_row.cumsum(0)])
+        out["images"] = batch["images"][int(offsets[rows.start]):int(offsets[rows.stop])]
+    return out
+
+
+class StreamDataset(IterableDataset):
+    """Yields (tensors, stream state after this batch) from a BatchStream, finite or infinite."""
+
+    def __init__(self, stream: Any, split: Callable[[dict], dict] | None = None) -> None:
+        self.stream, self.split = stream, split
+
+    def __iter__(self) -> Iterator[tuple[dict, dict]]:
+        for batch in self.stream:
+            tensors = to_tensors(batch)
+            yield (self.split(tensors) if self.split else tensors), self.stream.state_dict()
+
+
+def _first(item: Any) -> Any:
+    return item
+
+
+def make_loader(stream: Any, split: Callable[[dict], dict] | None = None) -> DataLoader:
+    # num_workers=0: the stream's position must be the main process's to checkpoint it exactly.
+    return DataLoader(StreamDataset(stream, split), batch_size=None, num_workers=0,
+                      collate_fn=_first)
+
+
+def decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices decay, vectors (norms, biases) do not."""
+    named = [(n, p) for n, p in named if p.requires_grad]
+    return [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def _with_prefix_state(optimizer: torch.optim.Optimizer, saved: dict) -> dict:
+    """This optimizer's state dict carrying `saved`'s per-parameter state (AdamW moments, step).
+
+    A branch's optimizer lists the LM's parameters first, in the trunk's order, then the new
+    vision/projector ones; the trunk's state therefore maps index for index onto that prefix.
+    """
+    current = optimizer.state_dict()
+    n_saved = sum(len(g["params"]) for g in saved["param_groups"])
+    shapes_ok = all(len(a["params"]) == len(b["params"])
+                    for a, b in zip(saved["param_groups"], current["param_groups"]))
+    if not shapes_ok or n_saved > sum(len(g["params"]) for g in current["param_groups"]):
+        raise ValueError("the saved optimizer state does not match this model's LM parameters")
+    return {"state": dict(saved["state"]), "param_groups": current["param_groups"]}
+
+
+class StageModule(L.LightningModule):
+    """A training stage: subclasses define `compute_loss` and `param_groups`."""
+
+    def __init__(self, model: nn.Module, schedule: Schedule, *, optim: OptimConfig,
+                 tokens_per_step: int, start_step: int = 0) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model, self.schedule, self.optim = model, schedule, optim
+        self.tokens_per_step = tokens_per_step
+        self.step_count = start_step  # optimizer steps done, across resumes
+        self.rows: list[tuple[int, int, str, float]] = []
+        self.data_state: dict | None = None  # the stream's position after the last trained batch
+        self.resume: dict[str, Any] | None = None  # optimizer / RNG state to restore at start
+        self._last_time: float | None = None
+
+    # -- subclasses ---------------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        return decay_groups(list(self.model.named_parameters()), self.optim.weight_decay)
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.param_groups(), lr=self.schedule.lr_at(self.step_count),
+                                 betas=(self.optim.beta1, self.optim.beta2))
+
+    def on_train_start(self) -> None:
+        self._last_time = time.perf_counter()  # the first step's tokens/s includes warm-up
+        if self.resume is None:
+            return
+        optimizer = self.optimizers().optimizer
+        if self.resume.get("optimizer"):
+            optimizer.load_state_dict(self.resume["optimizer"])
+        if self.resume.get("optimizer_prefix"):
+            optimizer.load_state_dict(_with_prefix_state(optimizer, self.resume["optimizer_prefix"]))
+        if self.resume.get("rng"):
+            ck.set_rng_state(self.resume["rng"])
+        self.resume = None
+
+    def training_step(self, item: tuple[dict, dict], batch_idx: int) -> None:
+        batch, data_state = item
+        opt = self.optimizers()
+        lr = self.schedule.lr_at(self.step_count)
+        for group in opt.optimizer.param_groups:
+            group["lr"] = lr
+        loss, parts = self.compute_loss(batch)
+        self.manual_backward(loss)
+        params = [p for g in opt.optimizer.param_groups for p in g["params"]]
+        clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self.data_state = data_state
+        self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)))
+
+    def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float,
+                grad_norm: torch.Tensor, skipped: int) -> None:
+        reduce = self.trainer.strategy.reduce
+        values = {"train_loss": loss.detach(), **parts}
+        values = {k: float(reduce(v.float(), reduce_op="mean")) for k, v in values.items()}
+        now = time.perf_counter()
+        tps = self.tokens_per_step / (now - self._last_time) if self._last_time else float("nan")
+        self._last_time = now
+        values.update(lr=lr, grad_norm=float(grad_norm), tokens_per_s=tps,
+                      skipped_records=float(skipped))
+        tokens = self.step_count * self.tokens_per_step
+        self.rows.extend((self.step_count, tokens, k, v) for k, v in values.items())
+
+    def full_state(self) -> dict[str, Any]:
+        """Everything a bit-exact resume needs (see models.checkpoint)."""
+        opt = self.optimizers().optimizer
+        return {"step": self.step_count, "tokens": self.step_count * self.tokens_per_step,
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": opt.state_dict(),
+                "data": self.data_state, "rng": ck.rng_state(), "metrics": list(self.rows),
+                "lr": self.schedule.lr_at(self.step_count)}
+
+
+@dataclass(kw_only=True)
+class Checkpointer(L.Callback):
+    """Saves fraction checkpoints, periodic and requested (preemption) ones, and progress.json."""
+
+    latest: Path  # the periodic / preemption checkpoint
+    total_steps: int
+    fraction_paths: dict[int, list[Path]] = field(default_factory=dict)  # step → checkpoints
+    options: RunOptions = field(default_factory=RunOptions)
+    progress: Callable[[int, float], None] | None = None  # (tokens done, tokens/s)
+    stop_at: int | None = None  # end the fit after this step (a trunk replaying one checkpoint)
+    _last_save: float = field(default_factory=time.monotonic)
+    _last_progress: float = 0.0
+
+    def _save(self, module: StageModule, paths: list[Path]) -> None:
+        if module.global_rank == 0:
+            state = module.full_state()
+            for path in paths:
+                ck.save_torch(path, state)
+        self._last_save = time.monotonic()
+
+    def on_train_start(self, trainer: L.Trainer, module: StageModule) -> None:
+        self._save_fractions(module)
+
+    def _save_fractions(self, module: StageModule) -> None:
+        todo = [p for p in self.fraction_paths.get(module.step_count, []) if not p.exists()]
+        if todo:
+            self._save(module, todo)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: StageModule, *args: Any) -> None:
+        self._save_fractions(module)
+        opts, now = self.options, time.monotonic()
+        if ck.checkpoint_requested():
+            self._save(module, [self.latest])
+            raise ck.Preempted(f"checkpointed at step {module.step_count} on request")
+        periodic = ((opts.checkpoint_every_steps and module.step_count % opts.checkpoint_every_steps == 0)
+                    or now - self._last_save >= opts.checkpoint_every_s)
+        if periodic and module.step_count < self.total_steps:
+            self._save(module, [self.latest])
+        if self.progress and module.global_rank == 0 and now - self._last_progress >= opts.progress_every_s:
+            self._last_progress = now
+            tps = next((v for s, _, n, v in reversed(module.rows) if n == "tokens_per_s"), 0.0)
+            self.progress(module.step_count * module.tokens_per_step, tps)
+        if self.stop_at is not None and module.step_count >= self.stop_at:
+            trainer.should_stop = True
+
+
+def _environment() -> Any:
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    # The launcher owns signals and requeueing: Lightning's SLURM auto-requeue stays off.
+    return SLURMEnvironment(auto_requeue=False) if SLURMEnvironment.detect() else LightningEnvironment()
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning warnings that are noise for our loop (srun hint, worker count, no val)."""
+    for pattern in (".*srun.*", ".*does not have many workers.*", ".*num_workers.*",
+                    ".*IterableDataset.*", ".*in eval mode at the start of training.*", ".*LeafSpec.*", ".*`isinstance.*treespec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def make_trainer(options: RunOptions, max_steps: int, callbacks: list[L.Callback]) -> L.Trainer:
+    quiet_lightning()
+    cuda = torch.cuda.is_available() and options.accelerator != "cpu"
+    return L.Trainer(
+        accelerator="gpu" if cuda else "cpu", devices=options.devices,
+        strategy="ddp" if options.devices > 1 else "auto",
+        precision="bf16-mixed" if cuda else "32-true", max_steps=max_steps, max_epochs=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        use_distributed_sampler=False, plugins=[_environment()], callbacks=callbacks)
+
+
+def fit(module: StageModule, stream: Any, *, options: RunOptions, total_steps: int,
+        checkpointer: Checkpointer, split: Callable[[dict], dict] | None = None) -> None:
+    """Train `module` from its step_count to total_steps (or checkpointer.stop_at)."""
+    end = total_steps if checkpointer.stop_at is None else min(total_steps, checkpointer.stop_at)
+    remaining = end - module.step_count
+    if remaining <= 0:
+        return
+    if options.compile and torch.cuda.is_available():
+        module.model.compile()  # in place: state_dict keys stay those of the plain model
+    trainer = make_trainer(options, remaining, [checkpointer])
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, train_dataloaders=make_loader(stream, split))
+    except SIGTERMException as exc:
+        # Lightning's own SIGTERM check fires only between optimizer steps (after our callback),
+        # so the module is at a step boundary: save it, and stop the way every preemption does.
+        checkpointer._save(module, [checkpointer.latest])
+        raise ck.Preempted(f"SIGTERM: checkpointed at step {module.step_count}") from exc

@@ -1,0 +1,64 @@
+"""The `eval` step: rebuild the parent's model from its config chain, load its weights, score it.
+
+A trunk parent is a text-only LM (it can only take text tasks); a branch or finetune parent is
+the full VLM. `EvalConfig.checkpoint` picks a trunk's intro-fraction checkpoint instead of its end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from models import checkpoint as ck
+from models.config import LMConfig, ProjectorConfig, VisionConfig
+from models.evaluate import evaluate
+from models.run import load_step_config, trunk_checkpoint_path, weights_path
+from models.vlm import VLM
+
+
+def model_spec(root: Any, kind: str, step_id: str) -> tuple[LMConfig, VisionConfig | None,
+                                                             ProjectorConfig | None, Any]:
+    """(lm, vision, projector, trunk config) of a trunk, branch or finetune step."""
+    config, parents = load_step_config(root, kind, step_id)
+    if kind == "trunk":
+        return config.lm, None, None, config
+    if kind == "finetune":
+        return model_spec(root, "branch", dict(parents)["branch"])
+    if kind == "branch":
+        tcfg, _ = load_step_config(root, "trunk", dict(parents)["trunk"])
+        return tcfg.lm, config.vision, config.projector, tcfg
+    raise ValueError(f"cannot evaluate a {kind} step")
+
+
+def run_eval(ctx: Any) -> Any:
+    from models.stages.runners import RunOutput
+
+    cfg, step = ctx.step.config, ctx.step
+    if len(step.parents) != 1:
+        raise ValueError(f"eval step {step.step_id} needs exactly one parent, got {step.parents}")
+    kind, parent_id = step.parents[0]
+    lm, vision, projector, tcfg = model_spec(ctx.root, kind, parent_id)
+    if vision is None and "vl" in cfg.groups:
+        raise ValueError(f"eval step {step.step_id}: a {kind} parent has no vision side, "
+                         "so groups must be ('text',)")
+    model = VLM(lm, vision, projector)
+    if cfg.checkpoint is not None:
+        if kind != "trunk":
+            raise ValueError(f"eval step {step.step_id}: checkpoint is only for trunk parents")
+        source = trunk_checkpoint_path(ctx.root, parent_id, cfg.checkpoint)
+    else:
+        source = weights_path(ctx.root, kind, parent_id)
+    model.load_state_dict(ck.load_torch(source)["model"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    tok = ctx.data.get_tokenizer(tcfg.data)
+    image_size = vision.image_size if vision is not None else 32
+    tasks = ctx.data.eval_tasks(cfg.data, tok, groups=cfg.groups, tasks=cfg.tasks,
+                                n_per_task=cfg.n_per_task, image_size=image_size, seed=cfg.seed,
+                                image_tokens=vision.n_patches if vision else 0)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        rows = evaluate(model, tasks, image_id=tok.image_id,
+                        image_tokens=vision.n_patches if vision else 0, eos_id=tok.eos_id,
+                        decode=tok.decode)
+    return RunOutput(tokens=0, flops=0, params=model.param_counts(), metrics=[], evals=rows)

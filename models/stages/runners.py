@@ -1,0 +1,291 @@
+"""Per-kind step runners: build the model, data and schedule a step needs, resume it, train it.
+
+`models.run.run_step` owns the step's files (config, result, failure); these functions return
+what goes in them. Parents are found through their config.json files and final weights
+(`model.pt`); a branch starts from the trunk's full checkpoint at its intro fraction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from models import checkpoint as ck
+from models.accounting import train_flops
+from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
+from models.run import (fraction_step, latest_checkpoint_path, load_step_config,
+                        trunk_checkpoint_path, weights_path)
+from models.schedules import (Schedule, branch_schedule, finetune_schedule, steps_for,
+                              trunk_schedule)
+from models.stages.base import Checkpointer, OptimConfig, RunOptions, StageModule, fit, split_rows
+from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModule
+from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
+from models.steps import Step
+from models.vlm import VLM
+
+
+@dataclass(kw_only=True)
+class Context:
+    step: Step
+    root: Path
+    dir: Path
+    options: RunOptions
+    data: Any  # the data provider module (models.data, or models.synthetic in tests)
+    progress: Callable[[int, int, float], None]
+
+
+@dataclass(kw_only=True)
+class RunOutput:
+    tokens: int
+    flops: int
+    params: dict[str, int]
+    metrics: list | None = None  # (step, tokens, name, value) rows
+    evals: list | None = None  # evals rows
+
+
+def _optim(train: TrainDefaults) -> OptimConfig:
+    return OptimConfig(weight_decay=train.weight_decay, beta1=train.beta1, beta2=train.beta2,
+                       grad_clip=train.grad_clip)
+
+
+def _check_vocab(tok: Any, lm: LMConfig, where: str) -> None:
+    if tok.vocab_size > lm.vocab_size:
+        raise ValueError(f"{where}: tokenizer has {tok.vocab_size} tokens but lm.vocab_size is "
+                         f"{lm.vocab_size}")
+
+
+def _restore(module: StageModule, stream: Any, payload: dict) -> None:
+    """Continue exactly where a full checkpoint left off."""
+    module.model.load_state_dict(payload["model"])
+    module.step_count, module.rows = int(payload["step"]), list(payload["metrics"])
+    module.data_state = payload["data"]
+    stream.load_state_dict(payload["data"])
+    module.resume = {"optimizer": payload["optimizer"], "rng": payload["rng"]}
+
+
+def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
+           fractions: dict[int, list[Path]] | None = None, stop_at: int | None = None,
+           split: Callable | None = None, options: RunOptions | None = None) -> None:
+    total_tokens = total * module.tokens_per_step
+    checkpointer = Checkpointer(
+        latest=latest_checkpoint_path(ctx.root, ctx.step.kind, ctx.step.step_id),
+        total_steps=total, fraction_paths=fractions or {}, options=options or ctx.options,
+        progress=lambda tokens, tps: ctx.progress(tokens, total_tokens, tps), stop_at=stop_at)
+    fit(module, stream, options=options or ctx.options, total_steps=total,
+        checkpointer=checkpointer, split=split)
+
+
+def _save_weights(ctx: Context, model: torch.nn.Module) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ck.save_torch(weights_path(ctx.root, ctx.step.kind, ctx.step.step_id), {"model": state})
+
+
+def _splitter(ctx: Context, image_id: int, image_tokens: int) -> Callable | None:
+    if ctx.options.devices <= 1:
+        return None
+    import torch.distributed as dist
+
+    def split(batch: dict) -> dict:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return split_rows(batch, rank, ctx.options.devices, image_id, image_tokens)
+    return split
+
+
+# -- trunk ------------------------------------------------------------------------------------
+def _trunk_parts(ctx: Context) -> tuple[TrunkModule, Any, int, dict[int, list[Path]]]:
+    cfg = ctx.step.config
+    tok = ctx.data.get_tokenizer(cfg.data)
+    _check_vocab(tok, cfg.lm, f"trunk {ctx.step.step_id}")
+    batch, seq = cfg.train.batch_size, cfg.train.seq_len
+    total = steps_for(cfg.tokens, batch, seq)
+    ck.seed_everything(cfg.seed)
+    module = TrunkModule(VLM(cfg.lm), trunk_schedule(cfg.train, total), optim=_optim(cfg.train),
+                         tokens_per_step=batch * seq, image_id=tok.image_id)
+    stream = ctx.data.text_stream(cfg.data, tok, batch_size=batch, seq_len=seq, seed=cfg.seed,
+                                  on_bad_record=cfg.on_bad_record)
+    module.data_state = stream.state_dict()
+    fractions: dict[int, list[Path]] = {}
+    for f in ctx.step.meta.get("checkpoint_fractions", ()):
+        s = fraction_step(float(f), cfg.tokens, batch, seq)
+        fractions.setdefault(s, []).append(trunk_checkpoint_path(ctx.root, ctx.step.step_id, float(f)))
+    return module, stream, total, fractions
+
+
+def _saved_trunk_states(ctx: Context) -> list[tuple[int, Path]]:
+    """(step, path) of every fraction checkpoint this trunk has on disk."""
+    cfg, out = ctx.step.config, []
+    for path in (ctx.dir / "ckpt").glob("frac-*.pt"):
+        m = re.fullmatch(r"frac-([0-9.]+)\.pt", path.name)
+        if m:
+            out.append((fraction_step(float(m.group(1)), cfg.tokens, cfg.train.batch_size,
+                                      cfg.train.seq_len), path))
+    return sorted(out)
+
+
+def run_trunk(ctx: Context) -> RunOutput:
+    cfg = ctx.step.config
+    module, stream, total, fractions = _trunk_parts(ctx)
+    candidates = _saved_trunk_states(ctx)
+    latest = latest_checkpoint_path(ctx.root, "trunk", ctx.step.step_id)
+    if latest.exists():
+        candidates.append((int(ck.load_torch(latest)["step"]), latest))
+    if candidates:
+        _restore(module, stream, ck.load_torch(max(candidates, key=lambda c: c[0])[1]))
+    _train(ctx, module, stream, total, fractions=fractions)
+    _save_weights(ctx, module.model)
+    tokens = total * module.tokens_per_step
+    return RunOutput(tokens=tokens, flops=train_flops(cfg.lm, tokens, cfg.train.seq_len),
+                     params=module.model.param_counts(), metrics=module.rows, evals=[])
+
+
+def replay_trunk_fractions(ctx: Context) -> None:
+    """A done trunk asked for fractions it never saved: replay from the nearest earlier one."""
+    module, stream, total, fractions = _trunk_parts(ctx)
+    missing = {s: [p for p in ps if not p.exists()] for s, ps in fractions.items()}
+    missing = {s: ps for s, ps in missing.items() if ps}
+    if not missing:
+        return
+    earlier = [c for c in _saved_trunk_states(ctx) if c[0] <= min(missing)]
+    if earlier:
+        _restore(module, stream, ck.load_torch(max(earlier, key=lambda c: c[0])[1]))
+    quiet = dataclasses.replace(ctx.options, checkpoint_every_steps=0, checkpoint_every_s=math.inf)
+    _train(ctx, module, stream, total, fractions=missing, stop_at=max(missing), options=quiet)
+
+
+# -- encoder ----------------------------------------------------------------------------------
+def run_encoder(ctx: Context) -> RunOutput:
+    cfg = ctx.step.config
+    tok = ctx.data.get_tokenizer(cfg.data)
+    ck.seed_everything(cfg.seed)
+    model = ContrastiveModel(cfg.vision, max(cfg.vocab_size, tok.vocab_size), cfg.text_width,
+                             cfg.text_layers, tok.pad_id)
+    total = -(-cfg.samples // cfg.batch_size)
+    schedule = Schedule(peak_lr=cfg.lr, floor_lr=0.1 * cfg.lr, warmup_steps=min(100, total // 10),
+                        total_steps=total)
+    module = EncoderModule(model, schedule, optim=OptimConfig(weight_decay=0.1, beta2=0.95),
+                           samples_per_step=cfg.batch_size)
+    stream = ctx.data.caption_pairs(cfg.data, tok, batch_size=cfg.batch_size,
+                                    image_size=cfg.vision.image_size,
+                                    max_caption_len=MAX_CAPTION_LEN, seed=cfg.seed)
+    module.data_state = stream.state_dict()
+    latest = latest_checkpoint_path(ctx.root, "encoder", ctx.step.step_id)
+    if latest.exists():
+        _restore(module, stream, ck.load_torch(latest))
+    _train(ctx, module, stream, total)
+    ck.save_torch(weights_path(ctx.root, "encoder", ctx.step.step_id),
+                  {"model": {k: v.detach().cpu() for k, v in model.vision.state_dict().items()}})
+    samples = total * cfg.batch_size
+    n_vision = sum(p.numel() for p in model.vision.parameters())
+    n_text = sum(p.numel() for p in model.text.parameters())
+    # Approximate: 6·N per patch (vision) and per caption token (text tower), attention ignored.
+    flops = 6 * samples * (n_vision * cfg.vision.n_patches + n_text * MAX_CAPTION_LEN)
+    params = {"embedding": 0, "non_embedding": 0, "lm_total": 0, "vision": n_vision, "projector": 0}
+    return RunOutput(tokens=samples, flops=flops, params=params, metrics=module.rows, evals=[])
+
+
+# -- branch, finetune -------------------------------------------------------------------------
+def _vlm_for(ctx: Context, lm: LMConfig, vision: VisionConfig, projector: ProjectorConfig,
+             encoder_id: str | None) -> VLM:
+    model = VLM(lm, vision, projector)
+    n_patches = getattr(model.vision, "n_patches", vision.n_patches)
+    if n_patches != vision.n_patches:
+        raise ValueError(f"vision.hf_path {vision.hf_path} gives {n_patches} patches, but "
+                         f"image_size/patch_size give {vision.n_patches}")
+    if encoder_id is not None:
+        model.vision.load_state_dict(ck.load_torch(weights_path(ctx.root, "encoder", encoder_id))["model"])
+    return model
+
+
+def _load_lm_from(model: VLM, state: dict, source: Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if k.startswith("lm.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"{source}: weights do not fit the model (e.g. {bad[:3]})")
+
+
+def run_branch(ctx: Context) -> RunOutput:
+    cfg, step = ctx.step.config, ctx.step
+    trunk_id = step.parent("trunk")
+    tcfg, _ = load_step_config(ctx.root, "trunk", trunk_id)
+    tok = ctx.data.get_tokenizer(tcfg.data)
+    batch, seq = cfg.train.batch_size, cfg.train.image_stage_seq_len
+    total = steps_for(cfg.tokens, batch, seq)
+    t_batch, t_seq = tcfg.train.batch_size, tcfg.train.seq_len
+    f_step = fraction_step(cfg.intro_fraction, tcfg.tokens, t_batch, t_seq)
+    trunk_sched = trunk_schedule(tcfg.train, steps_for(tcfg.tokens, t_batch, t_seq))
+    schedule = branch_schedule(cfg.schedule, cfg.train, total, trunk_sched, f_step)
+    ck.seed_everything(tcfg.seed)
+    encoder_id = dict(step.parents).get("encoder")
+    model = _vlm_for(ctx, tcfg.lm, cfg.vision, cfg.projector, encoder_id)
+    module = BranchModule(model, schedule, optim=_optim(cfg.train), tokens_per_step=batch * seq,
+                          image_id=tok.image_id, loss_on_image_positions=cfg.loss_on_image_positions)
+    stream = ctx.data.mixed_stream(
+        tcfg.data, cfg.image_data, cfg.instruction_data, tok, batch_size=batch, seq_len=seq,
+        image_ratio=cfg.image_ratio, instruction_share=cfg.instruction_share,
+        image_size=cfg.vision.image_size, image_tokens=cfg.vision.n_patches, seed=tcfg.seed,
+        on_bad_record=cfg.on_bad_record)
+    module.data_state = stream.state_dict()
+    latest = latest_checkpoint_path(ctx.root, "branch", step.step_id)
+    if latest.exists():
+        _restore(module, stream, ck.load_torch(latest))
+    else:
+        _start_from_trunk(ctx, module, trunk_id, cfg.intro_fraction)
+    _train(ctx, module, stream, total,
+           split=_splitter(ctx, tok.image_id, cfg.vision.n_patches))
+    _save_weights(ctx, model)
+    tokens = total * batch * seq
+    return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
+                     params=model.param_counts(), metrics=module.rows, evals=[])
+
+
+def _start_from_trunk(ctx: Context, module: StageModule, trunk_id: str, fraction: float) -> None:
+    path = trunk_checkpoint_path(ctx.root, trunk_id, fraction)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: trunk {trunk_id} has no checkpoint at intro_fraction "
+                                f"{fraction}; re-run the trunk with it in checkpoint_fractions")
+    payload = ck.load_torch(path)
+    _load_lm_from(module.model, payload["model"], path)
+    if fraction > 0:  # f = 0 starts from the initial weights with a fresh optimizer
+        module.resume = {"optimizer_prefix": payload["optimizer"]}
+
+
+def run_finetune(ctx: Context) -> RunOutput:
+    cfg, step = ctx.step.config, ctx.step
+    branch_id = step.parent("branch")
+    bcfg, bparents = load_step_config(ctx.root, "branch", branch_id)
+    tcfg, _ = load_step_config(ctx.root, "trunk", dict(bparents)["trunk"])
+    tok = ctx.data.get_tokenizer(tcfg.data)
+    seq = bcfg.train.image_stage_seq_len
+    ck.seed_everything(cfg.seed)
+    model = _vlm_for(ctx, tcfg.lm, bcfg.vision, bcfg.projector, None)
+    source = weights_path(ctx.root, "branch", branch_id)
+    _load_lm_from(model, ck.load_torch(source)["model"], source)
+    stream = ctx.data.finetune_epochs(
+        cfg.data, tok, batch_size=cfg.batch_size, seq_len=seq, image_size=bcfg.vision.image_size,
+        image_tokens=bcfg.vision.n_patches, epochs=cfg.epochs, seed=cfg.seed,
+        max_samples=cfg.max_samples)
+    total = len(stream)
+    module = FinetuneModule(model, finetune_schedule(cfg.lr, total), optim=_optim(bcfg.train),
+                            tokens_per_step=cfg.batch_size * seq, image_id=tok.image_id)
+    module.data_state = stream.state_dict()
+    latest = latest_checkpoint_path(ctx.root, "finetune", step.step_id)
+    if latest.exists():
+        _restore(module, stream, ck.load_torch(latest))
+    _train(ctx, module, stream, total, split=_splitter(ctx, tok.image_id, bcfg.vision.n_patches))
+    _save_weights(ctx, model)
+    tokens = total * cfg.batch_size * seq
+    return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
+                     params=model.param_counts(), metrics=module.rows, evals=[])
+
+
+from models.stages.eval_step import run_eval  # noqa: E402  (it imports Context from here)
+
+RUNNERS: dict[str, Callable[[Context], RunOutput]] = {
+    "encoder": run_encoder, "trunk": run_trunk, "branch": run_branch,
+    "finetune": run_finetune, "eval": run_eval}

@@ -1,0 +1,73 @@
+"""Evaluation scoring on hand-made cases: answer normalisation, multiple-choice log-likelihoods
+against a direct computation, and accuracy rows from a model whose predictions are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.config import LMConfig
+from models.evaluate import choice_logprobs, evaluate, greedy_decode, normalise_answer
+from models.synthetic import EvalItem, EvalTask
+from models.vlm import VLM
+
+V = 16
+
+
+class Successor(nn.Module):
+    """A real module whose next-token distribution puts 90% on (last token + 1) mod V."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives evaluate() a device
+        self.lm = type("LM", (), {"config": LMConfig(vocab_size=V, d_model=8, n_layers=1,
+                                                     n_heads=2, max_seq_len=32)})()
+
+    def forward(self, tokens: torch.Tensor, images=None, image_id: int = -1) -> torch.Tensor:
+        probs = torch.full((*tokens.shape, V), 0.1 / (V - 1))
+        probs.scatter_(-1, ((tokens + 1) % V).unsqueeze(-1), 0.9)
+        return probs.log() + self.anchor
+
+
+@pytest.mark.parametrize("raw,norm", [("The Red  Cube.", "red cube"), ("an apple!", "apple"),
+                                      ("A", ""), ("two, three", "two three"), ("Theatre", "theatre")])
+def test_normalise_answer(raw: str, norm: str) -> None:
+    assert normalise_answer(raw) == norm
+
+
+def test_choice_logprobs_sum_the_choice_tokens_given_the_prompt() -> None:
+    torch.manual_seed(0)
+    model = VLM(LMConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2))
+    prompt, choices = [1, 2, 3], [[4], [5, 6, 7]]
+    scores = choice_logprobs(model, prompt, choices, None, image_id=-1)
+    for choice, score in zip(choices, scores):
+        seq = torch.tensor([prompt + choice])
+        logp = torch.log_softmax(model(seq), -1)[0].detach()
+        direct = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(choice))
+        assert score == pytest.approx(direct, abs=1e-5)
+
+
+def test_accuracy_rows_from_a_model_with_known_predictions() -> None:
+    mc = EvalTask(name="mc", group="text", chance=0.5, kind="multiple_choice", items=[
+        EvalItem(prompt_tokens=[3, 4], image=None, choices=[[5, 6], [7, 8]], label=0),  # right
+        EvalItem(prompt_tokens=[3, 4], image=None, choices=[[9], [5]], label=0),  # wrong
+        # summed, not length-normalised, log-likelihood: the one-token choice wins
+        EvalItem(prompt_tokens=[9], image=None, choices=[[10, 11, 12], [10]], label=1)])
+    gen = EvalTask(name="vqa", group="vl", chance=0.0, kind="generate", items=[
+        EvalItem(prompt_tokens=[2, 2, 1], image=np.zeros((3, 4, 4), np.float32),
+                 answers=["The 2 3"], max_new_tokens=2),  # placeholders re-laid: 2 2 1 → 2 3
+        EvalItem(prompt_tokens=[5], image=None, answers=["6"], max_new_tokens=3),  # 6 7 8 ≠ 6
+        EvalItem(prompt_tokens=[13], image=None, answers=["14"], max_new_tokens=3)])  # stops at eos 15
+    rows = evaluate(Successor(), [mc, gen], image_id=0, image_tokens=1, eos_id=15,
+                    decode=lambda ids: " ".join(map(str, ids)))
+    assert rows == [
+        {"task": "mc", "group": "text", "metric": "accuracy", "value": 2 / 3, "chance": 0.5, "n": 3},
+        {"task": "vqa", "group": "vl", "metric": "accuracy", "value": 2 / 3, "chance": 0.0, "n": 3}]
+
+
+def test_greedy_decode_stops_at_eos_and_max_tokens() -> None:
+    model = Successor()
+    assert greedy_decode(model, [3], None, 0, 4, eos_id=15) == [4, 5, 6, 7]
+    assert greedy_decode(model, [12], None, 0, 9, eos_id=15) == [13, 14]
