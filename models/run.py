@@ -29,7 +29,8 @@ from models.checkpoint import (EVALS_COLUMNS, METRICS_COLUMNS, Preempted, clear_
                                write_json, write_table)
 from models.steps import CODE_SALT, Step, step_dir
 
-__all__ = ["run_step", "request_checkpoint", "Preempted", "trunk_checkpoint_path",
+__all__ = ["run_step", "request_checkpoint", "Preempted", "trunk_checkpoint_path", "step_done",
+           "missing_fractions",
            "fraction_step", "load_step_config", "RunOptions"]
 
 
@@ -139,7 +140,7 @@ def run_step(step: Step, root: str | Path, options: "RunOptions | None" = None,
     if data is None:
         import models.data as data
     done = directory / "result.json"
-    if done.exists() and not (step.kind == "trunk" and _missing_fractions(step, root)):
+    if done.exists() and not (step.kind == "trunk" and missing_fractions(step, root)):
         return json.loads(done.read_text())
     write_json(directory / "config.json", step.to_json())
     clear_checkpoint_request()
@@ -153,9 +154,22 @@ def run_step(step: Step, root: str | Path, options: "RunOptions | None" = None,
             clear_checkpoint_request()
 
 
-def _missing_fractions(step: Step, root: str | Path) -> list[float]:
+def missing_fractions(step: Step, root: str | Path) -> list[float]:
+    """Checkpoint fractions a trunk is asked for (meta) that it has not saved under `root`."""
+    if step.kind != "trunk":
+        return []
     return [f for f in step.meta.get("checkpoint_fractions", ())
             if not trunk_checkpoint_path(root, step.step_id, float(f)).exists()]
+
+
+def step_done(step: Step, root: str | Path) -> bool:
+    """Done = result.json exists, and for a trunk every checkpoint its branches need exists.
+
+    A finished trunk asked for one more checkpoint (a finer lattice for adaptive search) is not
+    done: running it again replays just that part (bit-identical) and leaves the rest as it was.
+    """
+    return ((step_dir(root, step.kind, step.step_id) / "result.json").exists()
+            and not missing_fractions(step, root))
 
 
 def _execute(step: Step, root: Path, directory: Path, options: Any, data: Any) -> dict[str, Any]:

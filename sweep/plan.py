@@ -24,6 +24,7 @@ from models.accounting import param_counts, train_flops, vision_param_count
 from models.steps import (BranchConfig, EncoderConfig, EvalConfig, FinetuneConfig, Step,
                           TrunkConfig, step_dir)
 from models.presets import PRESETS, WORLD_VOCAB
+from models.run import step_done
 from sweep.spec import AXES, Cell, Study
 
 IMAGE_POSITION_SHARE = 0.5  # plan-time estimate: share of image-data tokens that are image positions
@@ -60,9 +61,9 @@ class Plan:
         return step_dir(self.root, step.kind, step.step_id)
 
     def status(self, step: Step) -> str:
-        """done | failed | missing, from the step's files only."""
+        """done | failed | missing, from the step's files only (see models.run.step_done)."""
         d = self.dir(step)
-        if (d / "result.json").exists():
+        if step_done(step, self.root):
             return "done"
         if (d / "failure.json").exists():
             return "failed"

@@ -10,6 +10,7 @@ Optuna study lives in a JournalFileStorage file under the root, so stopping and 
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -28,7 +29,8 @@ SAMPLERS = ("tpe", "nsga2")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SearchSettings:
-    trials: int  # trials in total over every scale (a re-run continues up to this number)
+    trials: int  # trials this search runs in total over every scale (a re-run continues up to
+    # this number; grid cells already evaluated join the study for free and do not count)
     objectives: tuple[str, ...] = OBJECTIVES  # stable-score averages to maximise
     sampler: str = "tpe"
     lattice: float = 0.05  # intro fractions are multiples of this (the trunk checkpoints each)
@@ -131,35 +133,77 @@ class _Search:
         self.study, self.root, self.settings, self.log = study, root, settings, log
         path = journal_path(root, study)
         path.parent.mkdir(parents=True, exist_ok=True)
-        storage = JournalStorage(JournalFileBackend(str(path)))
+        self.storage = JournalStorage(JournalFileBackend(str(path)))
         self.optuna = {scale: optuna.create_study(
-            study_name=f"{study.name}:{scale}", storage=storage, load_if_exists=True,
+            study_name=f"{study.name}:{scale}", storage=self.storage, load_if_exists=True,
             directions=["maximize"] * len(settings.objectives), sampler=self._sampler(scale))
             for scale in study.axes["scale"]}
         self.lattice = settings.fractions
 
+    def _existing_trials(self, scale: str):
+        import optuna
+
+        try:
+            return optuna.load_study(study_name=f"{self.study.name}:{scale}", storage=self.storage).trials
+        except KeyError:
+            return []
+
+    def distributions(self) -> dict[str, Any]:
+        import optuna
+
+        lo, hi = self.settings.ratio_range
+        return {"intro_fraction": optuna.distributions.FloatDistribution(0.0, 1.0, step=self.settings.lattice),
+                "image_ratio": optuna.distributions.FloatDistribution(lo, hi, log=True)}
+
+    def warm_start(self) -> int:
+        """Tell each scale's study the grid cells already evaluated under the root (free points)."""
+        import optuna
+
+        grid, dists, added = plan_study(self.study, self.root), self.distributions(), 0
+        lo, hi = self.settings.ratio_range
+        for cell, ids in grid.cells.items():
+            step = grid.by_id[ids["eval"]]
+            on_lattice = any(abs(cell.intro_fraction - f) < 1e-9 for f in self.lattice)
+            if (grid.status(step) != "done" or not on_lattice or not lo <= cell.image_ratio <= hi
+                    or cell != trial_cell(self.study, cell.scale, cell.intro_fraction, cell.image_ratio)):
+                continue
+            ostudy = self.optuna[cell.scale]
+            params = {"intro_fraction": cell.intro_fraction, "image_ratio": cell.image_ratio}
+            if any(t.params == params for t in ostudy.trials):
+                continue
+            scores = eval_scores(self.root, step)
+            ostudy.add_trial(optuna.trial.create_trial(
+                params=params, distributions=dists, user_attrs={"from_grid": True},
+                values=[scores[o] for o in self.settings.objectives]))
+            added += 1
+        return added
+
     def _sampler(self, scale: str):
         import optuna
 
-        seed = self.settings.seed + sum(map(ord, scale))
+        # A continued search must not replay the first run's random draws: offset the seed by the
+        # trials already in the journal.
+        done = sum(1 for _ in self._existing_trials(scale))
+        seed = self.settings.seed + sum(map(ord, scale)) + 1000 * done
         if self.settings.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, self.settings.workers * 2))
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True)
 
     def finished(self) -> int:
-        return sum(1 for s in self.optuna.values() for t in s.trials if t.state.is_finished())
+        """Trials this search ran (grid cells added by warm_start do not count)."""
+        return sum(1 for s in self.optuna.values() for t in s.trials
+                   if t.state.is_finished() and not t.user_attrs.get("from_grid"))
 
     def plan(self, cells: Sequence[Cell]) -> Plan:
         return plan_cells(self.study, cells, self.root, trunk_lattice=self.lattice)
 
     def ask(self) -> tuple[Any, Any, str, Cell]:
         """The next trial, on the scale with the fewest trials so far."""
-        scale = min(self.optuna, key=lambda s: (len(self.optuna[s].trials), s))
+        scale = min(self.optuna, key=lambda s: (sum(not t.user_attrs.get("from_grid")
+                                                     for t in self.optuna[s].trials), s))
         ostudy = self.optuna[scale]
-        trial = ostudy.ask()
-        fraction = trial.suggest_float("intro_fraction", 0.0, 1.0, step=self.settings.lattice)
-        lo, hi = self.settings.ratio_range
-        ratio = trial.suggest_float("image_ratio", lo, hi, log=True)
+        trial = ostudy.ask(self.distributions())
+        fraction, ratio = trial.params["intro_fraction"], trial.params["image_ratio"]
         return ostudy, trial, scale, trial_cell(self.study, scale, fraction, ratio)
 
     def tell(self, ostudy, trial, eval_step: Step) -> tuple[float, ...] | None:
@@ -186,7 +230,6 @@ def prepare_trunks(search: _Search, backend_name: str, workers: int) -> None:
     shared = [s for s in plan.steps if s.kind in ("trunk", "encoder")]
     lattice_plan = replace(plan, steps=tuple(shared))
     todo = select_steps(lattice_plan, retry_failed=True, max_failures=search.study.backend.max_failures)
-    todo += [s for s in shared if s.kind == "trunk" and s not in todo and _missing_checkpoints(plan.root, s)]
     if not todo:
         return
     search.log(f"search: training {len(todo)} shared step(s) first (trunks with checkpoints "
@@ -198,20 +241,16 @@ def prepare_trunks(search: _Search, backend_name: str, workers: int) -> None:
         raise UserError("search: a shared trunk or encoder step failed; see `vlmsweep status`")
 
 
-def _missing_checkpoints(root: Path, trunk: Step) -> bool:
-    from models.run import trunk_checkpoint_path
-
-    return any(not trunk_checkpoint_path(root, trunk.step_id, f).exists()
-               for f in trunk.meta.get("checkpoint_fractions", []))
-
-
 def search(study: Study, root: Path, settings: SearchSettings,
            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Run trials until `settings.trials` have finished; returns trials and the Pareto front."""
     s = _Search(study, root, settings, log)
+    if warm := s.warm_start():
+        log(f"search: {warm} grid cell(s) already evaluated under the root join the study for free")
     prepare_trunks(s, settings.backend, settings.workers)
     executor = _executor(settings, root, study)
     running: list[tuple[Any, Any, Any, Step, Cell]] = []
+    jobs: list[Any] = []  # kept until the end: submitit jobs must not be collected at interpreter exit
     started = time.monotonic()
     while s.finished() + len(running) < settings.trials or running:
         while len(running) < settings.workers and s.finished() + len(running) < settings.trials:
@@ -221,6 +260,7 @@ def search(study: Study, root: Path, settings: SearchSettings,
             chain = [st for st in plan.steps if st.kind not in ("trunk", "encoder")
                      and plan.status(st) != "done" and st.step_id in plan.cells[cell].values()]
             job = executor.submit(ChainJob(chain, root)) if chain else None
+            jobs.append(job)
             log(f"search: trial {scale}#{trial.number} f={cell.intro_fraction:g} "
                 f"ratio={cell.image_ratio:g}: {len(chain)} step(s) to run"
                 + ("" if chain else " (reusing finished steps)"))
@@ -240,6 +280,8 @@ def search(study: Study, root: Path, settings: SearchSettings,
         running = still
         if running:
             time.sleep(0.5)
+    jobs.clear()
+    gc.collect()
     return summarize(s)
 
 
@@ -250,7 +292,8 @@ def summarize(s: _Search) -> dict:
     for scale, ostudy in s.optuna.items():
         for t in ostudy.trials:
             trials.append({"scale": scale, "number": t.number, "state": t.state.name,
-                           "params": dict(t.params), "values": t.values})
+                           "params": dict(t.params), "values": t.values,
+                           "from_grid": bool(t.user_attrs.get("from_grid"))})
         complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if complete:
             for t in ostudy.best_trials:
@@ -284,7 +327,8 @@ def compare_with_grid(study: Study, root: Path, result: dict) -> dict:
             if grid.status(step) == "done":
                 scores = eval_scores(root, step)
                 grid_points.append(tuple(scores[o] for o in result["objectives"]))
-        found = [t["values"] for t in result["trials"] if t["scale"] == scale and t["values"]]
+        found = [t["values"] for t in result["trials"]
+                 if t["scale"] == scale and t["values"] and not t["from_grid"]]
         out[scale] = {"search_hypervolume": hypervolume_2d(found), "search_runs": len(found),
                       "grid_hypervolume": hypervolume_2d(grid_points), "grid_runs": grid_runs,
                       "grid_runs_done": len(grid_points)}

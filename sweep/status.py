@@ -110,7 +110,7 @@ def _blocking_parent(step: Any, out: dict[str, StepStatus]) -> StepStatus | None
 def _one(plan: Any, step: Any, record: JobRecord | None, states: dict[str, JobState],
          error: str, out: dict[str, StepStatus], base: dict[str, Any]) -> StepStatus:
     folder = plan.dir(step)
-    if (folder / "result.json").exists():
+    if plan.status(step) == "done":
         return StepStatus(state="done", **base)
     job = states.get(record.job_id) if record else None
     blocker = _blocking_parent(step, out)

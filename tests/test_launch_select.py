@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from models.run import trunk_checkpoint_path
 from sweep.launch import run_levels, select_steps
 from sweep.launch.journal import JobRecord, JournalError, append_failure, append_jobs, read_jobs
 from sweep.launch.queue import expand_job_ids, parse_sacct, parse_squeue
@@ -21,6 +22,10 @@ def _finish(plan, step):
     folder = plan.dir(step)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "result.json").write_text(json.dumps({"step_id": step.step_id}))
+    for fraction in step.meta.get("checkpoint_fractions", ()):  # a finished trunk's checkpoints
+        path = trunk_checkpoint_path(plan.root, step.step_id, fraction)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
 
 
 def _record(plan, step, job_id, backend="slurm"):

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import submitit
 
 import sweep
+from models.run import step_done
 from models.steps import Step, step_dir
 from sweep.launch import JobFactory, LaunchResult
 from sweep.launch.journal import JobRecord, append_jobs
@@ -33,7 +34,7 @@ def source_setup() -> list[str]:
 
 
 def _done(root: Path, step: Step) -> bool:
-    return (step_dir(root, step.kind, step.step_id) / "result.json").exists()
+    return step_done(step, root)
 
 
 class LocalBackend:

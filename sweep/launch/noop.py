@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.run import trunk_checkpoint_path
 from models.steps import Step, step_dir
 from sweep.launch.worker import StepJob
 
@@ -86,6 +87,8 @@ class NoopStepJob(StepJob):
                     "tokens_per_s": done / max(time.time() - began, 1e-9), "updated_at": time.time()})
         if self.step.step_id in self.fail_ids:
             raise NoopFailure(f"noop step {self.step.step_id} was asked to fail")
+        for fraction in self.step.meta.get("checkpoint_fractions", ()):  # what branches resume
+            write_json(trunk_checkpoint_path(self.root, self.step.step_id, float(fraction)), {})
         result = {"step_id": self.step.step_id, "kind": self.step.kind, "noop": True,
                   "resumed_from_tick": start, "ticks": total, "finished_at": time.time()}
         write_json(folder / "result.json", result)

@@ -79,9 +79,10 @@ class StepJob(submitit.helpers.Checkpointable):
         return isinstance(error, Preempted)
 
     def __call__(self) -> dict[str, Any]:
-        done = read_result(self.root, self.step)
-        if done is not None:
-            return done  # a duplicate or requeued job whose step finished meanwhile
+        from models.run import step_done
+
+        if step_done(self.step, self.root):  # a duplicate or requeued job whose step finished meanwhile
+            return read_result(self.root, self.step) or {}
         handover = self._intercept_preemption()
         try:
             return self.run()
