@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sweep.launch.journal import JobRecord, latest_jobs, read_failures, read_jobs
-from sweep.launch.queue import FAILURE_REASONS, JobState, local_job_alive, query_slurm
+from sweep.launch.queue import FAILURE_REASONS, JobState, local_job_state, query_slurm
 
 State = Literal["done", "running", "pending", "failed", "blocked", "not submitted"]
 UNKNOWN_GRACE_S = 300.0  # a job SLURM does not list yet counts as pending for this long
@@ -61,8 +61,7 @@ def job_states(records: list[JobRecord]) -> dict[str, JobState]:
     states = query_slurm(slurm_ids)
     for r in records:
         if r.backend == "local":
-            alive = local_job_alive(r.job_id)
-            states[r.job_id] = JobState(job_id=r.job_id, state="RUNNING" if alive else "ENDED")
+            states[r.job_id] = local_job_state(r.job_id, r.log)
     return states
 
 
@@ -113,6 +112,13 @@ def _one(plan: Any, step: Any, record: JobRecord | None, states: dict[str, JobSt
     if plan.status(step) == "done":
         return StepStatus(state="done", **base)
     job = states.get(record.job_id) if record else None
+    if (folder / "result.json").exists() and not (job is not None and job.live):
+        # A finished trunk that another study now asks for one more checkpoint fraction:
+        # `run` replays just that part from its nearest earlier checkpoint.
+        from models.run import missing_fractions
+
+        wanted = ", ".join(f"{f:g}" for f in missing_fractions(step, plan.root))
+        return StepStatus(state="not submitted", reason=f"needs checkpoint(s) at f = {wanted}", **base)
     blocker = _blocking_parent(step, out)
     why_blocked = f"{blocker.kind} {blocker.step_id} {blocker.state}" if blocker else ""
     if job is not None and job.state == "UNKNOWN" and record is not None:
@@ -130,6 +136,8 @@ def _one(plan: Any, step: Any, record: JobRecord | None, states: dict[str, JobSt
         return StepStatus(state="blocked", reason=why_blocked or f"job {job.job_id} {job.state} "
                           f"before it started ({job.reason or 'dependency never satisfied'})", **base)
     failure_file = _read_json(folder / "failure.json")
+    if job is not None and job.state == "INTERRUPTED" and not error:  # Ctrl-C of a local run
+        return StepStatus(state="not submitted", reason="interrupted; `run` resumes it", **base)
     if job is not None and job.state in FAILURE_REASONS:
         detail = error or _failure_text(failure_file)
         reason = FAILURE_REASONS[job.state] + (f": {detail}" if detail else "")

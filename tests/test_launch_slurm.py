@@ -137,8 +137,17 @@ def test_studies_sharing_a_trunk_train_it_once(tmp_path):
     chosen_b = select_steps(b, False, 3)
     assert _trunk(b) not in chosen_b  # in flight for study a
     backend.run(b, chosen_b, job_factory=noop(0.2))
+    settled = wait_settled(b)
+    trunk_b = settled[_trunk(b).step_id]
+    # Study a's trunk finished without b's extra checkpoint (f = 0.8): b's next `run` only
+    # extends it (a real trunk replays from its nearest earlier checkpoint); nothing retrains.
+    assert trunk_b.state == "not submitted" and "0.8" in trunk_b.reason
+    assert {s.state for sid, s in settled.items() if sid != _trunk(b).step_id} == {"done"}
+    again = select_steps(b, False, 3)
+    assert [s.step_id for s in again] == [_trunk(b).step_id]
+    backend.run(b, again, job_factory=noop(0.2))
     assert {s.state for s in wait_settled(b).values()} == {"done"}
-    assert [r.step_id for r in read_jobs(a.root)].count(_trunk(a).step_id) == 1
+    assert [r.step_id for r in read_jobs(a.root)].count(_trunk(a).step_id) == 2
 
 
 @pytest.mark.slow
