@@ -30,6 +30,8 @@ def figure_data(fig: go.Figure) -> pl.DataFrame:
         err = trace.error_y.array if trace.error_y is not None and trace.error_y.array is not None else None
         symbols = trace.marker.symbol if trace.marker is not None else None
         for k, (x, y) in enumerate(zip(xs, ys)):
+            if x is None and y is None:  # a legend-only entry, not data
+                continue
             rows.append({"trace": trace.name, "panel": trace.xaxis or "x", "x": _text(x), "y": _num(y),
                          "value": None, "y_error": None if err is None else _num(err[k]),
                          "symbol": symbols[k] if isinstance(symbols, (list, tuple)) else symbols})
@@ -54,8 +56,6 @@ def _num(v) -> float | str | None:
 def export_figures(figures: Iterable[tuple[str, go.Figure]], out_dir: str | Path,
                    formats: Iterable[str] = FORMATS) -> list[Path]:
     """Write <name>.<fmt> for each format and <name>.csv for each figure; returns the paths written."""
-    import kaleido  # imported here: only export needs the browser bridge
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs, written = [], []
@@ -68,6 +68,8 @@ def export_figures(figures: Iterable[tuple[str, go.Figure]], out_dir: str | Path
             jobs.append({"fig": fig, "path": str(path), "opts": {"format": fmt}})
             written.append(path)
     if jobs:
+        import kaleido  # imported here: only image export needs the browser bridge
+
         # one browser for the whole batch; no MathJax: it would be fetched from a CDN (no internet)
         kaleido.write_fig_from_object_sync(jobs, kopts={"mathjax": False, "n": 2})
     missing = [p for p in written if not p.is_file() or p.stat().st_size == 0]

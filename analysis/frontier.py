@@ -24,7 +24,8 @@ class FrontierFit:
     points: pl.DataFrame  # per configuration: axes, x_mean, y_mean, n_runs, on_frontier, frontier_probability
     curve: pl.DataFrame  # x, y, y_lo, y_hi over the frontier's x range
     coefficients: tuple[float, ...]  # y = c0 + c1·x + c2·x² (shorter when there are too few points)
-    bootstrap: int
+    bootstrap: int  # resamples actually drawn (0 when every configuration has a single run)
+    notes: tuple[str, ...] = ()  # what could not be estimated, and why
 
 
 def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -52,25 +53,37 @@ def fit_frontier(steps: pl.DataFrame, *, x: str = "text_score", y: str = "vl_sco
         if col not in steps.columns:
             raise AnalysisInputError(f"frontier: no score column {col!r}")
     runs = steps.filter(pl.col(x).is_not_null() & pl.col(y).is_not_null())
-    keys = [a for a in by if a in runs.columns and runs[a].n_unique() > 1] or ["scale"]
+    # scale always identifies a configuration's colour in the figure, even when it does not vary
+    keys = list(dict.fromkeys([a for a in ("scale",) if a in runs.columns]
+                              + [a for a in by if a in runs.columns and runs[a].n_unique() > 1]))
+    if not keys:
+        raise AnalysisInputError("frontier: the runs carry no configuration axes (not even scale)")
     runs = runs.with_columns(pl.struct(keys).rank("dense").cast(pl.Int64).alias("_cfg") - 1)
     configs = runs.group_by("_cfg", *keys).agg(pl.col(x).mean().alias("x_mean"), pl.col(y).mean().alias("y_mean"),
                                                pl.len().alias("n_runs")).sort("_cfg")
     if len(configs) == 0:
         raise AnalysisInputError(f"frontier: no runs with both {x} and {y}")
+    notes = []
+    if bootstrap and configs["n_runs"].max() < 2:
+        # Resampling one run per configuration reproduces the data: no band, no probabilities.
+        notes.append("one run per configuration (one seed): no bootstrap band or frontier probabilities")
+        bootstrap = 0
     on = pareto_mask(configs["x_mean"].to_numpy(), configs["y_mean"].to_numpy())
+    if on.sum() < 2:
+        notes.append(f"{int(on.sum())} configuration on the frontier: no curve fitted")
     coef = _curve_coefficients(configs["x_mean"].to_numpy()[on], configs["y_mean"].to_numpy()[on])
     counts, curves = _bootstrap(runs, x, y, len(configs), bootstrap, seed, configs.filter(pl.Series(on)), grid_size)
     grid = _grid(configs.filter(pl.Series(on))["x_mean"].to_numpy(), grid_size)
     tail = (1 - confidence) / 2 * 100
     lo, hi = (np.nanpercentile(curves, [tail, 100 - tail], axis=0) if bootstrap and np.isfinite(curves).any()
-              else (np.full(grid_size, np.nan), np.full(grid_size, np.nan)))
+              else (np.full(len(grid), np.nan), np.full(len(grid), np.nan)))
     points = configs.with_columns(pl.Series("on_frontier", on),
                                   pl.Series("frontier_probability", counts / max(bootstrap, 1) if bootstrap
                                             else on.astype(float))).drop("_cfg")
-    curve = pl.DataFrame({"x": grid, "y": _evaluate(coef, grid), "y_lo": lo, "y_hi": hi})
+    curve = pl.DataFrame({"x": grid, "y": _evaluate(coef, grid), "y_lo": lo, "y_hi": hi},
+                         schema={"x": pl.Float64, "y": pl.Float64, "y_lo": pl.Float64, "y_hi": pl.Float64})
     return FrontierFit(x=x, y=y, points=points, curve=curve, coefficients=tuple(map(float, coef)),
-                       bootstrap=bootstrap)
+                       bootstrap=bootstrap, notes=tuple(notes))
 
 
 def _grid(xs: np.ndarray, size: int) -> np.ndarray:

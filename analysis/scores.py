@@ -111,6 +111,11 @@ def main_stage(steps: pl.DataFrame) -> pl.DataFrame:
 
 
 def text_only_baseline(steps: pl.DataFrame) -> pl.DataFrame:
-    """Text score of each scale's text-only trunk (final checkpoint): mean, stderr, n over seeds."""
-    trunks = steps.filter((pl.col("stage") == "trunk") & pl.col("checkpoint").is_null())
+    """Text score of each scale's fully trained text-only trunk: mean, stderr, n over seeds.
+
+    `vlmsweep run` evaluates the trunk at each intro fraction's checkpoint; the fully trained one
+    is checkpoint 1.0 (null: an evaluation of the trunk's final weights written without one).
+    """
+    trunks = steps.filter((pl.col("stage") == "trunk")
+                          & (pl.col("checkpoint").is_null() | (pl.col("checkpoint") >= 1.0)))
     return aggregate_over_seeds(trunks, scores=("text_score",), by=("scale", "params"))

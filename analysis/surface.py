@@ -1,14 +1,16 @@
 """Response surface of a score over (intro_fraction, image_ratio) per scale: the best f and ratio
 with bootstrap intervals, and how the best f moves with scale.
 
-The surface is a quadratic in f and log(ratio) fitted by least squares to every run; an axis with
-fewer than three values enters linearly (two values) or not at all (one). The best point is the
+The surface is a quadratic in f and log(ratio) fitted by least squares to every run, keeping only
+the terms the runs identify (an axis with two values enters linearly, with one not at all; no f·u
+term when the ratio varies at a single f). The best point is the
 argmax over the observed ranges; bootstrap resamples runs within the scale and refits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -24,32 +26,40 @@ class SurfaceFit:
     best_intro_fraction: float
     best_image_ratio: float
     best_score: float  # the surface's value at the best point
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # axis -> (lo, hi)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # axis -> (lo, hi); {} when
+    # there are no more runs than terms (nothing to resample)
     n_runs: int = 0
     terms: tuple[str, ...] = ()  # the polynomial's terms, e.g. ("1", "f", "f^2", "u", ...)
     coefficients: tuple[float, ...] = ()
     grid: pl.DataFrame = field(default_factory=pl.DataFrame)  # intro_fraction, image_ratio, predicted
 
 
-def _design(f: np.ndarray, u: np.ndarray, nf: int, nu: int) -> tuple[np.ndarray, list[str]]:
-    cols, names = [np.ones_like(f)], ["1"]
-    if nf >= 2:
-        cols, names = cols + [f], names + ["f"]
-    if nf >= 3:
-        cols, names = cols + [f * f], names + ["f^2"]
-    if nu >= 2:
-        cols, names = cols + [u], names + ["u"]
-    if nu >= 3:
-        cols, names = cols + [u * u], names + ["u^2"]
-    if nf >= 2 and nu >= 2:
-        cols, names = cols + [f * u], names + ["f*u"]
-    return np.column_stack(cols), names
+_TERMS = {"1": lambda f, u: np.ones_like(f), "f": lambda f, u: f, "f^2": lambda f, u: f * f,
+          "u": lambda f, u: u, "u^2": lambda f, u: u * u, "f*u": lambda f, u: f * u}
 
 
-def _fit_argmax(f, u, s, nf, nu, gf, gu) -> tuple[np.ndarray, float, float, float, np.ndarray]:
-    x, _ = _design(f, u, nf, nu)
-    coef, *_ = np.linalg.lstsq(x, s, rcond=None)
-    pred = _design(gf, gu, nf, nu)[0] @ coef
+def _design(f: np.ndarray, u: np.ndarray, terms: Sequence[str]) -> np.ndarray:
+    return np.column_stack([_TERMS[t](f, u) for t in terms])
+
+
+def _identifiable_terms(f: np.ndarray, u: np.ndarray) -> tuple[str, ...]:
+    """The quadratic's terms the runs pin down, lowest order first.
+
+    A term is kept only if it raises the design's rank: with one value of an axis its terms drop,
+    with two its square drops, and when the ratio varies at a single f (a cross-shaped grid, as
+    the paper's) the f·u interaction drops instead of being extrapolated from nothing.
+    """
+    kept: list[str] = []
+    for term in _TERMS:
+        trial = [*kept, term]
+        if np.linalg.matrix_rank(_design(f, u, trial)) == len(trial):
+            kept = trial
+    return tuple(kept)
+
+
+def _fit_argmax(f, u, s, terms, gf, gu) -> tuple[np.ndarray, float, float, float, np.ndarray]:
+    coef, *_ = np.linalg.lstsq(_design(f, u, terms), s, rcond=None)
+    pred = _design(gf, gu, terms) @ coef
     k = int(np.argmax(pred))
     return coef, float(gf[k]), float(gu[k]), float(pred[k]), pred
 
@@ -76,27 +86,24 @@ def _fit_scale(runs: pl.DataFrame, scale: str, score: str, n_boot: int, rng: np.
                confidence: float, grid_size: int) -> SurfaceFit:
     f, ratio, s = (runs[c].to_numpy().astype(float) for c in ("intro_fraction", "image_ratio", score))
     u = np.log(ratio)
-    nf, nu = len(np.unique(f)), len(np.unique(u))
-    gf1 = np.linspace(f.min(), f.max(), grid_size if nf > 1 else 1)
-    gu1 = np.linspace(u.min(), u.max(), grid_size if nu > 1 else 1)
+    terms = _identifiable_terms(f, u)
+    gf1 = np.linspace(f.min(), f.max(), grid_size if len(np.unique(f)) > 1 else 1)
+    gu1 = np.linspace(u.min(), u.max(), grid_size if len(np.unique(u)) > 1 else 1)
     gf, gu = (a.ravel() for a in np.meshgrid(gf1, gu1, indexing="ij"))
-    coef, bf, bu, bs, pred = _fit_argmax(f, u, s, nf, nu, gf, gu)
-    draws = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(s), len(s))
-        _, df_, du, _, _ = _fit_argmax(f[pick], u[pick], s[pick], nf, nu, gf, gu)
-        draws.append((df_, np.exp(du)))
+    coef, bf, bu, bs, pred = _fit_argmax(f, u, s, terms, gf, gu)
+    # With no more runs than terms the surface interpolates every run: resampling says nothing.
+    draws = [_fit_argmax(f[p], u[p], s[p], terms, gf, gu)[1:3]
+             for p in (rng.integers(0, len(s), len(s)) for _ in range(n_boot if len(s) > len(terms) else 0))]
     intervals = {}
     if draws:
         tail = (1 - confidence) / 2 * 100
-        arr = np.array(draws)
+        arr = np.array([(df_, np.exp(du)) for df_, du in draws])
         lo, hi = np.percentile(arr, [tail, 100 - tail], axis=0)
         intervals = {"intro_fraction": (float(lo[0]), float(hi[0])), "image_ratio": (float(lo[1]), float(hi[1]))}
     params = runs["params"][0] if "params" in runs.columns else None
     return SurfaceFit(scale=scale, params=None if params is None else int(params), score=score,
                       best_intro_fraction=bf, best_image_ratio=float(np.exp(bu)), best_score=bs,
-                      intervals=intervals, n_runs=len(s), terms=tuple(_design(f[:1], u[:1], nf, nu)[1]),
-                      coefficients=tuple(map(float, coef)),
+                      intervals=intervals, n_runs=len(s), terms=terms, coefficients=tuple(map(float, coef)),
                       grid=pl.DataFrame({"intro_fraction": gf, "image_ratio": np.exp(gu), "predicted": pred}))
 
 

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 # Approximate LM totals of the paper's presets (analysis never imports models).
 SCALE_PARAMS = {"79m": 79_000_000, "154m": 154_000_000, "411m": 411_000_000,
-                "1.4b": 1_400_000_000, "1m": 1_000_000, "5m": 5_000_000}
+                "1.4b": 1_400_000_000, "1m": 1_000_000, "5m": 5_000_000,
+                "170k": 170_000, "debug": 46_000}
 VL_TASKS = {"vqav2": 0.0, "gqa": 0.0, "vizwiz": 0.0, "textvqa": 0.0, "pope": 0.5}
 TEXT_TASKS = {"arc_easy": 0.25, "hellaswag": 0.25, "piqa": 0.5}
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("tokens", pa.int64()), ("name", pa.string()),
@@ -42,6 +43,25 @@ class SyntheticSpec:
     unfinished: int = 0  # eval steps left with progress.json only
     failed: int = 0  # eval steps left with failure.json
     seed: int = 0  # the noise seed
+    # Explicit (intro_fraction, image_ratio, seed) cells instead of the full product of the three
+    # axes above (instruction shares and fine-tune epochs are still crossed); sparse grids such as
+    # the demo study's (a second seed only at some fractions) need it.
+    cells: tuple[tuple[float, float, int], ...] | None = None
+    # Evaluations of the text-only trunk: "final" (the trained trunk, checkpoint null), "checkpoints"
+    # (one per intro fraction at checkpoint = f, as `vlmsweep run` writes them) or "none".
+    trunk_evals: str = "final"
+    pretrained_evals: bool = False  # also evaluate each branch before fine-tuning (stage "branch")
+    failed_branches: int = 0  # the last N branches fail; their finetune and evals are planned only
+
+    def __post_init__(self) -> None:
+        if self.trunk_evals not in ("final", "checkpoints", "none"):
+            raise ValueError(f"SyntheticSpec.trunk_evals: {self.trunk_evals!r} is not final, checkpoints or none")
+
+    def grid(self) -> list[tuple[float, float, int]]:
+        """The (intro_fraction, image_ratio, seed) cells to write, in writing order."""
+        if self.cells is not None:
+            return list(self.cells)
+        return [(f, r, s) for s in self.seeds for f in self.intro_fractions for r in self.image_ratios]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,7 +89,7 @@ def lr_curve(frac: np.ndarray, *, peak: float, warmup: float = 0.02, floor: floa
 
 def vl_shape(scale_size: float, f: float, ratio: float, share: float, epochs: int) -> float:
     """Stable VL score: grows with scale, peaks near f = 0.8 (larger models), ratio optimum shrinks."""
-    best_ratio = 0.5 / (1 + 4 * scale_size)  # small models prefer more image data
+    best_ratio = 0.5 / (1 + 4 * max(scale_size, 0.0))  # small models prefer more image data
     best_f = 0.55 + 0.25 * scale_size
     s = 0.25 + 0.15 * scale_size - 0.12 * (f - best_f) ** 2 - 0.04 * math.log(ratio / best_ratio) ** 2
     return s - 0.15 * share + 0.02 * min(epochs, 3) - 0.01 * max(epochs - 3, 0)
@@ -88,7 +108,13 @@ class _Writer:
         self.rng = np.random.default_rng(spec.seed)
         self.manifest: list[dict] = []
         self.ids: dict[str, list[str]] = {}
-        self.evals: list[tuple[str, dict, list[list[str]]]] = []  # deferred to mark unfinished
+        self.evals: list[tuple[str, dict, list[list[str]]]] = []  # (id, meta, parents), written last
+        self.branches_to_fail = spec.failed_branches  # counted down from the last branch written
+        self.branches_left = 0  # set once the grid is known
+
+    def planned(self, kind: str, sid: str, parents: list[list[str]], meta: dict) -> None:
+        """A step the study plans but that never ran (its parent failed): manifest only."""
+        self.manifest.append({"step_id": sid, "kind": kind, "parents": parents, "meta": meta})
 
     def step(self, kind: str, sid: str, parents: list[list[str]], meta: dict,
              metrics: pa.Table | None = None, evals: pa.Table | None = None,
@@ -142,7 +168,7 @@ class _Writer:
 
 
 def _size(scale: str) -> float:
-    """A scale's position in [0, 1] on a log axis from 1M to 1.4B parameters."""
+    """A scale's position on a log axis from 1M (0) to 1.4B (1) parameters; CPU sizes fall below 0."""
     return (math.log(SCALE_PARAMS[scale]) - math.log(1e6)) / (math.log(1.4e9) - math.log(1e6))
 
 
@@ -152,23 +178,26 @@ def write_synthetic_study(root: str | Path, spec: SyntheticSpec = SyntheticSpec(
     w = _Writer(root, spec)
     enc = _sid("encoder", spec.seed)
     w.step("encoder", enc, [], {"image_data": "world"})
+    grid = spec.grid()
+    w.branches_left = len(spec.scales) * len(grid) * len(spec.instruction_shares)
     for scale in spec.scales:
-        for seed in spec.seeds:
-            _write_chain(w, spec, scale, seed, enc)
+        for seed in dict.fromkeys(s for _, _, s in grid):
+            _write_chain(w, spec, scale, seed, enc, [(f, r) for f, r, s in grid if s == seed])
     _write_evals(w, spec)
     manifest = root / "studies" / f"{spec.study}.json"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    axes = {"scale": list(spec.scales), "intro_fraction": list(spec.intro_fractions),
-            "image_ratio": list(spec.image_ratios), "instruction_share": list(spec.instruction_shares),
-            "finetune_epochs": list(spec.finetune_epochs), "seed": list(spec.seeds),
+    axes = {"scale": list(spec.scales), "intro_fraction": sorted({f for f, _, _ in grid}),
+            "image_ratio": sorted({r for _, r, _ in grid}), "instruction_share": list(spec.instruction_shares),
+            "finetune_epochs": list(spec.finetune_epochs), "seed": sorted({s for _, _, s in grid}),
             "schedule": [spec.schedule]}
     _write_json(manifest, {"name": spec.study, "study_file": f"studies/{spec.study}.toml",
                            "written_at": "2025-01-01T00:00:00+00:00", "axes": axes, "steps": w.manifest})
     return SyntheticStudy(root=root, manifest=manifest, step_ids=w.ids)
 
 
-def _write_chain(w: _Writer, spec: SyntheticSpec, scale: str, seed: int, enc: str) -> None:
-    """One trunk and everything that branches from it."""
+def _write_chain(w: _Writer, spec: SyntheticSpec, scale: str, seed: int, enc: str,
+                 cells: list[tuple[float, float]]) -> None:
+    """One trunk, its evaluations, and everything that branches from it."""
     n, size, k = SCALE_PARAMS[scale], _size(scale), spec.metric_rows
     total = 20 * n  # trunk tokens (the synthetic world is 1x Chinchilla, not 150x)
     base = {"scale": scale, "params": n, "text_data": "world", "seed": seed}
@@ -180,14 +209,16 @@ def _write_chain(w: _Writer, spec: SyntheticSpec, scale: str, seed: int, enc: st
            w.metrics({"train_loss": loss, "text_loss": loss + 0.02, "lr": lr_curve(frac, peak=3e-3),
                       "grad_norm": 1 / (1 + 5 * frac), "tokens_per_s": np.full(k, 1e5)}, toks),
            flops=6.0 * n * total)
-    w.evals.append((trunk, {**base, "stage": "trunk", "checkpoint": None}, [["trunk", trunk]]))
-    for f in spec.intro_fractions:
+    checkpoints = {"final": [None], "none": [], "checkpoints": sorted({f for f, _ in cells})}[spec.trunk_evals]
+    for checkpoint in checkpoints:  # text-only evaluations of the trunk, as `vlmsweep run` plans them
+        sid = _sid("eval", trunk) if checkpoint is None else _sid("eval", trunk, checkpoint)
+        w.evals.append((sid, {**base, "stage": "trunk", "checkpoint": checkpoint}, [["trunk", trunk]]))
+    for f, ratio in cells:
         policy = "rewarm" if spec.schedule == "rewarm" or (spec.schedule == "paper" and f in (0.0, 1.0)) else "continue"
-        for ratio in spec.image_ratios:
-            for share in spec.instruction_shares:
-                _write_branch(w, spec, dict(base, intro_fraction=f, image_ratio=ratio, image_data="world",
-                                            instruction_share=share, schedule=spec.schedule,
-                                            schedule_policy=policy), trunk, enc, size, total)
+        for share in spec.instruction_shares:
+            _write_branch(w, spec, dict(base, intro_fraction=f, image_ratio=ratio, image_data="world",
+                                        instruction_share=share, schedule=spec.schedule,
+                                        schedule_policy=policy), trunk, enc, size, total)
 
 
 def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: str, size: float,
@@ -195,18 +226,33 @@ def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: 
     n, k, f = meta["params"], spec.metric_rows, meta["intro_fraction"]
     stage_tokens = 20 * n
     branch = _sid("branch", trunk, f, meta["image_ratio"], meta["instruction_share"])
+    parents = [["trunk", trunk], ["encoder", enc]]
+    w.branches_left -= 1
+    if w.branches_left < w.branches_to_fail:  # failed: nothing below it ever ran
+        w.step("branch", branch, parents, {**meta, "tokens": stage_tokens}, status="failed")
+        for epochs in spec.finetune_epochs:
+            ft = _sid("finetune", branch, epochs)
+            w.planned("finetune", ft, [["branch", branch]], {**meta, "finetune_epochs": epochs})
+            w.planned("eval", _sid("eval", ft), [["finetune", ft]],
+                      {**meta, "finetune_epochs": epochs, "stage": "finetune"})
+        return
     frac = np.linspace(0, 1, k + 1)[1:]
     if meta["schedule_policy"] == "rewarm":
         lr = lr_curve(frac, peak=3e-3)
     else:  # continue from where the trunk's schedule stands, decay over the image stage
         start = float(lr_curve(np.array([f]), peak=3e-3)[0])
         lr = 3e-4 + (start - 3e-4) * 0.5 * (1 + np.cos(np.pi * frac))
-    toks = frac * stage_tokens
-    loss = 2.1 + 300 / n ** 0.34 + 150 / (toks + f * trunk_tokens + 1e6) ** 0.28
+    toks = frac * stage_tokens  # counted from the branch's start, as models/stages writes them
+    loss = 2.1 + 300 / n ** 0.34 + 150 / (toks + f * trunk_tokens + 1e6) ** 0.28 + 0.3 * meta["image_ratio"]
     caption = loss + 0.4 * (1 - frac) + w.rng.normal(0, 0.01, k)
-    w.step("branch", branch, [["trunk", trunk], ["encoder", enc]], {**meta, "tokens": stage_tokens},
+    w.step("branch", branch, parents, {**meta, "tokens": stage_tokens},
            w.metrics({"train_loss": loss, "text_loss": loss - 0.05, "caption_loss": caption, "lr": lr,
                       "grad_norm": 1 / (1 + 5 * frac)}, toks), flops=6.0 * n * stage_tokens)
+    if spec.pretrained_evals:
+        pre = vl_shape(size, f, meta["image_ratio"], meta["instruction_share"], 0) - 0.05
+        w.evals.append((_sid("eval", branch), {**meta, "stage": "branch", "checkpoint": None,
+                                                       "_scores": (pre, text_shape(size, f, meta["image_ratio"], 0))},
+                        [["branch", branch]]))
     for epochs in spec.finetune_epochs:
         ft = _sid("finetune", branch, epochs)
         ft_meta = {**meta, "finetune_epochs": epochs, "tokens": 1_000_000}
@@ -214,20 +260,26 @@ def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: 
         w.step("finetune", ft, [["branch", branch]], ft_meta,
                w.metrics({"train_loss": 1.5 - 0.3 * steps, "instruction_loss": 1.5 - 0.3 * steps,
                           "lr": lr_curve(steps, peak=1e-4)}, steps * 1_000_000))
-        w.evals.append((ft, {**ft_meta, "stage": "finetune", "checkpoint": None,
-                             "_scores": (vl_shape(size, f, meta["image_ratio"], meta["instruction_share"], epochs),
-                                         text_shape(size, f, meta["image_ratio"], epochs))},
+        w.evals.append((_sid("eval", ft), {**ft_meta, "stage": "finetune", "checkpoint": None,
+                                               "_scores": (vl_shape(size, f, meta["image_ratio"],
+                                                                    meta["instruction_share"], epochs),
+                                                           text_shape(size, f, meta["image_ratio"], epochs))},
                         [["finetune", ft]]))
+
+
+def _trunk_text(scale: str, checkpoint: float | None) -> float:
+    """Stable text score of the text-only trunk, lower at an early checkpoint."""
+    full = 0.23 + 0.12 * _size(scale)
+    return full if checkpoint is None else full * (0.4 + 0.6 * checkpoint)
 
 
 def _write_evals(w: _Writer, spec: SyntheticSpec) -> None:
     """Eval steps last, so the final `unfinished` / `failed` ones can be left without a result."""
     n_evals = len(w.evals)
-    for i, (target, meta, parents) in enumerate(w.evals):
+    for i, (sid, meta, parents) in enumerate(w.evals):
         scores = meta.pop("_scores", None)
-        vl, text = scores if scores else (None, 0.23 + 0.12 * _size(meta["scale"]))  # text-only trunk
+        vl, text = scores if scores else (None, _trunk_text(meta["scale"], meta.get("checkpoint")))
         status = ("running" if i >= n_evals - spec.unfinished else
                   "failed" if i >= n_evals - spec.unfinished - spec.failed else "done")
-        sid = _sid("eval", target)
         w.step("eval", sid, parents, {**meta, "tokens": 0},
                evals=None if status != "done" else w.eval_table(vl, text), status=status)

@@ -54,20 +54,27 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _interval(fit: SurfaceFit, axis: str, digits: str) -> str:
+    lo_hi = fit.intervals.get(axis)
+    return "" if lo_hi is None else f" [{lo_hi[0]:{digits}}, {lo_hi[1]:{digits}}]"
+
+
 def best_table_rows(fits: list[SurfaceFit]) -> list[str]:
+    """Markdown rows: best f and ratio with their interval (none when the runs cannot be resampled)."""
     rows = []
     for fit in fits:
-        f_lo, f_hi = fit.intervals.get("intro_fraction", (math.nan, math.nan))
-        r_lo, r_hi = fit.intervals.get("image_ratio", (math.nan, math.nan))
-        rows.append(f"| {fit.scale} | {fit.score} | {fit.best_intro_fraction:.2f} [{f_lo:.2f}, {f_hi:.2f}] | "
-                    f"{fit.best_image_ratio:.3g} [{r_lo:.3g}, {r_hi:.3g}] | {fit.best_score:.3f} | {fit.n_runs} |")
+        terms = f"{fit.n_runs} runs, terms {' '.join(fit.terms)}"
+        best_f = f"{fit.best_intro_fraction:.2f}{_interval(fit, 'intro_fraction', '.2f')}"
+        best_r = f"{fit.best_image_ratio:.3g}{_interval(fit, 'image_ratio', '.3g')}"
+        rows.append(f"| {fit.scale} | {fit.score} | {best_f} | {best_r} | {fit.best_score:.3f} | {terms} |")
     return rows
 
 
 def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, fits: dict[str, list[SurfaceFit]],
                       trend: dict[str, float | None], late_vs_full: pl.DataFrame | None,
                       text_cost: pl.DataFrame | None, fixed: dict, skipped: Sequence[tuple[str, str]],
-                      bootstrap: int) -> str:
+                      bootstrap: int, notes: Sequence[str] = (), late_label: str = "80% vs at 100%",
+                      trunk_scores: pl.DataFrame | None = None) -> str:
     """findings.md: best f and ratio per scale, 80% vs 100%, the text cost, and what is missing."""
     out = [f"# Findings: {study or 'all studies under the root'}", "",
            f"{n_runs} evaluated runs of the final models; {len(missing)} planned evaluations have no result"
@@ -75,21 +82,31 @@ def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, 
     if fixed:
         out += ["Axes held at their most common value for these fits: "
                 + ", ".join(f"{k} = {v}" for k, v in fixed.items()) + ".", ""]
-    out += ["## Best introduction fraction and image ratio per scale", "",
-            f"Quadratic response surface in (f, log ratio) per scale; [95% bootstrap interval, {bootstrap} resamples].", "",
-            "| scale | score | best f | best ratio | predicted score | runs |", "|---|---|---|---|---|---|"]
-    for score, score_fits in fits.items():
-        out += best_table_rows(score_fits)
+    if notes:
+        out += ["## Limits of this study's data", ""] + [f"- {n}" for n in notes] + [""]
+    out += ["## Best introduction fraction and image ratio per scale", ""]
+    if any(fits.values()):
+        out += [f"Quadratic response surface in (f, log ratio) per scale, with the terms the runs identify; "
+                f"[95% bootstrap interval, {bootstrap} resamples] where there are more runs than terms.", "",
+                "| scale | score | best f | best ratio | predicted score | fit |", "|---|---|---|---|---|---|"]
+        for score, score_fits in fits.items():
+            out += best_table_rows(score_fits)
+    else:
+        out.append("Not fitted: see the figures not drawn below.")
     for score, slope in trend.items():
         if slope is not None:
             out.append(f"\nBest f moves by {slope:+.3f} per tenfold increase in parameters ({score}).")
-    out += ["", "## Images at 80% vs at 100% of pre-training", ""]
+    out += ["", f"## Images at {late_label} of pre-training", ""]
     out += _frame_md(late_vs_full) if late_vs_full is not None and len(late_vs_full) else \
-        ["Not measured: the study has no runs at both f = 0.8 and f = 1.0."]
+        ["Not measured: the study has no runs at both some f in (0, 1) and f = 1.0 with the same scale and ratio."]
     out += ["", "## Text cost", "", "Text score of the text-only trunk minus the text score of the best VL "
             "configuration (positive = images cost text performance).", ""]
     out += _frame_md(text_cost) if text_cost is not None and len(text_cost) else \
-        ["Not measured: the study has no text-only trunk evaluations."]
+        ["Not measured: the study has no evaluation of a fully trained text-only trunk "
+         "(checkpoint 1.0) together with a VL run at the same scale."]
+    if trunk_scores is not None and len(trunk_scores):
+        out += ["", "## Text-only trunk", "", "Text stable score of the trunk at each evaluated checkpoint "
+                "(mean over seeds).", ""] + _frame_md(trunk_scores)
     if skipped:
         out += ["", "## Figures not drawn", ""] + [f"- `{name}`: {why}" for name, why in skipped]
     return "\n".join(out) + "\n"

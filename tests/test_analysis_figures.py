@@ -3,6 +3,7 @@ hollow markers; the CSV of the plotted data; and a real kaleido render to PNG, S
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,18 @@ def data(tmp_path_factory):
 
 
 def titled(fig: go.Figure) -> None:
-    """Every figure has a title, axis titles on every axis it uses, and at least one trace."""
-    assert fig.layout.title.text and len(fig.data) > 0
+    """Every figure has a title, a titled y axis on its first panel, titled x axes, a visible legend
+    and data traces (panels that share a row or column carry their axis titles only once)."""
+    assert fig.layout.title.text and fig.layout.showlegend
+    assert len(data_traces(fig)) > 0
     layout = fig.to_plotly_json()["layout"]
-    for key, axis in layout.items():
-        if key.startswith(("xaxis", "yaxis")):
-            assert axis.get("title", {}).get("text"), f"{key} has no title"
+    assert layout["yaxis"].get("title", {}).get("text"), "the first y axis has no title"
+    assert any(a.get("title", {}).get("text") for k, a in layout.items() if k.startswith("xaxis"))
+
+
+def data_traces(fig: go.Figure) -> list:
+    """Traces that plot data (not the legend-only entries)."""
+    return [t for t in fig.data if t.x is not None and any(x is not None for x in t.x)]
 
 
 def test_scores_vs_axis_with_hollow_rewarm_markers_and_error_bars(data) -> None:
@@ -47,14 +54,17 @@ def test_scores_vs_axis_with_hollow_rewarm_markers_and_error_bars(data) -> None:
         rows, fixed = fix_other_axes(data["main"], [axis, "scale", "seed"])
         fig = figures.score_vs_axis_figure(aggregate_over_seeds(rows), axis)
         titled(fig)
-        assert {t.name for t in fig.data} == {"scale = 79m", "scale = 411m"}
-        assert all(t.error_y.array is not None for t in fig.data)  # two seeds -> stderr bars
+        assert {t.name for t in data_traces(fig)} == {"scale = 79m", "scale = 411m"}
+        assert all(t.error_y.array is not None for t in data_traces(fig))  # two seeds -> stderr bars
+        legend = [t for t in fig.data if t.showlegend is not False]
+        assert all(t.marker.symbol in ("circle", "circle-open") and t.x == (None,) for t in legend)
     fig = figures.score_vs_axis_figure(aggregate_over_seeds(
         fix_other_axes(data["main"], ["intro_fraction", "scale", "seed"])[0]), "intro_fraction")
     plotted = figure_data(fig)
     hollow = plotted.filter(pl.col("symbol") == "circle-open")["x"].unique().sort().to_list()
     assert hollow == ["0.0", "1.0"]  # the paper's rewarmed points
-    assert len(plotted) == sum(len(t.x) for t in fig.data)
+    assert len(plotted) == sum(len(t.x) for t in data_traces(fig))  # legend-only entries are not data
+    assert figures.REWARM_NOTE in fig.layout.title.text
 
 
 def test_per_task_and_ratio_figures(data) -> None:
@@ -69,7 +79,7 @@ def test_per_task_and_ratio_figures(data) -> None:
     titled(fig)
     names = {t.name for t in fig.data}
     assert "79m, from scratch (f = 0)" in names and "411m, from trunk checkpoint f = 0.8" in names
-    assert fig.layout.xaxis.type == "log"
+    assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis.tickvals) == [0.1, 0.5]
 
 
 def test_lr_schedule_places_branches_on_the_trunk(data) -> None:
@@ -77,25 +87,52 @@ def test_lr_schedule_places_branches_on_the_trunk(data) -> None:
     chain = data["lr"].filter((pl.col("step_id") == trunk) | (pl.col("parent_id") == trunk))
     fig = figures.lr_schedule_figure(chain)
     titled(fig)
-    trunk_trace = fig.data[0]
-    total = max(trunk_trace.x)
-    late = next(t for t in fig.data if t.name.startswith("branch f = 0.8"))
-    own = chain.filter((pl.col("kind") == "branch") & (pl.col("intro_fraction") == 0.8))["tokens"].min()
-    assert min(late.x) == pytest.approx(0.8 * total + own)  # placed where the trunk stands
+    t_rows = chain.filter(pl.col("kind") == "trunk")
+    per_step = t_rows["tokens"][0] / t_rows["step"][0]
+    for f in (0.4, 0.8, 1.0):  # the checkpoint step models.run.fraction_step picks: floor(f·T / per step)
+        start = (len(t_rows) if f == 1.0 else math.floor(f * t_rows["planned_tokens"][0] / per_step)) * per_step
+        assert figures.branch_start_tokens(t_rows, f) == pytest.approx(start)
+        trace = next(t for t in fig.data if t.name.startswith(f"branch f = {f:g},"))
+        own = chain.filter((pl.col("kind") == "branch") & (pl.col("intro_fraction") == f))["tokens"].min()
+        assert min(trace.x) == pytest.approx(start + own)  # branch tokens count from the branch's start
+    assert figures.branch_start_tokens(t_rows, 0.0) == 0
     assert any("rewarm" in t.name and t.line.dash == "dot" for t in fig.data)
+
+
+def test_lr_schedule_of_real_step_numbers() -> None:
+    """A trunk of 10 steps of 128 tokens planned at 1250 tokens; a branch at f = 0.55 resumes after
+    floor(0.55·1250/128) = 5 steps, i.e. 640 tokens, and logs its own tokens from 128."""
+    trunk = pl.DataFrame({"step_id": "t", "kind": "trunk", "parent_id": None, "planned_tokens": 1250,
+                          "scale": "debug", "seed": 0, "intro_fraction": None, "image_ratio": None,
+                          "schedule_policy": None, "step": list(range(1, 11)),
+                          "tokens": [128 * k for k in range(1, 11)], "value": [1e-3] * 10})
+    branch = pl.DataFrame({"step_id": "b", "kind": "branch", "parent_id": "t", "planned_tokens": 512,
+                           "scale": "debug", "seed": 0, "intro_fraction": 0.55, "image_ratio": 0.2,
+                           "schedule_policy": "continue", "step": [1, 2, 3, 4],
+                           "tokens": [128, 256, 384, 512], "value": [5e-4] * 4})
+    fig = figures.lr_schedule_figure(pl.concat([trunk, branch], how="diagonal_relaxed"))
+    assert list(fig.data[1].x) == [768, 896, 1024, 1152]
+    assert figures.branch_start_tokens(trunk, 1.0) == 1280  # f = 1: after the last step
 
 
 def test_loss_curves_tradeoff_surface_and_scaling(data) -> None:
     fig = figures.loss_curves_figure(data["loss"].filter(pl.col("kind") == "branch"), color="intro_fraction")
     titled(fig)
     assert {t.legendgroup for t in fig.data} == {"0.0", "0.4", "0.8", "1.0"}
-    fig = figures.tradeoff_figure(fit_frontier(data["main"], bootstrap=20))
+    frontier = fit_frontier(data["main"], bootstrap=20)
+    fig = figures.tradeoff_figure(frontier)
     titled(fig)
     assert "fitted frontier" in {t.name for t in fig.data}
+    assert {"scale = 79m", "scale = 411m"} <= {t.name for t in fig.data if t.showlegend is not False}
+    symbols = {sym for t in data_traces(fig) if isinstance(t.marker.symbol, tuple) for sym in t.marker.symbol}
+    assert {"diamond", "circle", "circle-open"} <= symbols | {"circle-open"} and "diamond" in symbols
     surface = fit_response_surface(data["main"], bootstrap=0)[0]
     fig = figures.response_surface_figure(surface.grid, scale=surface.scale, score=surface.score)
     titled(fig)
     assert len(figure_data(fig)) == len(surface.grid)
+    fig = figures.response_surface_figure(surface.grid, scale=surface.scale, score=surface.score,
+                                          observed=data["main"].filter(pl.col("scale") == surface.scale))
+    assert len(data_traces(fig)) == 2 and fig.layout.yaxis.type == "log"
     rng = np.random.default_rng(0)
     n = np.repeat([1e7, 1e8, 1e9], 6)
     d = np.tile(np.geomspace(1e9, 1e11, 6), 3)

@@ -15,7 +15,7 @@ from analysis.store import ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
 
 DATA = Path(__file__).parent / "data" / "chinchilla_fig4_points.csv"
-SPEC = SyntheticSpec(scales=("79m", "411m"), intro_fractions=(0.0, 0.4, 0.8, 1.0), image_ratios=(0.1, 0.3),
+SPEC = SyntheticSpec(scales=("79m", "154m", "411m"), intro_fractions=(0.0, 0.4, 0.8, 1.0), image_ratios=(0.1, 0.3),
                      finetune_epochs=(1,), metric_rows=12, failed=1)
 
 
