@@ -120,8 +120,12 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the demo study end to end on this machine's CPU",
                        description="Plan studies/demo.toml, run it on local workers, ingest, "
                        "write the report and print the findings.")
-    p.add_argument("--out", type=Path, default=Path("vlmsweep-demo"), help="results root")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--out", type=Path, default=Path("vlmsweep-demo"),
+                   help="results root (default ./vlmsweep-demo; `vlmsweep app DIR` opens it)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: the study's [backend].workers)")
+    p.add_argument("--study", type=Path, default=None,
+                   help="run another study the demo way (default: studies/demo.toml)")
     p.set_defaults(handler="sweep.demo:run_demo")
 
 

@@ -18,12 +18,13 @@ from sweep.spec import load_study
 DEMO_STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.toml"
 
 
-def run_demo(args, study_path: Path = DEMO_STUDY) -> int:
+def run_demo(args) -> int:
     from analysis.report import write_report
     from analysis.store import ingest
     from sweep.analysiscli import _as_user_errors, _progress
     from sweep.launch import get_backend, select_steps
 
+    study_path = Path(args.study) if getattr(args, "study", None) else DEMO_STUDY
     if not study_path.exists():
         raise UserError(f"{study_path}: the demo study is missing (vlmsweep runs from its source checkout)")
     started = time.monotonic()

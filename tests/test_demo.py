@@ -1,0 +1,28 @@
+"""The demo's smoke variant end to end through the local backend: run, ingest, report; a re-run is cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sweep.cli import main
+
+SMOKE = Path(__file__).resolve().parents[1] / "studies" / "demo_smoke.toml"
+
+
+@pytest.mark.slow
+def test_demo_smoke_runs_end_to_end_and_reruns_from_cache(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--study", str(SMOKE), "--out", str(out), "--workers", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "open the results browser with:  vlmsweep app" in text
+    assert (out / "results.duckdb").is_file()
+    report = out / "report"
+    assert (report / "findings.md").is_file()
+    for ext in ("png", "svg", "pdf", "csv"):
+        assert list(report.rglob(f"*.{ext}")), f"no .{ext} written"
+    assert len(list((out / "steps").glob("*/*/result.json"))) >= 10
+
+    assert main(["demo", "--study", str(SMOKE), "--out", str(out)]) == 0
+    assert "every step is already done (cached)" in capsys.readouterr().out
