@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from models.steps import Step, step_dir
 from sweep.errors import UserError
-from sweep.plan import Plan, plan_cells, plan_study, write_study_manifest
+from sweep.plan import Plan, atomic_write_text, plan_cells, plan_study, write_study_manifest
 from sweep.spec import Cell, Study, load_study
 
 OBJECTIVES = ("vl", "text")
@@ -349,6 +349,10 @@ def run_search(args) -> int:
     result = search(study, root, settings)
     if args.compare_grid:
         result["grid_comparison"] = compare_with_grid(study, root, result)
+        # The report's findings pick this up (analysis reads files under the root, never sweep).
+        atomic_write_text(root / "search" / f"{study.name}-comparison.json", json.dumps(
+            {"objectives": result["objectives"], "per_scale": result["grid_comparison"]},
+            indent=1, sort_keys=True))
     _write_search_manifest(study, root, settings)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
