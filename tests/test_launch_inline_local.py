@@ -59,15 +59,19 @@ def test_inline_failure_blocks_dependents_and_retry_resumes(tmp_path):
     assert select_steps(plan, True, 3) == []
 
 
-def test_local_workers_respect_the_dag_and_show_progress(tmp_path):
+@pytest.mark.parametrize("pool", [True, False], ids=["pool", "per-process"])
+def test_local_workers_respect_the_dag_and_show_progress(tmp_path, pool):
     plan = small_plan(tmp_path)
     out = io.StringIO()
     steps = select_steps(plan, False, 3)
-    backend = get_backend("local")
     import sweep.launch.local as local
     line = ProgressLine(root=plan.root, total=len(steps), workers=2, stream=out, interval_s=0.5)
-    run = local._LocalRun(plan, steps, _executor(plan), noop(1.2), 2, line)
-    run.loop()
+    executor = local.WorkerPool(plan.root, 2) if pool else local.SubmititLocal(plan.root, 2)
+    run = local._LocalRun(plan, steps, executor, noop(1.2), 2, line)
+    try:
+        run.loop()
+    finally:
+        executor.close()
     result = run.result()
     assert (result.completed, result.failed, result.submitted) == (12, 0, 12)
     for step in plan.steps:
@@ -76,18 +80,12 @@ def test_local_workers_respect_the_dag_and_show_progress(tmp_path):
     records = read_jobs(plan.root)
     assert {r.backend for r in records} == {"local"} and len(records) == 12
     assert all(Path(r.log).parent.exists() for r in records)
+    if pool:  # two persistent workers ran all twelve steps
+        assert len({r.job_id.split(".")[0] for r in records}) == 2
     text = out.getvalue()
     assert "[12/12 done]" in text and "tok/s" in text and "ETA" in text
+    backend = local.LocalBackend(pool=pool)
     assert backend.run(plan, select_steps(plan, False, 3), progress=False).submitted == 0
-
-
-def _executor(plan):
-    import submitit
-
-    from sweep.launch.local import WEEK_MIN, source_setup
-    ex = submitit.LocalExecutor(folder=Path(plan.root) / "logs" / "%j")
-    ex.update_parameters(timeout_min=WEEK_MIN, setup=source_setup())
-    return ex
 
 
 def test_eta_combines_running_and_waiting_steps():

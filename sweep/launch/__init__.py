@@ -8,10 +8,11 @@ runs or submits them and returns a `LaunchResult`. Each backend lives in its own
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from models.steps import Step
-from sweep.status import StepStatus, reconcile
+if TYPE_CHECKING:  # sweep.status imports this package's journal and queue modules
+    from sweep.status import StepStatus
 
 BACKENDS = ("inline", "local", "slurm")
 JobFactory = Callable[[Step, Any], Callable[[], Any]]  # (step, root) → a submitit-picklable callable
@@ -55,6 +56,8 @@ def select_steps(plan: Any, retry_failed: bool, max_failures: int, *,
     Missing steps, and failed ones when `retry_failed` unless they failed `max_failures` times;
     never a done step or one queued/running already; never a step under one that cannot run.
     """
+    from sweep.status import reconcile
+
     statuses = reconcile(plan) if statuses is None else statuses
     will_finish: dict[str, bool] = {}  # step_id → done, in flight, or chosen now
     chosen: list[Step] = []

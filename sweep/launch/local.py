@@ -1,24 +1,31 @@
-"""The local backend: submitit's LocalExecutor, up to N worker processes, DAG order respected.
+"""The local backend: N worker processes on this machine, DAG order respected.
 
-A step starts once all its parents have result.json; a step under a failed one is skipped as
-blocked. `run` stays in the foreground, polling the jobs and drawing the progress line, and
-records each job (its id is the worker's pid) in the launch journal so `status` can see it.
+By default the workers are persistent (`sweep.launch.pool`): each imports torch once and runs
+many steps. `LocalBackend(pool=False)` keeps the older path, one fresh process per step through
+submitit's LocalExecutor. Either way a step starts once all its parents have result.json, a step
+under a failed one is skipped as blocked, and `run` stays in the foreground, drawing the progress
+line and recording each job in the launch journal so `status` can see it. Ctrl-C or SIGTERM asks
+the running steps to checkpoint, ends the workers and raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import submitit
 
 import sweep
 from models.run import step_done
-from models.steps import Step, step_dir
+from models.steps import Step
 from sweep.launch import JobFactory, LaunchResult
 from sweep.launch.journal import JobRecord, append_jobs
+from sweep.launch.pool import WorkerPool
 from sweep.launch.progress import ProgressLine
 from sweep.launch.worker import StepJob
 from sweep.status import StepStatus
@@ -37,27 +44,71 @@ def _done(root: Path, step: Step) -> bool:
     return step_done(step, root)
 
 
+class SubmititLocal:
+    """The per-process path: one fresh `python` per step through submitit's LocalExecutor."""
+
+    def __init__(self, root: str | Path, workers: int = 1):
+        self.executor = submitit.LocalExecutor(folder=Path(root) / "logs" / "%j")
+        # VLMSWEEP_WORKERS: steps split the cores (models.stages.base.default_threads)
+        self.executor.update_parameters(timeout_min=WEEK_MIN, setup=source_setup() + [
+            f"export VLMSWEEP_WORKERS={max(1, workers)}"])
+        self.jobs: list[Any] = []
+
+    def submit(self, job: Any) -> Any:
+        self.jobs.append(self.executor.submit(job))
+        return self.jobs[-1]
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def stop(self) -> None:
+        for job in self.jobs:
+            if not job.done():
+                job.cancel(check=False)
+
+    def close(self) -> None:
+        pass
+
+
 class LocalBackend:
     name = "local"
+
+    def __init__(self, *, pool: bool = True):
+        self.pool = pool
 
     def run(self, plan: Any, steps: Sequence[Step], *, workers: int = 2, progress: bool = True,
             job_factory: JobFactory | None = None,
             statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
-        factory = job_factory or StepJob
-        executor = submitit.LocalExecutor(folder=Path(plan.root) / "logs" / "%j")
-        executor.update_parameters(timeout_min=WEEK_MIN, setup=source_setup())
+        workers = max(1, workers)
+        executor = WorkerPool(plan.root, workers) if self.pool else SubmititLocal(plan.root, workers)
         line = ProgressLine(root=plan.root, total=len(steps), workers=workers) if progress else None
-        run = _LocalRun(plan, list(steps), executor, factory, max(1, workers), line)
-        try:
-            run.loop()
-        except BaseException:
-            run.cancel()
-            raise
+        run = _LocalRun(plan, list(steps), executor, job_factory or StepJob, workers, line)
+        with _sigterm_interrupts():
+            try:
+                run.loop()
+            except BaseException:
+                executor.stop()
+                raise
+            finally:
+                executor.close()
         return run.result()
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM of `vlmsweep run` stops it as Ctrl-C does (checkpoints, no orphan workers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 class _LocalRun:
-    def __init__(self, plan: Any, steps: list[Step], executor: submitit.LocalExecutor,
+    def __init__(self, plan: Any, steps: list[Step], executor: "WorkerPool | SubmititLocal",
                  factory: JobFactory, workers: int, line: ProgressLine | None):
         self.plan, self.root, self.waiting = plan, Path(plan.root), steps
         self.ours = {s.step_id for s in steps}
@@ -71,12 +122,12 @@ class _LocalRun:
 
     def loop(self) -> None:
         while self.waiting or self.running:
+            self._collect()  # first: a step that just ended frees its worker for its children
             self._start_ready()
-            self._collect()
             if self.line:
                 self.line.show(len(self.done), self.failed, [s for s, _, _ in self.running.values()],
                                self.times)
-            time.sleep(POLL_S)
+            self.executor.wait(POLL_S)
         if self.line:
             self.line.show(len(self.done), self.failed, [], self.times, final=True)
 
@@ -118,10 +169,6 @@ class _LocalRun:
             else:
                 self.failed += 1
                 self.bad.add(sid)
-
-    def cancel(self) -> None:
-        for _, job, _ in self.running.values():
-            job.cancel(check=False)
 
     def result(self) -> LaunchResult:
         return LaunchResult(submitted=len(self.job_ids), completed=len(self.done),

@@ -7,6 +7,8 @@ Local jobs are pids of submitit controllers, checked in /proc.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 import subprocess
@@ -100,6 +102,26 @@ def query_slurm(job_ids: list[str]) -> dict[str, JobState]:
                                   "-o", "JobID,State,Reason,Start"]))
     return {j: live.get(j) or finished.get(j) or JobState(job_id=j, state="UNKNOWN", started=False)
             for j in job_ids}
+
+
+def local_job_state(job_id: str, log: str) -> JobState:
+    """A local job's state: a pool job ("pid.n") by its supervisor's lock next to its log
+    (RUNNING, INTERRUPTED when the run was stopped mid-step, else ENDED); a submitit one by pid."""
+    if "." not in job_id:
+        return JobState(job_id=job_id, state="RUNNING" if local_job_alive(job_id) else "ENDED")
+    folder = Path(log).parent
+    try:
+        fd = os.open(folder / "running.lock", os.O_RDONLY)
+    except OSError:
+        return JobState(job_id=job_id, state="ENDED")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return JobState(job_id=job_id, state="RUNNING")
+    finally:
+        os.close(fd)
+    state = "INTERRUPTED" if (folder / "interrupted").exists() else "ENDED"
+    return JobState(job_id=job_id, state=state)
 
 
 def local_job_alive(pid: str) -> bool:

@@ -93,7 +93,9 @@ class StepJob(submitit.helpers.Checkpointable):
                 except Exception as final:
                     self._record_failure(final)
                     raise
-            if isinstance(error, Exception):
+            # Outside submitit a preemption is a stop the caller asked for (the local pool on
+            # Ctrl-C): the step saved its checkpoint and the next `run` resumes it; no failure.
+            if isinstance(error, Exception) and not (handover is None and self.is_preempted(error)):
                 self._record_failure(error)
             raise
         finally:

@@ -1,0 +1,290 @@
+"""Persistent local worker processes: each imports torch once and runs many steps, one at a time.
+
+`WorkerPool.submit(job)` hands a picklable step job (a `StepJob`) to an idle worker, started with
+the `spawn` method (never a fork of a process with torch threads) and told the worker count in
+`VLMSWEEP_WORKERS`. A step's stdout/stderr go to `<root>/logs/<job_id>/`; a worker that dies
+(segfault, SIGKILL, OOM) fails its step with a recorded reason and is replaced on the next submit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Iterator
+
+from models.steps import step_dir
+from sweep.launch.journal import append_failure
+
+STOP_GRACE_S = 60.0  # how long a stopping step may take to save its checkpoint before SIGKILL
+RUNNING_LOCK = "running.lock"  # held by the supervisor while the job is in flight (status reads it)
+INTERRUPTED = "interrupted"  # marker: the run was stopped while this job ran; `run` resumes it
+
+
+@dataclass(frozen=True, slots=True)
+class JobPaths:
+    stdout: Path
+    stderr: Path
+
+
+def job_paths(root: str | Path, job_id: str) -> JobPaths:
+    """Where a pool job's logs go: the same shape as submitit's `<root>/logs/<id>/<id>_0_log.*`."""
+    folder = Path(root) / "logs" / job_id
+    return JobPaths(stdout=folder / f"{job_id}_0_log.out", stderr=folder / f"{job_id}_0_log.err")
+
+
+class PoolJob:
+    """One step handed to one worker; `done()` once the worker reported or died."""
+
+    def __init__(self, job_id: str, paths: JobPaths, job: Any):
+        self.job_id, self.paths, self.job = job_id, paths, job
+        self.outcome: str | None = None  # "returned" | "raised" | "died" | "interrupted"
+        self.began = time.time()
+        self.paths.stderr.parent.mkdir(parents=True, exist_ok=True)
+        # The lock says "in flight" to `vlmsweep status` in any process; the kernel drops it if
+        # this supervisor dies, so a killed run never shows a step running forever.
+        self._lock = os.open(self.paths.stderr.parent / RUNNING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def finish(self, outcome: str) -> None:
+        self.outcome = outcome
+        if outcome == "interrupted":
+            (self.paths.stderr.parent / INTERRUPTED).touch()
+        os.close(self._lock)
+
+
+class _Worker:
+    def __init__(self, ctx: Any, workers: int):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child, workers), daemon=True,
+                                   name="vlmsweep-worker")
+        self.process.start()
+        child.close()
+        self.job: PoolJob | None = None
+        self.seq = 0
+
+
+class WorkerPool:
+    """Up to `workers` persistent processes; the caller never submits more jobs than that."""
+
+    def __init__(self, root: str | Path, workers: int, *, start_method: str = "spawn"):
+        self.root, self.size = Path(root), max(1, workers)
+        self.ctx = multiprocessing.get_context(start_method)
+        self.workers: list[_Worker] = []
+
+    def submit(self, job: Any) -> PoolJob:
+        worker = self._idle_worker()
+        worker.seq += 1
+        job_id = f"{worker.process.pid}.{worker.seq}"
+        pool_job = PoolJob(job_id, job_paths(self.root, job_id), job)
+        worker.job = pool_job
+        try:
+            payload = pickle.dumps(job)
+        except Exception as error:  # noqa: BLE001 - any pickling error fails just this step
+            self._fail(worker, f"the step job could not be pickled: {type(error).__name__}: {error}")
+            return pool_job
+        worker.conn.send((job_id, str(pool_job.paths.stdout), str(pool_job.paths.stderr), payload))
+        return pool_job
+
+    def _idle_worker(self) -> _Worker:
+        for worker in self.workers:
+            if worker.job is None and worker.process.is_alive():
+                return worker
+        for gone in [w for w in self.workers if w.job is None]:  # exited: an interrupted step
+            gone.process.join(timeout=5)
+            gone.conn.close()
+        self.workers = [w for w in self.workers if w.job is not None]
+        if len(self.workers) >= self.size:
+            raise RuntimeError(f"all {self.size} workers are busy; wait for one to finish first")
+        worker = _Worker(self.ctx, self.size)
+        self.workers.append(worker)
+        return worker
+
+    def wait(self, timeout: float) -> None:
+        """Handle what workers report (or their deaths) for up to `timeout` seconds."""
+        busy = [w for w in self.workers if w.job is not None]
+        if not busy:
+            time.sleep(timeout)
+            return
+        by_handle = {**{w.conn: w for w in busy}, **{w.process.sentinel: w for w in busy}}
+        for handle in wait(list(by_handle), timeout):
+            worker = by_handle[handle]
+            if worker.job is None:
+                continue  # both its pipe and its sentinel were ready; handled already
+            self._receive(worker)
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            job_id, outcome = worker.conn.recv()
+        except (EOFError, OSError):  # it died: no report will come
+            worker.process.join(timeout=5)
+            self._fail(worker, _death_reason(worker.process.exitcode))
+            return
+        assert worker.job is not None and job_id == worker.job.job_id, (job_id, worker.job)
+        worker.job.finish(outcome)
+        worker.job = None
+
+    def _fail(self, worker: _Worker, reason: str) -> None:
+        job = worker.job
+        assert job is not None
+        step = getattr(job.job, "step", None)  # a StepJob; see sweep.launch.JobFactory
+        if step is not None:
+            record_death(self.root, step, job.job_id, job.began, reason)
+        with contextlib.suppress(OSError), job.paths.stderr.open("a") as log:
+            log.write(f"\nvlmsweep: {reason}\n")
+        job.finish("died")
+        worker.job = None  # a live worker (the pickling failure) stays for the next step
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Ask running steps to checkpoint (SIGTERM), wait for them, then end every worker."""
+        for worker in self.workers:
+            if worker.process.is_alive():
+                if worker.job is not None:
+                    os.kill(worker.process.pid, signal.SIGTERM)
+                else:
+                    with contextlib.suppress(OSError):
+                        worker.conn.send(None)
+        deadline = time.monotonic() + grace_s
+        while any(w.job is not None for w in self.workers) and time.monotonic() < deadline:
+            self.wait(min(0.5, max(deadline - time.monotonic(), 0.01)))
+        self.close()
+
+    def close(self) -> None:
+        """End every worker now (SIGKILL after a short wait); a job still running is interrupted."""
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in self.workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+            if worker.job is not None:
+                worker.job.finish("interrupted")
+                worker.job = None
+            worker.conn.close()
+        self.workers = []
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (the OOM killer or kill -9)" if name == "SIGKILL" else ""
+        return f"worker process died: killed by {name}{hint}"
+    return f"worker process died (exit code {exitcode})"
+
+
+def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) -> None:
+    """failure.json (unless the step wrote one in this attempt) and the journal's failure entry."""
+    path = step_dir(root, step.kind, step.step_id) / "failure.json"
+    try:
+        fresh = path.stat().st_mtime >= began
+    except FileNotFoundError:
+        fresh = False
+    if not fresh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"step_id": step.step_id, "kind": step.kind, "status": "failed",
+                                   "reason": "crash", "error": reason, "job_id": job_id,
+                                   "finished_at": time.time()}))
+        os.replace(tmp, path)
+    append_failure(root, step.step_id, job_id, reason)
+
+
+# ---- inside a worker process -------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """SIGTERM this worker when the supervisor dies (even by SIGKILL): no orphan keeps training."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _redirected(stdout: str, stderr: str) -> Iterator[None]:
+    """Point fds 1 and 2 (Python's and C's output, subprocesses') at the step's log files."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(stdout, "a") as out, open(stderr, "a") as err:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def worker_main(conn: Connection, workers: int) -> None:
+    """Run jobs from `conn` until told to stop (None) or the supervisor's pipe closes."""
+    # Ctrl-C reaches the whole process group: the supervisor alone decides, then sends SIGTERM,
+    # which a running step turns into a checkpoint (models.run.run_step installs that handler).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["VLMSWEEP_WORKERS"] = str(workers)  # before torch is imported: it sizes threads
+    _die_with_parent()
+    stopping = False
+
+    def on_term(signum: int, frame: Any) -> None:  # between steps: finish, take no more
+        nonlocal stopping
+        stopping = True
+    signal.signal(signal.SIGTERM, on_term)
+    while not stopping:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        job_id, stdout, stderr, payload = message
+        with _redirected(stdout, stderr):
+            outcome = _run_one(payload)
+        stopping = stopping or outcome == "interrupted"
+        try:
+            conn.send((job_id, outcome))
+        except OSError:  # the supervisor is gone (killed): nobody to report to
+            return
+
+
+def _run_one(payload: bytes) -> str:
+    term = signal.getsignal(signal.SIGTERM)
+    job = None
+    try:
+        job = pickle.loads(payload)
+        job()
+        return "returned"
+    except BaseException as error:  # noqa: BLE001 - a step's failure must not end the worker
+        if isinstance(error, Exception) and getattr(job, "is_preempted", None) \
+                and _safe(job.is_preempted, error):
+            return "interrupted"
+        traceback.print_exc()
+        return "raised"
+    finally:
+        signal.signal(signal.SIGTERM, term)
+
+
+def _safe(predicate: Any, error: BaseException) -> bool:
+    try:
+        return bool(predicate(error))
+    except Exception:  # noqa: BLE001
+        return False
