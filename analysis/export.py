@@ -6,37 +6,64 @@ Kaleido 1.x drives a Chrome/Chromium; on Debian `apt-get install -y chromium` pr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
 FORMATS = ("png", "svg", "pdf")
 
 
+SCHEMA = {"trace": pl.String, "panel": pl.String, "x": pl.String, "y": pl.Float64, "y_category": pl.String,
+          "value": pl.Float64, "y_error": pl.Float64, "symbol": pl.String, "label": pl.String}
+
+
 def figure_data(fig: go.Figure) -> pl.DataFrame:
-    """Every plotted point: trace name, panel (x axis id), x, y, its error bar and marker symbol."""
+    """Every plotted point: trace name, panel (x axis id), x, y (or y_category when y is a category
+    name), a heatmap cell's value, the error bar, marker symbol and the point's text label."""
     rows = []
     for trace in fig.data:
         xs, ys = getattr(trace, "x", None), getattr(trace, "y", None)
         if xs is None or ys is None:
             continue
-        if trace.type == "heatmap":  # x columns by y rows of z
-            rows += [{"trace": trace.name, "panel": "x", "x": _text(x), "y": float(y), "value": float(z),
-                      "y_error": None, "symbol": None}
-                     for j, y in enumerate(ys) for i, (x, z) in enumerate(zip(xs, trace.z[j]))]
+        if trace.type == "heatmap":
+            rows += _heatmap_rows(trace)
             continue
         err = trace.error_y.array if trace.error_y is not None and trace.error_y.array is not None else None
         symbols = trace.marker.symbol if trace.marker is not None else None
+        hover = getattr(trace, "hovertext", None)
+        labels = _per_point(hover if hover is not None else getattr(trace, "text", None))
         for k, (x, y) in enumerate(zip(xs, ys)):
-            if x is None and y is None:  # a legend-only entry, not data
+            if _missing(x) and _missing(y):  # a legend-only entry or a gap between curves, not data
                 continue
-            rows.append({"trace": trace.name, "panel": trace.xaxis or "x", "x": _text(x), "y": _num(y),
+            rows.append({"trace": trace.name, "panel": trace.xaxis or "x", "x": _text(x), **_y(y),
                          "value": None, "y_error": None if err is None else _num(err[k]),
-                         "symbol": symbols[k] if isinstance(symbols, (list, tuple)) else symbols})
-    return pl.DataFrame(rows, schema={"trace": pl.String, "panel": pl.String, "x": pl.String, "y": pl.Float64,
-                                      "value": pl.Float64, "y_error": pl.Float64, "symbol": pl.String})
+                         "symbol": symbols[k] if isinstance(symbols, (list, tuple)) else symbols,
+                         "label": labels(k)})
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def _heatmap_rows(trace) -> list[dict]:
+    """One row per cell (x columns by y rows of z); axes may be numbers or category names."""
+    text = trace.text if isinstance(trace.text, (list, tuple)) else None
+    return [{"trace": trace.name, "panel": "x", "x": _text(x), **_y(y), "value": None if z is None else float(z),
+             "y_error": None, "symbol": None, "label": None if text is None else str(text[j][i])}
+            for j, y in enumerate(trace.y) for i, (x, z) in enumerate(zip(trace.x, trace.z[j]))]
+
+
+def _y(v) -> dict:
+    y = _num(v)
+    return {"y": None, "y_category": y} if isinstance(y, str) else {"y": y, "y_category": None}
+
+
+def _per_point(text):
+    """k -> the k-th point's label, for per-point text, one text for every point, or none."""
+    if isinstance(text, (list, tuple, np.ndarray)):
+        return lambda k: None if text[k] is None else str(text[k])
+    return lambda k: text if isinstance(text, str) and text else None
 
 
 def _text(v) -> str | None:
@@ -51,6 +78,10 @@ def _num(v) -> float | str | None:
         return float(v)
     except (TypeError, ValueError):
         return str(v)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def export_figures(figures: Iterable[tuple[str, go.Figure]], out_dir: str | Path,

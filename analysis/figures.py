@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from analysis.filters import format_value
 from analysis.frontier import FrontierFit
 from analysis.scaling import ScalingFit, predict_loss
 from analysis.scores import SCORE_LABELS
@@ -290,10 +291,12 @@ def tradeoff_figure(frontier: FrontierFit, *, color: str = "scale") -> go.Figure
 
 
 def _point_labels(rows: pl.DataFrame) -> list[str]:
-    """Hover text: the configuration's varied axes, its frontier probability and run count."""
+    """Hover text naming the configuration, one axis a line ('scale = 79m<br>intro_fraction = 0.8'),
+    then its frontier probability and run count."""
     axes = [c for c in rows.columns if c not in ("x_mean", "y_mean", "n_runs", "on_frontier", "frontier_probability")]
-    return [", ".join(f"{a} = {r[a]}" for a in axes)
-            + f"; P(frontier) = {r['frontier_probability']:.2f}, n = {r['n_runs']}" for r in rows.iter_rows(named=True)]
+    return ["<br>".join([*(f"{a} = {'–' if r[a] is None else format_value(r[a])}" for a in axes),
+                         f"P(frontier) = {r['frontier_probability']:.2f}, n = {r['n_runs']}"])
+            for r in rows.iter_rows(named=True)]
 
 
 def scaling_fit_figure(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray, fit: ScalingFit,

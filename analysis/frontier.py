@@ -99,13 +99,18 @@ def _bootstrap(runs: pl.DataFrame, x: str, y: str, n_cfg: int, n_boot: int, seed
     if n_boot <= 0:
         return counts, curves
     rng = np.random.default_rng(seed)
-    cfg = runs["_cfg"].to_numpy()
-    xs, ys = runs[x].to_numpy(), runs[y].to_numpy()
-    members = [np.flatnonzero(cfg == c) for c in range(n_cfg)]
+    order = np.argsort(runs["_cfg"].to_numpy(), kind="stable")
+    cfg = runs["_cfg"].to_numpy()[order]
+    xs, ys = runs[x].to_numpy()[order], runs[y].to_numpy()[order]
+    sizes = np.bincount(cfg, minlength=n_cfg)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    # Every resample at once: each run slot draws a run of its own configuration (with replacement),
+    # and a configuration's resampled mean is the mean of its slots' draws.
+    picks = starts[cfg] + (rng.random((n_boot, len(cfg))) * sizes[cfg]).astype(np.int64)
+    means_x = np.add.reduceat(xs[picks], starts, axis=1) / sizes
+    means_y = np.add.reduceat(ys[picks], starts, axis=1) / sizes
     for b in range(n_boot):
-        pick = [m[rng.integers(0, len(m), len(m))] for m in members]
-        bx = np.array([xs[p].mean() for p in pick])
-        by_ = np.array([ys[p].mean() for p in pick])
+        bx, by_ = means_x[b], means_y[b]
         on = pareto_mask(bx, by_)
         counts += on
         if on.sum() >= 1:

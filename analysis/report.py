@@ -1,5 +1,6 @@
 """`vlmsweep report`: every figure a study's results support (PNG, SVG, PDF and the CSV of the
-plotted data), booktabs LaTeX tables of the main results, and findings.md.
+plotted data), booktabs LaTeX tables of the main results, and findings.md (with the adaptive
+search's comparison with the grid when `vlmsweep search --compare-grid` wrote one).
 
 Real studies are often thin (one scale, one seed, a single ratio, failed steps, only trunk
 evaluations): a figure the data cannot support is skipped and the reason is listed in the summary
@@ -23,6 +24,7 @@ from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
 from analysis.report_figures import Built, axis_figures, curve_figures, fit_figures, ratio_figure
 from analysis.report_figures import StudyData
+from analysis.search_findings import SearchComparison, load_comparisons, search_markdown
 from analysis.store import connect
 
 
@@ -90,6 +92,7 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
     with connect(root) as con:
         name = queries.resolve_study(con, study)
         data = load_study(con, name, average_tasks)
+    search = load_comparisons(root, name)  # read first: a malformed file fails before any rendering
     if len(data.steps) == 0 and len(data.lr) == 0 and len(data.losses) == 0:
         raise AnalysisInputError(f"{root}: study {name or '(all)'} has no evaluated runs and no training "
                                  "curves to report")
@@ -98,7 +101,7 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
     for builder in (axis_figures, ratio_figure, curve_figures, fit_figures):
         _guarded(builder, data, built)
     written = export_figures(built.figures, out / "figures", formats)
-    written += _write_texts(out, data, built, name)
+    written += _write_texts(out, data, built, name, search)
     return ReportSummary(out_dir=out, study=name, written=tuple(written), skipped=tuple(built.skipped),
                          notes=tuple(dict.fromkeys(built.notes)))
 
@@ -141,7 +144,8 @@ def _trunk_scores(data: StudyData) -> pl.DataFrame:
     return agg.select("scale", "checkpoint", "n_runs", "text_score_mean", "text_score_stderr")
 
 
-def _write_texts(out: Path, data: StudyData, built: Built, name: str | None) -> list[Path]:
+def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
+                 search: list[SearchComparison]) -> list[Path]:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     agg = scores.aggregate_over_seeds(data.main)
     cols = [(a, a.replace("_", " ")) for a in ("scale", *scores.varied_axes(data.main)) if a != "params"]
@@ -160,6 +164,8 @@ def _write_texts(out: Path, data: StudyData, built: Built, name: str | None) -> 
         trend=built.fits["trend"], late_vs_full=late, text_cost=cost, fixed=built.fits["fixed"],
         skipped=built.skipped, bootstrap=built.bootstrap, notes=list(dict.fromkeys(built.notes)),
         late_label=label, trunk_scores=trunk)
+    if search:  # the adaptive search's comparison with the grid, when search wrote one
+        texts[out / "findings.md"] += "\n" + "\n".join(search_markdown(search))
     for path, text in texts.items():
         path.write_text(text)
     paths = [*texts, out / "tables" / "main_results.csv", out / "missing_cells.csv"]

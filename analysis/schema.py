@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the curves table
 
 # DuckDB type -> polars dtype. Timestamps are naive UTC; FLOPs overflow int64 at the paper's scale.
 _POLARS_TYPES: dict[str, pl.DataType] = {
@@ -117,6 +117,16 @@ METRICS = Table(name="metrics", doc="training curves", columns=_cols(
     ("value", "DOUBLE", "the value"),
 ))
 
+# Derived at ingest from metrics, one row per logged curve: browsers downsample a curve in one
+# pass over its rows (bucket = (step - first_step) * k // span) instead of a second pass for its range.
+CURVES = Table(name="curves", doc="one row per (step, metric) curve: its step range and row count", columns=_cols(
+    ("step_id", "VARCHAR", "the step that logged the curve"),
+    ("name", "VARCHAR", "the metric"),
+    ("first_step", "BIGINT", "its first optimizer step"),
+    ("last_step", "BIGINT", "its last optimizer step"),
+    ("rows", "BIGINT", "logged rows"),
+))
+
 EVALS = Table(name="evals", doc="zero-shot evaluation results", columns=_cols(
     ("step_id", "VARCHAR", "the eval step"),
     ("task", "VARCHAR", "task name"),
@@ -139,7 +149,7 @@ CATALOG_INFO = Table(name="catalog_info", doc="schema version and provenance", c
     ("value", "VARCHAR", "its value"),
 ))
 
-TABLES: dict[str, Table] = {t.name: t for t in (STEPS, STUDY_STEPS, METRICS, EVALS, STUDIES,
+TABLES: dict[str, Table] = {t.name: t for t in (STEPS, STUDY_STEPS, METRICS, CURVES, EVALS, STUDIES,
                                                 CATALOG_INFO)}
 
 _CONFIG_AXES = tuple(a for a in AXES if a != "seed")

@@ -165,6 +165,8 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         rows, corrupt = _read_fresh(fresh, len(reuse), len(steps), progress)
         corrupt += _insert_fresh(con, rows, fresh)
         studies = _insert_manifests(con, root)
+        con.execute("INSERT INTO curves SELECT step_id, name, min(step), max(step), count(*) FROM metrics "
+                    "GROUP BY step_id, name")
         con.execute("CHECKPOINT")
     finally:
         con.close()

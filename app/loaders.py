@@ -11,11 +11,10 @@ import polars as pl
 import streamlit as st
 
 from analysis import queries, scores
+from analysis.filters import Filters
 from analysis.frontier import FrontierFit, fit_frontier
-from analysis.scaling import ScalingFit, fit_scaling_law
-from app import data
+from analysis.scaling import ScalingFit, coarse_grid, fit_scaling_law
 from app.catalog import CatalogVersion, cursor
-from app.filters import Filters
 
 _CACHE = {"max_entries": 64, "show_spinner": False}
 
@@ -29,32 +28,32 @@ def studies(version: CatalogVersion) -> list[str]:
 @st.cache_data(**_CACHE)
 def axis_options(version: CatalogVersion, study: str | None) -> dict[str, list]:
     with cursor(version) as cur:
-        return data.axis_options(cur, study)
+        return queries.axis_options(cur, study)
 
 
 @st.cache_data(**_CACHE)
 def metric_names(version: CatalogVersion) -> list[str]:
     with cursor(version) as cur:
-        return data.metric_names(cur)
+        return queries.metric_names(cur)
 
 
 @st.cache_data(**_CACHE)
 def steps(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
     with cursor(version) as cur:
-        return data.filtered_steps(cur, filters)
+        return queries.filtered_steps(cur, filters)
 
 
 # Running steps are seen on disk (progress.json), not in the catalog: refresh them every few seconds.
 @st.cache_data(ttl=5, **_CACHE)
 def coverage(version: CatalogVersion, filters: Filters, kinds: tuple[str, ...]) -> pl.DataFrame:
     with cursor(version) as cur:
-        return data.coverage(cur, version.root, filters, kinds)
+        return queries.coverage(cur, version.root, filters, kinds)
 
 
 @st.cache_data(**_CACHE)
 def totals(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
     with cursor(version) as cur:
-        return data.totals(cur, filters)
+        return queries.totals(cur, filters)
 
 
 @st.cache_data(**_CACHE)
@@ -62,7 +61,7 @@ def curves(version: CatalogVersion, filters: Filters, names: tuple[str, ...], ki
            points: int) -> pl.DataFrame:
     """Downsampled curves joined with their step's axes, kind and parent."""
     with cursor(version) as cur:
-        pts = data.curve_points(cur, filters, names=names, kinds=kinds, points=points)
+        pts = queries.curve_points(cur, filters, names=names, kinds=kinds, points=points)
     meta = steps(version, filters).drop("config_json", "meta_json", "tokens", strict=False)
     return pts.join(meta, on="step_id", how="left")
 
@@ -83,7 +82,7 @@ def step_scores(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
 @st.cache_data(**_CACHE)
 def runs(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
     with cursor(version) as cur:
-        return data.runs_table(cur, version.root, filters)
+        return queries.runs_table(cur, version.root, filters)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -95,16 +94,20 @@ def frontier(version: CatalogVersion, filters: Filters, bootstrap: int) -> Front
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def scaling(version: CatalogVersion, filters: Filters, metric: str, kinds: tuple[str, ...],
-            points_per_run: int, skip_fraction: float, bootstrap: int) -> tuple[pl.DataFrame, ScalingFit]:
+            points_per_run: int, skip_fraction: float, bootstrap: int, full_grid: bool
+            ) -> tuple[pl.DataFrame, ScalingFit]:
     """(N, D, L) points from the chosen loss curves and the Approach-3 fit through them.
 
     Each run contributes `points_per_run` bucket means of its curve after the first `skip_fraction`
-    of its tokens (warm-up losses say little about the law).
+    of its tokens (warm-up losses say little about the law). The fit starts from
+    `analysis.scaling.coarse_grid()` unless `full_grid` asks for all 4,500 starts (seconds, not
+    tenths: the page runs it only when asked).
     """
     pts = curves(version, filters, (metric,), kinds, points_per_run)
     pts = pts.filter(pl.col("tokens") >= skip_fraction * pl.col("tokens").max().over("step_id"))
     pts = pts.filter(pl.col("params").is_not_null() & (pl.col("tokens") > 0) & (pl.col("value") > 0))
     fit = fit_scaling_law(pts["params"].to_numpy().astype(float), pts["tokens"].to_numpy(),
-                          pts["value"].to_numpy(), bootstrap=bootstrap, seed=0)
+                          pts["value"].to_numpy(), bootstrap=bootstrap, seed=0,
+                          starts=None if full_grid else coarse_grid())
     return pts.select("step_id", "scale", "params", "tokens", "value"), fit
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import streamlit as st
 
+from analysis.filters import FILTER_AXES, Filters, format_value, parse_query_params
 from app import loaders
 from app.catalog import CatalogVersion
-from app.filters import FILTER_AXES, Filters, format_value, parse_query_params
 from app.views import Built, NothingToPlot
 
 ALL_STEPS = "(every step in the catalog)"

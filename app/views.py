@@ -13,11 +13,12 @@ from typing import Callable
 import plotly.graph_objects as go
 import polars as pl
 
+from analysis import browse_figures as bfig
 from analysis import figures as afig
 from analysis import scores
-from app import figures, loaders
+from analysis.filters import Filters, format_value
+from app import loaders
 from app.catalog import CatalogVersion
-from app.filters import Filters, format_value
 
 SCORE_AXES = ("intro_fraction", "image_ratio", "instruction_share", "finetune_epochs")
 
@@ -73,7 +74,8 @@ class ScalingOptions:
     kinds: tuple[str, ...] = ("trunk",)
     points_per_run: int = 12
     skip_fraction: float = 0.2  # drop each curve's first share of tokens (warm-up)
-    bootstrap: int = 10  # refits for the parameters' intervals (each costs ~0.1 s)
+    bootstrap: int = 10  # refits for the parameters' intervals
+    full_grid: bool = False  # all 4,500 starts instead of analysis.scaling.coarse_grid() (~10x slower)
 
 
 def build_coverage(version: CatalogVersion, filters: Filters, opts: CoverageOptions) -> Built:
@@ -83,7 +85,7 @@ def build_coverage(version: CatalogVersion, filters: Filters, opts: CoverageOpti
     counts = cells.group_by("status").len().sort("status")
     notes = (", ".join(f"{n} {s}" for s, n in counts.iter_rows()) + f" of {len(cells)} steps",)
     table = cells.select(*dict.fromkeys(("step_id", "kind", opts.rows, opts.cols, "status", "failure_reason")))
-    return Built(figure=figures.coverage_figure(cells, rows=opts.rows, cols=opts.cols), notes=notes, table=table)
+    return Built(figure=bfig.coverage_figure(cells, rows=opts.rows, cols=opts.cols), notes=notes, table=table)
 
 
 def build_curves(version: CatalogVersion, filters: Filters, opts: CurvesOptions) -> Built:
@@ -92,11 +94,11 @@ def build_curves(version: CatalogVersion, filters: Filters, opts: CurvesOptions)
     pts = loaders.curves(version, filters, opts.metrics, opts.kinds, opts.points)
     if pts.is_empty():
         raise NothingToPlot(f"no {', '.join(opts.metrics)} rows for {', '.join(opts.kinds)} steps under these filters")
-    pts = figures.smooth(pts, opts.smoothing)
+    pts = bfig.smooth(pts, opts.smoothing)
     runs, longest = pts["step_id"].n_unique(), int(pts.group_by("step_id", "name").agg(pl.col("rows").sum())["rows"].max())
     notes = (f"{runs} runs; each curve cut server-side to ≤ {opts.points} bucket means "
              f"(longest curve: {longest} logged rows)",)
-    fig = figures.curves_figure(pts, color=opts.color, facet=opts.facet, x=opts.x, log_x=opts.log_x,
+    fig = bfig.curves_figure(pts, color=opts.color, facet=opts.facet, x=opts.x, log_x=opts.log_x,
                                 log_y=opts.log_y)
     return Built(figure=fig, notes=notes)
 
@@ -144,9 +146,7 @@ def build_tradeoff(version: CatalogVersion, filters: Filters, opts: TradeoffOpti
         values = final[opts.color].drop_nulls().unique().to_list() if opts.color in final.columns else []
         fit = replace(fit, points=fit.points.with_columns(pl.lit(values[0] if len(values) == 1 else None)
                                                           .alias(opts.color)))
-    fig = afig.tradeoff_figure(fit, color=opts.color)
-    axes = [a for a in scores.CONFIG_AXES if a in fit.points.columns]
-    figures.add_configuration_hover(fig, fit.points, x="x_mean", y="y_mean", axes=axes)
+    fig = afig.tradeoff_figure(fit, color=opts.color)  # its hover names each point's configuration
     coef = ", ".join(f"{c:.3g}" for c in fit.coefficients)
     notes = (f"{len(fit.points)} configurations (means over seeds), {int(fit.points['on_frontier'].sum())} "
              f"on the frontier; fitted frontier y = Σ cₖ xᵏ with c = ({coef})",)
@@ -156,7 +156,7 @@ def build_tradeoff(version: CatalogVersion, filters: Filters, opts: TradeoffOpti
 def build_scaling(version: CatalogVersion, filters: Filters, opts: ScalingOptions) -> Built:
     try:
         pts, fit = loaders.scaling(version, filters, opts.metric, opts.kinds, opts.points_per_run,
-                                   opts.skip_fraction, opts.bootstrap)
+                                   opts.skip_fraction, opts.bootstrap, opts.full_grid)
     except ValueError as exc:  # too few points, non-positive values: say so on the page
         raise NothingToPlot(f"cannot fit {opts.metric}: {exc}") from exc
     fig = afig.scaling_fit_figure(pts["params"].to_numpy().astype(float), pts["tokens"].to_numpy(),
@@ -164,7 +164,8 @@ def build_scaling(version: CatalogVersion, filters: Filters, opts: ScalingOption
     rows = [{"parameter": p, "estimate": getattr(fit, p), "lo": fit.intervals.get(p, (None, None))[0],
              "hi": fit.intervals.get(p, (None, None))[1]} for p in ("E", "A", "B", "alpha", "beta")]
     notes = (f"{fit.n_points} points from {pts['step_id'].n_unique()} runs of {pts['scale'].n_unique()} scales; "
-             f"95% intervals from {fit.bootstrap} bootstrap refits",)
+             f"95% intervals from {fit.bootstrap} bootstrap refits; best of {fit.n_starts} L-BFGS starts"
+             + ("" if opts.full_grid else " (a coarse grid: 'Refine' fits from the full 4,500-start grid)"),)
     if pts["params"].n_unique() < 3:
         notes += ("fewer than 3 model sizes: the parameter term (A, α) is not identified",)
     return Built(figure=fig, notes=notes, table=pl.DataFrame(rows, schema={"parameter": pl.String, "estimate": pl.Float64,

@@ -2,7 +2,7 @@
 batch, in one process, and the model FLOP utilisation on CPU (achieved FLOP/s over a torch
 matmul peak measured in the same run). Target: Lightning / plain >= 0.9.
 
-    .venv/bin/python benchmarks/train_throughput.py [--preset 5m] [--steps 12] [--warmup 3]
+    .venv/bin/python benchmarks/train_throughput.py [--preset 5m] [--steps 12] [--warmup 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from models.accounting import lm_flops_per_token
 from models.presets import get_preset
 from models.schedules import trunk_schedule
-from models.stages.base import Checkpointer, OptimConfig, RunOptions, fit
+from models.stages.base import Checkpointer, OptimConfig, RunOptions, default_threads, fit
 from models.stages.lm import TrunkModule
 from models.synthetic import Batch
 from models.vlm import VLM, split_losses, token_losses
@@ -124,7 +124,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternate the two loops this often and keep each one's best: "
                              "a shared machine's load then hits both alike")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0 = models.stages.base.default_threads())")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads or default_threads())
     preset = get_preset(args.preset)
     lm, train = preset.model.lm, preset.train
     tps_step = train.batch_size * train.seq_len

@@ -4,6 +4,11 @@ Multiple choice: the choice with the highest summed log-likelihood of its tokens
 (and image). Generation: greedy decoding up to max_new_tokens, the answer normalised (lowercase,
 punctuation and articles a/an/the removed) and matched against the accepted answers. One row per
 task: accuracy, its chance level and n.
+
+`evaluate` batches: every (item, choice) sequence of a task is right-padded into batches of
+`batch_size` rows scored by one forward each, and greedy decoding advances a batch of prompts one
+token per forward with a per-row stop. Causal attention makes right padding exact: a position
+never sees the pads after it. `choice_logprobs` / `greedy_decode` are the one-item reference.
 """
 
 from __future__ import annotations
@@ -74,25 +79,93 @@ def greedy_decode(model: VLM, prompt: list[int], image: torch.Tensor | None, ima
     return tokens[len(prompt):]
 
 
-def evaluate(model: VLM, tasks: Sequence[Any], *, image_id: int, image_tokens: int, eos_id: int,
-             decode: Callable[[list[int]], str]) -> list[dict[str, Any]]:
-    """One evals row per task: {task, group, metric: accuracy, value, chance, n}."""
+def _pad_id(image_id: int, eos_id: int) -> int:
+    # Any id but the image placeholder will do: right pads are never attended to by real positions.
+    return next(t for t in (eos_id, 0, 1) if t != image_id)
+
+
+def _forward_rows(model: VLM, rows: list[list[int]], images: list[torch.Tensor | None],
+                  image_id: int, pad: int) -> torch.Tensor:
+    """Logits [len(rows), max len, V] of right-padded rows; images in row order (None: no image)."""
     device = next(model.parameters()).device
+    tokens = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)] = torch.tensor(row)
+    present = [im for im in images if im is not None]
+    stacked = torch.cat(present).to(device) if present else None
+    return model(tokens.to(device), stacked, image_id)
+
+
+@torch.no_grad()
+def batched_choice_scores(model: VLM, items: Sequence[Any], *, image_id: int, image_tokens: int,
+                          pad: int, batch_size: int) -> list[list[float]]:
+    """`choice_logprobs` for every item, its (item, choice) sequences scored `batch_size` at a time."""
+    device = next(model.parameters()).device
+    flat = [(i, j, _prompt(it, image_id, image_tokens), list(c))
+            for i, it in enumerate(items) for j, c in enumerate(it.choices)]
+    scores = [[0.0] * len(it.choices) for it in items]
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start:start + batch_size]
+        rows = [(p + c)[:-1] for _, _, p, c in chunk]
+        images = [_image(items[i], device) for i, _, _, _ in chunk]
+        logp = torch.log_softmax(_forward_rows(model, rows, images, image_id, pad).float(), -1).cpu()
+        for r, (i, j, prompt, choice) in enumerate(chunk):
+            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(choice))
+            scores[i][j] = float(logp[r, positions, torch.tensor(choice)].sum())
+    return scores
+
+
+@torch.no_grad()
+def batched_greedy(model: VLM, items: Sequence[Any], *, image_id: int, image_tokens: int,
+                   eos_id: int, pad: int, batch_size: int) -> list[list[int]]:
+    """`greedy_decode` for every item: one forward per new token for a batch, rows stop alone."""
+    device = next(model.parameters()).device
+    limit = model.lm.config.max_seq_len
+    outs: list[list[int]] = [[] for _ in items]
+    for start in range(0, len(items), batch_size):
+        idx = list(range(start, min(start + batch_size, len(items))))
+        seqs = {i: _prompt(items[i], image_id, image_tokens) for i in idx}
+        images = {i: _image(items[i], device) for i in idx}
+        active = [i for i in idx if items[i].max_new_tokens > 0 and len(seqs[i]) < limit]
+        while active:
+            logits = _forward_rows(model, [seqs[i] for i in active], [images[i] for i in active],
+                                   image_id, pad)
+            still = []
+            for r, i in enumerate(active):
+                nxt = int(logits[r, len(seqs[i]) - 1].argmax())
+                if nxt == eos_id:
+                    continue
+                seqs[i].append(nxt)
+                outs[i].append(nxt)
+                if len(outs[i]) < items[i].max_new_tokens and len(seqs[i]) < limit:
+                    still.append(i)
+            active = still
+    return outs
+
+
+def evaluate(model: VLM, tasks: Sequence[Any], *, image_id: int, image_tokens: int, eos_id: int,
+             decode: Callable[[list[int]], str], batch_size: int = 64) -> list[dict[str, Any]]:
+    """One evals row per task: {task, group, metric: accuracy, value, chance, n}.
+
+    `batch_size` sequences go through the model per forward (1 = item by item, the reference).
+    """
+    if batch_size < 1:
+        raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
-    rows = []
+    pad, rows = _pad_id(image_id, eos_id), []
     for task in tasks:
-        correct = 0
-        for item in task.items:
-            prompt, image = _prompt(item, image_id, image_tokens), _image(item, device)
-            if task.kind == "multiple_choice":
-                scores = choice_logprobs(model, prompt, item.choices, image, image_id)
-                correct += int(np.argmax(scores)) == item.label
-            else:
-                out = greedy_decode(model, prompt, image, image_id, item.max_new_tokens, eos_id)
-                answers = {normalise_answer(a) for a in item.answers}
-                correct += normalise_answer(decode(out)) in answers
-        n = len(task.items)
+        items = list(task.items)
+        if task.kind == "multiple_choice":
+            scores = batched_choice_scores(model, items, image_id=image_id,
+                                           image_tokens=image_tokens, pad=pad, batch_size=batch_size)
+            correct = sum(int(np.argmax(sc)) == it.label for sc, it in zip(scores, items))
+        else:
+            outs = batched_greedy(model, items, image_id=image_id, image_tokens=image_tokens,
+                                  eos_id=eos_id, pad=pad, batch_size=batch_size)
+            correct = sum(normalise_answer(decode(out)) in {normalise_answer(a) for a in it.answers}
+                          for out, it in zip(outs, items))
+        n = len(items)
         rows.append({"task": task.name, "group": task.group, "metric": "accuracy",
                      "value": correct / n if n else 0.0, "chance": float(task.chance), "n": n})
     model.train(was_training)

@@ -178,6 +178,7 @@ def _execute(step: Step, root: Path, directory: Path, options: Any, data: Any) -
     from models.stages import runners
 
     started, t0 = _now(), time.perf_counter()
+    torch.set_num_threads(options.threads)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     ctx = runners.Context(step=step, root=root, dir=directory, options=options, data=data,

@@ -117,3 +117,17 @@ def run_interrupted(step: Step, root: Path, at: int, provider=syn,
     assert '"reason": "preempted"' in failure
     assert not (step_dir(root, step.kind, step.step_id) / "result.json").exists()
     run_step(step, root, data=provider)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One torch thread per test process (and for run_step, via $VLMSWEEP_THREADS): the CI box has
+    2 shared cores, where 2 spinning intra-op threads make tiny models ~100× slower. Session-wide,
+    so module-scoped runs and the tests comparing against them use the same thread count (a
+    different count changes float reduction order at the 1e-6 level)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLMSWEEP_THREADS", "1")
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(old)

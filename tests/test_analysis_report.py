@@ -73,3 +73,23 @@ def test_ingest_cli_prints_the_summary(root: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "unchanged reused" in out and "1 failed" in out
     assert main(["ingest", "--root", str(root / "nowhere"), "--quiet"]) == 2
+
+
+def test_findings_report_the_search_comparison_when_search_wrote_one(root: Path, tmp_path: Path) -> None:
+    assert "Adaptive search" not in (write_report(root, tmp_path / "a", study="synthetic", bootstrap=0,
+                                                  formats=()).out_dir / "findings.md").read_text()
+    comparison = root / "search" / "synthetic-comparison.json"
+    comparison.parent.mkdir(exist_ok=True)
+    comparison.write_text(json.dumps({"objectives": ["vl", "text"], "per_scale": {
+        "79m": {"grid_hypervolume": 0.05, "grid_runs": 8, "grid_runs_done": 7, "search_hypervolume": 0.06,
+                "search_runs": 4}}}))
+    try:
+        findings = (write_report(root, tmp_path / "b", study="synthetic", bootstrap=0, formats=()).out_dir
+                    / "findings.md").read_text()
+        assert "## Adaptive search vs the grid" in findings and "(vl, text)" in findings
+        assert "| 79m | 0.0600 | 4 | 0.0500 | 7 / 8 | 1.20 |" in findings
+        comparison.write_text(json.dumps({"objectives": ["vl", "text"], "per_scale": {"79m": {"search_runs": 4}}}))
+        with pytest.raises(AnalysisInputError, match=r"synthetic-comparison.json: per_scale.79m.search_hypervolume"):
+            write_report(root, tmp_path / "c", study="synthetic", bootstrap=0, formats=())
+    finally:
+        comparison.unlink()

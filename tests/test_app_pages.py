@@ -4,9 +4,11 @@ new catalog picked up without a restart, and nothing written."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -47,6 +49,13 @@ def open_page(root: Path, page: str, query: dict | None = None) -> AppTest:
 
 def figure(at: AppTest, k: int = 0) -> dict:
     return json.loads(at.get("plotly_chart")[k].proto.spec)
+
+
+def values(array) -> np.ndarray:
+    """A trace's data array from the figure's JSON: a list, or plotly's base64 typed array."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"])
+    return np.asarray(array, dtype=float)
 
 
 def legend_names(fig: dict) -> set[str]:
@@ -119,7 +128,9 @@ def test_curves_options(results):
     assert not at.exception
     fig = figure(at)
     assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["yaxis2"]["type"] == "log"
-    assert all(len(t["x"]) <= 200 for t in fig["data"])
+    for trace in fig["data"]:  # each run's curve (NaN-separated within a colour's trace) <= 200 points
+        x = values(trace["x"])
+        assert max(len(run) for run in np.split(x, np.flatnonzero(np.isnan(x)))) <= 200 + 1
     assert {a["text"] for a in fig["layout"]["annotations"]} == {"lr", "train_loss"}
     assert "intro_fraction = 0.8" in legend_names(fig)
 
@@ -147,6 +158,16 @@ def test_scaling_shows_intervals(results):
     table = at.dataframe[0].value
     assert list(table["parameter"]) == ["E", "A", "B", "alpha", "beta"]
     assert table["lo"].notna().all() and (table["lo"] <= table["hi"]).all()
+
+
+def test_scaling_refines_from_the_full_grid_on_request(results):
+    at = open_page(results, "scaling")
+    assert any("best of 100 L-BFGS starts" in c.value for c in at.caption)
+    at.button(key="scaling_refine").click().run()
+    assert not at.exception
+    assert any("best of 4500 L-BFGS starts" in c.value for c in at.caption)
+    at.run()  # stays refined for these options, and the button is gone
+    assert any("best of 4500" in c.value for c in at.caption) and not at.get("button")
 
 
 def test_export_offers_every_format_and_csv(results):

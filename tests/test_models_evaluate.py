@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from models.config import LMConfig
+import models.evaluate as evaluate_mod
 from models.evaluate import choice_logprobs, evaluate, greedy_decode, normalise_answer
 from models.synthetic import EvalItem, EvalTask
 from models.vlm import VLM
+from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 V = 16
 
@@ -71,3 +73,41 @@ def test_greedy_decode_stops_at_eos_and_max_tokens() -> None:
     model = Successor()
     assert greedy_decode(model, [3], None, 0, 4, eos_id=15) == [4, 5, 6, 7]
     assert greedy_decode(model, [12], None, 0, 9, eos_id=15) == [13, 14]
+
+
+def test_batched_evaluation_equals_item_by_item_on_the_world() -> None:
+    """Right-padded batches (several per task, mixed lengths, images) score exactly like one item
+    at a time: the same choice log-likelihoods, the same greedy outputs, the same accuracy."""
+    import models.data as data
+    from models.presets import get_preset
+    from models.steps import DataSource
+
+    debug = get_preset("debug").model
+    tok = data.get_tokenizer(DataSource(name="world", kind="world"))
+    vision = debug.vision
+    tasks = data.eval_tasks(DataSource(name="world", kind="world"), tok, groups=("vl", "text"),
+                            n_per_task=5, image_size=vision.image_size, seed=0,
+                            image_tokens=vision.n_patches)
+    assert {t.kind for t in tasks} == {"multiple_choice", "generate"}
+    torch.manual_seed(0)
+    model = VLM(debug.lm, vision).eval()
+    kw = dict(image_id=tok.image_id, image_tokens=vision.n_patches, eos_id=tok.eos_id,
+              decode=tok.decode)
+    for task in tasks:
+        for item in task.items:
+            prompt = [tok.image_id] * vision.n_patches if item.image is not None else []
+            prompt += [t for t in item.prompt_tokens if t != tok.image_id]
+            image = None if item.image is None else torch.as_tensor(item.image).unsqueeze(0)
+            if task.kind == "multiple_choice":
+                ref = choice_logprobs(model, prompt, item.choices, image, tok.image_id)
+                got = evaluate_mod.batched_choice_scores(
+                    model, [item], image_id=tok.image_id, image_tokens=vision.n_patches,
+                    pad=tok.eos_id, batch_size=2)[0]
+                np.testing.assert_allclose(got, ref, atol=1e-4)
+            else:
+                ref = greedy_decode(model, prompt, image, tok.image_id, item.max_new_tokens, tok.eos_id)
+                got = evaluate_mod.batched_greedy(
+                    model, [item], image_id=tok.image_id, image_tokens=vision.n_patches,
+                    eos_id=tok.eos_id, pad=tok.eos_id, batch_size=1)[0]
+                assert got == ref
+    assert evaluate(model, tasks, batch_size=7, **kw) == evaluate(model, tasks, batch_size=1, **kw)

@@ -19,6 +19,7 @@ from models.steps import Step  # noqa: E402
 from models.vision import build_vision  # noqa: E402
 from models.vlm import VLM  # noqa: E402
 from tests.models_helpers import branch_step, trunk_step  # noqa: E402
+from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from models.config import LMConfig, ProjectorConfig, VisionConfig
 from models.lm import DecoderLM
 from models.presets import PRESETS
 from models.vlm import IGNORE, VLM, masked_targets, split_losses, token_losses
+from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 CFG = LMConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, ffn_hidden=48, max_seq_len=16)
 

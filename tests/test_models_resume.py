@@ -21,6 +21,7 @@ from models.run import RunOptions, run_step, trunk_checkpoint_path
 from models.steps import step_dir
 from tests.models_helpers import (assert_same_run, branch_step, eval_step, finetune_step,
                                   metrics, run_interrupted, trunk_step)
+from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")

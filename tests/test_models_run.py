@@ -21,6 +21,7 @@ from models.run import fraction_step, run_step, trunk_checkpoint_path
 from models.steps import EncoderConfig, Step, step_dir
 from tests.models_helpers import (LM, SRC, VISION, branch_step, eval_step, metrics,
                                 trunk_step)
+from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 RESULT_KEYS = {"step_id", "kind", "status", "tokens", "flops", "params", "wall_time_s",
                "peak_memory_bytes", "code_salt", "git_commit", "started_at", "finished_at",
@@ -139,3 +140,24 @@ def test_import_models_run_stays_torch_free() -> None:
     code = "import sys, models.run; print('torch' in sys.modules, 'lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from models.stages.base import RunOptions, default_threads
+
+    monkeypatch.setenv("VLMSWEEP_THREADS", "3")
+    monkeypatch.setenv("VLMSWEEP_WORKERS", "2")
+    assert RunOptions().threads == 3  # an explicit thread count wins
+    monkeypatch.delenv("VLMSWEEP_THREADS")
+    assert default_threads() == max(1, (os.cpu_count() or 1) // 2)  # workers share the cores
+    monkeypatch.setenv("VLMSWEEP_WORKERS", str(10 * (os.cpu_count() or 1)))
+    assert default_threads() == 1
+    monkeypatch.delenv("VLMSWEEP_WORKERS")
+    assert default_threads() == (os.cpu_count() or 1)
+    monkeypatch.setenv("VLMSWEEP_THREADS", "two")
+    with pytest.raises(ValueError, match="VLMSWEEP_THREADS"):
+        default_threads()
+    with pytest.raises(ValueError, match="threads"):
+        RunOptions(threads=0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.queries import TRAINING_KINDS
 from app import loaders, session
-from app.data import TRAINING_KINDS
 from app.views import CurvesOptions, build_curves
 
 EXTRA_GROUPINGS = ("kind", "step_id")  # besides the study's axes

@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis.export import FORMATS, figure_data
 from app import session
-from app.views import FIGURES, Built, NothingToPlot
+from app.views import FIGURES, NothingToPlot
 
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 
@@ -35,18 +35,8 @@ def export_page() -> None:
     for col, fmt in zip(cols, FORMATS):
         col.download_button(f"{fmt.upper()}", _render(built.figure, fmt), file_name=f"{name}.{fmt}",
                             mime=MIME[fmt], key=f"export_{fmt}", on_click="ignore")
-    cols[-1].download_button("CSV (plotted data)", _plotted_csv(built), file_name=f"{name}.csv",
+    cols[-1].download_button("CSV (plotted data)", figure_data(built.figure).write_csv(), file_name=f"{name}.csv",
                              mime="text/csv", key="export_csv")
-
-
-def _plotted_csv(built: Built) -> str:
-    """The figure's points as analysis.export reads them back; for a figure it cannot read (a
-    categorical heatmap), the aggregate the figure was drawn from."""
-    try:
-        return figure_data(built.figure).write_csv()
-    except (TypeError, ValueError):
-        st.caption("CSV: the table the figure was drawn from (its traces are not numeric)")
-        return built.table.write_csv()
 
 
 if __name__ == "__main__":

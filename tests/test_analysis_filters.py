@@ -1,4 +1,4 @@
-"""The app's sidebar filters as plain data: frame filtering, SQL clauses and URL round trips."""
+"""`analysis.filters` (the app's sidebar filters) as plain data: frame filtering, SQL clauses and URL round trips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from app.filters import FILTER_AXES, FilterError, Filters, format_value, parse_query_params
+from analysis.filters import FILTER_AXES, FilterError, Filters, format_value, parse_query_params
 from analysis.schema import AXES
 
 OPTIONS = {"scale": ["411m", "79m"], "intro_fraction": [0.0, 0.2, 0.8, 1.0], "seed": [0, 1]}

@@ -1,7 +1,8 @@
-"""Figure builders the app needs beyond `analysis.figures`: the grid-coverage heatmap, faceted
-training curves with smoothing and log axes, and configuration hover text for scatter points.
+"""Figures for browsing a catalog (the app's Overview and Curves pages): the grid-coverage heatmap
+and training curves coloured and faceted by any axis, with smoothing and log axes.
 
-Like analysis's builders they take frames and return a plotly Figure; they never show or save.
+Like `analysis.figures` they take frames (from `analysis.queries`) and return a plotly Figure;
+they never show or save.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
 from analysis.figures import AXIS_LABELS, PALETTE
-from app.data import STATUSES
-from app.filters import format_value
+from analysis.filters import format_value
+from analysis.queries import STATUSES
 
 STATUS_COLORS = {"done": "#2ca02c", "running": "#1f77b4", "failed": "#d62728", "missing": "#d9d9d9"}
 NULL_LABEL = "–"  # a cell or group whose axis does not apply (a trunk's intro_fraction)
@@ -31,6 +33,14 @@ def _categories(frame: pl.DataFrame, axis: str) -> list:
     return frame.sort(order, nulls_last=True)[axis].unique(maintain_order=True).to_list()
 
 
+def _is(axis: str, value) -> pl.Expr:
+    return pl.col(axis).is_null() if value is None else pl.col(axis) == value
+
+
+def _text(value) -> str:
+    return NULL_LABEL if value is None else format_value(value)
+
+
 def cell_status(statuses: Sequence[str]) -> str:
     """A cell's colour: failed if any step failed, else running, else missing, else done."""
     for status in ("failed", "running", "missing"):
@@ -43,17 +53,18 @@ def coverage_figure(cells: pl.DataFrame, *, rows: str, cols: str, title: str = "
     """Heatmap of the grid: one cell per (rows, cols) value pair, coloured by its worst status,
     labelled done/total, with hover listing the counts of each status."""
     ys, xs = _categories(cells, rows), _categories(cells, cols)
+    keys = cells.select(pl.col(rows).alias("_r"), pl.col(cols).alias("_c"), "status")  # rows may equal cols
+    counts = {(r, c, s): n for r, c, s, n in keys.group_by("_r", "_c", "status").len().iter_rows()}
     z, text, hover = [], [], []
     for y in ys:
         z_row, t_row, h_row = [], [], []
         for x in xs:
-            sub = cells.filter(_is(rows, y) & _is(cols, x))
-            counts = {s: int((sub["status"] == s).sum()) for s in STATUSES}
-            total = sum(counts.values())
-            status = cell_status([s for s, n in counts.items() if n]) if total else None
+            n = {s: counts.get((y, x, s), 0) for s in STATUSES}
+            total = sum(n.values())
+            status = cell_status([s for s, k in n.items() if k]) if total else None
             z_row.append(None if status is None else STATUSES.index(status))
-            t_row.append(f"{counts['done']}/{total}" if total else "")
-            h_row.append(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "not in the grid")
+            t_row.append(f"{n['done']}/{total}" if total else "")
+            h_row.append(", ".join(f"{k} {s}" for s, k in n.items() if k) or "not in the grid")
         z.append(z_row)
         text.append(t_row)
         hover.append(h_row)
@@ -71,14 +82,6 @@ def coverage_figure(cells: pl.DataFrame, *, rows: str, cols: str, title: str = "
     return fig
 
 
-def _is(axis: str, value) -> pl.Expr:
-    return pl.col(axis).is_null() if value is None else pl.col(axis) == value
-
-
-def _text(value) -> str:
-    return NULL_LABEL if value is None else format_value(value)
-
-
 def smooth(curves: pl.DataFrame, weight: float) -> pl.DataFrame:
     """Exponential moving average of `value` within each (step_id, name) curve; 0 leaves it as is."""
     if not 0 <= weight < 1:
@@ -89,25 +92,45 @@ def smooth(curves: pl.DataFrame, weight: float) -> pl.DataFrame:
                                .over(["step_id", "name"]))
 
 
+def _joined(rows: pl.DataFrame, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, y and hover labels of every curve in `rows` end to end, a NaN gap between curves: one
+    trace per colour and panel instead of one per run keeps the figure's cost flat in the runs."""
+    rows = rows.sort("step_id", "name", x)
+    last = (rows["step_id"] != rows["step_id"].shift(-1)) | (rows["name"] != rows["name"].shift(-1))
+    ends = np.flatnonzero(last.fill_null(True).to_numpy()) + 1
+    positions = np.arange(len(rows)) + np.searchsorted(ends, np.arange(len(rows)), side="right")
+    size = len(rows) + len(ends)
+    xs, ys = np.full(size, np.nan), np.full(size, np.nan)
+    labels = np.full(size, "", dtype=object)
+    xs[positions], ys[positions] = rows[x].cast(pl.Float64).to_numpy(), rows["value"].to_numpy()
+    labels[positions] = (rows["step_id"] + " · " + rows["name"]).to_numpy()
+    return xs, ys, labels
+
+
 def curves_figure(curves: pl.DataFrame, *, color: str, facet: str | None = None, x: str = "tokens",
                   log_x: bool = False, log_y: bool = False, title: str = "") -> go.Figure:
-    """One line per (step, metric), coloured by `color`, one panel per value of `facet` (or one)."""
+    """The (step, metric) curves, coloured by `color`, one panel per value of `facet` (or one)."""
     panels = _categories(curves, facet) if facet else [None]
     n_cols = min(3, len(panels))
     n_rows = math.ceil(len(panels) / n_cols)
     fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[
         f"{facet} = {_text(p)}" if facet and facet != "name" else _text(p) for p in panels] if facet else None)
-    colors = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(_categories(curves, color))}
-    shown: set = set()
+    values = _categories(curves, color)
+    shown: set = set()  # colour values already in the legend (an entry appears once)
     for k, panel in enumerate(panels):
         rows = curves if facet is None else curves.filter(_is(facet, panel))
         r, c = k // n_cols + 1, k % n_cols + 1
-        for (sid, name), curve in rows.group_by(["step_id", "name"], maintain_order=True):
-            value = curve[color][0]
+        for i, value in enumerate(values):
+            group = rows.filter(_is(color, value))
+            if group.is_empty():
+                continue
+            xs, ys, labels = _joined(group, x)
+            name = f"{color} = {_text(value)}"
             fig.add_trace(go.Scatter(
-                x=curve[x].to_list(), y=curve["value"].to_list(), mode="lines", name=f"{color} = {_text(value)}",
-                legendgroup=_text(value), showlegend=value not in shown, line={"color": colors[value], "width": 1.5},
-                hovertemplate=f"{sid} · {name}<br>{x} %{{x:.4g}}<br>value %{{y:.4g}}<extra>{color} = {_text(value)}</extra>"),
+                x=xs, y=ys, customdata=labels, mode="lines", name=name, legendgroup=name,
+                showlegend=value not in shown,
+                line={"color": PALETTE[i % len(PALETTE)], "width": 1.5},
+                hovertemplate=f"%{{customdata}}<br>{x} %{{x:.4g}}<br>value %{{y:.4g}}<extra>{name}</extra>"),
                 row=r, col=c)
             shown.add(value)
         fig.update_xaxes(title_text=x if r == n_rows else None, type="log" if log_x else None, row=r, col=c)
@@ -117,24 +140,3 @@ def curves_figure(curves: pl.DataFrame, *, color: str, facet: str | None = None,
                       height=max(420, 320 * n_rows), legend_title_text=color)
     return fig
 
-
-def configuration_text(row: dict, axes: Sequence[str]) -> str:
-    """Hover text naming a configuration: 'scale = 79m<br>intro_fraction = 0.8 ...'."""
-    return "<br>".join(f"{a} = {_text(row.get(a))}" for a in axes if a in row)
-
-
-def add_configuration_hover(fig: go.Figure, points: pl.DataFrame, *, x: str, y: str,
-                            axes: Sequence[str]) -> go.Figure:
-    """Give every marker that sits on a row of `points` (matched by its exact x, y) that row's
-    configuration as hover text, keeping the text the builder put there."""
-    by_xy = {(px, py): configuration_text(row, axes) for row, px, py in
-             zip(points.iter_rows(named=True), points[x].to_list(), points[y].to_list())}
-    for trace in fig.data:
-        if trace.type != "scatter" or "markers" not in (trace.mode or ""):
-            continue
-        old = trace.hovertext if isinstance(trace.hovertext, (list, tuple)) else [trace.hovertext] * len(trace.x)
-        trace.hovertext = [
-            "<br>".join(filter(None, [by_xy.get((px, py), ""), str(o) if o else ""]))
-            for px, py, o in zip(trace.x, trace.y, old)]
-        trace.hoverinfo = "text+x+y"
-    return fig

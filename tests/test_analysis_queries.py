@@ -1,5 +1,5 @@
-"""The app's own catalog queries on a real synthetic results set: coverage, totals, downsampled
-curves, the runs table and the launch journal's log paths."""
+"""The browsing queries of `analysis.queries` on a real synthetic results set: coverage, totals,
+downsampled curves, the curves table, the runs table and the launch journal's log paths."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import shutil
 import polars as pl
 import pytest
 
+from analysis import queries
+from analysis.filters import Filters
 from analysis.store import connect, ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
-from app import data
-from app.filters import Filters
 
 SPEC = SyntheticSpec(scales=("79m", "411m"), intro_fractions=(0.0, 0.8, 1.0), image_ratios=(0.1, 0.5),
                      finetune_epochs=(1,), seeds=(0, 1), metric_rows=300, unfinished=2, failed=3)
@@ -33,7 +33,7 @@ def catalog(tmp_path_factory):
 
 def test_coverage_statuses(catalog):
     root, con, study, gone = catalog
-    cells = data.coverage(con, root, Filters(study="synthetic"))
+    cells = queries.coverage(con, root, Filters(study="synthetic"))
     assert len(cells) == len(study.step_ids["eval"])
     counts = dict(cells.group_by("status").len().iter_rows())
     assert counts == {"done": len(study.step_ids["eval"]) - 6, "running": 2, "failed": 3, "missing": 1}
@@ -43,7 +43,7 @@ def test_coverage_statuses(catalog):
 
 def test_coverage_follows_filters(catalog):
     root, con, _, _ = catalog
-    cells = data.coverage(con, root, Filters(selections=(("scale", ("79m",)), ("intro_fraction", (0.8,)))))
+    cells = queries.coverage(con, root, Filters(selections=(("scale", ("79m",)), ("intro_fraction", (0.8,)))))
     assert set(cells["scale"].to_list()) == {"79m"}
     assert set(cells["intro_fraction"].to_list()) <= {0.8, None}  # trunk evals have no fraction
     assert cells["intro_fraction"].is_not_null().sum() == 2 * 2  # 2 ratios x 2 seeds
@@ -52,7 +52,7 @@ def test_coverage_follows_filters(catalog):
 def test_totals_match_the_steps_table(catalog):
     _, con, _, _ = catalog
     steps = con.sql("SELECT * FROM steps").pl()
-    totals = data.totals(con, Filters())
+    totals = queries.totals(con, Filters())
     assert totals["done"].sum() == (steps["status"] == "done").sum()
     assert totals["failed"].sum() == 3
     assert totals["tokens"].sum() == pytest.approx(steps.filter(pl.col("status") == "done")["tokens"].sum())
@@ -63,7 +63,7 @@ def test_curves_are_downsampled_without_dropping_a_run(catalog):
     _, con, _, _ = catalog
     raw = con.sql("SELECT m.* FROM metrics m JOIN steps s USING (step_id) "
                   "WHERE name = 'train_loss' AND kind IN ('trunk', 'branch')").pl()
-    pts = data.curve_points(con, Filters(), names=["train_loss"], kinds=["trunk", "branch"], points=50)
+    pts = queries.curve_points(con, Filters(), names=["train_loss"], kinds=["trunk", "branch"], points=50)
     assert set(pts["step_id"].to_list()) == set(raw["step_id"].to_list())
     per_curve = pts.group_by("step_id").agg(pl.len().alias("n"), pl.col("rows").sum())
     assert per_curve["n"].max() == 50
@@ -76,20 +76,20 @@ def test_curves_are_downsampled_without_dropping_a_run(catalog):
 
 def test_short_curves_keep_every_row(catalog):
     _, con, _, _ = catalog
-    pts = data.curve_points(con, Filters(), names=["lr"], kinds=["finetune"], points=500)
+    pts = queries.curve_points(con, Filters(), names=["lr"], kinds=["finetune"], points=500)
     raw = con.sql("SELECT count(*) FROM metrics m JOIN steps s USING (step_id) "
                   "WHERE name = 'lr' AND kind = 'finetune'").fetchall()[0][0]
     assert len(pts) == raw and pts["rows"].max() == 1
     with pytest.raises(ValueError, match="at least 2"):
-        data.curve_points(con, Filters(), names=["lr"], points=1)
+        queries.curve_points(con, Filters(), names=["lr"], points=1)
 
 
 def test_axis_options_and_metric_names(catalog):
     _, con, _, _ = catalog
-    options = data.axis_options(con, "synthetic")
+    options = queries.axis_options(con, "synthetic")
     assert options["scale"] == ["79m", "411m"] and options["intro_fraction"] == [0.0, 0.8, 1.0]
     assert options["seed"] == [0, 1]
-    assert {"train_loss", "text_loss", "caption_loss", "lr"} <= set(data.metric_names(con))
+    assert {"train_loss", "text_loss", "caption_loss", "lr"} <= set(queries.metric_names(con))
 
 
 def test_runs_table_names_files_and_latest_log(catalog, tmp_path):
@@ -102,10 +102,28 @@ def test_runs_table_names_files_and_latest_log(catalog, tmp_path):
         "{half a line",
         json.dumps({"step_id": trunk, "log": "/logs/2/err", "submitted_at": 2.0})]) + "\n")
     try:
-        table = data.runs_table(con, root, Filters(study="synthetic"))
+        table = queries.runs_table(con, root, Filters(study="synthetic"))
     finally:
         shutil.rmtree(root / "launch")
     row = table.filter(pl.col("step_id") == trunk).row(0, named=True)
     assert row["log"] == "/logs/2/err"
     assert row["step_dir"] == str(root / "steps" / "trunk" / trunk)
     assert (root / "steps" / "trunk" / trunk / "config.json").is_file()
+
+
+def test_curves_table_summarises_every_logged_curve(catalog):
+    _, con, _, _ = catalog
+    summary = con.sql("SELECT * FROM curves ORDER BY step_id, name").pl()
+    expected = con.sql("SELECT step_id, name, min(step) AS first_step, max(step) AS last_step, count(*) AS rows "
+                       "FROM metrics GROUP BY ALL ORDER BY step_id, name").pl()
+    assert summary.equals(expected) and len(summary) > 0
+
+
+def test_curve_points_follow_filters_and_study(catalog):
+    _, con, _, _ = catalog
+    some = queries.curve_points(con, Filters(study="synthetic", selections=(("scale", ("79m",)),)),
+                                names=["train_loss"], kinds=["trunk"], points=10)
+    scales = con.sql("SELECT step_id, scale FROM steps").pl()
+    assert set(some.join(scales, on="step_id")["scale"].to_list()) == {"79m"}
+    assert some["bucket"].min() == 0 and some["bucket"].max() == 9
+    assert queries.curve_points(con, Filters(study="nope"), names=["train_loss"]).is_empty()

@@ -1,4 +1,5 @@
-"""The sidebar filters shared by every page: which study, and which values of each axis to keep.
+"""Filters over the catalog: which study, and which values of each axis to keep (the app's sidebar
+filters; the queries in `analysis.queries` take them).
 
 A `Filters` value is plain data (testable without Streamlit): it filters polars frames, renders a
 parameterised SQL clause, and round-trips through URL query parameters so a view can be shared.
