@@ -56,7 +56,9 @@ def run_report(args) -> int:
     study, root = _root_of(args)
     with _as_user_errors():
         print(ingest(root, progress=_progress))  # incremental: cheap when nothing changed
-        summary = write_report(root, args.out, study=study.name)
+        tasks = [t.strip() for t in args.average_tasks.split(",")] if args.average_tasks else None
+        summary = write_report(root, args.out, study=study.name, average_tasks=tasks,
+                               bootstrap=args.bootstrap, seed=args.seed)
     print(summary)
     return 0
 

@@ -84,7 +84,9 @@ def _add_report(sub) -> None:
                        description="Write every figure the results support (PNG, SVG, PDF and "
                        "the CSV of the plotted data), LaTeX tables and findings.md.")
     _study_arg(p)
-    p.add_argument("--out", type=Path, required=True, help="folder to write the report into")
+    from analysis.cli import add_report_arguments  # adds --out, --average-tasks, --bootstrap, --seed
+
+    add_report_arguments(p)
     p.set_defaults(handler="sweep.analysiscli:run_report")
 
 
@@ -141,20 +143,12 @@ def _add_world(sub) -> None:
 
 
 def _add_fit_scaling(sub) -> None:
+    from analysis.cli import add_fit_scaling_arguments  # argparse only; no heavy imports
+
     p = sub.add_parser("fit-scaling", help="fit a Chinchilla Approach-3 law to a CSV",
                        description="Fit L(N, D) = E + A/N^alpha + B/D^beta (Huber loss on log-loss, "
                        "L-BFGS from a grid of starts) to the rows of a CSV file.")
-    p.add_argument("csv", type=Path)
-    p.add_argument("--params-col", required=True, help="column with parameter counts N")
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--tokens-col", help="column with training tokens D")
-    data.add_argument("--flops-col", help="column with training FLOPs (D = FLOPs / 6N)")
-    p.add_argument("--loss-col", required=True, help="column with the loss")
-    p.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
-                   help="drop the K rows with the highest loss first")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap resamples for intervals")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print E, A, B, alpha, beta as JSON")
+    add_fit_scaling_arguments(p)
     p.set_defaults(handler="sweep.analysiscli:run_fit_scaling")
 
 
