@@ -119,6 +119,21 @@ def test_a_job_that_cannot_be_pickled_fails_with_a_reason(tmp_path):
     assert status.state == "failed" and "could not be pickled" in status.reason
 
 
+def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
+    # Streamlit's AppTest (and other runners) leave a temporary script as __main__; `spawn` would
+    # re-run it in every worker. The pool must start workers whatever __main__ is.
+    script = tmp_path / "main_script.py"
+    script.write_text("raise SystemExit('the parent main script ran in a worker')\n")
+    fake_main = type(sys)("__main__")
+    fake_main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    plan = small_plan(tmp_path)
+    encoder = next(s for s in plan.steps if s.kind == "encoder")
+    result = LocalBackend().run(plan, [encoder], workers=1, progress=False, job_factory=noop(0.0))
+    assert (result.submitted, result.completed, result.failed) == (1, 1, 0)
+    assert sys.modules["__main__"] is fake_main  # restored after the start
+
+
 def test_workers_are_told_the_worker_count_and_log_each_step_apart(tmp_path):
     plan = small_plan(tmp_path)
     result = LocalBackend().run(plan, select_steps(plan, False, 3), workers=2, progress=False,

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import traceback
+import types
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -66,12 +67,29 @@ class PoolJob:
         os.close(self._lock)
 
 
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """Hide the parent's __main__ while a worker is spawned.
+
+    `spawn` re-runs the parent's main script (by path or module name) in every child. Workers only
+    need sweep.launch.pool, and the parent's main may be anything: the vlmsweep console script, a
+    benchmark, or a test runner whose __main__ was swapped for a temporary script.
+    """
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = saved
+
+
 class _Worker:
     def __init__(self, ctx: Any, workers: int):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=worker_main, args=(child, workers), daemon=True,
                                    name="vlmsweep-worker")
-        self.process.start()
+        with _bare_main():
+            self.process.start()
         child.close()
         self.job: PoolJob | None = None
         self.seq = 0
