@@ -17,7 +17,7 @@ import polars as pl
 
 from analysis.errors import AnalysisInputError
 from analysis.filters import FILTER_AXES, Filters
-from analysis.schema import AXES
+from analysis.schema import AXES, CURVE_BUCKETS, CURVE_POINTS
 
 TRAINING_KINDS = ("trunk", "branch", "finetune")
 STATUSES = ("done", "running", "failed", "missing")  # coverage states, best first
@@ -154,25 +154,55 @@ def totals(con: duckdb.DuckDBPyConnection, filters: Filters) -> pl.DataFrame:
 
 
 def curve_points(con: duckdb.DuckDBPyConnection, filters: Filters, *, names: Sequence[str],
-                 kinds: Sequence[str] = TRAINING_KINDS, points: int = 200) -> pl.DataFrame:
-    """Training curves cut server-side to at most `points` bucket means per (step, metric).
+                 kinds: Sequence[str] = TRAINING_KINDS, points: int = CURVE_BUCKETS) -> pl.DataFrame:
+    """Training curves cut server-side to at most `points` buckets per (step, metric).
 
-    Each curve's optimizer-step range is cut into `points` equal-width buckets; a bucket becomes the
-    mean of its step, tokens and value, and `rows` says how many logged rows it stands for. Every
-    run keeps a curve however long it is: downsampling never drops a run. One pass over the
-    chosen metric rows: the run/metric filter selects curves from the small `curves` table (which
-    also holds each curve's step range), and the metric rows join it.
+    Each curve's optimizer-step range is cut into `points` equal-width buckets; a bucket holds the
+    mean of its step, tokens and value, its value range (value_min, value_max), its first and last
+    logged step, and `rows`, how many logged rows it stands for. Every run keeps a curve however
+    long it is: downsampling never drops a run, and every logged row is in exactly one bucket.
+
+    Up to CURVE_BUCKETS points this reads the `curve_points` table ingest pre-cut (a few hundred
+    rows per curve); finer views read the logged metric rows (see `_live_points`).
     """
     if points < 2:
         raise ValueError(f"curve_points: points must be at least 2, got {points}")
     where, params = filters.sql("s")
-    params = {**params, "names": list(names), "kinds": list(kinds), "points": points}
-    sql = ("SELECT m.step_id, m.name, (m.step - c.first_step) * $points // (c.last_step - c.first_step + 1) "
-           "AS bucket, avg(m.step) AS step, avg(m.tokens) AS tokens, avg(m.value) AS value, count(*) AS rows "
-           "FROM metrics m JOIN (SELECT c.* FROM curves c JOIN steps s USING (step_id) "
-           f"WHERE list_contains($names, c.name) AND list_contains($kinds, s.kind){where}) c "
-           "USING (step_id, name) GROUP BY ALL ORDER BY m.step_id, m.name, bucket")
-    return _frame(con, sql, params)
+    params = {**params, "names": list(names), "kinds": list(kinds)}
+    chosen = ("SELECT c.* FROM curves c JOIN steps s USING (step_id) "
+              f"WHERE list_contains($names, c.name) AND list_contains($kinds, s.kind){where}")
+    if points == CURVE_BUCKETS:  # the stored buckets as they are
+        sql = (f"SELECT {', '.join(f'p.{c}' for c in CURVE_POINTS.column_names)} FROM curve_points p "
+               f"JOIN ({chosen}) c USING (step_id, name) ORDER BY p.step_id, p.name, p.bucket")
+        return _frame(con, sql, params)
+    sql = _live_points(chosen) if points > CURVE_BUCKETS else _merged_points(chosen)
+    return _frame(con, sql, {**params, "points": points})
+
+
+def _live_points(chosen: str) -> str:
+    """One pass over the chosen curves' metric rows; `curves` supplies each curve's step range."""
+    return ("SELECT m.step_id, m.name, (m.step - c.first_step) * $points // (c.last_step - c.first_step + 1) "
+            "AS bucket, min(m.step) AS first_step, max(m.step) AS last_step, avg(m.step) AS step, "
+            "avg(m.tokens) AS tokens, avg(m.value) AS value, min(m.value) AS value_min, "
+            f"max(m.value) AS value_max, count(*) AS rows FROM metrics m JOIN ({chosen}) c "
+            "USING (step_id, name) GROUP BY ALL ORDER BY m.step_id, m.name, bucket")
+
+
+def _merged_points(chosen: str) -> str:
+    """Pre-cut buckets merged into `points` buckets, each whole into the one its first row falls in.
+
+    Bucketing is monotone in the step, so the merged buckets are contiguous runs of rows and the
+    row-weighted means are exact means of those rows. When `points` divides CURVE_BUCKETS the
+    boundaries are exactly the live query's; otherwise a boundary may move by up to one pre-cut
+    bucket (1/CURVE_BUCKETS of the curve's span).
+    """
+    return ("SELECT p.step_id, p.name, (p.first_step - c.first_step) * $points // "
+            "(c.last_step - c.first_step + 1) AS bucket, min(p.first_step) AS first_step, "
+            "max(p.last_step) AS last_step, sum(p.step * p.rows) / sum(p.rows) AS step, "
+            "sum(p.tokens * p.rows) / sum(p.rows) AS tokens, sum(p.value * p.rows) / sum(p.rows) AS value, "
+            "min(p.value_min) AS value_min, max(p.value_max) AS value_max, "
+            f"CAST(sum(p.rows) AS BIGINT) AS rows FROM curve_points p JOIN ({chosen}) c "
+            "USING (step_id, name) GROUP BY ALL ORDER BY p.step_id, p.name, bucket")
 
 
 def runs_table(con: duckdb.DuckDBPyConnection, root: Path, filters: Filters) -> pl.DataFrame:

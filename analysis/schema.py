@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SCHEMA_VERSION = 2  # 2: the curves table
+SCHEMA_VERSION = 3  # 2: the curves table; 3: the curve_points table
+
+# Buckets per curve in `curve_points`; changing it changes that table: bump SCHEMA_VERSION with it.
+CURVE_BUCKETS = 200
 
 # DuckDB type -> polars dtype. Timestamps are naive UTC; FLOPs overflow int64 at the paper's scale.
 _POLARS_TYPES: dict[str, pl.DataType] = {
@@ -127,6 +130,24 @@ CURVES = Table(name="curves", doc="one row per (step, metric) curve: its step ra
     ("rows", "BIGINT", "logged rows"),
 ))
 
+# Derived at ingest from metrics and curves: every curve pre-cut into at most CURVE_BUCKETS equal-width
+# buckets over its step range (the bucket formula above with k = CURVE_BUCKETS), so a browser asking
+# for <= CURVE_BUCKETS points per curve reads ~200 rows per curve instead of every logged row.
+CURVE_POINTS = Table(name="curve_points", doc=f"each curve pre-cut into <= {CURVE_BUCKETS} step buckets",
+                     columns=_cols(
+    ("step_id", "VARCHAR", "the step that logged the curve"),
+    ("name", "VARCHAR", "the metric"),
+    ("bucket", "BIGINT", f"(step - curve first_step) * {CURVE_BUCKETS} // (curve step span + 1)"),
+    ("first_step", "BIGINT", "the bucket's first logged optimizer step"),
+    ("last_step", "BIGINT", "the bucket's last logged optimizer step"),
+    ("step", "DOUBLE", "mean optimizer step of the bucket's rows"),
+    ("tokens", "DOUBLE", "mean tokens seen of the bucket's rows"),
+    ("value", "DOUBLE", "mean value of the bucket's rows"),
+    ("value_min", "DOUBLE", "smallest value in the bucket"),
+    ("value_max", "DOUBLE", "largest value in the bucket"),
+    ("rows", "BIGINT", "logged rows in the bucket"),
+))
+
 EVALS = Table(name="evals", doc="zero-shot evaluation results", columns=_cols(
     ("step_id", "VARCHAR", "the eval step"),
     ("task", "VARCHAR", "task name"),
@@ -149,8 +170,8 @@ CATALOG_INFO = Table(name="catalog_info", doc="schema version and provenance", c
     ("value", "VARCHAR", "its value"),
 ))
 
-TABLES: dict[str, Table] = {t.name: t for t in (STEPS, STUDY_STEPS, METRICS, CURVES, EVALS, STUDIES,
-                                                CATALOG_INFO)}
+TABLES: dict[str, Table] = {t.name: t for t in (STEPS, STUDY_STEPS, METRICS, CURVES, CURVE_POINTS, EVALS,
+                                                STUDIES, CATALOG_INFO)}
 
 _CONFIG_AXES = tuple(a for a in AXES if a != "seed")
 

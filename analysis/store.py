@@ -2,7 +2,8 @@
 
 Ingest writes a new catalog next to the old one and renames it over it (atomic on POSIX), so a
 reader never sees a half-built catalog and never blocks ingest; a killed ingest leaves the old one.
-Steps whose files are unchanged (same sizes and mtimes) are copied from the old catalog, not re-read.
+Steps whose files are unchanged (same sizes and mtimes) are copied from the old catalog, not re-read;
+so are their derived `curves` and `curve_points` rows, which are computed for re-read steps only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import polars as pl
 
 from analysis import stepfiles
 from analysis.errors import AnalysisInputError, AnalysisWarning
-from analysis.schema import SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
+from analysis.schema import CURVE_BUCKETS, SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
 
 CATALOG_NAME = "results.duckdb"
 
@@ -165,8 +166,7 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         rows, corrupt = _read_fresh(fresh, len(reuse), len(steps), progress)
         corrupt += _insert_fresh(con, rows, fresh)
         studies = _insert_manifests(con, root)
-        con.execute("INSERT INTO curves SELECT step_id, name, min(step), max(step), count(*) FROM metrics "
-                    "GROUP BY step_id, name")
+        _insert_derived(con, [s.step_id for s in fresh])
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -177,12 +177,34 @@ def _copy_reused(con: duckdb.DuckDBPyConnection, target: Path, ids: list[str]) -
     con.execute(f"ATTACH '{_sql_str(target)}' AS old (READ_ONLY)")
     reuse_ids = pl.DataFrame({"step_id": ids})
     con.register("reuse_ids", reuse_ids)
-    for name in ("steps", "metrics", "evals"):
+    for name in ("steps", "metrics", "evals", "curves", "curve_points"):
         cols = ", ".join(f'"{c}"' for c in TABLES[name].column_names)
         con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM old.{name} "
                     "WHERE step_id IN (SELECT step_id FROM reuse_ids)")
     con.unregister("reuse_ids")
     con.execute("DETACH old")
+
+
+def _insert_derived(con: duckdb.DuckDBPyConnection, fresh_ids: list[str]) -> None:
+    """The curves and curve_points rows of the re-read steps (reused steps' rows were copied).
+
+    Two passes over the fresh metric rows: the curve's step range first, then its buckets, with
+    the same bucket formula `analysis.queries.curve_points` uses live.
+    """
+    if not fresh_ids:
+        return
+    con.register("fresh_ids", pl.DataFrame({"step_id": fresh_ids}, schema={"step_id": pl.String}))
+    try:
+        con.execute("INSERT INTO curves SELECT step_id, name, min(step), max(step), count(*) FROM metrics "
+                    "WHERE step_id IN (SELECT step_id FROM fresh_ids) GROUP BY step_id, name")
+        con.execute(
+            f"INSERT INTO curve_points SELECT m.step_id, m.name, (m.step - c.first_step) * {CURVE_BUCKETS} "
+            "// (c.last_step - c.first_step + 1) AS bucket, min(m.step), max(m.step), avg(m.step), "
+            "avg(m.tokens), avg(m.value), min(m.value), max(m.value), count(*) "
+            "FROM metrics m JOIN (SELECT * FROM curves WHERE step_id IN (SELECT step_id FROM fresh_ids)) c "
+            "USING (step_id, name) GROUP BY ALL")
+    finally:
+        con.unregister("fresh_ids")
 
 
 def _read_fresh(fresh: list[stepfiles.StepDir], done_before: int, total: int,

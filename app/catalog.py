@@ -63,6 +63,14 @@ def _connection(version: CatalogVersion) -> duckdb.DuckDBPyConnection:
         return _Current.con
 
 
+def close() -> None:
+    """Close the process's catalog connection; the next query reopens it (benchmarks time first visits)."""
+    with _Current.lock:
+        if _Current.con is not None:
+            _Current.con.close()
+        _Current.con, _Current.version = None, None
+
+
 @contextmanager
 def cursor(version: CatalogVersion) -> Iterator[duckdb.DuckDBPyConnection]:
     """A cursor on the catalog version; closed on exit."""

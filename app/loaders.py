@@ -57,13 +57,22 @@ def totals(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
 
 
 @st.cache_data(**_CACHE)
+def curve_points(version: CatalogVersion, filters: Filters, names: tuple[str, ...], kinds: tuple[str, ...],
+                 points: int) -> pl.DataFrame:
+    """Downsampled curves, the query's few columns only."""
+    with cursor(version) as cur:
+        return queries.curve_points(cur, filters, names=names, kinds=kinds, points=points)
+
+
 def curves(version: CatalogVersion, filters: Filters, names: tuple[str, ...], kinds: tuple[str, ...],
            points: int) -> pl.DataFrame:
-    """Downsampled curves joined with their step's axes, kind and parent."""
-    with cursor(version) as cur:
-        pts = queries.curve_points(cur, filters, names=names, kinds=kinds, points=points)
+    """Downsampled curves joined with their step's axes, kind and parent.
+
+    The join is not cached: st.cache_data pickles what it stores, and the joined frame (every
+    steps column on every point) costs ~40x the narrow one to pickle, more than the join itself.
+    """
     meta = steps(version, filters).drop("config_json", "meta_json", "tokens", strict=False)
-    return pts.join(meta, on="step_id", how="left")
+    return curve_points(version, filters, names, kinds, points).join(meta, on="step_id", how="left")
 
 
 @st.cache_data(**_CACHE)

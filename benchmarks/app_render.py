@@ -2,8 +2,9 @@
 (~300 steps, ~5M metric rows) against a 9-step one, in the same run.
 
 Each page is rendered cold (first visit: queries and fits run) and then warm (a rerun served from
-the caches); the target is each cold page ≤ 2 s and ≤ 2x its time on the small catalog.
-Run: .venv/bin/python benchmarks/app_render.py [--metric-rows 12000] [--workdir DIR]
+the caches), best of --repeats visits with the caches emptied before each; the target is each cold
+page ≤ 2 s and ≤ 2x its time on the small catalog.
+Run: .venv/bin/python benchmarks/app_render.py [--metric-rows 12000] [--repeats 3] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from analysis.store import ingest
+from app import catalog
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
 
 PAGES_DIR = Path(__file__).resolve().parents[1] / "app" / "page_scripts"
@@ -53,8 +56,22 @@ def build(root: Path, spec: SyntheticSpec) -> str:
     return f"{steps} steps, {rows:,} metric rows (written and ingested in {summary.seconds:.1f}s ingest)"
 
 
-def time_pages(root: Path) -> dict[str, tuple[float, float]]:
-    """page -> (cold seconds, warm seconds); fails loudly on any exception on a page."""
+def time_pages(root: Path, repeats: int = 1) -> dict[str, tuple[float, float]]:
+    """page -> (best cold seconds, best warm seconds) over `repeats` visits, every cache emptied
+    before each and the catalog connection closed (so each is a first visit); fails loudly on any
+    exception on a page."""
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(repeats):
+        st.cache_data.clear()
+        st.cache_resource.clear()
+        catalog.close()  # the first page opens the catalog again, as on a first visit
+        for page, (cold, warm) in _visit_pages(root).items():
+            was = best.get(page, (cold, warm))
+            best[page] = (min(was[0], cold), min(was[1], warm))
+    return best
+
+
+def _visit_pages(root: Path) -> dict[str, tuple[float, float]]:
     at = AppTest.from_function(app_script, args=(str(root),), default_timeout=120)
     times = {}
     for page in PAGES:
@@ -75,6 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metric-rows", type=int, default=12000, help="logged rows per metric per step")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the catalogs (default: a temp dir)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="cold visits per page and catalog; the best counts (pages take tens of ms, and a "
+                             "shared machine's noise alone can double one visit)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
@@ -82,7 +102,8 @@ def main() -> None:
         time_pages(tmp / "warmup")  # imports and first-use costs, so neither measured run pays them
         print("small catalog:  ", build(tmp / "small", small_spec()))
         print("large catalog:  ", build(tmp / "large", large_spec(args.metric_rows)))
-        small, large = time_pages(tmp / "small"), time_pages(tmp / "large")
+        small, large = time_pages(tmp / "small", args.repeats), time_pages(tmp / "large", args.repeats)
+    print(f"best of {args.repeats} visits per page")
     print(f"{'page':10} {'small cold':>10} {'large cold':>10} {'ratio':>6} {'large warm':>10}")
     worst_t, worst_r = ("", 0.0), ("", 0.0)
     for page in PAGES:

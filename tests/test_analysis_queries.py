@@ -1,5 +1,6 @@
 """The browsing queries of `analysis.queries` on a real synthetic results set: coverage, totals,
-downsampled curves, the curves table, the runs table and the launch journal's log paths."""
+downsampled curves (pre-cut by ingest and live), the curves tables, the runs table and the launch
+journal's log paths."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from analysis import queries
 from analysis.filters import Filters
+from analysis.schema import CURVE_BUCKETS
 from analysis.store import connect, ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
 
@@ -59,15 +61,18 @@ def test_totals_match_the_steps_table(catalog):
     assert totals["accelerator_hours"].sum() == pytest.approx(steps["wall_time_s"].sum() / 3600)
 
 
-def test_curves_are_downsampled_without_dropping_a_run(catalog):
+@pytest.mark.parametrize("points", [50, 250])  # from the pre-cut table, and live (> CURVE_BUCKETS)
+def test_curves_are_downsampled_without_dropping_a_run(catalog, points):
     _, con, _, _ = catalog
     raw = con.sql("SELECT m.* FROM metrics m JOIN steps s USING (step_id) "
                   "WHERE name = 'train_loss' AND kind IN ('trunk', 'branch')").pl()
-    pts = queries.curve_points(con, Filters(), names=["train_loss"], kinds=["trunk", "branch"], points=50)
+    pts = queries.curve_points(con, Filters(), names=["train_loss"], kinds=["trunk", "branch"], points=points)
     assert set(pts["step_id"].to_list()) == set(raw["step_id"].to_list())
     per_curve = pts.group_by("step_id").agg(pl.len().alias("n"), pl.col("rows").sum())
-    assert per_curve["n"].max() == 50
+    assert per_curve["n"].max() == points
     assert per_curve["rows"].sum() == len(raw)  # every logged row is in exactly one bucket
+    if points == 250:
+        return  # 300 rows in 250 buckets: the first bucket holds 2 rows, not 6
     first = raw.sort("step").group_by("step_id", maintain_order=True).head(6)  # 300 rows / 50 buckets
     expected = first.group_by("step_id").agg(pl.col("value").mean()).sort("step_id")
     got = pts.filter(pl.col("bucket") == 0).sort("step_id")
@@ -127,3 +132,44 @@ def test_curve_points_follow_filters_and_study(catalog):
     assert set(some.join(scales, on="step_id")["scale"].to_list()) == {"79m"}
     assert some["bucket"].min() == 0 and some["bucket"].max() == 9
     assert queries.curve_points(con, Filters(study="nope"), names=["train_loss"]).is_empty()
+
+
+def live(con, points: int, names=("train_loss", "lr"), kinds=queries.TRAINING_KINDS) -> pl.DataFrame:
+    """The live query at any budget (the public function reads the pre-cut table up to CURVE_BUCKETS)."""
+    chosen = ("SELECT c.* FROM curves c JOIN steps s USING (step_id) "
+              "WHERE list_contains($names, c.name) AND list_contains($kinds, s.kind)")
+    return con.sql(queries._live_points(chosen),
+                   params={"names": list(names), "kinds": list(kinds), "points": points}).pl()
+
+
+@pytest.mark.parametrize("points", [CURVE_BUCKETS, 40, 2])  # divisors of CURVE_BUCKETS: exact boundaries
+def test_precut_points_equal_the_live_query(catalog, points):
+    _, con, _, _ = catalog
+    pre = queries.curve_points(con, Filters(), names=["train_loss", "lr"], points=points)
+    want = live(con, points)
+    assert pre.schema == want.schema and len(pre) == len(want) > 0
+    exact = ["step_id", "name", "bucket", "first_step", "last_step", "value_min", "value_max", "rows"]
+    assert pre.select(exact).equals(want.select(exact))
+    for col in ("step", "tokens", "value"):
+        assert pre[col].to_list() == pytest.approx(want[col].to_list(), rel=1e-12), col
+
+
+def test_precut_points_at_other_budgets_keep_every_row_in_contiguous_buckets(catalog):
+    _, con, _, _ = catalog
+    pts = queries.curve_points(con, Filters(), names=["train_loss"], points=7)
+    curves = con.sql("SELECT * FROM curves WHERE name = 'train_loss'").pl()
+    per_curve = pts.group_by("step_id").agg(pl.len().alias("n"), pl.col("rows").sum(),
+                                            pl.col("first_step").min(), pl.col("last_step").max())
+    joined = per_curve.join(curves, on="step_id", suffix="_curve")
+    assert len(joined) == len(curves) and (joined["n"] == 7).all()
+    assert joined["rows"].equals(joined["rows_curve"])  # no logged row lost or counted twice
+    assert joined["first_step"].equals(joined["first_step_curve"])
+    assert joined["last_step"].equals(joined["last_step_curve"])
+    ordered = pts.sort("step_id", "bucket")
+    same = ordered["step_id"] == ordered["step_id"].shift(1)
+    gaps = ordered.filter(same)["first_step"] - ordered["last_step"].shift(1).filter(same)
+    assert (gaps == 1).all()  # buckets tile each curve's steps without overlap (steps 0, 1, 2, ...)
+    # each boundary is within one pre-cut bucket of the live query's
+    want = live(con, 7, names=("train_loss",)).sort("step_id", "bucket")
+    span = ordered["last_step"].max() + 1
+    assert (ordered["first_step"] - want["first_step"]).abs().max() <= span / CURVE_BUCKETS + 1

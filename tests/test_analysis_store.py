@@ -33,7 +33,7 @@ def root(tmp_path: Path) -> Path:
 def table_contents(root: Path) -> dict[str, pl.DataFrame]:
     with connect(root) as con:
         return {name: con.sql(f"SELECT * FROM {name}").pl().sort(pl.all())
-                for name in ("steps", "study_steps", "metrics", "evals", "studies")}
+                for name in ("steps", "study_steps", "metrics", "evals", "studies", "curves", "curve_points")}
 
 
 def test_schema_round_trip_keeps_every_dtype(root: Path) -> None:
@@ -78,6 +78,10 @@ def test_ingest_is_idempotent_and_incremental(root: Path) -> None:
     assert third.ingested == 1 and third.reused == first.ingested - 1
     assert held.sql("SELECT * FROM steps").pl().sort(pl.all()).equals(before["steps"])
     held.close()
+    # the re-read step's curves are derived afresh, the others copied: together the same tables
+    third_contents = table_contents(root)
+    for name in ("metrics", "curves", "curve_points"):
+        assert third_contents[name].equals(before[name]), name
 
 
 def test_unfinished_and_failed_steps_are_listed(root: Path) -> None:
