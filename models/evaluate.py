@@ -2,8 +2,9 @@
 
 Multiple choice: the choice with the highest summed log-likelihood of its tokens given the prompt
 (and image). Generation: greedy decoding up to max_new_tokens, the answer normalised (lowercase,
-punctuation and articles a/an/the removed) and matched against the accepted answers. One row per
-task: accuracy, its chance level and n.
+punctuation and articles a/an/the removed) and matched against the accepted answers; decoding stops
+at EOS or at any of `stop_ids` (e.g. `<user>`: an instruction-tuned model ends a turn by opening the
+next one). One row per task: accuracy, its chance level and n.
 
 `evaluate` batches: every (item, choice) sequence of a task is right-padded into batches of
 `batch_size` rows scored by one forward each, and greedy decoding advances a batch of prompts one
@@ -63,8 +64,9 @@ def choice_logprobs(model: VLM, prompt: list[int], choices: Sequence[list[int]],
 
 @torch.no_grad()
 def greedy_decode(model: VLM, prompt: list[int], image: torch.Tensor | None, image_id: int,
-                  max_new_tokens: int, eos_id: int) -> list[int]:
-    """Greedy continuation (no KV cache: eval prompts are short and models small)."""
+                  max_new_tokens: int, eos_id: int, stop_ids: Sequence[int] = ()) -> list[int]:
+    """Greedy continuation up to EOS or a stop id (no KV cache: prompts are short, models small)."""
+    stops = {eos_id, *stop_ids}
     device = next(model.parameters()).device
     tokens = list(prompt)
     limit = model.lm.config.max_seq_len
@@ -73,7 +75,7 @@ def greedy_decode(model: VLM, prompt: list[int], image: torch.Tensor | None, ima
             break
         logits = model(torch.tensor([tokens], device=device), image, image_id)
         nxt = int(logits[0, -1].argmax())
-        if nxt == eos_id:
+        if nxt in stops:
             break
         tokens.append(nxt)
     return tokens[len(prompt):]
@@ -117,8 +119,10 @@ def batched_choice_scores(model: VLM, items: Sequence[Any], *, image_id: int, im
 
 @torch.no_grad()
 def batched_greedy(model: VLM, items: Sequence[Any], *, image_id: int, image_tokens: int,
-                   eos_id: int, pad: int, batch_size: int) -> list[list[int]]:
+                   eos_id: int, pad: int, batch_size: int,
+                   stop_ids: Sequence[int] = ()) -> list[list[int]]:
     """`greedy_decode` for every item: one forward per new token for a batch, rows stop alone."""
+    stops = {eos_id, *stop_ids}
     device = next(model.parameters()).device
     limit = model.lm.config.max_seq_len
     outs: list[list[int]] = [[] for _ in items]
@@ -133,7 +137,7 @@ def batched_greedy(model: VLM, items: Sequence[Any], *, image_id: int, image_tok
             still = []
             for r, i in enumerate(active):
                 nxt = int(logits[r, len(seqs[i]) - 1].argmax())
-                if nxt == eos_id:
+                if nxt in stops:
                     continue
                 seqs[i].append(nxt)
                 outs[i].append(nxt)
@@ -144,10 +148,12 @@ def batched_greedy(model: VLM, items: Sequence[Any], *, image_id: int, image_tok
 
 
 def evaluate(model: VLM, tasks: Sequence[Any], *, image_id: int, image_tokens: int, eos_id: int,
-             decode: Callable[[list[int]], str], batch_size: int = 64) -> list[dict[str, Any]]:
+             decode: Callable[[list[int]], str], batch_size: int = 64,
+             stop_ids: Sequence[int] = ()) -> list[dict[str, Any]]:
     """One evals row per task: {task, group, metric: accuracy, value, chance, n}.
 
-    `batch_size` sequences go through the model per forward (1 = item by item, the reference).
+    `batch_size` sequences go through the model per forward (1 = item by item, the reference);
+    generation ends at `eos_id` or any of `stop_ids`.
     """
     if batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size}")
@@ -162,7 +168,8 @@ def evaluate(model: VLM, tasks: Sequence[Any], *, image_id: int, image_tokens: i
             correct = sum(int(np.argmax(sc)) == it.label for sc, it in zip(scores, items))
         else:
             outs = batched_greedy(model, items, image_id=image_id, image_tokens=image_tokens,
-                                  eos_id=eos_id, pad=pad, batch_size=batch_size)
+                                  eos_id=eos_id, pad=pad, batch_size=batch_size,
+                                  stop_ids=stop_ids)
             correct = sum(normalise_answer(decode(out)) in {normalise_answer(a) for a in it.answers}
                           for out, it in zip(outs, items))
         n = len(items)

@@ -75,6 +75,21 @@ def test_greedy_decode_stops_at_eos_and_max_tokens() -> None:
     assert greedy_decode(model, [12], None, 0, 9, eos_id=15) == [13, 14]
 
 
+def test_generation_stops_at_a_stop_id_like_the_next_user_turn() -> None:
+    """Regression: an instruction-tuned model ends an answer by opening the next `<user>` turn;
+    without stopping there, "1 <user> <user>" never matched "1" and counting read 0.00."""
+    model = Successor()
+    assert greedy_decode(model, [3], None, 0, 4, eos_id=15, stop_ids=(5,)) == [4]
+    gen = EvalTask(name="count", group="vl", chance=0.0, kind="generate", items=[
+        EvalItem(prompt_tokens=[3], image=None, answers=["4"], max_new_tokens=4)])
+    kw = dict(image_id=0, image_tokens=1, eos_id=15, decode=lambda ids: " ".join(map(str, ids)))
+    assert evaluate(model, [gen], **kw)[0]["value"] == 0.0  # decodes "4 5 6 7"
+    assert evaluate(model, [gen], stop_ids=(5,), **kw)[0]["value"] == 1.0
+    out = evaluate_mod.batched_greedy(model, gen.items, image_id=0, image_tokens=1, eos_id=15,
+                                      pad=15, batch_size=4, stop_ids=(5,))
+    assert out == [[4]]
+
+
 def test_batched_evaluation_equals_item_by_item_on_the_world() -> None:
     """Right-padded batches (several per task, mixed lengths, images) score exactly like one item
     at a time: the same choice log-likelihoods, the same greedy outputs, the same accuracy."""

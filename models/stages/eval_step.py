@@ -60,5 +60,5 @@ def run_eval(ctx: Any) -> Any:
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         rows = evaluate(model, tasks, image_id=tok.image_id,
                         image_tokens=vision.n_patches if vision else 0, eos_id=tok.eos_id,
-                        decode=tok.decode)
+                        decode=tok.decode, stop_ids=(tok.user_id,))
     return RunOutput(tokens=0, flops=0, params=model.param_counts(), metrics=[], evals=rows)
