@@ -25,6 +25,7 @@ from sweep.spec import Cell, Study, load_study
 
 OBJECTIVES = ("vl", "text")
 SAMPLERS = ("tpe", "nsga2")
+FINISHED = ("COMPLETE", "FAIL", "PRUNED")  # optuna TrialState names that TrialState.is_finished() accepts
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -353,7 +354,7 @@ def run_search(args) -> int:
         atomic_write_text(root / "search" / f"{study.name}-comparison.json", json.dumps(
             {"objectives": result["objectives"], "per_scale": result["grid_comparison"]},
             indent=1, sort_keys=True))
-    _write_search_manifest(study, root, settings)
+    _write_search_manifest(study, root, settings, result)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     else:
@@ -367,15 +368,11 @@ def run_search(args) -> int:
     return 0
 
 
-def _write_search_manifest(study: Study, root: Path, settings: SearchSettings) -> None:
+def _write_search_manifest(study: Study, root: Path, settings: SearchSettings, result: dict) -> None:
     """Register the searched cells as a study of their own so ingest, the app and report see them."""
-    s = _Search(study, root, settings, lambda m: None)
-    cells = []
-    for scale, ostudy in s.optuna.items():
-        for t in ostudy.trials:
-            if t.state.is_finished() and "intro_fraction" in t.params:
-                cells.append(trial_cell(study, scale, t.params["intro_fraction"], t.params["image_ratio"]))
+    cells = list(dict.fromkeys(
+        trial_cell(study, t["scale"], t["params"]["intro_fraction"], t["params"]["image_ratio"])
+        for t in result["trials"] if t["state"] in FINISHED and "intro_fraction" in t["params"]))
     if cells:
-        plan = s.plan(cells)
-        named = replace(study, name=f"{study.name}-search")
-        write_study_manifest(replace(plan, study=named))
+        plan = plan_cells(study, cells, root, trunk_lattice=settings.fractions)
+        write_study_manifest(replace(plan, study=replace(study, name=f"{study.name}-search")))
