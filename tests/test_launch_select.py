@@ -96,9 +96,10 @@ def test_slurm_reasons_and_never_started_jobs(tmp_path):
     branch = next(s for s in plan.steps if s.kind == "branch")
     _record(plan, trunk, "7_0")
     _record(plan, branch, "8_0")
-    # what `sacct -X -n -P -o JobID,State,Reason,Start` prints for an OOM and a dead dependency
-    states = parse_sacct("7_0|OUT_OF_MEMORY|None|2026-01-01T00:00:00\n"
-                         "8_[0-3]|CANCELLED by 0|DependencyNeverSatisfied|None\n")
+    # what `sacct -X -n -P -o JobID,State,Reason,Start,NodeList` prints for an OOM and a dead
+    # dependency (SLURM 22.05 gives a pending array cancelled by it Start = the cancel time)
+    states = parse_sacct("7_0|OUT_OF_MEMORY|None|2026-01-01T00:00:00|node1\n"
+                         "8_[0-3]|CANCELLED by 0|None|2026-01-01T00:00:05|None assigned\n")
     statuses = reconcile(plan, states=states)
     assert statuses[trunk.step_id].state == "failed"
     assert statuses[trunk.step_id].reason.startswith("OOM")
@@ -111,8 +112,10 @@ def test_slurm_reasons_and_never_started_jobs(tmp_path):
 def test_expand_array_ids():
     assert expand_job_ids("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
     assert expand_job_ids("12_3") == ["12_3"] and expand_job_ids("12") == ["12"]
-    states = parse_sacct("9|CANCELLED by 0|None|2026-01-01T00:00:01\n")
+    states = parse_sacct("9|CANCELLED by 0|None|2026-01-01T00:00:01|node1\n"
+                         "10|CANCELLED by 0|DependencyNeverSatisfied|None|None assigned\n")
     assert states["9"].state == "CANCELLED" and states["9"].started
+    assert states["10"].state == "CANCELLED" and not states["10"].started
 
 
 def test_journal_round_trip_and_bad_line(tmp_path):

@@ -84,11 +84,13 @@ def parse_sacct(text: str) -> dict[str, JobState]:
     for line in text.splitlines():
         if not line.strip():
             continue
-        job_id, state, reason, start = (line.split("|") + ["", "", ""])[:4]
+        job_id, state, reason, start, nodes = (line.split("|") + ["", "", "", ""])[:5]
         state = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" → CANCELLED
+        # A job cancelled while pending (a dead dependency) may still show Start = its cancel
+        # time (SLURM 22.05 does for arrays); it never had a node, so NodeList is the witness.
+        started = start not in ("", "None", "Unknown") and nodes != "None assigned"
         for task in expand_job_ids(job_id):
-            out[task] = JobState(job_id=task, state=state, reason=reason,
-                                 started=start not in ("", "None", "Unknown"))
+            out[task] = JobState(job_id=task, state=state, reason=reason, started=started)
     return out
 
 
@@ -99,7 +101,7 @@ def query_slurm(job_ids: list[str]) -> dict[str, JobState]:
     live = parse_squeue(_call(["squeue", "-h", "-r", "-o", "%i|%T|%r"]))
     bases = sorted({j.split("_")[0] for j in job_ids})
     finished = parse_sacct(_call(["sacct", "-X", "-n", "-P", "-j", ",".join(bases),
-                                  "-o", "JobID,State,Reason,Start"]))
+                                  "-o", "JobID,State,Reason,Start,NodeList"]))
     return {j: live.get(j) or finished.get(j) or JobState(job_id=j, state="UNKNOWN", started=False)
             for j in job_ids}
 
