@@ -45,6 +45,7 @@ def vision_param_count(vision: VisionConfig) -> int | None:
 
 
 def projector_param_count(projector: ProjectorConfig, vision_width: int, d_model: int) -> int:
+    vision_width *= projector.pixel_shuffle ** 2  # the MLP reads s×s patches at once
     if projector.kind == "linear":
         return vision_width * d_model + d_model
     hidden = projector.hidden or d_model

@@ -7,6 +7,7 @@ values are properties. Presets (`models.presets`) are instances of these, and va
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,14 +106,28 @@ class VisionConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ProjectorConfig:
-    """Maps vision features to LM embeddings: the paper's 2-layer MLP with GELU, or linear."""
+    """Maps vision features to LM embeddings: the paper's 2-layer MLP with GELU, or linear.
+
+    `pixel_shuffle` s > 1 first folds each s×s block of patch features into one feature of s²
+    times the width (Idefics3 / SmolVLM / nanoVLM), so an image takes s² times fewer LM positions.
+    """
 
     kind: ProjectorKind = "mlp2"
     hidden: int = 0  # MLP inner width; 0 = the LM's d_model
+    pixel_shuffle: int = 1  # s: s×s neighbouring patches → one image token
 
     def __post_init__(self) -> None:
         _require(self.kind in ("mlp2", "linear"), f"unknown projector kind {self.kind!r}")
         _require(self.hidden >= 0, "projector hidden must be >= 0")
+        _require(self.pixel_shuffle >= 1, "projector pixel_shuffle must be >= 1")
+
+    def image_tokens(self, n_patches: int) -> int:
+        """LM positions of one image whose encoder gives `n_patches` (a square grid)."""
+        side, s = math.isqrt(n_patches), self.pixel_shuffle
+        _require(side * side == n_patches and side % s == 0,
+                 f"projector pixel_shuffle {s} needs a square patch grid whose side it divides; "
+                 f"the encoder gives {n_patches} patches")
+        return n_patches // (s * s)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,8 +140,8 @@ class VLMConfig:
 
     @property
     def image_tokens(self) -> int:
-        """LM positions one image occupies (one per patch; no CLS token is passed on)."""
-        return self.vision.n_patches
+        """LM positions one image occupies (one per patch, or per pixel-shuffled block; no CLS)."""
+        return self.projector.image_tokens(self.vision.n_patches)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -103,7 +103,17 @@ class Study:
 
     def projector_config(self, scale: str) -> ProjectorConfig:
         base = PRESETS[scale].model.projector
-        return self.projector.apply(base) if self.projector else base
+        if self.projector is None:
+            return base
+        projector = self.projector.apply(base)
+        vision = self.vision_config(scale)
+        if vision.kind != "hf":  # an hf encoder's grid is known only once it is loaded
+            try:
+                projector.image_tokens(vision.n_patches)
+            except ValueError as exc:
+                raise StudyError(self.projector.file, f"{self.projector.key}.pixel_shuffle",
+                                 f"{exc} (scale {scale})") from None
+        return projector
 
 
 def load_study(path: str | Path) -> Study:

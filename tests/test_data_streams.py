@@ -149,6 +149,11 @@ def test_finetune_epochs_are_finite_resumable_and_loss_on_responses_only():
     for b in batches:
         assert set(np.unique(b.loss_kind).tolist()) <= {-1, 2}
         assert b.images.shape[0] == b.tokens.shape[0]
+        # padded to the batch's longest conversation, rounded up to 8, never past seq_len
+        width = b.tokens.shape[1]
+        longest = int((np.concatenate([b.tokens, b.targets[:, -1:]], 1) != TOK.pad_id).sum(1).max())
+        assert width % 8 == 0 and width <= 64 and width - 8 < longest <= width + 1
+    assert len({b.tokens.shape[1] for b in batches}) > 1
     resumed = make()
     resumed.load_state_dict({"batch": 5})
     assert all(same(x, y) for x, y in zip(resumed, batches[5:]))

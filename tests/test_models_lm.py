@@ -97,6 +97,27 @@ def test_vlm_places_each_image_in_its_run_of_placeholders() -> None:
         model.embed(tokens, images[:2], image_id)
 
 
+def test_pixel_shuffle_folds_each_block_of_patches_into_one_token() -> None:
+    from models.projector import PixelShuffle
+
+    # a 4×4 grid whose patch features are their own row-major index
+    grid = torch.arange(16, dtype=torch.float32).view(1, 16, 1)
+    folded = PixelShuffle(2)(grid)
+    assert folded.shape == (1, 4, 4)
+    assert folded[0].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    with pytest.raises(ValueError, match="square patch grid"):
+        PixelShuffle(3)(grid)
+    vision = VisionConfig(kind="patch", image_size=16, patch_size=4, width=8, frozen=False)
+    projector = ProjectorConfig(pixel_shuffle=2)
+    assert projector.image_tokens(vision.n_patches) == 4
+    model = VLM(CFG, vision, projector)
+    image_id, images = 3, torch.randn(2, 3, 16, 16)
+    tokens = torch.tensor([[image_id] * 4 + [7, 8], [5, 6] + [image_id] * 4])
+    assert model(tokens, images, image_id).shape == (2, 6, CFG.vocab_size)
+    with pytest.raises(ValueError, match="pixel_shuffle 3"):
+        ProjectorConfig(pixel_shuffle=3).image_tokens(16)
+
+
 def test_loss_masking_scores_text_only_and_splits_by_kind() -> None:
     image_id = 3
     tokens = torch.tensor([[3, 3, 7, 8], [9, 10, 11, 12]])
@@ -133,7 +154,8 @@ def test_every_preset_builds_with_accounted_parameter_counts(name: str) -> None:
 def test_patch_kind_and_tied_embeddings_match_accounting() -> None:
     vision = VisionConfig(kind="patch", image_size=16, patch_size=4, width=24, frozen=False)
     lm = dataclasses.replace(CFG, tie_embeddings=True)
-    for projector in (ProjectorConfig(kind="linear"), ProjectorConfig(kind="mlp2", hidden=40)):
+    for projector in (ProjectorConfig(kind="linear"), ProjectorConfig(kind="mlp2", hidden=40),
+                      ProjectorConfig(kind="mlp2", pixel_shuffle=2)):
         model = VLM(lm, vision, projector)
         from models.config import VLMConfig
         assert model.param_counts() == param_counts(VLMConfig(lm=lm, vision=vision, projector=projector))

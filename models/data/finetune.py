@@ -1,6 +1,6 @@
 """Instruction fine-tuning data: a finite dataset seen for a number of epochs, one conversation per
-row (padded, never packed), loss on assistant responses only. Batch k is a pure function of
-(seed, k), so the stream resumes exactly and has a known length.
+row (padded to the batch's longest, never packed), loss on assistant responses only. Batch k is a
+pure function of (seed, k), so the stream resumes exactly and has a known length.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from models.data.sources import parse_llava, resolve_paths, world_data
 from models.data.streams import BatchStream
 from models.data.types import LOSS_NONE, Batch
 
-WORLD_FINETUNE_SAMPLES = 4000  # the world's instruction set size when max_samples is 0
+WORLD_FINETUNE_SAMPLES = 4000
+PAD_MULTIPLE = 8  # batch widths are rounded up to this (fewer distinct shapes)  # the world's instruction set size when max_samples is 0
 
 
 class InstructionSet:
@@ -89,13 +90,16 @@ class FinetuneStream(BatchStream):
                     raise
                 skipped += 1
                 continue
-            ids, kinds = encode_conversation(self.tok, turns, self.image_tokens, self.L)
-            pad = self.L + 1 - len(ids)
-            rows.append((ids + [self.tok.pad_id] * pad, kinds + [LOSS_NONE] * pad))
+            rows.append(encode_conversation(self.tok, turns, self.image_tokens, self.L))
             images.append(image)
         self.batch += 1
         if not rows:
             raise DataError(f"fine-tune batch {self.batch - 1}: every record was bad")
+        # Pad to the batch's longest conversation (a multiple of PAD_MULTIPLE), not to seq_len:
+        # under causal attention real positions never see the padding, so only the cost changes.
+        width = min(self.L + 1, -(-max(len(ids) for ids, _ in rows) // PAD_MULTIPLE) * PAD_MULTIPLE + 1)
+        rows = [(ids + [self.tok.pad_id] * (width - len(ids)), kinds + [LOSS_NONE] * (width - len(ids)))
+                for ids, kinds in rows]
         batch = rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=[],
                               image_size=self.data.image_size, skipped=skipped)
         batch.n_image_tokens = batch.n_tokens

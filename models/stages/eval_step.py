@@ -54,11 +54,12 @@ def run_eval(ctx: Any) -> Any:
     model.to(device)
     tok = ctx.data.get_tokenizer(tcfg.data)
     image_size = vision.image_size if vision is not None else 32
+    n_image = projector.image_tokens(vision.n_patches) if vision is not None else 0
     tasks = ctx.data.eval_tasks(cfg.data, tok, groups=cfg.groups, tasks=cfg.tasks,
                                 n_per_task=cfg.n_per_task, image_size=image_size, seed=cfg.seed,
-                                image_tokens=vision.n_patches if vision else 0)
+                                image_tokens=n_image)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         rows = evaluate(model, tasks, image_id=tok.image_id,
-                        image_tokens=vision.n_patches if vision else 0, eos_id=tok.eos_id,
+                        image_tokens=n_image, eos_id=tok.eos_id,
                         decode=tok.decode, stop_ids=(tok.user_id,))
     return RunOutput(tokens=0, flops=0, params=model.param_counts(), metrics=[], evals=rows)

@@ -223,12 +223,13 @@ def run_branch(ctx: Context) -> RunOutput:
     ck.seed_everything(tcfg.seed)
     encoder_id = dict(step.parents).get("encoder")
     model = _vlm_for(ctx, tcfg.lm, cfg.vision, cfg.projector, encoder_id)
+    n_image = cfg.projector.image_tokens(cfg.vision.n_patches)
     module = BranchModule(model, schedule, optim=_optim(cfg.train), tokens_per_step=batch * seq,
                           image_id=tok.image_id, loss_on_image_positions=cfg.loss_on_image_positions)
     stream = ctx.data.mixed_stream(
         tcfg.data, cfg.image_data, cfg.instruction_data, tok, batch_size=batch, seq_len=seq,
         image_ratio=cfg.image_ratio, instruction_share=cfg.instruction_share,
-        image_size=cfg.vision.image_size, image_tokens=cfg.vision.n_patches, seed=tcfg.seed,
+        image_size=cfg.vision.image_size, image_tokens=n_image, seed=tcfg.seed,
         on_bad_record=cfg.on_bad_record)
     module.data_state = stream.state_dict()
     latest = latest_checkpoint_path(ctx.root, "branch", step.step_id)
@@ -237,7 +238,7 @@ def run_branch(ctx: Context) -> RunOutput:
     else:
         _start_from_trunk(ctx, module, trunk_id, cfg.intro_fraction)
     _train(ctx, module, stream, total,
-           split=_splitter(ctx, tok.image_id, cfg.vision.n_patches))
+           split=_splitter(ctx, tok.image_id, n_image))
     _save_weights(ctx, model)
     tokens = total * batch * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
@@ -264,11 +265,12 @@ def run_finetune(ctx: Context) -> RunOutput:
     seq = bcfg.train.image_stage_seq_len
     ck.seed_everything(cfg.seed)
     model = _vlm_for(ctx, tcfg.lm, bcfg.vision, bcfg.projector, None)
+    n_image = bcfg.projector.image_tokens(bcfg.vision.n_patches)
     source = weights_path(ctx.root, "branch", branch_id)
     _load_lm_from(model, ck.load_torch(source)["model"], source)
     stream = ctx.data.finetune_epochs(
         cfg.data, tok, batch_size=cfg.batch_size, seq_len=seq, image_size=bcfg.vision.image_size,
-        image_tokens=bcfg.vision.n_patches, epochs=cfg.epochs, seed=cfg.seed,
+        image_tokens=n_image, epochs=cfg.epochs, seed=cfg.seed,
         max_samples=cfg.max_samples)
     total = len(stream)
     module = FinetuneModule(model, finetune_schedule(cfg.lr, total), optim=_optim(bcfg.train),
@@ -277,7 +279,7 @@ def run_finetune(ctx: Context) -> RunOutput:
     latest = latest_checkpoint_path(ctx.root, "finetune", step.step_id)
     if latest.exists():
         _restore(module, stream, ck.load_torch(latest))
-    _train(ctx, module, stream, total, split=_splitter(ctx, tok.image_id, bcfg.vision.n_patches))
+    _train(ctx, module, stream, total, split=_splitter(ctx, tok.image_id, n_image))
     _save_weights(ctx, model)
     tokens = total * cfg.batch_size * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
