@@ -19,14 +19,12 @@ class PixelShuffle(nn.Module):
 
     def __init__(self, factor: int) -> None:
         super().__init__()
-        self.s = factor
+        self.cfg = ProjectorConfig(pixel_shuffle=factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, p, w = x.shape
-        g, s = math.isqrt(p), self.s
-        if g * g != p or g % s:
-            raise ValueError(f"pixel shuffle {s} needs a square patch grid whose side it divides, "
-                             f"got {p} patches")
+        self.cfg.image_tokens(p)  # a ValueError unless p is a square grid whose side s divides
+        g, s = math.isqrt(p), self.cfg.pixel_shuffle
         x = x.view(n, g // s, s, g // s, s, w).permute(0, 1, 3, 2, 4, 5)
         return x.reshape(n, (g // s) ** 2, s * s * w)
 

@@ -107,6 +107,8 @@ def test_pixel_shuffle_folds_each_block_of_patches_into_one_token() -> None:
     assert folded[0].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
     with pytest.raises(ValueError, match="square patch grid"):
         PixelShuffle(3)(grid)
+    with pytest.raises(ValueError, match="square patch grid"):
+        PixelShuffle(2)(torch.zeros(1, 12, 1))
     vision = VisionConfig(kind="patch", image_size=16, patch_size=4, width=8, frozen=False)
     projector = ProjectorConfig(pixel_shuffle=2)
     assert projector.image_tokens(vision.n_patches) == 4

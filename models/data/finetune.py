@@ -16,8 +16,8 @@ from models.data.sources import parse_llava, resolve_paths, world_data
 from models.data.streams import BatchStream
 from models.data.types import LOSS_NONE, Batch
 
-WORLD_FINETUNE_SAMPLES = 4000
-PAD_MULTIPLE = 8  # batch widths are rounded up to this (fewer distinct shapes)  # the world's instruction set size when max_samples is 0
+WORLD_FINETUNE_SAMPLES = 4000  # the world's instruction set size when max_samples is 0
+PAD_MULTIPLE = 8  # batch widths are rounded up to this (fewer distinct shapes)
 
 
 class InstructionSet:
@@ -97,7 +97,8 @@ class FinetuneStream(BatchStream):
             raise DataError(f"fine-tune batch {self.batch - 1}: every record was bad")
         # Pad to the batch's longest conversation (a multiple of PAD_MULTIPLE), not to seq_len:
         # under causal attention real positions never see the padding, so only the cost changes.
-        width = min(self.L + 1, -(-max(len(ids) for ids, _ in rows) // PAD_MULTIPLE) * PAD_MULTIPLE + 1)
+        longest = max(len(ids) for ids, _ in rows)
+        width = min(self.L, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE) + 1  # L+1: inputs and targets
         rows = [(ids + [self.tok.pad_id] * (width - len(ids)), kinds + [LOSS_NONE] * (width - len(ids)))
                 for ids, kinds in rows]
         batch = rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=[],
