@@ -67,6 +67,6 @@ def branch_schedule(policy: str, train: TrainDefaults, stage_steps: int,
 
 
 def finetune_schedule(lr: float, total_steps: int) -> Schedule:
+    """LLaVA-1.5's fine-tune schedule: 3% linear warmup, then cosine to zero."""
     warmup = min(total_steps, max(1, math.ceil(0.03 * total_steps)))
-    return Schedule(peak_lr=lr, floor_lr=lr, warmup_steps=warmup, total_steps=total_steps,
-                    constant=True)
+    return Schedule(peak_lr=lr, floor_lr=0.0, warmup_steps=warmup, total_steps=total_steps)

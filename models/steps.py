@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping, Union
 
 from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
 
-CODE_SALT = 3  # bump when a change alters what any step computes
+CODE_SALT = 4  # bump when a change alters what any step computes
 STEP_KINDS = ("encoder", "trunk", "branch", "finetune", "eval")
 StepKind = Literal["encoder", "trunk", "branch", "finetune", "eval"]
 SchedulePolicy = Literal["continue", "rewarm"]
@@ -93,6 +93,15 @@ class FinetuneConfig:
     max_samples: int  # 0 = the whole data set
     seed: int
     seq_len: int = 256  # tokens per fine-tuning sequence (the planner sets the image stage's)
+    text_replay: float = 0.0  # share of each batch's rows that are packed text of `replay_data`
+    replay_data: DataSource | None = None  # the trunk's text data (set when text_replay > 0)
+
+
+def replay_rows(batch_size: int, share: float) -> int:
+    """Text rows a fine-tune adds to `batch_size` conversations so that they are `share` of the rows."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"text replay share must be in [0, 1), got {share}")
+    return round(batch_size * share / (1.0 - share))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -116,7 +116,8 @@ def mixed_stream(text_source, image_source, instruction_source, tok, *, batch_si
 
 
 def finetune_epochs(source, tok, *, batch_size, seq_len, image_size, image_tokens, epochs, seed,
-                    max_samples=0) -> Stream:
+                    max_samples=0, replay_source=None, replay_share=0.0) -> Stream:
+    # Synthetic rows stand in for conversations and replayed text alike: no replay rows here.
     samples = max_samples or 4 * batch_size
     per_epoch = -(-samples // batch_size)
     return Stream(lambda rng: _rows(rng, batch_size, seq_len, 1.0, image_size, image_tokens, 2),

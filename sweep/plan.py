@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from models.accounting import param_counts, train_flops, vision_param_count
 from models.steps import (BranchConfig, EncoderConfig, EvalConfig, FinetuneConfig, Step,
-                          TrunkConfig, step_dir)
+                          TrunkConfig, replay_rows, step_dir)
 from models.presets import PRESETS, WORLD_VOCAB
 from models.run import step_done
 from sweep.spec import AXES, Cell, Study
@@ -145,9 +145,11 @@ class _Builder:
         ft = st.finetune
         finetune = Step(kind="finetune", config=FinetuneConfig(
             data=st.data[ft.data], epochs=cell.finetune_epochs, lr=ft.lr, batch_size=ft.batch_size,
-            max_samples=ft.samples, seed=cell.seed, seq_len=train.image_stage_seq_len),
+            max_samples=ft.samples, seed=cell.seed, seq_len=train.image_stage_seq_len,
+            text_replay=ft.text_replay,
+            replay_data=st.data[cell.text_data] if ft.text_replay > 0 else None),
             parents=(("branch", ids["branch"]),),
-            meta=_meta(axes, "finetune", _finetune_tokens(ft.samples, cell.finetune_epochs, train),
+            meta=_meta(axes, "finetune", _finetune_tokens(ft, cell.finetune_epochs, train),
                        schedule_policy=policy))
         ids["finetune"] = self._add(finetune)
         ids["eval"] = self._add(self._eval("finetune", ids["finetune"], ("vl", "text"), cell.seed,
@@ -211,8 +213,12 @@ def _meta(axes: dict[str, Any], kind: str, tokens: int | None, **extra: Any) -> 
     return meta | {"tokens": tokens} | extra
 
 
-def _finetune_tokens(samples: int, epochs: int, train) -> int | None:
-    return None if samples == 0 else samples * epochs * train.image_stage_seq_len
+def _finetune_tokens(ft, epochs: int, train) -> int | None:
+    """The fine-tune's token budget (rows × seq_len, replayed text rows included)."""
+    if ft.samples == 0:
+        return None
+    batches = -(-ft.samples // ft.batch_size) * epochs
+    return batches * (ft.batch_size + replay_rows(ft.batch_size, ft.text_replay)) * train.image_stage_seq_len
 
 
 def step_cost(step: Step) -> StepCost:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import ProjectorConfig, TrainDefaults, VisionConfig
+from models.data.world.entities import DEFAULT_KINDS, MAX_KINDS, MIN_KINDS
 from models.presets import PRESETS
 from models.steps import DataSource
 from sweep.errors import StudyError
@@ -33,7 +34,7 @@ EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
 SOURCE_KINDS = tuple(dict.fromkeys(TEXT_KINDS + IMAGE_KINDS + FINETUNE_KINDS + EVAL_KINDS))
 # Options each kind of source accepts besides `kind` and `paths`.
 SOURCE_OPTIONS: dict[str, dict[str, type]] = {
-    "world": {"seed": int, "image_size": int},
+    "world": {"seed": int, "image_size": int, "n_kinds": int},
     "jsonl": {"tokenizer": str, "text_field": str},
     "parquet": {"tokenizer": str, "text_field": str},
     "webdataset": {"image_ext": str},
@@ -251,6 +252,10 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
             t.raw("paths", [])  # allowed but meaningless; refuse a non-empty one
             if t.data.get("paths"):
                 raise t.error("paths", "the built-in world has no shard paths")
+            n_kinds = dict(options).get("n_kinds", DEFAULT_KINDS)
+            if not MIN_KINDS <= n_kinds <= MAX_KINDS:
+                raise t.error("n_kinds", f"the built-in world has {MIN_KINDS} to {MAX_KINDS} kinds, "
+                                         f"got {n_kinds}")
             options = options if any(k == "seed" for k, _ in options) else [("seed", 0)] + options
             paths: tuple[str, ...] = ()
         else:

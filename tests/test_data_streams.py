@@ -159,3 +159,33 @@ def test_finetune_epochs_are_finite_resumable_and_loss_on_responses_only():
     assert all(same(x, y) for x, y in zip(resumed, batches[5:]))
     # another epoch is another order of the same samples
     assert not same(batches[0], batches[4])
+
+
+def test_finetune_text_replay_rows_are_packed_text_and_resume_exactly():
+    make = lambda: finetune_epochs(WORLD, TOK, batch_size=6, seq_len=64, image_size=32, image_tokens=4,
+                                   epochs=2, seed=0, max_samples=24, replay_source=WORLD,
+                                   replay_share=0.25)
+    plain = list(finetune_epochs(WORLD, TOK, batch_size=6, seq_len=64, image_size=32, image_tokens=4,
+                                 epochs=2, seed=0, max_samples=24))
+    stream = make()
+    batches = []
+    for k in range(len(stream)):
+        if k == 3:
+            state = stream.state_dict()
+        batches.append(next(stream))
+    assert len(batches) == len(plain) == 8
+    for b, p in zip(batches, plain):
+        # 6 conversations as without replay, then round(6 · 0.25 / 0.75) = 2 text rows as wide
+        assert b.tokens.shape == (8, p.tokens.shape[1])
+        assert np.array_equal(b.tokens[:6], p.tokens) and np.array_equal(b.images, p.images)
+        text = b.loss_kind[6:]
+        assert (text == 0).all() and (b.targets[6:] != -100).all()
+        assert b.n_image_tokens == p.n_tokens and b.n_tokens == p.n_tokens + 2 * b.tokens.shape[1]
+        assert TOK.image_id not in b.tokens[6:] and TOK.user_id not in b.tokens[6:]
+    # the text rows are consecutive pieces of the world's corpus: row 2's first token is row 1's
+    # last target (packed, not restarted), across batches too
+    assert batches[0].tokens[7, 0] == batches[0].targets[6, -1]
+    assert batches[1].tokens[6, 0] == batches[0].targets[7, -1]
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert all(same(x, y) for x, y in zip(resumed, batches[3:]))

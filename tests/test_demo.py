@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from sweep.cli import main
@@ -23,6 +24,11 @@ def test_demo_smoke_runs_end_to_end_and_reruns_from_cache(tmp_path, capsys):
     for ext in ("png", "svg", "pdf", "csv"):
         assert list(report.rglob(f"*.{ext}")), f"no .{ext} written"
     assert len(list((out / "steps").glob("*/*/result.json"))) >= 10
+    # fine-tuning replays text (text_replay = 0.25): both losses are logged, and both are finite
+    metrics = pl.concat([pl.read_parquet(p) for p in (out / "steps" / "finetune").glob("*/metrics.parquet")])
+    for name in ("instruction_loss", "text_loss"):
+        values = metrics.filter(pl.col("name") == name)["value"]
+        assert len(values) > 0 and values.is_finite().all(), name
 
     assert main(["demo", "--study", str(SMOKE), "--out", str(out)]) == 0
     assert "every step is already done (cached)" in capsys.readouterr().out

@@ -68,11 +68,13 @@ def test_branch_rewarm_warms_up_again_capped_at_a_tenth_of_the_stage() -> None:
         branch_schedule("continue", TRAIN, 50)
 
 
-def test_finetune_is_a_short_warmup_then_constant() -> None:
-    s = finetune_schedule(1e-3, 100)
-    assert s.warmup_steps == 3
-    assert s.lr_at(0) == pytest.approx(1e-3 / 3)
-    assert [s.lr_at(k) for k in (3, 50, 99)] == [1e-3] * 3
+def test_finetune_is_a_short_warmup_then_cosine_to_zero() -> None:
+    s = finetune_schedule(1e-3, 103)
+    assert s.warmup_steps == 4
+    assert s.lr_at(0) == pytest.approx(1e-3 / 4)
+    assert s.lr_at(4) == pytest.approx(1e-3)
+    assert s.lr_at(4 + 99 // 2) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 49 / 99)))
+    assert s.lr_at(103) == 0.0 and 0 < s.lr_at(102) < 1e-6
     assert finetune_schedule(1e-3, 5).warmup_steps == 1
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from models.data.errors import BadRecordError, DataError, EmptySourceError
 from models.data.evaltasks import file_tasks, world_tasks
 from models.data.finetune import FinetuneStream, InstructionSet
+from models.data.packing import TextPacker
 from models.data.sources import open_source
 from models.data.streams import BatchStream, CaptionPairStream, MixedStream, TextStream
 from models.data.tokenizer import HFTokenizer, Tokenizer, world_tokenizer
 from models.data.types import Batch, EvalItem, EvalTask, normalise_answer
 
-DEFAULT_IMAGE_TOKENS = 16  # every world preset: 32×32 images in 8×8 patches
+DEFAULT_IMAGE_TOKENS = 4  # every world preset: a 4×4 patch grid, pixel-shuffled 2×2 (models.presets)
 
 
 def get_tokenizer(source, vocab_limit: int | None = None) -> Tokenizer:
@@ -67,11 +68,18 @@ def caption_pairs(source, tokenizer, *, batch_size: int, image_size: int, max_ca
 
 def finetune_epochs(source, tokenizer, *, batch_size: int, seq_len: int, image_size: int,
                     image_tokens: int, epochs: int, seed: int, max_samples: int = 0,
-                    on_bad_record: str = "error") -> FinetuneStream:
-    """`epochs` passes over the instruction data; finite, with len() and exact resume."""
-    return FinetuneStream(InstructionSet(source, image_size), tokenizer, batch_size=batch_size,
+                    on_bad_record: str = "error", replay_source=None,
+                    replay_share: float = 0.0) -> FinetuneStream:
+    """`epochs` passes over the instruction data; finite, with len() and exact resume. With
+    `replay_source` (text data), `replay_share` of each batch's rows are its packed text."""
+    replay = None
+    if replay_source is not None and replay_share > 0:
+        replay = TextPacker(open_source(replay_source, "text", seed=seed, on_bad_record=on_bad_record),
+                            tokenizer)
+    return FinetuneStream(InstructionSet(source, image_size, max_samples), tokenizer, batch_size=batch_size,
                           seq_len=seq_len, image_tokens=image_tokens, epochs=epochs, seed=seed,
-                          max_samples=max_samples, on_bad_record=on_bad_record)
+                          max_samples=max_samples, on_bad_record=on_bad_record, replay=replay,
+                          replay_share=replay_share)
 
 
 def eval_tasks(source, tokenizer, *, groups=("vl", "text"), tasks=(), n_per_task: int,

@@ -1,6 +1,11 @@
 """Instruction fine-tuning data: a finite dataset seen for a number of epochs, one conversation per
 row (padded to the batch's longest, never packed), loss on assistant responses only. Batch k is a
 pure function of (seed, k), so the stream resumes exactly and has a known length.
+
+Text replay (optional): each batch also carries packed rows of the model's own text data, loss on
+every token, so that they are `replay_share` of its rows. LLaVA-1.5's mix holds text-only
+conversations and VILA re-blends text for the same reason: a fine-tune long or fast enough to teach
+the VL tasks otherwise erases what pre-training taught about text.
 """
 
 from __future__ import annotations
@@ -11,23 +16,26 @@ import numpy as np
 
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, check_on_bad_record
-from models.data.packing import encode_conversation, rows_to_batch
+from models.data.packing import TextPacker, encode_conversation, rows_to_batch, text_row
 from models.data.sources import parse_llava, resolve_paths, world_data
 from models.data.streams import BatchStream
 from models.data.types import LOSS_NONE, Batch
+from models.steps import replay_rows
 
 WORLD_FINETUNE_SAMPLES = 4000  # the world's instruction set size when max_samples is 0
 PAD_MULTIPLE = 8  # batch widths are rounded up to this (fewer distinct shapes)
 
 
+
 class InstructionSet:
     """Random access to a source's conversations: the world's, or LLaVA JSON files."""
 
-    def __init__(self, source, image_size: int) -> None:
+    def __init__(self, source, image_size: int, max_samples: int = 0) -> None:
         self.image_size = image_size
         if source.kind == "world":
             wd = world_data(source)
-            n = int(source.option("finetune_samples", WORLD_FINETUNE_SAMPLES))
+            # The world generates any number: as many as asked for, else its default size.
+            n = int(source.option("finetune_samples", max_samples or WORLD_FINETUNE_SAMPLES))
             # A stream of its own (offset indices), apart from the image stage's instruction mix.
             self._get = lambda i: wd.instruction(10**9 + i, image_size)
             self._n = n
@@ -56,10 +64,15 @@ class InstructionSet:
 
 
 class FinetuneStream(BatchStream):
-    """`epochs` shuffled passes; StopIteration at the end; len() = number of batches."""
+    """`epochs` shuffled passes; StopIteration at the end; len() = number of batches.
+
+    With `replay` (a TextPacker over text data) each batch holds `replay_rows(batch_size,
+    replay_share)` text rows after its conversations, as wide as the batch.
+    """
 
     def __init__(self, data: InstructionSet, tok, *, batch_size: int, seq_len: int, image_tokens: int,
-                 epochs: int, seed: int, max_samples: int = 0, on_bad_record: str = "error") -> None:
+                 epochs: int, seed: int, max_samples: int = 0, on_bad_record: str = "error",
+                 replay: TextPacker | None = None, replay_share: float = 0.0) -> None:
         if epochs < 1 or batch_size < 1:
             raise DataError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
         if image_tokens >= seq_len:
@@ -69,6 +82,8 @@ class FinetuneStream(BatchStream):
         self.n = min(len(data), max_samples) if max_samples > 0 else len(data)
         self.per_epoch = math.ceil(self.n / batch_size)
         self.on_bad, self.batch = check_on_bad_record(on_bad_record), 0
+        self.replay = replay
+        self.n_replay = replay_rows(batch_size, replay_share) if replay is not None else 0
 
     def __len__(self) -> int:
         return self.per_epoch * self.epochs
@@ -101,20 +116,27 @@ class FinetuneStream(BatchStream):
         width = min(self.L, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE) + 1  # L+1: inputs and targets
         rows = [(ids + [self.tok.pad_id] * (width - len(ids)), kinds + [LOSS_NONE] * (width - len(ids)))
                 for ids, kinds in rows]
+        conversation_tokens = sum(sum(1 for t in ids[:-1] if t != self.tok.pad_id) for ids, _ in rows)
+        rows += [text_row(self.replay, width - 1) for _ in range(self.n_replay)]
         batch = rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=[],
                               image_size=self.data.image_size, skipped=skipped)
-        batch.n_image_tokens = batch.n_tokens
+        batch.n_image_tokens = conversation_tokens
         return batch
 
     def state_dict(self) -> dict:
-        return {"batch": self.batch}
+        state: dict = {"batch": self.batch}
+        if self.replay is not None:
+            state["replay"] = self.replay.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.batch = int(state["batch"])
+        if self.replay is not None and "replay" in state:
+            self.replay.load_state_dict(state["replay"])
 
 
-def instruction_set(source, image_size: int) -> InstructionSet:
-    return InstructionSet(source, image_size)
+def instruction_set(source, image_size: int, max_samples: int = 0) -> InstructionSet:
+    return InstructionSet(source, image_size, max_samples)
 
 
-__all__ = ["FinetuneStream", "InstructionSet", "instruction_set"]
+__all__ = ["FinetuneStream", "InstructionSet", "instruction_set", "replay_rows"]

@@ -3,20 +3,21 @@
 trunk: text-only next-token loss. branch: the image-text mix, loss on text tokens (captions and
 text; image positions only if asked), trainable vision/projector parameters in their own AdamW
 groups after the LM's so the trunk's optimizer state maps onto the LM's. finetune: loss on
-instruction responses only.
+instruction responses (and on replayed text rows, when the fine-tune mixes text back in).
 """
 
 from __future__ import annotations
 
 import torch
 
+from models.data.types import LOSS_INSTRUCTION, LOSS_TEXT
 from models.schedules import Schedule
 from models.stages.base import OptimConfig, StageModule, decay_groups
 from models.vlm import IGNORE, VLM, masked_targets, split_losses, token_losses
 
 
 class LMStage(StageModule):
-    responses_only = False  # finetune: score only instruction responses (loss_kind 2)
+    responses_only = False  # finetune: score only instruction responses and replayed text
 
     def __init__(self, model: VLM, schedule: Schedule, *, optim: OptimConfig, tokens_per_step: int,
                  image_id: int, start_step: int = 0, loss_on_image_positions: bool = False) -> None:
@@ -30,7 +31,7 @@ class LMStage(StageModule):
         targets = masked_targets(tokens, batch["targets"], self.image_id,
                                  self.loss_on_image_positions)
         if self.responses_only:
-            targets = targets.masked_fill(kinds != 2, IGNORE)
+            targets = targets.masked_fill((kinds != LOSS_INSTRUCTION) & (kinds != LOSS_TEXT), IGNORE)
         logits = self.model(tokens, batch.get("images"), self.image_id)
         return split_losses(token_losses(logits, targets), targets, kinds)
 
@@ -52,6 +53,6 @@ class BranchModule(LMStage):
 
 
 class FinetuneModule(LMStage):
-    """Instruction fine-tuning: loss on responses only."""
+    """Instruction fine-tuning: loss on responses only (and on replayed text rows)."""
 
     responses_only = True

@@ -26,7 +26,7 @@ from models.schedules import (Schedule, branch_schedule, finetune_schedule, step
 from models.stages.base import Checkpointer, OptimConfig, RunOptions, StageModule, fit, split_rows
 from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModule
 from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
-from models.steps import Step
+from models.steps import Step, replay_rows
 from models.vlm import VLM
 
 
@@ -271,17 +271,18 @@ def run_finetune(ctx: Context) -> RunOutput:
     stream = ctx.data.finetune_epochs(
         cfg.data, tok, batch_size=cfg.batch_size, seq_len=seq, image_size=bcfg.vision.image_size,
         image_tokens=n_image, epochs=cfg.epochs, seed=cfg.seed,
-        max_samples=cfg.max_samples)
+        max_samples=cfg.max_samples, replay_source=cfg.replay_data, replay_share=cfg.text_replay)
     total = len(stream)
+    rows = cfg.batch_size + replay_rows(cfg.batch_size, cfg.text_replay)
     module = FinetuneModule(model, finetune_schedule(cfg.lr, total), optim=_optim(bcfg.train),
-                            tokens_per_step=cfg.batch_size * seq, image_id=tok.image_id)
+                            tokens_per_step=rows * seq, image_id=tok.image_id)
     module.data_state = stream.state_dict()
     latest = latest_checkpoint_path(ctx.root, "finetune", step.step_id)
     if latest.exists():
         _restore(module, stream, ck.load_torch(latest))
     _train(ctx, module, stream, total, split=_splitter(ctx, tok.image_id, n_image))
     _save_weights(ctx, model)
-    tokens = total * cfg.batch_size * seq
+    tokens = total * rows * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
                      params=model.param_counts(), metrics=module.rows, evals=[])
 

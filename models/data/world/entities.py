@@ -16,6 +16,7 @@ import numpy as np
 from models.data.world import lexicon as lx
 
 DEFAULT_KINDS = 32
+MIN_KINDS, MAX_KINDS = 4, len(lx.KIND_NAMES)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,8 +62,8 @@ class World:
 @lru_cache(maxsize=16)
 def make_world(seed: int, n_kinds: int = DEFAULT_KINDS) -> World:
     """The world of `seed`: a pure function of (seed, n_kinds)."""
-    if not 4 <= n_kinds <= len(lx.KIND_NAMES):
-        raise ValueError(f"world n_kinds must be in [4, {len(lx.KIND_NAMES)}], got {n_kinds}")
+    if not MIN_KINDS <= n_kinds <= MAX_KINDS:
+        raise ValueError(f"world n_kinds must be in [{MIN_KINDS}, {MAX_KINDS}], got {n_kinds}")
     rng = np.random.default_rng([seed, 7919])
     names = rng.choice(len(lx.KIND_NAMES), size=n_kinds, replace=False)
     # Distinct (shape, colour) pairs, so that a kind is recognisable from its picture alone.
