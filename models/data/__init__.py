@@ -76,8 +76,8 @@ def finetune_epochs(source, tokenizer, *, batch_size: int, seq_len: int, image_s
     if replay_source is not None and replay_share > 0:
         replay = TextPacker(open_source(replay_source, "text", seed=seed, on_bad_record=on_bad_record),
                             tokenizer)
-    return FinetuneStream(InstructionSet(source, image_size, max_samples), tokenizer, batch_size=batch_size,
-                          seq_len=seq_len, image_tokens=image_tokens, epochs=epochs, seed=seed,
+    return FinetuneStream(InstructionSet(source, image_size, max_samples), tokenizer,
+                          batch_size=batch_size, seq_len=seq_len, image_tokens=image_tokens, epochs=epochs, seed=seed,
                           max_samples=max_samples, on_bad_record=on_bad_record, replay=replay,
                           replay_share=replay_share)
 

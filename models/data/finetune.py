@@ -26,7 +26,6 @@ WORLD_FINETUNE_SAMPLES = 4000  # the world's instruction set size when max_sampl
 PAD_MULTIPLE = 8  # batch widths are rounded up to this (fewer distinct shapes)
 
 
-
 class InstructionSet:
     """Random access to a source's conversations: the world's, or LLaVA JSON files."""
 
@@ -139,4 +138,4 @@ def instruction_set(source, image_size: int, max_samples: int = 0) -> Instructio
     return InstructionSet(source, image_size, max_samples)
 
 
-__all__ = ["FinetuneStream", "InstructionSet", "instruction_set", "replay_rows"]
+__all__ = ["FinetuneStream", "InstructionSet", "instruction_set"]
