@@ -161,6 +161,27 @@ def test_finetune_epochs_are_finite_resumable_and_loss_on_responses_only():
     assert not same(batches[0], batches[4])
 
 
+def test_finetune_batches_group_conversations_by_length_and_see_each_once_per_epoch():
+    from models.data.finetune import InstructionSet
+    from models.data.packing import encode_conversation
+
+    data = InstructionSet(WORLD, 32, 30)
+    expected = sorted(tuple(encode_conversation(TOK, data[i][1], 4, 64)[0]) for i in range(30))
+    batches = list(finetune_epochs(WORLD, TOK, batch_size=8, seq_len=64, image_size=32,
+                                   image_tokens=4, epochs=1, seed=3, max_samples=30))
+    assert sorted(len(b.tokens) for b in batches) == [7, 7, 8, 8]  # 30 split into 4 batches
+    seen, spans = [], []
+    for b in batches:
+        full = np.concatenate([b.tokens, b.targets[:, -1:]], 1)
+        rows = [tuple(int(t) for t in row if t not in (TOK.pad_id, IGNORE)) for row in full]
+        seen += rows
+        spans.append((min(map(len, rows)), max(map(len, rows))))
+    assert sorted(seen) == expected  # every conversation once
+    spans.sort()
+    # one megabatch sorted by length, then split: the batches' length ranges do not interleave
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:]))
+    assert spans[0][0] < spans[-1][1]
+
 def test_finetune_text_replay_rows_are_packed_text_and_resume_exactly():
     make = lambda: finetune_epochs(WORLD, TOK, batch_size=6, seq_len=64, image_size=32, image_tokens=4,
                                    epochs=2, seed=0, max_samples=24, replay_source=WORLD,

@@ -1,6 +1,8 @@
 """Instruction fine-tuning data: a finite dataset seen for a number of epochs, one conversation per
-row (padded to the batch's longest, never packed), loss on assistant responses only. Batch k is a
-pure function of (seed, k), so the stream resumes exactly and has a known length.
+row (padded to the batch's longest, never packed), loss on assistant responses only. Each epoch is
+a seeded shuffle cut into megabatches of GROUP_BATCHES batches whose conversations are sorted by
+length before they are split (LLaVA's length grouping), so a batch holds rows of similar length.
+Batch k is a pure function of (seed, k), so the stream resumes exactly and has a known length.
 
 Text replay (optional): each batch also carries packed rows of the model's own text data, loss on
 every token, so that they are `replay_share` of its rows. LLaVA-1.5's mix holds text-only
@@ -24,6 +26,9 @@ from models.steps import replay_rows
 
 WORLD_FINETUNE_SAMPLES = 4000  # the world's instruction set size when max_samples is 0
 PAD_MULTIPLE = 8  # batch widths are rounded up to this (fewer distinct shapes)
+# Batches are cut from megabatches of this many batches' conversations sorted by length, as
+# LLaVA groups by length: rows of similar length share a batch, so little of it is padding.
+GROUP_BATCHES = 8
 
 
 class InstructionSet:
@@ -81,22 +86,22 @@ class FinetuneStream(BatchStream):
         self.n = min(len(data), max_samples) if max_samples > 0 else len(data)
         self.per_epoch = math.ceil(self.n / batch_size)
         self.on_bad, self.batch = check_on_bad_record(on_bad_record), 0
+        self._cached: tuple | None = None
         self.replay = replay
         self.n_replay = replay_rows(batch_size, replay_share) if replay is not None else 0
 
     def __len__(self) -> int:
         return self.per_epoch * self.epochs
 
-    def _indices(self, k: int) -> np.ndarray:
-        epoch, b = divmod(k, self.per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return order[b * self.B:(b + 1) * self.B]
-
-    def __next__(self) -> Batch:
-        if self.batch >= len(self):
-            raise StopIteration
-        rows, images, skipped = [], [], 0
-        for i in self._indices(self.batch):
+    def _megabatch(self, epoch: int, j: int) -> tuple[list[list[tuple]], int]:
+        """Megabatch j of `epoch`: its conversations sorted by length into batches, in a seeded
+        order, and how many bad records it skipped. Cached: its batches are served in turn."""
+        if self._cached is not None and self._cached[0] == (epoch, j):
+            return self._cached[1], self._cached[2]
+        span = GROUP_BATCHES * self.B
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)[j * span:(j + 1) * span]
+        good, skipped = [], 0
+        for i in order:
             try:
                 image, turns = self.data[int(i)]
             except BadRecordError:
@@ -104,11 +109,26 @@ class FinetuneStream(BatchStream):
                     raise
                 skipped += 1
                 continue
-            rows.append(encode_conversation(self.tok, turns, self.image_tokens, self.L))
-            images.append(image)
+            good.append((encode_conversation(self.tok, turns, self.image_tokens, self.L), image))
+        good.sort(key=lambda g: len(g[0][0]))  # stable: equal lengths keep the shuffled order
+        n_batches = math.ceil(len(order) / self.B)
+        chunks = np.array_split(np.arange(len(good)), n_batches)
+        serve = np.random.default_rng([self.seed, epoch, j]).permutation(n_batches)
+        batches = [[good[int(c)] for c in chunks[int(s)]] for s in serve]
+        self._cached = ((epoch, j), batches, skipped)
+        return batches, skipped
+
+    def __next__(self) -> Batch:
+        if self.batch >= len(self):
+            raise StopIteration
+        epoch, b = divmod(self.batch, self.per_epoch)
+        batches, skipped = self._megabatch(epoch, b // GROUP_BATCHES)
+        entries = batches[b % GROUP_BATCHES]
+        skipped = skipped if b % GROUP_BATCHES == 0 else 0  # a megabatch's skips, reported once
         self.batch += 1
-        if not rows:
+        if not entries:
             raise DataError(f"fine-tune batch {self.batch - 1}: every record was bad")
+        rows, images = [row for row, _ in entries], [image for _, image in entries]
         # Pad to the batch's longest conversation (a multiple of PAD_MULTIPLE), not to seq_len:
         # under causal attention real positions never see the padding, so only the cost changes.
         longest = max(len(ids) for ids, _ in rows)
