@@ -152,7 +152,39 @@ def load_study(path: str | Path) -> Study:
                   description=description, axes=axes, exclude=exclude, include=include, data=data,
                   vision=vision, projector=projector, train=train, encoder=encoder,
                   finetune=finetune, eval=evaluation, backend=backend)
-    return replace(study, cells=expand_cells(study))
+    study = replace(study, cells=expand_cells(study))
+    _check_one_world(study)
+    return study
+
+
+def _world_identity(source: DataSource) -> tuple[int, int]:
+    options = dict(source.options)
+    return int(options.get("seed", 0)), int(options.get("n_kinds", DEFAULT_KINDS))
+
+
+def _check_one_world(study: Study) -> None:
+    """A study whose cells train on one built-in world must encode, fine-tune and evaluate on that
+    world too: another seed or kind count is another world (other kinds, other facts)."""
+    data, cells = study.data, study.cells
+    trained = {name for c in cells for name in (c.text_data, c.image_data) if data[name].kind == "world"}
+    worlds = {_world_identity(data[name]) for name in trained}
+    if len(worlds) != 1:
+        return
+    uses = {"finetune.data": study.finetune.data, "eval.data": study.eval.data}
+    if any(study.vision_config(c.scale).needs_encoder_step for c in cells):
+        uses["encoder.data"] = study.encoder.data
+    if any(c.instruction_share > 0 for c in cells):
+        uses["train.instruction_data"] = study.train.instruction_data
+    (seed, kinds), name = worlds.pop(), sorted(trained)[0]
+    for key, other in uses.items():
+        source = data[other]
+        if source.kind == "world" and _world_identity(source) != (seed, kinds):
+            other_seed, other_kinds = _world_identity(source)
+            raise StudyError(str(study.path), key,
+                             f"data source {other!r} is the built-in world with seed {other_seed} "
+                             f"and {other_kinds} kinds, but the study trains on {name!r} (seed "
+                             f"{seed}, {kinds} kinds); set {key.split('.')[-1]} = {name!r} or "
+                             f"redefine [data.{other}]")
 
 
 def expand_cells(study: Study) -> tuple[Cell, ...]:

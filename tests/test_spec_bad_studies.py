@@ -64,6 +64,10 @@ CASES = [
      "divides"),
     ("world with too few kinds", GOOD + '\n[data.small]\nkind = "world"\nn_kinds = 2\n',
      "data.small.n_kinds", "4 to 48 kinds"),
+    ("training on one world and evaluating on another",
+     GOOD.replace("image_ratio = [0.1]", 'image_ratio = [0.1]\ntext_data = ["w8"]\nimage_data = ["w8"]')
+     + '\n[data.w8]\nkind = "world"\nn_kinds = 8\n[finetune]\ndata = "w8"\n',
+     "eval.data", "the built-in world with seed 0 and 32 kinds, but the study trains on 'w8'"),
     ("text replay of a whole batch", GOOD + "\n[finetune]\ntext_replay = 1.0\n",
      "finetune.text_replay", "out of range"),
     ("invalid vision override", GOOD + '\n[model.vision]\nkind = "patch"\nfrozen = true\n',
@@ -96,6 +100,19 @@ def test_good_study_plans(tmp_path, capsys):
     study.write_text(GOOD)
     assert main(["plan", str(study)]) == 0
     assert "study t: 2 grid cells" in capsys.readouterr().out
+
+
+def test_a_study_on_one_redefined_world_plans(tmp_path, capsys):
+    # the demo's way: [data.world] redefined, so every default ("world") names the same world
+    study = tmp_path / "study.toml"
+    study.write_text(GOOD + '\n[data.world]\nkind = "world"\nn_kinds = 8\n')
+    assert main(["plan", str(study)]) == 0
+    # and a second world named explicitly everywhere it is used
+    study.write_text(GOOD.replace("image_ratio = [0.1]", 'image_ratio = [0.1]\ntext_data = ["w8"]\n'
+                                  'image_data = ["w8"]')
+                     + '\n[data.w8]\nkind = "world"\nn_kinds = 8\n[finetune]\ndata = "w8"\n'
+                       '[eval]\ndata = "w8"\n[encoder]\ndata = "w8"\n')
+    assert main(["plan", str(study)]) == 0
 
 
 def test_missing_study_file(tmp_path, capsys):
