@@ -61,10 +61,13 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
 def texture_shade(texture: str, side: int) -> np.ndarray:
     """A [side, side, 1] brightness factor: 1 where the colour shows, darker on stripes/dots."""
     y, x = np.mgrid[0:side, 0:side]
-    period = max(1, side // 8)
+    # Dots and stripes of half a period, the period a quarter of the side (at least 2 pixels):
+    # visible on small things too, which a 32×32 render of 1-pixel dots every 3 pixels was not.
+    period = max(2, side // 4)
+    half = period // 2
     dark = {"plain": np.zeros((side, side), bool),
-            "striped": (y // period) % 2 == 1,
-            "dotted": (y % 3 == 1) & (x % 3 == 1)}[texture]
+            "striped": (y // half) % 2 == 1,
+            "dotted": ((y % period) < half) & ((x % period) < half)}[texture]
     return np.where(dark, 0.4, 1.0).astype(np.float32)[..., None]
 
 
