@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import ProjectorConfig, TrainDefaults, VisionConfig
-from models.data.world.entities import DEFAULT_KINDS, MAX_KINDS, MIN_KINDS
+from models.data.world.entities import DEFAULT_KINDS, MAX_KINDS, MIN_KINDS, world_identity
 from models.presets import PRESETS
 from models.steps import DataSource
 from sweep.errors import StudyError
@@ -157,17 +157,12 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
-def _world_identity(source: DataSource) -> tuple[int, int]:
-    options = dict(source.options)
-    return int(options.get("seed", 0)), int(options.get("n_kinds", DEFAULT_KINDS))
-
-
 def _check_one_world(study: Study) -> None:
     """A study whose cells train on one built-in world must encode, fine-tune and evaluate on that
     world too: another seed or kind count is another world (other kinds, other facts)."""
     data, cells = study.data, study.cells
     trained = {name for c in cells for name in (c.text_data, c.image_data) if data[name].kind == "world"}
-    worlds = {_world_identity(data[name]) for name in trained}
+    worlds = {world_identity(data[name]) for name in trained}
     if len(worlds) != 1:
         return
     uses = {"finetune.data": study.finetune.data, "eval.data": study.eval.data}
@@ -178,8 +173,8 @@ def _check_one_world(study: Study) -> None:
     (seed, kinds), name = worlds.pop(), sorted(trained)[0]
     for key, other in uses.items():
         source = data[other]
-        if source.kind == "world" and _world_identity(source) != (seed, kinds):
-            other_seed, other_kinds = _world_identity(source)
+        if source.kind == "world" and world_identity(source) != (seed, kinds):
+            other_seed, other_kinds = world_identity(source)
             raise StudyError(str(study.path), key,
                              f"data source {other!r} is the built-in world with seed {other_seed} "
                              f"and {other_kinds} kinds, but the study trains on {name!r} (seed "

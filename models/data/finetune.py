@@ -133,9 +133,9 @@ class FinetuneStream(BatchStream):
         # under causal attention real positions never see the padding, so only the cost changes.
         longest = max(len(ids) for ids, _ in rows)
         width = min(self.L, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE) + 1  # L+1: inputs and targets
+        conversation_tokens = sum(min(len(ids), width - 1) for ids, _ in rows)  # input positions
         rows = [(ids + [self.tok.pad_id] * (width - len(ids)), kinds + [LOSS_NONE] * (width - len(ids)))
                 for ids, kinds in rows]
-        conversation_tokens = sum(sum(1 for t in ids[:-1] if t != self.tok.pad_id) for ids, _ in rows)
         rows += [text_row(self.replay, width - 1) for _ in range(self.n_replay)]
         batch = rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=[],
                               image_size=self.data.image_size, skipped=skipped)

@@ -16,6 +16,7 @@ import numpy as np
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, EmptySourceError, check_on_bad_record
 from models.data.world import WorldData
+from models.data.world.entities import world_identity
 
 ROLES = ("text", "pairs", "instructions")
 KINDS_BY_ROLE = {"text": ("world", "jsonl", "parquet"),
@@ -38,7 +39,7 @@ def resolve_paths(source) -> list[str]:
 
 
 def world_data(source) -> WorldData:
-    return WorldData.from_seed(int(source.option("seed", 0)), int(source.option("n_kinds", 32)))
+    return WorldData.from_seed(*world_identity(source))
 
 
 class WorldSource:

@@ -59,6 +59,11 @@ class World:
         return len(self.kinds)
 
 
+def world_identity(source) -> tuple[int, int]:
+    """(seed, n_kinds) of a `kind = "world"` data source: what makes one built-in world another."""
+    return int(source.option("seed", 0)), int(source.option("n_kinds", DEFAULT_KINDS))
+
+
 @lru_cache(maxsize=16)
 def make_world(seed: int, n_kinds: int = DEFAULT_KINDS) -> World:
     """The world of `seed`: a pure function of (seed, n_kinds)."""
