@@ -3,6 +3,9 @@ the same Lightning trunk step the runs use. Target on one H100: MFU >= 40%.
 
     .venv/bin/python benchmarks/gpu_mfu.py                 # on a GPU machine (~5 min)
     .venv/bin/python benchmarks/gpu_mfu.py --dry-run       # the debug preset on CPU, seconds
+    .venv/bin/python benchmarks/gpu_mfu.py --runs 79m:16 79m:16:eager --profile 79m:16
+
+A run is PRESET[:MICRO_BATCH][:eager]; --profile prints the top kernels of one run (torch.profiler).
 
 MFU = tokens/s × (6·N + attention FLOPs per token, models.accounting) / peak; the peak is the
 card's dense bf16 figure (--peak-tflops, H100 SXM 989), and a bf16 matmul measured in the same
@@ -18,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,7 +35,19 @@ from models.stages.base import Checkpointer, OptimConfig, RunOptions, fit  # noq
 from models.stages.lm import TrunkModule  # noqa: E402
 from models.vlm import VLM  # noqa: E402
 
-MICRO_BATCH = {"79m": 16, "411m": 8, "debug": 4}
+# Micro-batches measured best on one H100 (2026-11-26): 79m 8/16/32 → 33.1/37.8/40.3% MFU,
+# 411m 8/16 → 45.5/48.1% (compiled; eager 14.3% and 21.0% at 16 and 8).
+MICRO_BATCH = {"79m": 32, "411m": 16, "debug": 4}
+
+
+class ProfileSteps(L.Callback):
+    """Steps a torch.profiler schedule once per optimizer step."""
+
+    def __init__(self, prof) -> None:
+        self.prof = prof
+
+    def on_train_batch_end(self, *args) -> None:
+        self.prof.step()
 
 
 def measured_peak(device: str) -> float:
@@ -51,7 +67,8 @@ def measured_peak(device: str) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
-def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, cpu: bool) -> float:
+def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, cpu: bool,
+               profile: bool = False) -> float:
     preset = get_preset(name)
     lm, train = preset.model.lm, preset.train
     seq = train.seq_len
@@ -61,47 +78,92 @@ def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, c
                          optim=OptimConfig(weight_decay=train.weight_decay),
                          tokens_per_step=batch * seq, image_id=-1)
     timer = StepTimes()
+    extra: list[L.Callback] = [timer]
+    prof = None
+    if profile:
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([] if cpu else [torch.profiler.ProfilerActivity.CUDA])
+        prof = torch.profiler.profile(activities=acts, schedule=torch.profiler.schedule(
+            wait=warmup, warmup=1, active=3, repeat=1))
+        extra.append(ProfileSteps(prof))
     options = RunOptions(checkpoint_every_s=float("inf"), compile=compile_,
                          accelerator="cpu" if cpu else "auto")
     factory = base.make_trainer
-    base.make_trainer = lambda o, m, cbs: factory(o, m, cbs + [timer])
+    base.make_trainer = lambda o, m, cbs: factory(o, m, cbs + extra)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Checkpointer(latest=Path(tmp) / "latest.pt", total_steps=steps, options=options)
+            if prof is not None:
+                prof.start()
             fit(module, ListStream(batches), options=options, total_steps=steps, checkpointer=ckpt)
+            module.rows  # the metrics read back, as a real run does at its end
     finally:
         base.make_trainer = factory
+        if prof is not None:
+            prof.stop()
+    if prof is not None:
+        key = "self_cpu_time_total" if cpu else "self_device_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
     return tokens_per_s(timer.times, warmup, batch * seq)
+
+
+def parse_run(text: str) -> tuple[str, int | None, bool]:
+    """PRESET[:MICRO_BATCH][:eager]"""
+    parts = text.split(":")
+    batch = int(parts[1]) if len(parts) > 1 and parts[1] else None
+    return parts[0], batch, "eager" in parts[2:]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="debug preset on CPU, 4 steps")
-    parser.add_argument("--presets", nargs="+", default=["79m", "411m"])
+    parser.add_argument("--runs", nargs="+", default=["79m", "411m"],
+                        help="PRESET[:MICRO_BATCH][:eager] each (eager: without torch.compile)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10, help="steps excluded (compilation)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--profile", metavar="RUN", help="also profile this run (as in --runs): top kernels")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card")
     args = parser.parse_args()
     cpu = args.dry_run or not torch.cuda.is_available()
     if cpu and not args.dry_run:
         sys.exit("no CUDA device: run with --dry-run for a CPU smoke test")
-    presets = ["debug"] if args.dry_run else args.presets
+    runs = ["debug"] if args.dry_run else args.runs
     steps, warmup = (4, 1) if args.dry_run else (args.steps, args.warmup)
     device = "cpu" if cpu else "cuda"
     measured = measured_peak(device)
     peak = measured if cpu else args.peak_tflops * 1e12
     name = "cpu" if cpu else torch.cuda.get_device_name(0)
     print(f"device {name}: nominal peak {peak / 1e12:.3f} TFLOP/s, "
-          f"measured matmul {measured / 1e12:.3f} TFLOP/s")
-    mfus = []
-    for p in presets:
+          f"measured matmul {measured / 1e12:.3f} TFLOP/s", flush=True)
+    best: dict[str, tuple[float, str]] = {}
+    for run in runs:
+        p, batch, eager = parse_run(run)
+        batch = batch or MICRO_BATCH.get(p, 8)
+        compile_ = not (eager or args.no_compile or cpu)
         lm = get_preset(p).model.lm
-        tps = run_preset(p, steps, warmup, MICRO_BATCH.get(p, 8), not args.no_compile and not cpu, cpu)
+        label = f"{p} micro-batch {batch} {'compiled' if compile_ else 'eager'}"
+        if not cpu:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            tps = run_preset(p, steps, warmup, batch, compile_, cpu)
+        except Exception as exc:  # one configuration failing (OOM, compiler) must not end the sweep
+            print(f"{label}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}", flush=True)
+            if not cpu:
+                torch.cuda.empty_cache()
+            continue
         mfu = tps * lm_flops_per_token(lm, get_preset(p).train.seq_len) / peak
-        mfus.append(f"{p} {mfu:.1%}")
-        print(f"{p}: {tps:,.0f} tokens/s, MFU {mfu:.1%}")
-    print(f"result: MFU {', '.join(mfus)} on {name} (target >= 40% on an H100)")
+        mem = "" if cpu else f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        print(f"{label}: {tps:,.0f} tokens/s, MFU {mfu:.1%}{mem} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+        if mfu > best.get(p, (-1.0, ""))[0]:
+            best[p] = (mfu, label)
+    if args.profile:
+        p, batch, eager = parse_run(args.profile)
+        run_preset(p, min(steps, warmup + 5), warmup, batch or MICRO_BATCH.get(p, 8),
+                   not (eager or args.no_compile or cpu), cpu, profile=True)
+    summary = ", ".join(f"{p} {m:.1%} ({label.split(' ', 1)[1]})" for p, (m, label) in best.items())
+    print(f"result: MFU {summary} on {name} (target >= 40% on an H100)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ trunk) the model is just the LM. Losses are split by `loss_kind` for the metrics
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,12 +98,29 @@ def masked_targets(tokens: torch.Tensor, targets: torch.Tensor, image_id: int,
 
 def split_losses(per_token: torch.Tensor, targets: torch.Tensor,
                  loss_kind: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean loss over every scored position, and the mean per data kind present in the batch."""
+    """Mean loss over every scored position, and each data kind's (loss sum, position count).
+
+    The parts stay on the device and never ask whether a kind is present (no host sync per step);
+    `part_means` turns them into the per-kind means of the kinds the batch held.
+    """
     scored = targets != IGNORE
     total = per_token.sum() / scored.sum().clamp(min=1)
+    detached = per_token.detach()
     parts: dict[str, torch.Tensor] = {}
     for kind, name in LOSS_NAMES.items():
-        sel = scored & (loss_kind == kind)
-        if bool(sel.any()):
-            parts[name] = per_token.detach()[sel].mean()
+        sel = (scored & (loss_kind == kind)).to(detached.dtype)
+        parts[name] = torch.stack([(detached * sel).sum(), sel.sum()])
     return total, parts
+
+
+def part_means(parts: dict[str, Any]) -> dict[str, float]:
+    """Host values of a step's parts: a (sum, count) pair becomes sum / count, absent if count is 0."""
+    out: dict[str, float] = {}
+    for name, value in parts.items():
+        v = value.tolist() if isinstance(value, torch.Tensor) else value
+        if isinstance(v, list):
+            if v[1] > 0:
+                out[name] = v[0] / v[1]
+        else:
+            out[name] = float(v)
+    return out

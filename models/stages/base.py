@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from models import checkpoint as ck
 from models.schedules import Schedule
+from models.vlm import part_means
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -165,7 +166,11 @@ class StageModule(L.LightningModule):
         self.model, self.schedule, self.optim = model, schedule, optim
         self.tokens_per_step = tokens_per_step
         self.step_count = start_step  # optimizer steps done, across resumes
-        self.rows: list[tuple[int, int, str, float]] = []
+        self._rows: list[tuple[int, int, str, float]] = []
+        # Steps' values still on the device: read back in one sync every FLUSH_STEPS steps (or when
+        # `rows` is read), so that a training step never waits for the accelerator.
+        self._pending: list[tuple[int, list[tuple[str, int]], torch.Tensor, dict[str, float]]] = []
+        self.last_tokens_per_s = 0.0
         self.data_state: dict | None = None  # the stream's position after the last trained batch
         self.resume: dict[str, Any] | None = None  # optimizer / RNG state to restore at start
         self._last_time: float | None = None
@@ -177,10 +182,17 @@ class StageModule(L.LightningModule):
     def param_groups(self) -> list[dict]:
         return decay_groups(list(self.model.named_parameters()), self.optim.weight_decay)
 
+    def compile_model(self) -> None:
+        """torch.compile the model in place (state_dict keys stay those of the plain model)."""
+        self.model.compile()
+
     # -- Lightning ----------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        # On CUDA the fused kernel: one launch for every parameter (CPU keeps the reference loop,
+        # whose numbers the bit-exact resume tests pin).
+        cuda = next(self.model.parameters()).is_cuda
         return torch.optim.AdamW(self.param_groups(), lr=self.schedule.lr_at(self.step_count),
-                                 betas=(self.optim.beta1, self.optim.beta2))
+                                 betas=(self.optim.beta1, self.optim.beta2), fused=cuda or None)
 
     def on_train_start(self) -> None:
         self._last_time = time.perf_counter()  # the first step's tokens/s includes warm-up
@@ -212,18 +224,56 @@ class StageModule(L.LightningModule):
         self.data_state = data_state
         self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)))
 
+    FLUSH_STEPS = 256
+
     def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float,
                 grad_norm: torch.Tensor, skipped: int) -> None:
-        reduce = self.trainer.strategy.reduce
-        values = {"train_loss": loss.detach(), **parts}
-        values = {k: float(reduce(v.float(), reduce_op="mean")) for k, v in values.items()}
+        layout, flat = [], []
+        for name, value in {"train_loss": loss.detach(), **parts}.items():
+            value = value.detach().float().reshape(-1)
+            layout.append((name, value.numel()))
+            flat.append(value)
+        values = self.trainer.strategy.reduce(torch.cat(flat), reduce_op="mean")
+        layout.append(("grad_norm", 1))
+        values = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device)])
         now = time.perf_counter()
         tps = self.tokens_per_step / (now - self._last_time) if self._last_time else float("nan")
-        self._last_time = now
-        values.update(lr=lr, grad_norm=float(grad_norm), tokens_per_s=tps,
-                      skipped_records=float(skipped))
-        tokens = self.step_count * self.tokens_per_step
-        self.rows.extend((self.step_count, tokens, k, v) for k, v in values.items())
+        self._last_time, self.last_tokens_per_s = now, tps
+        host = {"lr": lr, "tokens_per_s": tps, "skipped_records": float(skipped)}
+        self._pending.append((self.step_count, layout, values, host))
+        if len(self._pending) >= self.FLUSH_STEPS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Read the pending steps' values back (one host sync) into metrics rows."""
+        if not self._pending:
+            return
+        values = torch.cat([v for _, _, v, _ in self._pending]).cpu().tolist()
+        at = 0
+        for step, layout, _, host in self._pending:
+            parts: dict[str, Any] = {}
+            for name, n in layout:
+                parts[name] = values[at] if n == 1 else values[at:at + n]
+                at += n
+            row = part_means(parts)
+            row = {"train_loss": row.pop("train_loss"), **row}
+            grad_norm = row.pop("grad_norm")
+            row.update(lr=host["lr"], grad_norm=grad_norm, tokens_per_s=host["tokens_per_s"],
+                       skipped_records=host["skipped_records"])
+            tokens = step * self.tokens_per_step
+            self._rows.extend((step, tokens, k, v) for k, v in row.items())
+        self._pending.clear()
+
+    @property
+    def rows(self) -> list[tuple[int, int, str, float]]:
+        """(step, tokens, name, value) metrics rows of every step trained so far."""
+        self._flush()
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: list[tuple[int, int, str, float]]) -> None:
+        self._pending.clear()
+        self._rows = rows
 
     def full_state(self) -> dict[str, Any]:
         """Everything a bit-exact resume needs (see models.checkpoint)."""
@@ -275,8 +325,7 @@ class Checkpointer(L.Callback):
             self._save(module, [self.latest])
         if self.progress and module.global_rank == 0 and now - self._last_progress >= opts.progress_every_s:
             self._last_progress = now
-            tps = next((v for s, _, n, v in reversed(module.rows) if n == "tokens_per_s"), 0.0)
-            self.progress(module.step_count * module.tokens_per_step, tps)
+            self.progress(module.step_count * module.tokens_per_step, module.last_tokens_per_s)
         if self.stop_at is not None and module.step_count >= self.stop_at:
             trainer.should_stop = True
 
@@ -319,7 +368,7 @@ def fit(module: StageModule, stream: Any, *, options: RunOptions, total_steps: i
     if remaining <= 0:
         return
     if options.compile and torch.cuda.is_available():
-        module.model.compile()  # in place: state_dict keys stay those of the plain model
+        module.compile_model()
     trainer = make_trainer(options, remaining, [checkpointer])
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 

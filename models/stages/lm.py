@@ -16,6 +16,11 @@ from models.stages.base import OptimConfig, StageModule, decay_groups
 from models.vlm import IGNORE, VLM, masked_targets, split_losses, token_losses
 
 
+def scored_losses(logits: torch.Tensor, targets: torch.Tensor,
+                  kinds: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return split_losses(token_losses(logits, targets), targets, kinds)
+
+
 class LMStage(StageModule):
     responses_only = False  # finetune: score only instruction responses and replayed text
 
@@ -25,6 +30,13 @@ class LMStage(StageModule):
                          start_step=start_step)
         self.image_id = image_id
         self.loss_on_image_positions = loss_on_image_positions
+        self._losses = scored_losses
+
+    def compile_model(self) -> None:
+        super().compile_model()
+        # The float32 cross-entropy over the vocabulary is the biggest memory traffic of a small
+        # model's step; compiled, the cast, log-softmax and per-kind sums fuse.
+        self._losses = torch.compile(scored_losses)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokens, kinds = batch["tokens"], batch["loss_kind"]
@@ -33,7 +45,7 @@ class LMStage(StageModule):
         if self.responses_only:
             targets = targets.masked_fill((kinds != LOSS_INSTRUCTION) & (kinds != LOSS_TEXT), IGNORE)
         logits = self.model(tokens, batch.get("images"), self.image_id)
-        return split_losses(token_losses(logits, targets), targets, kinds)
+        return self._losses(logits, targets, kinds)
 
     def param_groups(self) -> list[dict]:
         decay = self.optim.weight_decay
