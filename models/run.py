@@ -134,7 +134,8 @@ def run_step(step: Step, root: str | Path, options: "RunOptions | None" = None,
     """
     from models.stages.base import RunOptions as _RunOptions
 
-    options = options or _RunOptions()
+    # How the step runs: the caller's options, else the study's (`meta["run"]`, see sweep.plan).
+    options = options or _RunOptions(**step.meta.get("run", {}))
     directory = step_dir(root, step.kind, step.step_id)
     directory.mkdir(parents=True, exist_ok=True)
     if data is None:

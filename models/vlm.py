@@ -96,21 +96,27 @@ def masked_targets(tokens: torch.Tensor, targets: torch.Tensor, image_id: int,
     return targets.masked_fill((tokens == image_id) | (targets == image_id), IGNORE)
 
 
-def split_losses(per_token: torch.Tensor, targets: torch.Tensor,
-                 loss_kind: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean loss over every scored position, and each data kind's (loss sum, position count).
+def loss_sums(per_token: torch.Tensor, targets: torch.Tensor, loss_kind: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss sum over every scored position, how many there are, each data kind's (sum, count)).
 
     The parts stay on the device and never ask whether a kind is present (no host sync per step);
     `part_means` turns them into the per-kind means of the kinds the batch held.
     """
     scored = targets != IGNORE
-    total = per_token.sum() / scored.sum().clamp(min=1)
     detached = per_token.detach()
     parts: dict[str, torch.Tensor] = {}
     for kind, name in LOSS_NAMES.items():
         sel = (scored & (loss_kind == kind)).to(detached.dtype)
         parts[name] = torch.stack([(detached * sel).sum(), sel.sum()])
-    return total, parts
+    return per_token.sum(), scored.sum(), parts
+
+
+def split_losses(per_token: torch.Tensor, targets: torch.Tensor,
+                 loss_kind: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean loss over every scored position, and each data kind's (loss sum, position count)."""
+    total, count, parts = loss_sums(per_token, targets, loss_kind)
+    return total / count.clamp(min=1), parts
 
 
 def part_means(parts: dict[str, Any]) -> dict[str, float]:

@@ -163,9 +163,20 @@ class BackendSettings:
     max_num_timeout: int = 3  # requeues after a timeout or preemption
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     slurm_per_kind: tuple[tuple[str, SlurmSettings], ...] = ()
+    # How LM training steps run, never what they compute (not in any step id): sequences per
+    # forward/backward pass (0 = the whole batch; gradients accumulate over a batch's micro-batches),
+    # for every scale or per scale; and torch.compile on CUDA.
+    micro_batch: int = 0
+    micro_batch_per_scale: tuple[tuple[str, int], ...] = ()
+    compile: bool = False
 
     def slurm_for(self, kind: str) -> SlurmSettings:
         return dict(self.slurm_per_kind).get(kind, self.slurm)
+
+    def run_options(self, scale: str) -> dict[str, Any]:
+        """The `models.stages.base.RunOptions` fields a scale's training steps run with."""
+        return {"micro_batch": dict(self.micro_batch_per_scale).get(scale, self.micro_batch),
+                "compile": self.compile}
 
 
 def _parse_time(value: Any, t: Table, key: str) -> int:
@@ -194,7 +205,21 @@ def _read_slurm(t: Table, base: SlurmSettings) -> SlurmSettings:
     return replace(base, **values)
 
 
-def read_backend(t: Table) -> BackendSettings:
+def _read_micro_batch(t: Table, scales: tuple[str, ...]) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """`micro_batch = N` for every scale, or a table of scale = N (unnamed scales: whole batches)."""
+    if not t.has("micro_batch") or not isinstance(t.raw("micro_batch"), dict):
+        return t.int("micro_batch", 0, lo=0), ()
+    sub = t.table("micro_batch")
+    per_scale = []
+    for name in list(sub.data):
+        if name not in scales:
+            raise sub.error(name, f"is not on the scale axis ({', '.join(scales)})")
+        per_scale.append((name, sub.int(name, lo=0)))
+    sub.finish()
+    return 0, tuple(per_scale)
+
+
+def read_backend(t: Table, scales: tuple[str, ...] = ()) -> BackendSettings:
     slurm_t = t.table("slurm")
     slurm = _read_slurm(slurm_t, SlurmSettings())
     per_kind = []
@@ -204,9 +229,11 @@ def read_backend(t: Table) -> BackendSettings:
             per_kind.append((kind, _read_slurm(sub, slurm)))
             sub.finish()
     slurm_t.finish()
+    micro_batch, per_scale = _read_micro_batch(t, scales)
     s = BackendSettings(default=t.str("default", "local", choices=("inline", "local", "slurm")),
                         workers=t.int("workers", 2, lo=1), max_failures=t.int("max_failures", 3, lo=1),
                         max_num_timeout=t.int("max_num_timeout", 3, lo=0), slurm=slurm,
-                        slurm_per_kind=tuple(per_kind))
+                        slurm_per_kind=tuple(per_kind), micro_batch=micro_batch,
+                        micro_batch_per_scale=per_scale, compile=t.bool("compile", False))
     t.finish()
     return s

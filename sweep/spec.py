@@ -144,7 +144,7 @@ def load_study(path: str | Path) -> Study:
     encoder = read_encoder(top.table("encoder"), data)
     finetune = read_finetune(top.table("finetune"), data)
     evaluation = read_eval(top.table("eval"), data)
-    backend = read_backend(top.table("backend"))
+    backend = read_backend(top.table("backend"), tuple(axes["scale"]))
     exclude = tuple(_read_rule(t, data) for t in top.tables("exclude"))
     include = tuple(_read_rule(t, data) for t in top.tables("include"))
     top.finish()

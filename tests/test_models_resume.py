@@ -3,6 +3,7 @@ subprocess, each rerun to completion, give the same metrics, weights and evals t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from models import checkpoint as ck
 from models.run import RunOptions, run_step, trunk_checkpoint_path
 from models.steps import step_dir
 from tests.models_helpers import (assert_same_run, branch_step, eval_step, finetune_step,
-                                  metrics, run_interrupted, trunk_step)
+                                  metrics, run_interrupted, trunk_step, weights)
 from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
@@ -37,6 +38,26 @@ def chain(tmp_path_factory) -> dict:
         run_step(step, root, data=syn)
     return {"root": root, "trunk": trunk, "branch": branch, "finetune": finetune,
             "eval": evaluation}
+
+
+def test_micro_batches_give_the_whole_batch_run(chain, tmp_path) -> None:
+    """Gradient accumulation over uneven micro-batches (3 + 1 rows, images split with their rows)
+    computes what whole batches compute, up to float summation order. The trunk takes its
+    micro-batch from the study (meta "run"), the branch and finetune from the caller's options."""
+    trunk = dataclasses.replace(chain["trunk"], meta={**chain["trunk"].meta, "run": {"micro_batch": 3}})
+    assert trunk.step_id == chain["trunk"].step_id  # how a step runs is not in its id
+    run_step(trunk, tmp_path, data=syn)
+    options = RunOptions(micro_batch=3)
+    for step in (chain["branch"], chain["finetune"]):
+        run_step(step, tmp_path, data=syn, options=options)
+    for step in (trunk, chain["branch"], chain["finetune"]):
+        ma, mb = metrics(chain["root"], step), metrics(tmp_path, step)
+        assert ma.select("step", "name").equals(mb.select("step", "name"))
+        torch.testing.assert_close(torch.tensor(mb["value"].to_numpy()),
+                                   torch.tensor(ma["value"].to_numpy()), rtol=1e-4, atol=1e-5)
+        wa, wb = weights(chain["root"], step), weights(tmp_path, step)
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGTERM])

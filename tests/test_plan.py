@@ -132,6 +132,21 @@ def test_ids_do_not_depend_on_root_labels_or_backend(tmp_path):
     assert [s.step_id for s in base.steps] == [s.step_id for s in other.steps]
 
 
+def test_micro_batch_and_compile_reach_the_training_steps_not_their_ids(tmp_path):
+    base = plan_study(_study(tmp_path))
+    text = SMALL.replace('scale = ["debug"]', 'scale = ["debug", "1m"]')
+    run = plan_study(_study(tmp_path, text + '\n[backend]\ncompile = true\n[backend.micro_batch]\ndebug = 2\n',
+                            "t.toml"))
+    assert {s.step_id for s in base.steps} <= {s.step_id for s in run.steps}
+    for step in run.steps:
+        scale = step.meta.get("scale")
+        if step.kind in ("trunk", "branch", "finetune"):
+            assert step.meta["run"] == {"micro_batch": 2 if scale == "debug" else 0, "compile": True}
+        else:
+            assert "run" not in step.meta
+    assert all("run" not in s.meta for s in base.steps)  # defaults leave meta (and plan.json) as it was
+
+
 def test_a_result_changing_setting_changes_ids(tmp_path):
     base = {s.kind: s.step_id for s in plan_study(_study(tmp_path)).steps}
     more = {s.kind: s.step_id for s in plan_study(_study(

@@ -70,6 +70,7 @@ class RunOptions:
     devices: int = 1  # >1: DDP through Lightning; each rank takes a slice of every global batch
     accelerator: str = "auto"  # auto = CUDA when present, else CPU
     compile: bool = False  # torch.compile the model (CUDA)
+    micro_batch: int = 0  # LM stages: rows per forward/backward (0 = whole batch), gradients accumulate
     checkpoint_every_steps: int = 0  # periodic resumable checkpoint; 0 = time-based only
     checkpoint_every_s: float = 600.0  # periodic checkpoint by wall clock
     progress_every_s: float = 2.0  # progress.json cadence
@@ -78,6 +79,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
+        if self.micro_batch < 0:
+            raise ValueError(f"RunOptions.micro_batch must be >= 0, got {self.micro_batch}")
 
 
 def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
@@ -94,15 +97,9 @@ def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
     return out
 
 
-def split_rows(batch: dict[str, Any], rank: int, world: int, image_id: int,
-               image_tokens: int) -> dict[str, Any]:
-    """Rank `rank`'s rows of a global batch (DDP), with the images those rows hold."""
-    if world == 1:
-        return batch
+def _take_rows(batch: dict[str, Any], rows: slice, image_id: int, image_tokens: int) -> dict[str, Any]:
+    """Rows `rows` of a batch, with the images those rows hold (images are stored row after row)."""
     tokens = batch["tokens"]
-    if tokens.shape[0] % world:
-        raise ValueError(f"batch_size {tokens.shape[0]} is not divisible by {world} devices")
-    rows = slice(rank * tokens.shape[0] // world, (rank + 1) * tokens.shape[0] // world)
     out = {k: (v[rows] if isinstance(v, torch.Tensor) and k != "images" else v)
            for k, v in batch.items()}
     if "images" in batch:
@@ -110,6 +107,31 @@ def split_rows(batch: dict[str, Any], rank: int, world: int, image_id: int,
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_row.cumsum(0)])
         out["images"] = batch["images"][int(offsets[rows.start]):int(offsets[rows.stop])]
     return out
+
+
+def split_rows(batch: dict[str, Any], rank: int, world: int, image_id: int,
+               image_tokens: int) -> dict[str, Any]:
+    """Rank `rank`'s rows of a global batch (DDP), with the images those rows hold."""
+    if world == 1:
+        return batch
+    n = batch["tokens"].shape[0]
+    if n % world:
+        raise ValueError(f"batch_size {n} is not divisible by {world} devices")
+    return _take_rows(batch, slice(rank * n // world, (rank + 1) * n // world), image_id, image_tokens)
+
+
+def micro_batches(batch: dict[str, Any], size: int, image_id: int, image_tokens: int) -> dict[str, Any]:
+    """The batch as consecutive chunks of at most `size` rows: {"micro": [chunk, …]}.
+
+    The step accumulates their gradients, each chunk's loss sum over the whole batch's scored
+    positions, so it computes the whole batch's gradient (up to float summation order).
+    """
+    n = batch["tokens"].shape[0]
+    if size <= 0 or n <= size:
+        return batch
+    chunks = [_take_rows(batch, slice(i, min(i + size, n)), image_id, image_tokens)
+              for i in range(0, n, size)]
+    return {"micro": chunks, "skipped_records": batch.get("skipped_records", 0)}
 
 
 class StreamDataset(IterableDataset):
@@ -182,6 +204,14 @@ class StageModule(L.LightningModule):
     def param_groups(self) -> list[dict]:
         return decay_groups(list(self.model.named_parameters()), self.optim.weight_decay)
 
+    def loss_sum(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(sum of the per-position losses, parts as (sum, count) pairs): micro-batching stages."""
+        raise NotImplementedError(f"{type(self).__name__} cannot split a batch into micro-batches")
+
+    def scored_positions(self, batch: dict) -> torch.Tensor:
+        """How many positions of `batch` its loss averages over (micro-batching stages)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot split a batch into micro-batches")
+
     def compile_model(self) -> None:
         """torch.compile the model in place (state_dict keys stay those of the plain model)."""
         self.model.compile()
@@ -213,8 +243,11 @@ class StageModule(L.LightningModule):
         lr = self.schedule.lr_at(self.step_count)
         for group in opt.optimizer.param_groups:
             group["lr"] = lr
-        loss, parts = self.compute_loss(batch)
-        self.manual_backward(loss)
+        if "micro" in batch:
+            loss, parts = self._accumulate(batch["micro"])
+        else:
+            loss, parts = self.compute_loss(batch)
+            self.manual_backward(loss)
         params = [p for g in opt.optimizer.param_groups for p in g["params"]]
         clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
@@ -225,6 +258,18 @@ class StageModule(L.LightningModule):
         self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)))
 
     FLUSH_STEPS = 256
+
+    def _accumulate(self, chunks: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Backward through each micro-batch in turn: the whole batch's loss and gradient."""
+        denominator = sum(self.scored_positions(c) for c in chunks).clamp(min=1)
+        total, parts = None, {}
+        for chunk in chunks:
+            loss_sum, chunk_parts = self.loss_sum(chunk)
+            self.manual_backward(loss_sum / denominator)
+            total = loss_sum.detach() if total is None else total + loss_sum.detach()
+            for name, value in chunk_parts.items():
+                parts[name] = value if name not in parts else parts[name] + value
+        return total / denominator, parts
 
     def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float,
                 grad_norm: torch.Tensor, skipped: int) -> None:

@@ -13,12 +13,12 @@ import torch
 from models.data.types import LOSS_INSTRUCTION, LOSS_TEXT
 from models.schedules import Schedule
 from models.stages.base import OptimConfig, StageModule, decay_groups
-from models.vlm import IGNORE, VLM, masked_targets, split_losses, token_losses
+from models.vlm import IGNORE, VLM, loss_sums, masked_targets, token_losses
 
 
-def scored_losses(logits: torch.Tensor, targets: torch.Tensor,
-                  kinds: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    return split_losses(token_losses(logits, targets), targets, kinds)
+def scored_losses(logits: torch.Tensor, targets: torch.Tensor, kinds: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    return loss_sums(token_losses(logits, targets), targets, kinds)
 
 
 class LMStage(StageModule):
@@ -38,14 +38,29 @@ class LMStage(StageModule):
         # model's step; compiled, the cast, log-softmax and per-kind sums fuse.
         self._losses = torch.compile(scored_losses)
 
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _targets(self, batch: dict) -> torch.Tensor:
         tokens, kinds = batch["tokens"], batch["loss_kind"]
         targets = masked_targets(tokens, batch["targets"], self.image_id,
                                  self.loss_on_image_positions)
         if self.responses_only:
             targets = targets.masked_fill((kinds != LOSS_INSTRUCTION) & (kinds != LOSS_TEXT), IGNORE)
-        logits = self.model(tokens, batch.get("images"), self.image_id)
-        return self._losses(logits, targets, kinds)
+        return targets
+
+    def _loss_terms(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        targets = self._targets(batch)
+        logits = self.model(batch["tokens"], batch.get("images"), self.image_id)
+        return self._losses(logits, targets, batch["loss_kind"])
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, count, parts = self._loss_terms(batch)
+        return total / count.clamp(min=1), parts
+
+    def loss_sum(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, _, parts = self._loss_terms(batch)
+        return total, parts
+
+    def scored_positions(self, batch: dict) -> torch.Tensor:
+        return (self._targets(batch) != IGNORE).sum()
 
     def param_groups(self) -> list[dict]:
         decay = self.optim.weight_decay

@@ -23,7 +23,8 @@ from models.run import (fraction_step, latest_checkpoint_path, load_step_config,
                         trunk_checkpoint_path, weights_path)
 from models.schedules import (Schedule, branch_schedule, finetune_schedule, steps_for,
                               trunk_schedule)
-from models.stages.base import Checkpointer, OptimConfig, RunOptions, StageModule, fit, split_rows
+from models.stages.base import (Checkpointer, OptimConfig, RunOptions, StageModule, fit, micro_batches,
+                                split_rows)
 from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModule
 from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
 from models.steps import Step, replay_rows
@@ -87,13 +88,16 @@ def _save_weights(ctx: Context, model: torch.nn.Module) -> None:
 
 
 def _splitter(ctx: Context, image_id: int, image_tokens: int) -> Callable | None:
-    if ctx.options.devices <= 1:
+    """What the loader does to each global batch: this rank's rows (DDP), then micro-batches."""
+    devices, micro = ctx.options.devices, ctx.options.micro_batch
+    if devices <= 1 and micro <= 0:
         return None
     import torch.distributed as dist
 
     def split(batch: dict) -> dict:
         rank = dist.get_rank() if dist.is_initialized() else 0
-        return split_rows(batch, rank, ctx.options.devices, image_id, image_tokens)
+        batch = split_rows(batch, rank, devices, image_id, image_tokens)
+        return micro_batches(batch, micro, image_id, image_tokens)
     return split
 
 
@@ -137,7 +141,7 @@ def run_trunk(ctx: Context) -> RunOutput:
         candidates.append((int(ck.load_torch(latest)["step"]), latest))
     if candidates:
         _restore(module, stream, ck.load_torch(max(candidates, key=lambda c: c[0])[1]))
-    _train(ctx, module, stream, total, fractions=fractions)
+    _train(ctx, module, stream, total, fractions=fractions, split=_splitter(ctx, module.image_id, 1))
     _save_weights(ctx, module.model)
     tokens = total * module.tokens_per_step
     return RunOutput(tokens=tokens, flops=train_flops(cfg.lm, tokens, cfg.train.seq_len),
@@ -155,7 +159,8 @@ def replay_trunk_fractions(ctx: Context) -> None:
     if earlier:
         _restore(module, stream, ck.load_torch(max(earlier, key=lambda c: c[0])[1]))
     quiet = dataclasses.replace(ctx.options, checkpoint_every_steps=0, checkpoint_every_s=math.inf)
-    _train(ctx, module, stream, total, fractions=missing, stop_at=max(missing), options=quiet)
+    _train(ctx, module, stream, total, fractions=missing, stop_at=max(missing), options=quiet,
+           split=_splitter(ctx, module.image_id, 1))
 
 
 # -- encoder ----------------------------------------------------------------------------------
