@@ -47,6 +47,9 @@ class SyntheticSpec:
     # axes above (instruction shares and fine-tune epochs are still crossed); sparse grids such as
     # the demo study's (a second seed only at some fractions) need it.
     cells: tuple[tuple[float, float, int], ...] | None = None
+    # Cells of particular scales, replacing `cells` (or the product) there: the demo study sweeps
+    # image ratios, epochs and a second seed at 1m only.
+    scale_cells: tuple[tuple[str, tuple[tuple[float, float, int], ...]], ...] = ()
     # Evaluations of the text-only trunk: "final" (the trained trunk, checkpoint null), "checkpoints"
     # (one per intro fraction at checkpoint = f, as `vlmsweep run` writes them) or "none".
     trunk_evals: str = "final"
@@ -57,8 +60,10 @@ class SyntheticSpec:
         if self.trunk_evals not in ("final", "checkpoints", "none"):
             raise ValueError(f"SyntheticSpec.trunk_evals: {self.trunk_evals!r} is not final, checkpoints or none")
 
-    def grid(self) -> list[tuple[float, float, int]]:
-        """The (intro_fraction, image_ratio, seed) cells to write, in writing order."""
+    def grid(self, scale: str | None = None) -> list[tuple[float, float, int]]:
+        """The (intro_fraction, image_ratio, seed) cells to write (at `scale`), in writing order."""
+        if scale in dict(self.scale_cells):
+            return list(dict(self.scale_cells)[scale])
         if self.cells is not None:
             return list(self.cells)
         return [(f, r, s) for s in self.seeds for f in self.intro_fractions for r in self.image_ratios]
@@ -178,11 +183,12 @@ def write_synthetic_study(root: str | Path, spec: SyntheticSpec = SyntheticSpec(
     w = _Writer(root, spec)
     enc = _sid("encoder", spec.seed)
     w.step("encoder", enc, [], {"image_data": "world"})
-    grid = spec.grid()
-    w.branches_left = len(spec.scales) * len(grid) * len(spec.instruction_shares)
-    for scale in spec.scales:
+    grids = {scale: spec.grid(scale) for scale in spec.scales}
+    w.branches_left = sum(len(g) for g in grids.values()) * len(spec.instruction_shares)
+    for scale, grid in grids.items():
         for seed in dict.fromkeys(s for _, _, s in grid):
             _write_chain(w, spec, scale, seed, enc, [(f, r) for f, r, s in grid if s == seed])
+    grid = [cell for g in grids.values() for cell in g]
     _write_evals(w, spec)
     manifest = root / "studies" / f"{spec.study}.json"
     manifest.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,9 @@ from analysis.store import ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
 
 BASE = {"metric_rows": 12, "finetune_epochs": (1,)}
-DEMO_CELLS = tuple([(f, 0.2, 0) for f in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]  # studies/demo.toml's grid
-                   + [(0.8, 0.2, 1), (1.0, 0.2, 1), (0.8, 0.05, 0), (0.8, 0.5, 0)])
+DEMO_SWEEP = tuple((f, 0.2, 0) for f in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))  # studies/demo.toml at 170k
+DEMO_CELLS = DEMO_SWEEP + ((0.8, 0.2, 1), (1.0, 0.2, 1), (0.8, 0.05, 0), (0.8, 0.5, 0))  # and at 1m
+
 SHAPES = {
     "one_scale": SyntheticSpec(scales=("79m",), intro_fractions=(0.0, 0.4, 0.8, 1.0), image_ratios=(0.1, 0.3), **BASE),
     "one_seed": SyntheticSpec(seeds=(0,), intro_fractions=(0.0, 0.4, 0.8, 1.0), image_ratios=(0.1, 0.3), **BASE),
@@ -27,7 +28,8 @@ SHAPES = {
     "failed_steps": SyntheticSpec(intro_fractions=(0.0, 0.8, 1.0), failed_branches=2, failed=1, unfinished=1, **BASE),
     "trunk_evals_only": SyntheticSpec(intro_fractions=(0.5, 1.0), image_ratios=(0.2,), seeds=(0,), failed_branches=4,
                                       trunk_evals="checkpoints", **BASE),
-    "demo": SyntheticSpec(scales=("170k", "1m"), cells=DEMO_CELLS, finetune_epochs=(1, 2), trunk_evals="checkpoints",
+    "demo": SyntheticSpec(scales=("170k", "1m"), cells=DEMO_CELLS, scale_cells=(("170k", DEMO_SWEEP),),
+                          finetune_epochs=(1, 2), trunk_evals="checkpoints",
                           pretrained_evals=True, metric_rows=12),
 }
 
@@ -121,6 +123,9 @@ def test_thin_data_is_said_not_hidden(shaped) -> None:
         plotted = pl.read_csv(out / "figures" / "scores_vs_intro_fraction.csv")
         with_bars = plotted.filter(pl.col("y_error").is_not_null())["x"].unique().sort().to_list()
         assert with_bars == [0.8, 1.0]  # two seeds only there
+        late = findings.split("## Images at 80% vs at 100%")[1].split("\n## ")[0]
+        rows = {line.split("|")[1].strip(): line for line in late.splitlines() if line.startswith("| 1")}
+        assert "—" in rows["170k"] and "—" not in rows["1m"]  # one seed at 170k: no error bars
         hollow = plotted.filter(pl.col("symbol") == "circle-open")["x"].unique().sort().to_list()
         assert hollow == [0.0, 1.0]
         # ratio varies only at f = 0.8: the surface must not invent an f·ratio interaction

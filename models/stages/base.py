@@ -181,6 +181,8 @@ def _with_prefix_state(optimizer: torch.optim.Optimizer, saved: dict) -> dict:
 class StageModule(L.LightningModule):
     """A training stage: subclasses define `compute_loss` and `param_groups`."""
 
+    FLUSH_STEPS = 256  # steps whose metrics stay on the device before one read-back
+
     def __init__(self, model: nn.Module, schedule: Schedule, *, optim: OptimConfig,
                  tokens_per_step: int, start_step: int = 0) -> None:
         super().__init__()
@@ -257,8 +259,6 @@ class StageModule(L.LightningModule):
         self.data_state = data_state
         self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)))
 
-    FLUSH_STEPS = 256
-
     def _accumulate(self, chunks: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Backward through each micro-batch in turn: the whole batch's loss and gradient."""
         denominator = sum(self.scored_positions(c) for c in chunks).clamp(min=1)
@@ -300,8 +300,7 @@ class StageModule(L.LightningModule):
             for name, n in layout:
                 parts[name] = values[at] if n == 1 else values[at:at + n]
                 at += n
-            row = part_means(parts)
-            row = {"train_loss": row.pop("train_loss"), **row}
+            row = part_means(parts)  # train_loss first, then the parts present, then grad_norm
             grad_norm = row.pop("grad_norm")
             row.update(lr=host["lr"], grad_norm=grad_norm, tokens_per_s=host["tokens_per_s"],
                        skipped_records=host["skipped_records"])
