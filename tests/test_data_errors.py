@@ -177,3 +177,34 @@ def test_on_bad_record_value_is_checked(tmp_path):
     write_jsonl(p, good(3))
     with pytest.raises(DataError, match="on_bad_record"):
         read_text(text_source(p), "ignore")
+
+
+def _items(it) -> list:
+    return [(i, str(r) if isinstance(r, BadRecordError) else r) for i, r in it]
+
+
+def test_readers_resume_mid_shard_with_the_indices_of_a_full_read(tmp_path):
+    """`start` gives exactly the tail of a full read, bad records and truncation included."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.data import readers as rd
+
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text("\n".join(good(3) + ["{not json", ""] + good(4)) + "\n")
+    parquet = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(10)]}), parquet, row_group_size=3)
+    members = [(f"{i}.{ext}", png() if ext == "png" else f"dax {i}".encode())
+               for i in range(6) for ext in ("png", "txt")]
+    tar, cut = tmp_path / "s.tar", tmp_path / "cut.tar"
+    tar.write_bytes(tar_bytes(members))
+    cut.write_bytes(tar.read_bytes()[: len(tar.read_bytes()) // 2 + 100])
+    llava = tmp_path / "l.json"
+    llava.write_text(json.dumps([{"image": "x.png", "conversations": []}, 7, {"conversations": []}]))
+    cases = [(rd.iter_jsonl, jsonl), (rd.iter_parquet, parquet), (rd.iter_webdataset, tar),
+             (rd.iter_webdataset, cut), (rd.iter_llava, llava)]
+    for reader, path in cases:
+        full = _items(reader(str(path)))
+        assert any(isinstance(r, str) for _, r in full) == (path in (jsonl, cut, llava)), path
+        for start in range(len(full) + 2):
+            assert _items(reader(str(path), start=start)) == [x for x in full if x[0] >= start], (path, start)

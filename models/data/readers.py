@@ -1,6 +1,10 @@
 """Real-format shard readers: each yields a shard's records in file order as (index, record) or
 (index, BadRecordError), and stops after an error it cannot read past (a truncated file).
 
+`start` (a resumed stream's position) skips the records before it without decoding them: JSONL
+lines are counted, not parsed; Parquet row groups before it are not read; a tar is read through
+(sequential reads; nothing before `start` is yielded). Indices are those of a full read.
+
 Formats: JSONL (optionally zstd), Parquet, WebDataset tar (an image and a `.txt` per key), and a
 LLaVA JSON list. Decoding a record into a sample (image bytes → array) is `decode_image`'s job.
 """
@@ -21,12 +25,15 @@ Item = tuple[int, Any]  # (record index, record dict or BadRecordError)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def iter_jsonl(path: str) -> Iterator[Item]:
+def iter_jsonl(path: str, start: int = 0) -> Iterator[Item]:
     """Lines of a `.jsonl` or `.jsonl.zst` file as dicts; blank lines are not records."""
     index = 0
     try:
         for line in _lines(path):
             if not line.strip():
+                continue
+            if index < start:
+                index += 1
                 continue
             try:
                 rec = json.loads(line)
@@ -37,7 +44,8 @@ def iter_jsonl(path: str) -> Iterator[Item]:
                 yield index, BadRecordError(path, index, f"not valid JSON: {exc}")
             index += 1
     except Exception as exc:  # truncated or corrupt compression (zstandard has its own error type)
-        yield index, BadRecordError(path, index, f"unreadable from here on ({type(exc).__name__}: {exc})")
+        if index >= start:
+            yield index, BadRecordError(path, index, f"unreadable from here on ({type(exc).__name__}: {exc})")
 
 
 def _lines(path: str, chunk: int = 1 << 16) -> Iterator[str]:
@@ -65,21 +73,29 @@ def _lines(path: str, chunk: int = 1 << 16) -> Iterator[str]:
         yield tail.decode("utf-8")
 
 
-def iter_parquet(path: str, columns: list[str] | None = None) -> Iterator[Item]:
+def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0) -> Iterator[Item]:
     """Rows of a Parquet file as dicts, one row group at a time."""
     import pyarrow.parquet as pq
     index = 0
     try:
         pf = pq.ParquetFile(path)
         for g in range(pf.num_row_groups):
-            for row in pf.read_row_group(g, columns=columns).to_pylist():
+            rows = pf.metadata.row_group(g).num_rows
+            if index + rows <= start:
+                index += rows
+                continue
+            table = pf.read_row_group(g, columns=columns)
+            skip = max(0, start - index)
+            index += skip
+            for row in table.slice(skip).to_pylist():
                 yield index, row
                 index += 1
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        yield index, BadRecordError(path, index, f"unreadable Parquet ({type(exc).__name__}: {exc})")
+        if index >= start:
+            yield index, BadRecordError(path, index, f"unreadable Parquet ({type(exc).__name__}: {exc})")
 
 
-def iter_webdataset(path: str) -> Iterator[Item]:
+def iter_webdataset(path: str, start: int = 0) -> Iterator[Item]:
     """WebDataset samples: tar members grouped by key (name up to the first dot), in order.
 
     Python's tarfile stops quietly at a truncated member, so sizes and the end-of-archive marker
@@ -98,10 +114,13 @@ def iter_webdataset(path: str) -> Iterator[Item]:
                 stem, _, ext = base.partition(".")
                 k = f"{folder}/{stem}" if folder else stem
                 if k != key and sample:
-                    yield index, sample
+                    if index >= start:
+                        yield index, sample
                     index += 1
                     sample = {}
                 key = k
+                # Members before `start` are read too: sequential reads beat seeking from header to
+                # header, which was 2× slower from a cold disk (benchmarks/resume_seek.py).
                 data = tar.extractfile(member).read()
                 if len(data) != member.size or end > size:
                     raise EOFError(f"member {member.name!r} is cut off")
@@ -109,24 +128,27 @@ def iter_webdataset(path: str) -> Iterator[Item]:
         if plain and end + 1024 > size:
             raise EOFError("no end-of-archive marker")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield index, BadRecordError(path, index, f"truncated or corrupt tar ({type(exc).__name__}: {exc})")
+        if index >= start:
+            yield index, BadRecordError(path, index, f"truncated or corrupt tar ({type(exc).__name__}: {exc})")
         return
-    if sample:
+    if sample and index >= start:
         yield index, sample
 
 
-def iter_llava(path: str) -> Iterator[Item]:
+def iter_llava(path: str, start: int = 0) -> Iterator[Item]:
     """Elements of a LLaVA JSON list (`image`, `conversations` of {from, value})."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as exc:
-        yield 0, BadRecordError(path, 0, f"not a readable JSON list ({type(exc).__name__}: {exc})")
+        if start == 0:
+            yield 0, BadRecordError(path, 0, f"not a readable JSON list ({type(exc).__name__}: {exc})")
         return
     if not isinstance(data, list):
-        yield 0, BadRecordError(path, 0, "a LLaVA file must hold a JSON list of records")
+        if start == 0:
+            yield 0, BadRecordError(path, 0, "a LLaVA file must hold a JSON list of records")
         return
-    for i, rec in enumerate(data):
+    for i, rec in enumerate(data[start:], start):
         yield i, rec if isinstance(rec, dict) else BadRecordError(path, i, "record is not an object")
 
 

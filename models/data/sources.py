@@ -81,12 +81,8 @@ class ShardSource:
         return self.paths[int(self._order()[self.shard])]
 
     def _open(self) -> None:
-        self._it, self._seen = self.iter_shard(self._path()), 0
-        if self.record > 0:  # resume: read past the records this shard already gave
-            for idx, _ in self._it:
-                self._seen += 1
-                if idx + 1 >= self.record:
-                    break
+        # Resumed mid-shard: the reader skips the records this shard already gave, undecoded.
+        self._it, self._seen = self.iter_shard(self._path(), start=self.record), 0
 
     def _bad(self, err: BadRecordError) -> None:
         if self.on_bad == "error":
