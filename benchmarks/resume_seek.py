@@ -1,6 +1,7 @@
 """Resuming a stream near the end of a shard: time to the resumed record with the readers' `start`
-(records before it not decoded: JSONL lines counted, Parquet row groups skipped; a tar is read
-through either way) against reading through to it, as resuming did before — in one process, on
+(records before it not decoded: JSONL lines counted, Parquet row groups skipped, a plain tar seeks
+to the byte offset the stream's state kept) against reading through to it, as resuming did
+before — in one process, on
 the same files, warm and evicted from the page cache (a requeued job on another node reads them
 cold). The result line gives the cold ratios.
 
@@ -56,12 +57,12 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def first_record_time(reader, path: Path, start: int, seek: bool, cold: bool) -> float:
+def first_record_time(reader, path: Path, start: int, seek: bool, cold: bool, **resume) -> float:
     """Seconds until record `start` comes out: with `start=` (seek) or by reading through."""
     if cold:
         evict(path)
     t = time.perf_counter()
-    items = reader(str(path), start=start) if seek else reader(str(path))
+    items = reader(str(path), start=start, **resume) if seek else reader(str(path))
     for index, record in items:
         if index >= start:
             assert not isinstance(record, Exception), record
@@ -82,8 +83,11 @@ def main() -> None:
         start = args.records - 1
         for name, reader in readers.items():
             size = paths[name].stat().st_size / 2**20
+            # What a stream's state holds for a tar: the offset the record before `start` carried.
+            resume = ({"resume": next(r for i, r in reader(str(paths[name])) if i == start - 1)[rd.RESUME]}
+                      if name == "webdataset" else {})
             for cold in (False, True):
-                times = {seek: min(first_record_time(reader, paths[name], start, seek, cold)
+                times = {seek: min(first_record_time(reader, paths[name], start, seek, cold, **resume)
                                    for _ in range(args.repeats)) for seek in (False, True)}
                 ratio = times[False] / times[True]
                 if cold:

@@ -180,11 +180,14 @@ def test_on_bad_record_value_is_checked(tmp_path):
 
 
 def _items(it) -> list:
-    return [(i, str(r) if isinstance(r, BadRecordError) else r) for i, r in it]
+    from models.data.readers import RESUME
+    return [(i, str(r) if isinstance(r, BadRecordError) else {k: v for k, v in r.items() if k != RESUME})
+            for i, r in it]
 
 
-def test_readers_resume_mid_shard_with_the_indices_of_a_full_read(tmp_path):
-    """`start` gives exactly the tail of a full read, bad records and truncation included."""
+def test_readers_resume_mid_shard_with_the_indices_of_a_full_read(tmp_path, monkeypatch):
+    """`start` gives exactly the tail of a full read, bad records and truncation included; a
+    plain tar given the offset its previous record carried seeks there and reads nothing before."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -208,3 +211,14 @@ def test_readers_resume_mid_shard_with_the_indices_of_a_full_read(tmp_path):
         assert any(isinstance(r, str) for _, r in full) == (path in (jsonl, cut, llava)), path
         for start in range(len(full) + 2):
             assert _items(reader(str(path), start=start)) == [x for x in full if x[0] >= start], (path, start)
+
+    offsets = [r[rd.RESUME] for _, r in rd.iter_webdataset(str(tar))]
+    extracted = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: extracted.append(m.name) or real(self, m))
+    full = _items(rd.iter_webdataset(str(tar)))
+    for start in range(1, len(full) + 1):
+        extracted.clear()
+        tail = _items(rd.iter_webdataset(str(tar), start=start, resume=offsets[start - 1]))
+        assert tail == full[start:], start
+        assert extracted == [f"{i}.{ext}" for i in range(start, len(full)) for ext in ("png", "txt")]

@@ -2,8 +2,9 @@
 (index, BadRecordError), and stops after an error it cannot read past (a truncated file).
 
 `start` (a resumed stream's position) skips the records before it without decoding them: JSONL
-lines are counted, not parsed; Parquet row groups before it are not read; a tar is read through
-(sequential reads; nothing before `start` is yielded). Indices are those of a full read.
+lines are counted, not parsed; Parquet row groups before it are not read; a plain tar seeks to the
+byte offset its records carry (`RESUME`) when the stream kept it, else is read through. Indices
+are those of a full read.
 
 Formats: JSONL (optionally zstd), Parquet, WebDataset tar (an image and a `.txt` per key), and a
 LLaVA JSON list. Decoding a record into a sample (image bytes → array) is `decode_image`'s job.
@@ -95,36 +96,46 @@ def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0) ->
             yield index, BadRecordError(path, index, f"unreadable Parquet ({type(exc).__name__}: {exc})")
 
 
-def iter_webdataset(path: str, start: int = 0) -> Iterator[Item]:
+RESUME = "__resume__"  # a record's key for where the next record starts (readers that can seek)
+
+
+def iter_webdataset(path: str, start: int = 0, resume: int | None = None) -> Iterator[Item]:
     """WebDataset samples: tar members grouped by key (name up to the first dot), in order.
 
     Python's tarfile stops quietly at a truncated member, so sizes and the end-of-archive marker
-    are checked here: a cut-off shard is an error, never a silently shorter one.
+    are checked here: a cut-off shard is an error, never a silently shorter one. Each sample of a
+    plain tar carries `RESUME`, the byte offset of the next sample's first header: given back with
+    `start` (that sample's index), the read seeks there instead of reading through the shard.
     """
-    index, key, sample, end = 0, None, {}, 0
+    plain = str(path).endswith(".tar")  # compressed tars detect truncation themselves
+    seek = plain and resume is not None
+    index, key, sample, end = (start if seek else 0), None, {}, 0
     try:
-        plain = str(path).endswith(".tar")  # compressed tars detect truncation themselves
         size = Path(path).stat().st_size if plain else float("inf")
-        with tarfile.open(path, "r:" if plain else "r:*") as tar:
-            for member in tar:
-                end = member.offset_data + -(-member.size // 512) * 512
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                k = f"{folder}/{stem}" if folder else stem
-                if k != key and sample:
-                    if index >= start:
-                        yield index, sample
-                    index += 1
-                    sample = {}
-                key = k
-                # Members before `start` are read too: sequential reads beat seeking from header to
-                # header, which was 2× slower from a cold disk (benchmarks/resume_seek.py).
-                data = tar.extractfile(member).read()
-                if len(data) != member.size or end > size:
-                    raise EOFError(f"member {member.name!r} is cut off")
-                sample["__key__"], sample[ext.lower()] = k, data
+        with open(path, "rb") as f:
+            f.seek(resume if seek else 0)
+            with tarfile.open(fileobj=f, mode="r:" if plain else "r:*") as tar:
+                for member in tar:
+                    end = member.offset_data + -(-member.size // 512) * 512
+                    if not member.isfile():
+                        continue
+                    folder, _, base = member.name.rpartition("/")
+                    stem, _, ext = base.partition(".")
+                    k = f"{folder}/{stem}" if folder else stem
+                    if k != key and sample:
+                        if plain:
+                            sample[RESUME] = member.offset
+                        if index >= start:
+                            yield index, sample
+                        index += 1
+                        sample = {}
+                    key = k
+                    # Without a resume offset, members before `start` are read too: sequential reads
+                    # beat hopping from header to header (2× slower cold: benchmarks/resume_seek.py).
+                    data = tar.extractfile(member).read()
+                    if len(data) != member.size or end > size:
+                        raise EOFError(f"member {member.name!r} is cut off")
+                    sample["__key__"], sample[ext.lower()] = k, data
         if plain and end + 1024 > size:
             raise EOFError("no end-of-archive marker")
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -132,6 +143,8 @@ def iter_webdataset(path: str, start: int = 0) -> Iterator[Item]:
             yield index, BadRecordError(path, index, f"truncated or corrupt tar ({type(exc).__name__}: {exc})")
         return
     if sample and index >= start:
+        if plain:
+            sample[RESUME] = end
         yield index, sample
 
 

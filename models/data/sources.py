@@ -69,6 +69,7 @@ class ShardSource:
         self.seed, self.shuffle = seed, shuffle_shards
         self.on_bad = check_on_bad_record(on_bad_record)
         self.epoch = self.shard = self.record = self.skipped = 0
+        self.resume: int | None = None  # where record `record` starts in the shard, if the reader says
         self._it = None
         self._good_in_epoch = 0
 
@@ -82,7 +83,8 @@ class ShardSource:
 
     def _open(self) -> None:
         # Resumed mid-shard: the reader skips the records this shard already gave, undecoded.
-        self._it, self._seen = self.iter_shard(self._path(), start=self.record), 0
+        seek = {} if self.resume is None else {"resume": self.resume}
+        self._it, self._seen = self.iter_shard(self._path(), start=self.record, **seek), 0
 
     def _bad(self, err: BadRecordError) -> None:
         if self.on_bad == "error":
@@ -92,7 +94,7 @@ class ShardSource:
     def _next_shard(self) -> None:
         if self._seen == 0 and self.record == 0:
             self._bad(BadRecordError(self._path(), -1, "empty shard: no records"))
-        self._it, self.record, self.shard = None, 0, self.shard + 1
+        self._it, self.record, self.shard, self.resume = None, 0, self.shard + 1, None
         if self.shard == len(self.paths):
             if self._good_in_epoch == 0:
                 raise EmptySourceError(f"no readable record in {len(self.paths)} shard(s): "
@@ -110,6 +112,7 @@ class ShardSource:
             self._seen += 1
             idx, rec = item
             self.record = idx + 1
+            self.resume = rec.pop(rd.RESUME, None) if isinstance(rec, dict) else None
             try:
                 if isinstance(rec, BadRecordError):
                     raise rec
@@ -121,10 +124,12 @@ class ShardSource:
             return sample, {"epoch": self.epoch, "shard": self.shard, "record": idx}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "shard": self.shard, "record": self.record}
+        state = {"epoch": self.epoch, "shard": self.shard, "record": self.record}
+        return state if self.resume is None else state | {"resume": self.resume}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.shard, self.record = (int(state[k]) for k in ("epoch", "shard", "record"))
+        self.resume = int(state["resume"]) if state.get("resume") is not None else None
         self._it, self._good_in_epoch = None, 1  # resumed mid-epoch: records were read before
 
 
