@@ -36,8 +36,8 @@ def small_plan(tmp_path: Path, *, name: str = "small", root: Path | None = None,
     return plan_study(load_study(path), root=root or tmp_path / "root")
 
 
-def noop(seconds: float = 0.0, fail_ids=frozenset()):
-    return functools.partial(NoopStepJob, seconds=seconds, fail_ids=frozenset(fail_ids))
+def noop(seconds: float = 0.0, fail_ids=frozenset(), slow=()):
+    return functools.partial(NoopStepJob, seconds=seconds, fail_ids=frozenset(fail_ids), slow=tuple(slow))
 
 
 def wait_settled(plan, timeout_s: float = 120.0, poll_s: float = 1.0):

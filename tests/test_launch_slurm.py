@@ -20,7 +20,9 @@ from sweep.launch import get_backend, select_steps
 from sweep.launch.cli import format_table
 from sweep.launch.journal import read_jobs
 from sweep.status import reconcile
-from tests.launch_helpers import noop, small_plan, wait_for, wait_settled
+from sweep.plan import plan_study
+from sweep.spec import load_study
+from tests.launch_helpers import SMALL_STUDY, noop, small_plan, wait_for, wait_settled
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +54,8 @@ def test_three_level_dag_runs_through_job_arrays(tmp_path):
     plan = small_plan(tmp_path)
     backend = get_backend("slurm")
     result = backend.run(plan, select_steps(plan, False, 3), job_factory=noop(0.3))
-    assert result.sbatch_calls == len(plan.levels()) == 4
+    # One array per level of the trunk's family, and the encoder (above every trunk) on its own.
+    assert result.sbatch_calls == len(plan.levels()) + 1 == 5
     records = read_jobs(plan.root)
     assert len(records) == 12 and len({r.array_job_id for r in records}) == 4
     statuses = wait_settled(plan)
@@ -63,6 +66,27 @@ def test_three_level_dag_runs_through_job_arrays(tmp_path):
     again = backend.run(plan, select_steps(plan, False, 3), job_factory=noop())
     assert (again.submitted, again.sbatch_calls) == (0, 0)
     assert len(read_jobs(plan.root)) == 12
+
+
+def test_a_slow_trunk_family_does_not_hold_back_another(tmp_path):
+    """Arrays are per level and trunk: a slow branch of one scale delays its own scale's
+    fine-tune only, not the other scale's (one array per level would have held both)."""
+    path = tmp_path / "two.toml"
+    path.write_text(SMALL_STUDY.format(name="two", max_failures=3, time_min=10)
+                    .replace('scale = ["debug"]', 'scale = ["debug", "170k"]')
+                    .replace("intro_fraction = [0.5, 1.0]", "intro_fraction = [1.0]"))
+    plan = plan_study(load_study(path), root=tmp_path / "root")
+    slow = next(s for s in plan.steps if s.kind == "branch" and s.meta["scale"] == "170k")
+    quick = next(s for s in plan.steps if s.kind == "finetune" and s.meta["scale"] == "debug")
+    result = get_backend("slurm").run(plan, select_steps(plan, False, 3),
+                                      job_factory=noop(0.2, slow=[(slow.step_id, 15.0)]))
+    assert result.sbatch_calls > len(plan.levels())  # one array per level and trunk family
+    statuses = wait_settled(plan, timeout_s=180)
+    assert {s.state for s in statuses.values()} == {"done"}
+    assert _result(plan, quick)["finished_at"] < _result(plan, slow)["finished_at"]
+    for step in plan.steps:  # afterok still orders every parent before its child
+        for _, pid in step.parents:
+            assert _result(plan, plan.by_id[pid])["finished_at"] < _result(plan, step)["finished_at"]
 
 
 def test_failing_step_blocks_dependents_and_rerun_submits_only_missing(tmp_path):

@@ -79,9 +79,10 @@ def _explain(plan: Any, statuses: dict[str, StepStatus], chosen: list[Any], max_
 
 
 def _dry_run_slurm(plan: Any, chosen: list[Any]) -> None:
-    for (level, _), members in group_steps(plan, chosen):
+    for (level, family), members in group_steps(plan, chosen):
         params = sbatch_parameters(plan.study.backend.slurm_for(members[0].kind))
-        print(f"\n# level {level}: array of {len(members)} ({_by_kind(members)})")
+        trunk = f", trunk {family} ({plan.by_id[family].meta.get('scale', '?')})" if family else ""
+        print(f"\n# level {level}{trunk}: array of {len(members)} ({_by_kind(members)})")
         print(render_sbatch(params, folder=Path(plan.root) / "logs" / "%j",
                             job_name=f"{plan.study.name}.L{level}", array_size=len(members)))
 

@@ -40,9 +40,9 @@ def write_json(path: Path, value: Any) -> None:
 
 class NoopStepJob(StepJob):
     def __init__(self, step: Step, root: str | Path, *, seconds: float = 0.0,
-                 fail_ids: frozenset[str] = frozenset()):
+                 fail_ids: frozenset[str] = frozenset(), slow: tuple[tuple[str, float], ...] = ()):
         super().__init__(step, root)
-        self.seconds = seconds
+        self.seconds = dict(slow).get(step.step_id, seconds)  # `slow`: (step id, seconds) overrides
         self.fail_ids = frozenset(fail_ids)
         self._stop = False
 

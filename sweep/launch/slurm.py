@@ -1,9 +1,11 @@
-"""The SLURM backend: one job array per DAG level (and resource set), `afterok` between levels.
+"""The SLURM backend: one job array per DAG level and trunk family, `afterok` between levels.
 
 `run` submits and returns at once, recording every job in the launch journal. Resources per step
 kind come from the study's [backend.slurm] (and [backend.slurm.<kind>]) through
-`sbatch_parameters`; steps of one level that need the same resources share one array, so a
-study usually costs one sbatch call per level. Jobs get SIGUSR2 before their time limit and are
+`sbatch_parameters`; steps of one level that need the same resources and descend from the same
+trunk share one array. An array's `afterok` waits for every task of its parents' arrays, so arrays
+that mixed families would hold a 79m model's fine-tunes until the 1.4b branches of that level
+finished; per family, a study costs one sbatch call per level and trunk (scale × seed × text). Jobs get SIGUSR2 before their time limit and are
 checkpointed and requeued by the worker (Lightning's own SLURM requeue stays off).
 """
 
@@ -85,9 +87,9 @@ class SlurmBackend:
         job_of: dict[str, str] = {}  # step_id → job id, this submission
         array_of: dict[str, str] = {}  # step_id → array job id, this submission
         job_ids: list[str] = []
-        for (level, kind_key), members in groups:
+        for (level, family), members in groups:
             deps = _dependencies(members, array_of, statuses)
-            records = self._submit(plan, level, kind_key, members, deps, factory)
+            records = self._submit(plan, level, members, deps, factory)
             for r in records:
                 job_of[r.step_id], array_of[r.step_id] = r.job_id, r.array_job_id or r.job_id
                 job_ids.append(r.job_id)
@@ -95,8 +97,8 @@ class SlurmBackend:
         return LaunchResult(submitted=len(job_ids), completed=0, failed=0,
                             job_ids=tuple(job_ids), sbatch_calls=len(groups))
 
-    def _submit(self, plan: Any, level: int, kind_key: str, members: list[Step],
-                deps: list[str], factory: JobFactory) -> list[JobRecord]:
+    def _submit(self, plan: Any, level: int, members: list[Step], deps: list[str],
+                factory: JobFactory) -> list[JobRecord]:
         backend = plan.study.backend
         executor = submitit.SlurmExecutor(folder=Path(plan.root) / "logs" / "%j",
                                           max_num_timeout=backend.max_num_timeout)
@@ -121,13 +123,25 @@ class SlurmBackend:
 
 
 def group_steps(plan: Any, steps: Sequence[Step]) -> list[tuple[tuple[int, str], list[Step]]]:
-    """Steps grouped by (level, resources): each group is one sbatch call, in level order."""
+    """Steps grouped by (level, trunk family, resources): each group is one sbatch call, in level order."""
     levels = run_levels(steps)
-    groups: dict[tuple[int, str], list[Step]] = defaultdict(list)
+    groups: dict[tuple[int, str, str], list[Step]] = defaultdict(list)
     for step in steps:
         settings = plan.study.backend.slurm_for(step.kind)
-        groups[(levels[step.step_id], repr(settings))].append(step)
-    return sorted(groups.items(), key=lambda item: (item[0][0], item[1][0].kind))
+        groups[(levels[step.step_id], trunk_family(step, plan.by_id), repr(settings))].append(step)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[1][0].kind, item[0][1]))
+    return [((level, family), members) for (level, family, _), members in ordered]
+
+
+def trunk_family(step: Step, by_id: dict[str, Step]) -> str:
+    """The id of the trunk `step` descends from ("" for steps above every trunk: encoders)."""
+    while step.kind != "trunk":
+        parents = [by_id[pid] for _, pid in step.parents if pid in by_id]
+        lm = [p for p in parents if p.kind != "encoder"]
+        if not lm:
+            return ""
+        step = lm[0]
+    return step.step_id
 
 
 def _dependencies(members: list[Step], array_of: dict[str, str],
