@@ -1,8 +1,9 @@
 """The SLURM backend against a real single-node cluster (scripts/slurm-dev-cluster up).
 
-Job arrays per DAG level with afterok dependencies, failures blocking dependents, scancel and
-resume from a checkpoint, requeue on the time-limit signal, idempotent reruns, the run lock, and
-two studies sharing a trunk. Most steps are `NoopStepJob`s; one test trains real debug steps.
+Job arrays per DAG level and trunk family with afterok dependencies (a slow family holds back
+only itself), failures blocking dependents, scancel and resume from a checkpoint, requeue on the
+time-limit signal, idempotent reruns, the run lock, two studies sharing a trunk, and adaptive
+search on SLURM. Most steps are `NoopStepJob`s; two tests train real debug steps.
 """
 
 from __future__ import annotations
@@ -196,3 +197,30 @@ def test_two_concurrent_cli_runs_submit_each_real_step_once(tmp_path):
              what="the real encoder and trunk to train")
     subprocess.run(["scancel", *{r.array_job_id or r.job_id for r in records}], check=True)
     assert _result(plan, _trunk(plan))["step_id"] == _trunk(plan).step_id
+
+
+def test_search_trains_its_trunk_and_trials_as_slurm_jobs(tmp_path):
+    """`vlmsweep search --backend slurm`: the shared trunk and encoder, then each trial's chain,
+    run as real SLURM jobs training the debug preset; the search waits for them and scores them."""
+    from sweep.search import SearchSettings, search
+    from tests.test_search import STUDY
+
+    path = tmp_path / "srch.toml"
+    path.write_text(STUDY + "[backend.slurm]\ncpus = 1\nmem_gb = 2\ntime = 10\n")
+    study = load_study(path)
+    log: list[str] = []
+    out = search(study, study.root, SearchSettings(trials=2, workers=2, lattice=0.5,
+                                                   ratio_range=(0.05, 0.5), backend="slurm"),
+                 log=log.append)
+    trials = [t for t in out["trials"] if not t["from_grid"]]
+    assert len(trials) == 2 and all(t["state"] == "COMPLETE" and t["values"] for t in trials), log
+    assert out["pareto_front"]
+    jobs = [p.name for p in (study.root / "logs" / "search").iterdir() if p.name.isdigit()]
+    assert len(jobs) == 2  # one SLURM job (log folder named by its id) per trial chain
+    def states() -> list[str]:  # the result file lands just before the job itself ends
+        return subprocess.run(["sacct", "-n", "-X", "-j", ",".join(jobs), "-o", "State"],
+                              capture_output=True, text=True).stdout.split()
+    wait_for(lambda: "RUNNING" not in states(), timeout_s=60, what="the trial jobs to end")
+    assert states() == ["COMPLETED", "COMPLETED"], states()
+    trunk = next(s for s in plan_study(study).steps if s.kind == "trunk")
+    assert any(r.step_id == trunk.step_id for r in read_jobs(study.root))  # trunk went through sbatch
