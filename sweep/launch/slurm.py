@@ -5,8 +5,9 @@ kind come from the study's [backend.slurm] (and [backend.slurm.<kind>]) through
 `sbatch_parameters`; steps of one level that need the same resources and descend from the same
 trunk share one array. An array's `afterok` waits for every task of its parents' arrays, so arrays
 that mixed families would hold a 79m model's fine-tunes until the 1.4b branches of that level
-finished; per family, a study costs one sbatch call per level and trunk (scale × seed × text). Jobs get SIGUSR2 before their time limit and are
-checkpointed and requeued by the worker (Lightning's own SLURM requeue stays off).
+finished. A study costs one sbatch call per level and trunk (scale × seed × text data). Jobs get
+SIGUSR2 before their time limit and are checkpointed and requeued by the worker (Lightning's own
+SLURM requeue stays off).
 """
 
 from __future__ import annotations
