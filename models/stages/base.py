@@ -97,15 +97,20 @@ def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
     return out
 
 
-def _take_rows(batch: dict[str, Any], rows: slice, image_id: int, image_tokens: int) -> dict[str, Any]:
-    """Rows `rows` of a batch, with the images those rows hold (images are stored row after row)."""
-    tokens = batch["tokens"]
-    out = {k: (v[rows] if isinstance(v, torch.Tensor) and k != "images" else v)
-           for k, v in batch.items()}
+def _take_rows(batch: dict[str, Any], spans: list[slice], image_id: int,
+               image_tokens: int) -> list[dict[str, Any]]:
+    """The batch's rows in each of `spans`, with the images those rows hold (images are stored row
+    after row; their offsets are counted once for every span)."""
     if "images" in batch:
-        per_row = (tokens == image_id).sum(1) // image_tokens
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_row.cumsum(0)])
-        out["images"] = batch["images"][int(offsets[rows.start]):int(offsets[rows.stop])]
+        per_row = (batch["tokens"] == image_id).sum(1) // image_tokens
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_row.cumsum(0)]).tolist()
+    out = []
+    for rows in spans:
+        part = {k: (v[rows] if isinstance(v, torch.Tensor) and k != "images" else v)
+                for k, v in batch.items()}
+        if "images" in batch:
+            part["images"] = batch["images"][offsets[rows.start]:offsets[rows.stop]]
+        out.append(part)
     return out
 
 
@@ -117,7 +122,8 @@ def split_rows(batch: dict[str, Any], rank: int, world: int, image_id: int,
     n = batch["tokens"].shape[0]
     if n % world:
         raise ValueError(f"batch_size {n} is not divisible by {world} devices")
-    return _take_rows(batch, slice(rank * n // world, (rank + 1) * n // world), image_id, image_tokens)
+    return _take_rows(batch, [slice(rank * n // world, (rank + 1) * n // world)], image_id,
+                      image_tokens)[0]
 
 
 def micro_batches(batch: dict[str, Any], size: int, image_id: int, image_tokens: int) -> dict[str, Any]:
@@ -129,9 +135,9 @@ def micro_batches(batch: dict[str, Any], size: int, image_id: int, image_tokens:
     n = batch["tokens"].shape[0]
     if size <= 0 or n <= size:
         return batch
-    chunks = [_take_rows(batch, slice(i, min(i + size, n)), image_id, image_tokens)
-              for i in range(0, n, size)]
-    return {"micro": chunks, "skipped_records": batch.get("skipped_records", 0)}
+    spans = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    return {"micro": _take_rows(batch, spans, image_id, image_tokens),
+            "skipped_records": batch.get("skipped_records", 0)}
 
 
 class StreamDataset(IterableDataset):
