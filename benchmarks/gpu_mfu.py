@@ -34,11 +34,14 @@ from models.stages import base  # noqa: E402
 from models.stages.base import Checkpointer, OptimConfig, RunOptions, fit  # noqa: E402
 from models.stages.lm import TrunkModule  # noqa: E402
 from models.vlm import VLM  # noqa: E402
+from sweep.spec import load_study  # noqa: E402
 
-# Micro-batches measured best on one H100 (2026-11-26): 79m 8/16/32 → 33.1/37.8/40.3% MFU,
-# 154m 16 → 35.8%, 411m 8/16 → 45.5/48.1%, 1.4b 4/8 → 49.0/53.6% (compiled; eager 14.3% and 21.0%
-# for 79m at 16 and 411m at 8). studies/paper.toml's [backend.micro_batch] uses these.
-MICRO_BATCH = {"79m": 32, "154m": 16, "411m": 16, "1.4b": 8, "debug": 4}
+# The micro-batches the paper study runs with (studies/paper.toml [backend.micro_batch]), the best
+# measured on one H100 (2026-11-26): 79m 8/16/32 → 33.1/37.8/40.3% MFU, 154m 16 → 35.8%, 411m
+# 8/16 → 45.5/48.1%, 1.4b 4/8 → 49.0/53.6% (compiled; eager 14.3% and 21.0% for 79m at 16 and
+# 411m at 8).
+MICRO_BATCH = dict(load_study(Path(__file__).resolve().parents[1] / "studies" / "paper.toml")
+                   .backend.micro_batch_per_scale) | {"debug": 4}
 
 
 class ProfileSteps(L.Callback):
