@@ -83,6 +83,16 @@ def test_training_never_shows_eval_layouts_or_held_out_textures():
         assert not scenes.layout_is_eval(scene.instances)
         assert all(inst.texture != wd.world.kinds[inst.kind].heldout_texture for inst in scene.instances)
     rng = np.random.default_rng(0)
+    evals = [scenes.sample_scene(wd.world, rng, split="eval") for _ in range(400)]
+    # Layouts of 3-4 things are reserved for evaluation; 1-2-thing layouts are too few to hold out
+    # (a model would learn that the held-out ones never happen), so both splits draw them.
+    assert all(scenes.layout_is_eval(s.instances) for s in evals if len(s.instances) >= 3)
+    small = [s for s in evals if len(s.instances) < 3]
+    assert small and not any(scenes.layout_is_eval(s.instances) for s in small)
+    small_world = WorldData.from_seed(0, 8).world
+    train_one = {(s.instances[0].kind, s.instances[0].cell) for s in
+                 (scenes.sample_scene(small_world, rng, n_entities=1) for _ in range(2000))}
+    assert len(train_one) == 4 * small_world.n  # every one-thing layout is drawn for training
     novel = scenes.sample_scene(wd.world, rng, split="eval", novel_texture=True)
     assert novel.instances[0].texture == wd.world.kinds[novel.instances[0].kind].heldout_texture
 
