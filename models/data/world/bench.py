@@ -1,9 +1,9 @@
 """The built-in world's benchmarks: VL and text tasks on held-out samples, with chance levels.
 
-Items come from evaluation-only generators (their own seeds, layouts of three or four things and
-stories reserved for evaluation), so none is a training sample. POPE answers alternate yes/no, so each POPE task
-is exactly balanced. Prompts use the instruction format: image placeholders, `<user>` question
-`<assistant>`; text tasks use the corpus's "question : … answer :" drill format.
+Items come from evaluation-only generators (their own seeds, and layouts of three or four things
+and stories reserved for evaluation), so none is a training sample. POPE answers alternate yes/no,
+so each POPE task is exactly balanced. Prompts use the instruction format: image placeholders,
+`<user>` question `<assistant>`; text tasks use the corpus's "question : … answer :" drill format.
 """
 
 from __future__ import annotations

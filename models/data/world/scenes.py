@@ -3,8 +3,8 @@
 Training and evaluation draw scenes from separate generators. A layout of three or four things
 (which kinds in which cells) hashes to a split, so those evaluation layouts never appear in
 training; layouts of one or two things are too few to hold any out (see `HELD_OUT_MIN_THINGS`).
-Training never renders a kind with its held-out texture. Questions are shared by instruction data and
-the VL benchmarks; knowledge questions in training only ask about kinds with `knowledge_qa`.
+Training never renders a kind with its held-out texture. Questions are shared by instruction data
+and the VL benchmarks; knowledge questions in training only ask about kinds with `knowledge_qa`.
 """
 
 from __future__ import annotations
