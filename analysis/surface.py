@@ -4,13 +4,17 @@ with bootstrap intervals, and how the best f moves with scale.
 The surface is a quadratic in f and log(ratio) fitted by least squares to every run, keeping only
 the terms the runs identify (an axis with two values enters linearly, with one not at all; no f·u
 term when the ratio varies at a single f). The best point is the
-argmax over the observed ranges; bootstrap resamples runs within the scale and refits.
+argmax over the observed ranges; bootstrap resamples runs within the scale and refits. The
+resampling depends only on the runs' values and the seed: not on the order rows arrive in (step
+ids decide it, and change with CODE_SALT) nor on which other scales are fitted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Sequence
+
+import zlib
 
 import numpy as np
 import polars as pl
@@ -71,12 +75,12 @@ def fit_response_surface(steps: pl.DataFrame, *, score: str = "vl_score", bootst
     for col in need:
         if col not in steps.columns:
             raise AnalysisInputError(f"response surface: no column {col!r}")
-    runs = steps.drop_nulls(list(need)).filter(pl.col("image_ratio") > 0)
+    runs = steps.drop_nulls(list(need)).filter(pl.col("image_ratio") > 0).sort(list(need))
     if len(runs) == 0:
         raise AnalysisInputError(f"response surface: no runs with intro_fraction, image_ratio and {score}")
-    rng = np.random.default_rng(seed)
     fits = []
     for scale in runs["scale"].unique(maintain_order=True).to_list():
+        rng = np.random.default_rng([seed, zlib.crc32(str(scale).encode())])
         fits.append(_fit_scale(runs.filter(pl.col("scale") == scale), scale, score, bootstrap, rng,
                                confidence, grid_size))
     return sorted(fits, key=lambda fit: (fit.params or 0, fit.scale))

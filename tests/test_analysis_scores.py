@@ -122,6 +122,25 @@ def test_response_surface_recovers_a_known_optimum() -> None:
     assert best_fraction_trend(fits) == pytest.approx(0.3, abs=0.05)  # +0.3 in f per decade of N
 
 
+def test_response_surface_intervals_depend_on_the_runs_only() -> None:
+    """Not on the order rows arrive in (step ids, which change with CODE_SALT) nor on which other
+    scales are fitted: the same results give the same report."""
+    rng = np.random.default_rng(2)
+    rows = [(scale, params, f, ratio, float(rng.normal(0.2 - (f - 0.6) ** 2, 0.08)))
+            for scale, params in (("a", 10**6), ("b", 10**7))
+            for f in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) for ratio in (0.05, 0.2, 0.5)]
+    frame = pl.DataFrame(rows, schema=["scale", "params", "intro_fraction", "image_ratio", "vl_score"],
+                         orient="row")
+    fits = fit_response_surface(frame, bootstrap=100, seed=0)
+    assert all(f.intervals["intro_fraction"][0] < f.intervals["intro_fraction"][1] for f in fits)
+    for shuffle_seed in range(3):
+        shuffled = frame.sample(fraction=1.0, shuffle=True, seed=shuffle_seed)
+        assert [f.intervals for f in fit_response_surface(shuffled, bootstrap=100, seed=0)] == \
+            [f.intervals for f in fits]
+    alone = fit_response_surface(frame.filter(pl.col("scale") == "b"), bootstrap=100, seed=0)
+    assert alone[0].intervals == fits[1].intervals
+
+
 def test_sql_views_agree_with_the_polars_aggregates(study: Path) -> None:
     with connect(study) as con:
         steps = step_scores(queries.load_stable_scores(con))
