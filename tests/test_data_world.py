@@ -89,6 +89,10 @@ def test_training_never_shows_eval_layouts_or_held_out_textures():
     assert all(scenes.layout_is_eval(s.instances) for s in evals if len(s.instances) >= 3)
     small = [s for s in evals if len(s.instances) < 3]
     assert small and not any(scenes.layout_is_eval(s.instances) for s in small)
+    # ... in the same proportion as the rest: both splits keep 1-4 things equally likely (a split
+    # that took every 1-2-thing scene but 1 in 10 bigger ones made evaluation mostly easy scenes).
+    counts = np.bincount([len(s.instances) for s in evals], minlength=5)[1:]
+    assert counts.min() > 0.6 * counts.max(), counts
     small_world = WorldData.from_seed(0, 8).world
     train_one = {(s.instances[0].kind, s.instances[0].cell) for s in
                  (scenes.sample_scene(small_world, rng, n_entities=1) for _ in range(2000))}

@@ -2,8 +2,8 @@
 
 Training and evaluation draw scenes from separate generators. A layout of three or four things
 (which kinds in which cells) hashes to a split, so those evaluation layouts never appear in
-training; layouts of one or two things are too few to hold any out (see `HELD_OUT_MIN_THINGS`).
-Training never renders a kind with its held-out texture. Questions are shared by instruction data
+training; layouts of one or two things are too few to hold any out (see `HELD_OUT_MIN_THINGS`),
+so those scenes go to a split by a draw, in the same proportion. Training never renders a kind with its held-out texture. Questions are shared by instruction data
 and the VL benchmarks; knowledge questions in training only ask about kinds with `knowledge_qa`.
 """
 
@@ -39,6 +39,14 @@ def layout_is_eval(instances) -> bool:
     return zlib.crc32(key.encode()) % EVAL_LAYOUT_SHARE == 0
 
 
+def scene_split(instances, rng: np.random.Generator) -> str:
+    """"eval" or "train": by layout for 3-4 things, else by a draw in the same proportion, so that
+    each split keeps the same share of scenes with 1, 2, 3 and 4 things."""
+    if len(instances) >= HELD_OUT_MIN_THINGS:
+        return "eval" if layout_is_eval(instances) else "train"
+    return "eval" if rng.random() < 1.0 / EVAL_LAYOUT_SHARE else "train"
+
+
 def sample_scene(world: World, rng: np.random.Generator, *, split: str = "train",
                  n_entities: int = 0, novel_texture: bool = False) -> Scene:
     """A random scene of `split`; `novel_texture` puts one held-out (kind, texture) in it."""
@@ -56,7 +64,7 @@ def sample_scene(world: World, rng: np.random.Generator, *, split: str = "train"
             insts.append(Instance(kind=k, cell=int(cell), size=lx.SIZES[int(rng.integers(2))],
                                   texture=texture,
                                   jitter=tuple(float(v) for v in rng.uniform(-0.1, 0.1, 2))))
-        if layout_is_eval(insts) == (split == "eval") or len(insts) < HELD_OUT_MIN_THINGS:
+        if scene_split(insts, rng) == split:
             return Scene(instances=tuple(insts), noise_seed=int(rng.integers(2**63)))
 
 
