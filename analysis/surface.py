@@ -11,10 +11,9 @@ ids decide it, and change with CODE_SALT) nor on which other scales are fitted.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
-
-import zlib
 
 import numpy as np
 import polars as pl

@@ -3,8 +3,9 @@
 Training and evaluation draw scenes from separate generators. A layout of three or four things
 (which kinds in which cells) hashes to a split, so those evaluation layouts never appear in
 training; layouts of one or two things are too few to hold any out (see `HELD_OUT_MIN_THINGS`),
-so those scenes go to a split by a draw, in the same proportion. Training never renders a kind with its held-out texture. Questions are shared by instruction data
-and the VL benchmarks; knowledge questions in training only ask about kinds with `knowledge_qa`.
+so those scenes go to a split by a draw, in the same proportion. Training never renders a kind
+with its held-out texture. Questions are shared by instruction data and the VL benchmarks;
+knowledge questions in training only ask about kinds with `knowledge_qa`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def layout_is_eval(instances) -> bool:
 
 
 def scene_split(instances, rng: np.random.Generator) -> str:
-    """"eval" or "train": by layout for 3-4 things, else by a draw in the same proportion, so that
-    each split keeps the same share of scenes with 1, 2, 3 and 4 things."""
+    """The split a scene goes to: by layout for 3-4 things, else by a draw in the same proportion,
+    so that each split keeps the same share of scenes with 1, 2, 3 and 4 things."""
     if len(instances) >= HELD_OUT_MIN_THINGS:
         return "eval" if layout_is_eval(instances) else "train"
     return "eval" if rng.random() < 1.0 / EVAL_LAYOUT_SHARE else "train"
