@@ -2,9 +2,8 @@
 
 Measures the wall time of planning and of submission, and the number of sbatch calls, against
 the target of one sbatch call per (DAG level, trunk family, resources) group and submission under
-10 s. The submitted no-op jobs
-are cancelled at the end. Needs `scripts/slurm-dev-cluster up` (SLURM_CONF from the environment
-or the script's default). The last line starts with `result:`.
+10 s. The submitted no-op jobs are cancelled at the end. Needs `scripts/slurm-dev-cluster up`
+(SLURM_CONF from the environment or the script's default). The last line starts with `result:`.
 """
 
 from __future__ import annotations
