@@ -40,8 +40,9 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "webdataset": {"image_ext": str},
     "parquet_images": {"image_field": str, "caption_field": str},
     "llava": {"image_root": str},
-    "vqa_jsonl": {},
-    "mc_jsonl": {},
+    # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it)
+    "vqa_jsonl": {"task": str, "chance": float},
+    "mc_jsonl": {"task": str, "chance": float},
 }
 FRACTION_DIGITS = 6  # fractions are rounded so 0.1 * 3 and 0.3 plan to the same step
 
@@ -271,7 +272,8 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
         options = []
         for key, typ in SOURCE_OPTIONS[kind].items():
             if t.has(key):
-                value = t.int(key, lo=0) if typ is int else t.str(key)
+                value = (t.int(key, lo=0) if typ is int else t.float(key, lo=0.0, hi=1.0)
+                         if typ is float else t.str(key))
                 if key in ("tokenizer", "image_root"):
                     value = str((base / value).resolve())
                 options.append((key, value))

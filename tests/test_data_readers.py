@@ -29,7 +29,7 @@ def world_dir(tmp_path_factory):
 def src(manifest, role, **options) -> DataSource:
     s = manifest["sources"][role]
     return DataSource(name=role, kind=s["kind"], paths=tuple(s["paths"]),
-                      options=tuple(sorted({"shuffle_shards": False, **options}.items())))
+                      options=tuple(sorted({"shuffle_shards": False, **s.get("options", {}), **options}.items())))
 
 
 def test_same_seed_gives_byte_identical_files(world_dir, tmp_path):

@@ -9,7 +9,7 @@ from models.data import eval_tasks, get_tokenizer
 from models.data.types import chance_level
 from models.data.world import WorldData, corpus, scenes
 from models.data.world import lexicon as lx
-from models.data.world.bench import TEXT_TASKS, VL_TASKS
+from models.data.world.bench import TEXT_TASKS, VL_TASKS, answer_prior_rate, build_task
 from models.data.world.entities import make_world
 from models.data.world.render import render
 from models.presets import WORLD_VOCAB
@@ -128,15 +128,42 @@ def test_every_task_is_there_with_its_chance_level(tasks):
     assert set(tasks) == set(VL_TASKS + TEXT_TASKS)
     for task in tasks.values():
         assert len(task.items) == 120
-        assert task.chance == pytest.approx(chance_level(task.kind, task.items))
+        if task.group == "vl" and task.name != "caption_matching":  # the blind-answer rate
+            assert task.chance == pytest.approx(answer_prior_rate(task.name, make_world(0)))
+            assert task.kind == "generate" or task.chance >= chance_level(task.kind, task.items) - 1e-9
+        else:
+            assert task.chance == pytest.approx(chance_level(task.kind, task.items))
         for item in task.items:
             if task.kind == "multiple_choice":
                 assert 0 <= item.label < len(item.choices) and len(set(map(tuple, item.choices))) == len(item.choices)
             else:
                 assert item.answers and item.max_new_tokens > 0
             assert (item.image is not None) == (task.group == "vl")
-    assert tasks["pope_random"].chance == 0.5 and tasks["spatial_relation"].chance == 0.25
+    assert tasks["pope_random"].chance == 0.5  # balanced by construction
+    assert tasks["spatial_relation"].chance == pytest.approx(0.25, abs=0.02)  # the four relations
     assert 0 < tasks["counting"].chance < 1 and 0 < tasks["arithmetic"].chance < 0.5
+
+
+@pytest.mark.parametrize("name", ["knowledge_vqa", "attribute_vqa", "counting", "pope_popular"])
+def test_chance_is_what_a_blind_answerer_scores(tok, name):
+    """Answering without the image, with the most common answer seen for those choices on other
+    items, scores the task's chance: knowledge VQA's blind rate is far above a uniform guess."""
+    world = make_world(0, 8)
+    make = lambda seed: build_task(name, world, tok, n=400, image_size=32, image_tokens=4, seed=seed)
+    seen: dict[tuple, dict] = {}
+    for item in make(1).items:
+        key = tuple(map(tuple, item.choices or [])) if item.choices else ()
+        answer = tuple(item.choices[item.label]) if item.choices else item.answers[0]
+        seen.setdefault(frozenset(key), {}).setdefault(answer, 0)
+        seen[frozenset(key)][answer] += 1
+    task, right = make(0), 0
+    for item in task.items:
+        counts = seen.get(frozenset(tuple(map(tuple, item.choices or []))), {})
+        guess = max(counts, key=counts.get) if counts else None
+        right += guess == (tuple(item.choices[item.label]) if item.choices else item.answers[0])
+    assert right / len(task.items) == pytest.approx(task.chance, abs=0.07)
+    if name == "knowledge_vqa":
+        assert task.chance > 0.35 > chance_level("multiple_choice", task.items)
 
 
 def test_answers_are_balanced(tasks):

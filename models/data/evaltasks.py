@@ -4,7 +4,9 @@ VQA JSONL records: `image` (a path relative to the file; optional for text-only 
 `question`, `answers` (accepted answers) and optionally `choices` + `label` for multiple choice;
 with an image the prompt is `<image>… <user> question <assistant>`, without one the question as is.
 Multiple-choice JSONL records: `context`, `choices`, `label`. Each file is one task, named by the
-source's `task` option (single file) or the file name.
+source's `task` option (single file) or the file name. Chance is the source's `chance` option when
+given (a benchmark's blind-answer rate), else a uniform guess over the choices, or for open answers
+the share of the most common answer.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_toke
         group = "vl" if any(it.image is not None for it in items) else "text"
         if group in groups:
             kind = kinds.pop()
-            out.append(EvalTask(name=name, group=group, kind=kind, chance=chance_level(kind, items),
-                                items=items))
+            chance = source.option("chance")
+            out.append(EvalTask(name=name, group=group, kind=kind, items=items,
+                                chance=chance_level(kind, items) if chance is None else float(chance)))
     return out

@@ -116,13 +116,14 @@ def _eval_record(task, item, tok, name: str, i: int, files: dict) -> dict:
 
 
 def _write_eval(out: Path, wd: WorldData, n: int, size: int, files: dict) -> dict:
+    """Each task's file; returns {task: (reader kind, chance)} for the manifest's sources."""
     tok, formats = world_tokenizer(), {}
     for name in VL_TASKS + TEXT_TASKS:
         task = build_task(name, wd.world, tok, n=n, image_size=size, image_tokens=16, seed=0)
         records = [_eval_record(task, it, tok, name, i, files) for i, it in enumerate(task.items)]
         vqa = "question" in records[0]
         files[f"eval/{name}.jsonl"] = (_jsonl(records), len(records))
-        formats[name] = "vqa_jsonl" if vqa else "mc_jsonl"
+        formats[name] = ("vqa_jsonl" if vqa else "mc_jsonl", task.chance)
     return formats
 
 
@@ -162,7 +163,8 @@ def _sources(out: Path, shards: int, formats: dict) -> dict:
             "pairs": {"kind": "webdataset", "paths": [str(a / "pairs" / "*.tar")]},
             "pairs_parquet": {"kind": "parquet_images", "paths": [str(a / "pairs_parquet" / "*.parquet")]},
             "instructions": {"kind": "llava", "paths": [str(a / "llava" / "instructions.json")]},
-            **{f"eval_{t}": {"kind": k, "paths": [str(a / "eval" / f"{t}.jsonl")]} for t, k in formats.items()}}
+            **{f"eval_{t}": {"kind": k, "paths": [str(a / "eval" / f"{t}.jsonl")], "options": {"chance": c}}
+               for t, (k, c) in formats.items()}}
 
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
