@@ -7,9 +7,9 @@ so each POPE task is exactly balanced. Prompts use the instruction format: image
 
 Chance for a question about a picture is what a model that never looks at it can score: always
 giving the most common answer of each kind of question (`answer_prior_rate`). The world's kinds
-and knowledge are skewed, so that blind answer beats a uniform guess: knowledge VQA's is about
-0.46, not 0.25. Caption matching and the text tasks, whose choices are drawn per item, keep the
-uniform rate.
+and knowledge are skewed, so that blind answer beats a uniform guess: in an 8-kind world knowledge
+VQA's is 0.47, not 0.24. Caption matching and the text tasks, whose choices are drawn per item,
+keep the uniform rate (arithmetic, an open answer: the share of the most common one).
 """
 
 from __future__ import annotations
