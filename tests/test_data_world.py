@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+
 import numpy as np
 import pytest
 
@@ -150,17 +152,14 @@ def test_chance_is_what_a_blind_answerer_scores(tok, name):
     items, scores the task's chance: knowledge VQA's blind rate is far above a uniform guess."""
     world = make_world(0, 8)
     make = lambda seed: build_task(name, world, tok, n=400, image_size=32, image_tokens=4, seed=seed)
-    seen: dict[tuple, dict] = {}
+    choices = lambda item: frozenset(map(tuple, item.choices or []))  # open answers: one group
+    answer = lambda item: tuple(item.choices[item.label]) if item.choices else item.answers[0]
+    seen: dict[frozenset, Counter] = defaultdict(Counter)
     for item in make(1).items:
-        key = tuple(map(tuple, item.choices or [])) if item.choices else ()
-        answer = tuple(item.choices[item.label]) if item.choices else item.answers[0]
-        seen.setdefault(frozenset(key), {}).setdefault(answer, 0)
-        seen[frozenset(key)][answer] += 1
-    task, right = make(0), 0
-    for item in task.items:
-        counts = seen.get(frozenset(tuple(map(tuple, item.choices or []))), {})
-        guess = max(counts, key=counts.get) if counts else None
-        right += guess == (tuple(item.choices[item.label]) if item.choices else item.answers[0])
+        seen[choices(item)][answer(item)] += 1
+    task = make(0)
+    right = sum(seen[choices(it)].most_common(1)[0][0] == answer(it) for it in task.items
+                if seen[choices(it)])
     assert right / len(task.items) == pytest.approx(task.chance, abs=0.07)
     if name == "knowledge_vqa":
         assert task.chance > 0.35 > chance_level("multiple_choice", task.items)

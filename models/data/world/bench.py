@@ -77,19 +77,24 @@ def _vl_question(name: str, world: World, rng, i: int):
     raise KeyError(name)
 
 
+def _draw_vl_question(name: str, world: World, rng, i: int):
+    """(scene, QA) for item i of VL task `name`, drawing again where a scene has no such question."""
+    for _ in range(100):
+        drawn = _vl_question(name, world, rng, i)
+        if drawn is not None:
+            return drawn
+    raise RuntimeError(f"world benchmark {name}: could not draw a scene for item {i}")
+
+
 @lru_cache(maxsize=64)
 def answer_prior_rate(name: str, world: World, draws: int = PRIOR_DRAWS) -> float:
     """The accuracy of answering each question of VL task `name` with the answer most common among
     questions with the same choices, over `draws` questions of its own stream (not the items)."""
     answers: dict[tuple[str, ...], Counter] = defaultdict(Counter)
     for i in range(draws):
-        rng = np.random.default_rng([world.seed, 3000 + VL_TASKS.index(name), i])
-        for _ in range(100):
-            drawn = _vl_question(name, world, rng, i)
-            if drawn is not None:
-                _, answer, choices = drawn[1]
-                answers[tuple(choices)][answer] += 1
-                break
+        _, (_, answer, choices) = _draw_vl_question(
+            name, world, np.random.default_rng([world.seed, 3000 + VL_TASKS.index(name), i]), i)
+        answers[tuple(choices)][answer] += 1
     return sum(max(c.values()) for c in answers.values()) / sum(sum(c.values()) for c in answers.values())
 
 
@@ -165,10 +170,7 @@ def _one_item(name: str, m: _Maker, rng, i: int, group: str, kind: str) -> EvalI
     if group == "text":
         item = _text_item(name, m, rng)
         return _shuffle_choices(item, rng) if kind == "multiple_choice" else item
-    for _ in range(100):
-        drawn = _vl_question(name, m.world, rng, i)
-        if drawn is not None:
-            return m.vl_item(drawn[0], drawn[1], kind)
-    raise RuntimeError(f"world benchmark {name}: could not draw a scene for item {i}")
+    scene, qa = _draw_vl_question(name, m.world, rng, i)
+    return m.vl_item(scene, qa, kind)
 
 
