@@ -65,7 +65,7 @@ def test_local_workers_respect_the_dag_and_show_progress(tmp_path, pool):
     out = io.StringIO()
     steps = select_steps(plan, False, 3)
     import sweep.launch.local as local
-    line = ProgressLine(root=plan.root, total=len(steps), workers=2, stream=out, interval_s=0.5)
+    line = ProgressLine(root=plan.root, steps=steps, workers=2, stream=out, interval_s=0.5)
     executor = local.WorkerPool(plan.root, 2) if pool else local.SubmititLocal(plan.root, 2)
     run = local._LocalRun(plan, steps, executor, noop(1.2), 2, line)
     try:
@@ -88,11 +88,28 @@ def test_local_workers_respect_the_dag_and_show_progress(tmp_path, pool):
     assert backend.run(plan, select_steps(plan, False, 3), progress=False).submitted == 0
 
 
-def test_eta_combines_running_and_waiting_steps():
-    running = [{"tokens": 100, "total_tokens": 500, "tokens_per_s": 10, "updated_at": 0.0}]
-    assert estimate_eta(running, waiting=4, mean_step_s=30.0, workers=2) == pytest.approx(40 + 60)
-    assert estimate_eta(running, waiting=0, mean_step_s=None, workers=1) == pytest.approx(40)
-    assert estimate_eta([None], waiting=3, mean_step_s=None, workers=1) is None
+def test_eta_prices_waiting_steps_by_their_flops_and_kind(tmp_path):
+    """A waiting step costs its planned FLOPs at the seconds per FLOP of finished steps of its
+    kind (else of the LM steps); an eval (no FLOPs) the mean of finished evals, not of all steps."""
+    plan = small_plan(tmp_path)
+    by_kind = {k: [s for s in plan.steps if s.kind == k] for k in ("trunk", "branch", "finetune", "eval")}
+    trunk, branch, finetune, evals = (by_kind[k][0] for k in ("trunk", "branch", "finetune", "eval"))
+    flops = lambda s: plan.cost(s).flops
+    assert all(flops(s) for s in (trunk, branch, finetune)) and not flops(evals)
+    finished = [(trunk, 100.0), (evals, 2.0)]
+    per_flop = 100.0 / flops(trunk)
+    running = [(branch, {"tokens": 100, "total_tokens": 500, "tokens_per_s": 10, "updated_at": 0.0})]
+    eta = estimate_eta(running, [finetune, by_kind["eval"][1]], finished, workers=2)
+    assert eta == pytest.approx(40 + (flops(finetune) * per_flop + 2.0) / 2)
+    # A running step without progress yet is priced like a waiting one.
+    assert estimate_eta([(branch, None)], [], finished, workers=1) == pytest.approx(flops(branch) * per_flop)
+    finished.append((branch, 50.0))  # its own kind's rate now prices the branches
+    other = by_kind["branch"][1]
+    assert estimate_eta([], [other], finished, workers=1) == pytest.approx(50.0 * flops(other) / flops(branch))
+    assert estimate_eta([], [evals], [], workers=1) == 0.0  # evals are free until one is timed
+    assert estimate_eta([], [trunk], [], workers=1) is None  # nothing finished: no price yet
+    encoder = next(s for s in plan.steps if s.kind == "encoder")  # another model: not the LM's rate
+    assert estimate_eta([], [trunk], [(encoder, 10.0)], workers=1) is None
 
 
 def test_cli_run_trains_real_steps_inline_then_submits_nothing(tmp_path, capsys):

@@ -25,8 +25,8 @@ class InlineBackend:
             job_factory: JobFactory | None = None,
             statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
         factory = job_factory or StepJob
-        line = ProgressLine(root=plan.root, total=len(steps)) if progress else None
-        state = {"done": 0, "failed": 0, "current": [], "times": []}
+        line = ProgressLine(root=plan.root, steps=steps) if progress else None
+        state = {"done": 0, "failed": 0, "current": [], "finished": [], "waiting": list(steps)}
         stop = threading.Event()
         ticker = threading.Thread(target=_tick, args=(line, state, stop), daemon=True)
         if line:
@@ -34,7 +34,8 @@ class InlineBackend:
         bad: set[str] = set()  # failed or blocked in this run
         blocked = 0
         try:
-            for step in steps:
+            for i, step in enumerate(steps):
+                state["waiting"] = list(steps[i + 1:])  # replaced, never mutated: the ticker reads it
                 if any(pid in bad for _, pid in step.parents):
                     bad.add(step.step_id)
                     blocked += 1
@@ -44,7 +45,7 @@ class InlineBackend:
                 try:
                     factory(step, plan.root)()
                     state["done"] += 1
-                    state["times"].append(time.monotonic() - began)
+                    state["finished"] = state["finished"] + [(step, time.monotonic() - began)]
                 except Exception:
                     state["failed"] += 1
                     bad.add(step.step_id)
@@ -53,11 +54,11 @@ class InlineBackend:
             stop.set()
         if line:
             ticker.join()
-            line.show(state["done"], state["failed"], [], state["times"], final=True)
+            line.show(state["failed"], [], state["finished"], [], final=True)
         return LaunchResult(submitted=len(steps), completed=state["done"], failed=state["failed"],
                             blocked=blocked)
 
 
 def _tick(line: ProgressLine | None, state: dict, stop: threading.Event) -> None:
     while line is not None and not stop.wait(0.5):
-        line.show(state["done"], state["failed"], list(state["current"]), list(state["times"]))
+        line.show(state["failed"], list(state["current"]), state["finished"], state["waiting"])

@@ -81,7 +81,7 @@ class LocalBackend:
             statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
         workers = max(1, workers)
         executor = WorkerPool(plan.root, workers) if self.pool else SubmititLocal(plan.root, workers)
-        line = ProgressLine(root=plan.root, total=len(steps), workers=workers) if progress else None
+        line = ProgressLine(root=plan.root, steps=steps, workers=workers) if progress else None
         run = _LocalRun(plan, list(steps), executor, job_factory or StepJob, workers, line)
         with _sigterm_interrupts():
             try:
@@ -117,7 +117,7 @@ class _LocalRun:
         self.done: set[str] = set()
         self.bad: set[str] = set()  # failed or blocked in this run
         self.failed = self.blocked = 0
-        self.times: list[float] = []
+        self.finished: list[tuple[Step, float]] = []  # (step, seconds) done in this run
         self.job_ids: list[str] = []
 
     def loop(self) -> None:
@@ -125,11 +125,11 @@ class _LocalRun:
             self._collect()  # first: a step that just ended frees its worker for its children
             self._start_ready()
             if self.line:
-                self.line.show(len(self.done), self.failed, [s for s, _, _ in self.running.values()],
-                               self.times)
+                self.line.show(self.failed, [s for s, _, _ in self.running.values()], self.finished,
+                               self.waiting)
             self.executor.wait(POLL_S)
         if self.line:
-            self.line.show(len(self.done), self.failed, [], self.times, final=True)
+            self.line.show(self.failed, [], self.finished, [], final=True)
 
     def _parents_state(self, step: Step) -> str:
         """ready | wait | blocked, from this run's outcomes and (for other parents) the files."""
@@ -165,7 +165,7 @@ class _LocalRun:
             del self.running[sid]
             if _done(self.root, step):
                 self.done.add(sid)
-                self.times.append(time.monotonic() - began)
+                self.finished.append((step, time.monotonic() - began))
             else:
                 self.failed += 1
                 self.bad.add(sid)
