@@ -26,7 +26,7 @@ class InlineBackend:
             statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
         factory = job_factory or StepJob
         line = ProgressLine(root=plan.root, steps=steps) if progress else None
-        state = {"done": 0, "failed": 0, "current": [], "finished": [], "waiting": list(steps)}
+        state = {"failed": 0, "current": [], "finished": [], "waiting": list(steps)}
         stop = threading.Event()
         ticker = threading.Thread(target=_tick, args=(line, state, stop), daemon=True)
         if line:
@@ -44,7 +44,6 @@ class InlineBackend:
                 began = time.monotonic()
                 try:
                     factory(step, plan.root)()
-                    state["done"] += 1
                     state["finished"] = state["finished"] + [(step, time.monotonic() - began)]
                 except Exception:
                     state["failed"] += 1
@@ -55,7 +54,7 @@ class InlineBackend:
         if line:
             ticker.join()
             line.show(state["failed"], [], state["finished"], [], final=True)
-        return LaunchResult(submitted=len(steps), completed=state["done"], failed=state["failed"],
+        return LaunchResult(submitted=len(steps), completed=len(state["finished"]), failed=state["failed"],
                             blocked=blocked)
 
 

@@ -6,10 +6,9 @@ it prints one line (redrawn in place on a terminal, at most every `interval_s` o
 
 The ETA prices each waiting step by its planned training FLOPs at the seconds per FLOP that finished
 steps of its kind and scale took (else the LM steps of its scale, else its kind, else any LM step:
-a small model trains fewer FLOPs per second than a larger one); evals at the mean
-time of finished evals, and as free until one has finished. A mean over all finished steps priced
-the demo's thirty 2-second evals like its 130-second trunks: half-way it said 8 minutes were left
-with 4 to go.
+a small model trains fewer FLOPs per second than a larger one); evals at the mean time of finished
+evals, and as free until one has finished. A mean over all finished steps priced the demo's thirty
+2-second evals like its 130-second trunks: half-way it said 8 minutes were left with 4 to go.
 """
 
 from __future__ import annotations
