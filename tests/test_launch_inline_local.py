@@ -65,7 +65,7 @@ def test_local_workers_respect_the_dag_and_show_progress(tmp_path, pool):
     out = io.StringIO()
     steps = select_steps(plan, False, 3)
     import sweep.launch.local as local
-    line = ProgressLine(root=plan.root, steps=steps, workers=2, stream=out, interval_s=0.5)
+    line = ProgressLine(root=plan.root, total=len(steps), workers=2, stream=out, interval_s=0.5)
     executor = local.WorkerPool(plan.root, 2) if pool else local.SubmititLocal(plan.root, 2)
     run = local._LocalRun(plan, steps, executor, noop(1.2), 2, line)
     try:

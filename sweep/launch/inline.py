@@ -25,7 +25,7 @@ class InlineBackend:
             job_factory: JobFactory | None = None,
             statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
         factory = job_factory or StepJob
-        line = ProgressLine(root=plan.root, steps=steps) if progress else None
+        line = ProgressLine(root=plan.root, total=len(steps)) if progress else None
         state = {"failed": 0, "current": [], "finished": [], "waiting": list(steps)}
         stop = threading.Event()
         ticker = threading.Thread(target=_tick, args=(line, state, stop), daemon=True)

@@ -81,7 +81,7 @@ class LocalBackend:
             statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
         workers = max(1, workers)
         executor = WorkerPool(plan.root, workers) if self.pool else SubmititLocal(plan.root, workers)
-        line = ProgressLine(root=plan.root, steps=steps, workers=workers) if progress else None
+        line = ProgressLine(root=plan.root, total=len(steps), workers=workers) if progress else None
         run = _LocalRun(plan, list(steps), executor, job_factory or StepJob, workers, line)
         with _sigterm_interrupts():
             try:

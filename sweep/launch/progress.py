@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 from models.steps import Step, step_dir
 from sweep.plan import step_cost
@@ -108,20 +108,17 @@ def estimate_eta(running: list[tuple[Step, dict[str, Any] | None]], waiting: lis
 @dataclass(kw_only=True, slots=True)
 class ProgressLine:
     root: Path
-    steps: Sequence[Step]  # every step of the run (copied: backends consume their own lists)
+    total: int
     workers: int = 1
     stream: TextIO = sys.stderr
     interval_s: float = 10.0  # between lines when the stream is not a terminal
     started: float = 0.0
     _last: float = 0.0
 
-    def __post_init__(self) -> None:
-        self.steps = tuple(self.steps)
-
     def render(self, failed: int, running: list[Step], finished: list[tuple[Step, float]],
                waiting: list[Step]) -> str:
         progress = [read_progress(self.root, s) for s in running]
-        parts = [f"[{len(finished)}/{len(self.steps)} done" + (f", {failed} failed" if failed else "") + "]"]
+        parts = [f"[{len(finished)}/{self.total} done" + (f", {failed} failed" if failed else "") + "]"]
         for step, p in zip(running, progress):
             if p and p.get("total_tokens"):
                 share = 100.0 * float(p.get("tokens", 0)) / float(p["total_tokens"])
