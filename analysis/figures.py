@@ -55,7 +55,8 @@ def _symbols(rows: pl.DataFrame, base: Sequence[str] | None = None) -> list[str]
     base = list(base) if base is not None else ["circle"] * len(rows)
     if "schedule_policy" not in rows.columns:
         return base
-    paper = (rows["schedule"] == "paper").fill_null(False) if "schedule" in rows.columns else pl.Series([True] * len(rows))
+    paper = ((rows["schedule"] == "paper").fill_null(False) if "schedule" in rows.columns
+             else pl.Series([True] * len(rows)))
     hollow = (rows["schedule_policy"] == "rewarm").fill_null(False) & paper
     return [f"{b}-open" if h else b for b, h in zip(base, hollow.to_list())]
 
@@ -140,7 +141,8 @@ def per_task_figure(task_agg: pl.DataFrame, axis: str, *, color: str = "scale", 
             fig.add_trace(go.Scatter(x=sub[axis].to_list(), y=sub["stable_score_mean"].to_list(),
                                      mode="lines+markers", name=_name(color, value), legendgroup=str(value),
                                      showlegend=False, line={"color": colour},
-                                     marker={"symbol": _symbols(sub), "size": 8, "line": {"width": 1.5, "color": colour}},
+                                     marker={"symbol": _symbols(sub), "size": 8,
+                                             "line": {"width": 1.5, "color": colour}},
                                      error_y=_error(sub, "stable_score")), row=r, col=c)
             bottom = k + cols >= len(tasks)  # no panel below this one
             fig.update_xaxes(title_text=axis.replace("_", " ") if bottom else "", row=r, col=c)
@@ -210,7 +212,7 @@ def lr_schedule_figure(lr: pl.DataFrame) -> go.Figure:
                                  name=f"trunk {t_rows['scale'][0]} (seed {t_rows['seed'][0]})",
                                  line={"color": "black", "width": 4}))
         mine = branches.filter(pl.col("parent_id") == sid).sort("intro_fraction", "image_ratio", "step_id")
-        for j, (bid, b_rows) in enumerate(_groups(mine, "step_id")):
+        for j, (_, b_rows) in enumerate(_groups(mine, "step_id")):
             b_rows = b_rows.sort("step")
             f = b_rows["intro_fraction"][0] or 0.0
             start = branch_start_tokens(t_rows, f)

@@ -7,10 +7,9 @@ reaches SQL as a parameter; only names from `analysis.schema` are spliced in as 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
-
-import json
 
 import duckdb
 import polars as pl
@@ -68,7 +67,8 @@ def load_metrics(con: duckdb.DuckDBPyConnection, names: Sequence[str], study: st
     axes = ", ".join(f's."{a}"' for a in AXES)
     query = (f"SELECT m.step_id, s.kind, s.parent_id, s.planned_tokens, {axes}, m.step, m.tokens, "
              "m.name, m.value FROM metrics m JOIN steps s USING (step_id) "
-             f"WHERE m.name IN (SELECT unnest($names)) AND s.kind IN (SELECT unnest($kinds)){where.replace('?', '$study')} "
+             "WHERE m.name IN (SELECT unnest($names)) AND s.kind IN (SELECT unnest($kinds))"
+             f"{where.replace('?', '$study')} "
              "ORDER BY m.step_id, m.name, m.step")
     args = {"names": list(names), "kinds": list(kinds)}
     if study is not None:

@@ -99,7 +99,7 @@ def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, c
             if prof is not None:
                 prof.start()
             fit(module, ListStream(batches), options=options, total_steps=steps, checkpointer=ckpt)
-            module.rows  # the metrics read back, as a real run does at its end
+            _ = module.rows  # the metrics read back, as a real run does at its end
     finally:
         base.make_trainer = factory
         if prof is not None:

@@ -22,12 +22,22 @@ import types
 import typing
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models import steps as steps_mod
-from models.checkpoint import (EVALS_COLUMNS, METRICS_COLUMNS, Preempted, clear_checkpoint_request, request_checkpoint,
-                               write_json, write_table)
+from models.checkpoint import (
+    EVALS_COLUMNS,
+    METRICS_COLUMNS,
+    Preempted,
+    clear_checkpoint_request,
+    request_checkpoint,
+    write_json,
+    write_table,
+)
 from models.steps import CODE_SALT, Step, step_dir
+
+if TYPE_CHECKING:
+    from models.stages.base import RunOptions
 
 __all__ = ["run_step", "request_checkpoint", "Preempted", "trunk_checkpoint_path", "step_done",
            "missing_fractions",

@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from models.accounting import param_counts, train_flops, vision_param_count
-from models.steps import (BranchConfig, EncoderConfig, EvalConfig, FinetuneConfig, Step,
-                          TrunkConfig, replay_rows, step_dir)
 from models.presets import PRESETS, WORLD_VOCAB
 from models.run import step_done
+from models.steps import (
+    BranchConfig,
+    EncoderConfig,
+    EvalConfig,
+    FinetuneConfig,
+    Step,
+    TrunkConfig,
+    replay_rows,
+    step_dir,
+)
 from sweep.spec import AXES, Cell, Study
 
 IMAGE_POSITION_SHARE = 0.5  # plan-time estimate: share of image-data tokens that are image positions

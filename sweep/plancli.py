@@ -41,7 +41,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 def _fmt(n: float | None) -> str:
     if n is None:
         return "?"
-    for unit, size in (("Y", 1e24), ("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, size in (("Y", 1e24), ("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9),
+                       ("M", 1e6), ("K", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.3g}{unit}"
     return f"{n:.3g}"

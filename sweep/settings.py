@@ -83,7 +83,8 @@ class EncoderSettings:
 
 
 def read_encoder(t: Table, data: dict[str, DataSource]) -> EncoderSettings:
-    s = EncoderSettings(data=_source(t, "data", data, ("world", "webdataset", "parquet_images")), samples=t.int("samples", 20_000, lo=1),
+    s = EncoderSettings(data=_source(t, "data", data, ("world", "webdataset", "parquet_images")),
+                        samples=t.int("samples", 20_000, lo=1),
                         batch_size=t.int("batch_size", 64, lo=2), lr=t.float("lr", 1e-3, lo=0.0, lo_open=True),
                         text_width=t.int("text_width", 64, lo=8), text_layers=t.int("text_layers", 2, lo=1),
                         seed=t.int("seed", 0, lo=0))

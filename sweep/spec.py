@@ -20,9 +20,18 @@ from models.presets import PRESETS
 from models.steps import DataSource
 from sweep.errors import StudyError
 from sweep.reader import REQUIRED, Table, check_float, check_int, check_str
-from sweep.settings import (BackendSettings, EncoderSettings, EvalSettings, FinetuneSettings,
-                            TrainSettings, read_backend, read_encoder, read_eval, read_finetune,
-                            read_train)
+from sweep.settings import (
+    BackendSettings,
+    EncoderSettings,
+    EvalSettings,
+    FinetuneSettings,
+    TrainSettings,
+    read_backend,
+    read_encoder,
+    read_eval,
+    read_finetune,
+    read_train,
+)
 
 AXES = ("scale", "text_data", "image_data", "intro_fraction", "image_ratio", "instruction_share",
         "finetune_epochs", "seed", "schedule")
@@ -288,7 +297,7 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
             options = options if any(k == "seed" for k, _ in options) else [("seed", 0)] + options
             paths: tuple[str, ...] = ()
         else:
-            items = t.list("paths", lambda v, k: check_str(v, t.error, k))
+            items = t.list("paths", lambda v, k, t=t: check_str(v, t.error, k))
             paths = tuple(str((base / p).resolve()) if not p.startswith(("s3://", "gs://")) else p
                           for p in items)
         t.finish()

@@ -57,7 +57,7 @@ def test_lm_matches_reference_maths(tied: bool) -> None:
     torch.manual_seed(0)
     model = DecoderLM(dataclasses.replace(CFG, tie_embeddings=tied))
     with torch.no_grad():  # non-trivial norm weights so the test sees them
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.uniform_(0.5, 1.5)
     tokens = torch.randint(0, CFG.vocab_size, (3, 11))

@@ -20,9 +20,17 @@ import models.synthetic as syn
 from models import checkpoint as ck
 from models.run import RunOptions, run_step, trunk_checkpoint_path
 from models.steps import step_dir
-from tests.models_helpers import (assert_same_run, branch_step, eval_step, finetune_step,
-                                  metrics, run_interrupted, trunk_step, weights)
-from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
+from tests.models_helpers import (
+    assert_same_run,
+    branch_step,
+    eval_step,
+    finetune_step,
+    metrics,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    run_interrupted,
+    trunk_step,
+    weights,
+)
 
 
 @pytest.fixture(scope="module")

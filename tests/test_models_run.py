@@ -19,9 +19,16 @@ from models import checkpoint as ck
 from models.config import ProjectorConfig
 from models.run import fraction_step, run_step, trunk_checkpoint_path
 from models.steps import EncoderConfig, Step, step_dir
-from tests.models_helpers import (LM, SRC, VISION, branch_step, eval_step, metrics,
-                                trunk_step)
-from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
+from tests.models_helpers import (
+    LM,
+    SRC,
+    VISION,
+    branch_step,
+    eval_step,
+    metrics,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    trunk_step,
+)
 
 RESULT_KEYS = {"step_id", "kind", "status", "tokens", "flops", "params", "wall_time_s",
                "peak_memory_bytes", "code_salt", "git_commit", "started_at", "finished_at",
@@ -97,7 +104,7 @@ def test_done_trunk_replays_a_missing_fraction_identically(tmp_path) -> None:
     assert (d / "metrics.parquet").read_bytes() == before
     a = ck.load_torch(trunk_checkpoint_path(tmp_path / "a", full.step_id, 0.3))
     b = ck.load_torch(trunk_checkpoint_path(tmp_path / "b", full.step_id, 0.3))
-    assert a["step"] == b["step"] == 3 and a["data"] == b["data"] 
+    assert a["step"] == b["step"] == 3 and a["data"] == b["data"]
     untimed = [[r for r in x["metrics"] if r[2] != "tokens_per_s"] for x in (a, b)]
     assert untimed[0] == untimed[1]
     for k in a["model"]:

@@ -390,7 +390,8 @@ def _environment() -> Any:
 def quiet_lightning() -> None:
     """Silence Lightning warnings that are noise for our loop (srun hint, worker count, no val)."""
     for pattern in (".*srun.*", ".*does not have many workers.*", ".*num_workers.*",
-                    ".*IterableDataset.*", ".*in eval mode at the start of training.*", ".*LeafSpec.*", ".*`isinstance.*treespec.*"):
+                    ".*IterableDataset.*", ".*in eval mode at the start of training.*", ".*LeafSpec.*",
+                    ".*`isinstance.*treespec.*"):
         warnings.filterwarnings("ignore", message=pattern)
     import logging
 

@@ -19,12 +19,9 @@ import torch
 from models import checkpoint as ck
 from models.accounting import train_flops
 from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
-from models.run import (fraction_step, latest_checkpoint_path, load_step_config,
-                        trunk_checkpoint_path, weights_path)
-from models.schedules import (Schedule, branch_schedule, finetune_schedule, steps_for,
-                              trunk_schedule)
-from models.stages.base import (Checkpointer, OptimConfig, RunOptions, StageModule, fit, micro_batches,
-                                split_rows)
+from models.run import fraction_step, latest_checkpoint_path, load_step_config, trunk_checkpoint_path, weights_path
+from models.schedules import Schedule, branch_schedule, finetune_schedule, steps_for, trunk_schedule
+from models.stages.base import Checkpointer, OptimConfig, RunOptions, StageModule, fit, micro_batches, split_rows
 from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModule
 from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
 from models.steps import Step, replay_rows

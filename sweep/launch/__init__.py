@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from models.steps import Step
+
 if TYPE_CHECKING:  # sweep.status imports this package's journal and queue modules
     from sweep.status import StepStatus
 

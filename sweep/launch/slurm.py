@@ -88,7 +88,7 @@ class SlurmBackend:
         job_of: dict[str, str] = {}  # step_id → job id, this submission
         array_of: dict[str, str] = {}  # step_id → array job id, this submission
         job_ids: list[str] = []
-        for (level, family), members in groups:
+        for (level, _family), members in groups:
             deps = _dependencies(members, array_of, statuses)
             records = self._submit(plan, level, members, deps, factory)
             for r in records:
