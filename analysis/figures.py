@@ -18,6 +18,7 @@ from analysis.filters import format_value
 from analysis.frontier import FrontierFit
 from analysis.scaling import ScalingFit, predict_loss
 from analysis.scores import SCORE_LABELS
+from models.stepfiles import fraction_step
 
 AXIS_LABELS = {
     "intro_fraction": "image introduction fraction f (share of trunk tokens)",
@@ -182,19 +183,15 @@ def ratio_origin_figure(agg: pl.DataFrame, *, checkpoint_fraction: float,
 def branch_start_tokens(trunk: pl.DataFrame, intro_fraction: float) -> float:
     """Trunk tokens at the checkpoint a branch at `intro_fraction` resumed from.
 
-    Mirrors models.run.fraction_step: the trunk checkpoints after floor(f·T / tokens-per-step)
-    optimizer steps (f = 1: after its last step), T being the planned tokens. Tokens per step come
-    from the trunk's own metric rows (tokens = step · tokens per step).
+    The step is `models.stepfiles.fraction_step`'s (the one the trunk saved it at), T being the
+    planned tokens. Tokens per step come from the trunk's own metric rows (tokens = step · tokens
+    per step).
     """
     per_step = float((trunk["tokens"] / trunk["step"]).max())
     planned = trunk["planned_tokens"][0] if "planned_tokens" in trunk.columns else None
-    total_steps = float(trunk["step"].max())
     if planned is None or per_step <= 0:
         return intro_fraction * float(trunk["tokens"].max())
-    total_steps = max(total_steps, float(np.ceil(planned / per_step)))
-    steps = (total_steps if intro_fraction >= 1.0  # the epsilon as in fraction_step: 0.6·T/s = 59.999…
-             else min(total_steps, np.floor(intro_fraction * planned / per_step + 1e-9)))
-    return float(steps * per_step)
+    return float(fraction_step(intro_fraction, planned, per_step) * per_step)
 
 
 def lr_schedule_figure(lr: pl.DataFrame) -> go.Figure:

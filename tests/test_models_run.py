@@ -17,8 +17,9 @@ import torch
 import models.synthetic as syn
 from models import checkpoint as ck
 from models.config import ProjectorConfig
-from models.run import fraction_step, run_step, trunk_checkpoint_path
-from models.steps import EncoderConfig, Step, step_dir
+from models.run import run_step
+from models.stepfiles import fraction_step, step_dir, step_paths
+from models.steps import EncoderConfig, Step
 from tests.models_helpers import (
     LM,
     SRC,
@@ -60,8 +61,8 @@ def test_trunk_writes_every_file_with_the_contracted_columns(tmp_path) -> None:
     assert set(progress) == {"tokens", "total_tokens", "tokens_per_s", "updated_at"}
     assert not (d / "ckpt" / "latest.pt").exists()
     for f in (0.0, 0.5):
-        assert ck.load_torch(trunk_checkpoint_path(tmp_path, step.step_id, f))["step"] == \
-            fraction_step(f, step.config.tokens, 4, 32)
+        assert ck.load_torch(step_paths(tmp_path, "trunk", step.step_id).fraction(f))["step"] == \
+            fraction_step(f, step.config.tokens, 4 * 32)
 
 
 def test_done_step_is_skipped_and_eval_writes_evals(tmp_path) -> None:
@@ -84,11 +85,11 @@ def test_failure_json_names_the_missing_trunk_checkpoint(tmp_path) -> None:
     trunk = trunk_step(4, fractions=(1.0,))
     run_step(trunk, tmp_path, data=syn)
     branch = branch_step(trunk, fraction=0.5)
-    with pytest.raises(FileNotFoundError, match="frac-0.5000"):
+    with pytest.raises(FileNotFoundError, match="frac-0.500000"):
         run_step(branch, tmp_path, data=syn)
     failure = json.loads((step_dir(tmp_path, "branch", branch.step_id) / "failure.json").read_text())
     assert failure["status"] == "failed" and failure["reason"] == "exception"
-    assert "frac-0.5000" in failure["error"] and "Traceback" in failure["traceback"]
+    assert "frac-0.500000" in failure["error"] and "Traceback" in failure["traceback"]
 
 
 def test_done_trunk_replays_a_missing_fraction_identically(tmp_path) -> None:
@@ -102,8 +103,8 @@ def test_done_trunk_replays_a_missing_fraction_identically(tmp_path) -> None:
     result = run_step(full, tmp_path / "b", data=syn)  # now asks for 0.3 as well
     assert result["checkpoint_fractions"] == [0.0, 0.3, 0.8]
     assert (d / "metrics.parquet").read_bytes() == before
-    a = ck.load_torch(trunk_checkpoint_path(tmp_path / "a", full.step_id, 0.3))
-    b = ck.load_torch(trunk_checkpoint_path(tmp_path / "b", full.step_id, 0.3))
+    a = ck.load_torch(step_paths(tmp_path / "a", "trunk", full.step_id).fraction(0.3))
+    b = ck.load_torch(step_paths(tmp_path / "b", "trunk", full.step_id).fraction(0.3))
     assert a["step"] == b["step"] == 3 and a["data"] == b["data"]
     untimed = [[r for r in x["metrics"] if r[2] != "tokens_per_s"] for x in (a, b)]
     assert untimed[0] == untimed[1]

@@ -12,6 +12,7 @@ import models.data as data
 from models.config import ProjectorConfig
 from models.presets import get_preset
 from models.run import run_step
+from models.stepfiles import step_dir
 from models.steps import (
     BranchConfig,
     DataSource,
@@ -20,7 +21,6 @@ from models.steps import (
     FinetuneConfig,
     Step,
     TrunkConfig,
-    step_dir,
 )
 from tests.models_helpers import (
     assert_same_run,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from models.stepfiles import DONE, FAILED, IN_FLIGHT
 from models.steps import Step
 
 if TYPE_CHECKING:  # sweep.status imports this package's journal and queue modules
@@ -64,13 +65,13 @@ def select_steps(plan: Any, retry_failed: bool, max_failures: int, *,
     chosen: list[Step] = []
     for step in plan.steps:
         status = statuses[step.step_id]
-        if status.state in ("done", "running", "pending"):
+        if status.state == DONE or status.state in IN_FLIGHT:
             will_finish[step.step_id] = True
             continue
         if not all(will_finish.get(pid, False) for _, pid in step.parents):
             will_finish[step.step_id] = False
             continue
-        if status.state == "failed" and (not retry_failed or status.failures >= max_failures):
+        if status.state == FAILED and (not retry_failed or status.failures >= max_failures):
             will_finish[step.step_id] = False
             continue
         will_finish[step.step_id] = True

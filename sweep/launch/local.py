@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import submitit
 
 import sweep
-from models.run import step_done
+from models.stepfiles import step_done
 from models.steps import Step
 from sweep.launch import JobFactory, LaunchResult
 from sweep.launch.journal import JobRecord, append_jobs

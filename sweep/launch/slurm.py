@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
+from models.stepfiles import IN_FLIGHT
 from models.steps import Step
 from sweep.launch import JobFactory, LaunchResult, run_levels
 from sweep.launch.journal import JobRecord, append_jobs
@@ -153,6 +154,6 @@ def _dependencies(members: list[Step], array_of: dict[str, str],
         for _, pid in step.parents:
             if pid in array_of:
                 deps.add(array_of[pid])
-            elif pid in statuses and statuses[pid].state in ("running", "pending"):
+            elif pid in statuses and statuses[pid].state in IN_FLIGHT:
                 deps.add(statuses[pid].job_id)
     return sorted(deps)
