@@ -82,11 +82,11 @@ def _sid(*parts: object) -> str:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    sf.write_json(path, value, indent=1)
+    sf.write_json(path, value, indent=1, durable=False)  # test data: no fsync per file
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    with sf.atomic_path(path) as tmp:
+    with sf.atomic_path(path, durable=False) as tmp:
         pq.write_table(table, tmp)
 
 
