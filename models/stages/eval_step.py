@@ -14,6 +14,7 @@ from models import checkpoint as ck
 from models import stepfiles as sf
 from models.config import LMConfig, ProjectorConfig, VisionConfig
 from models.evaluate import evaluate
+from models.stages.context import Context, RunOutput
 from models.steps import load_step_config
 from models.vlm import VLM
 
@@ -32,9 +33,7 @@ def model_spec(root: Any, kind: str, step_id: str) -> tuple[LMConfig, VisionConf
     raise ValueError(f"cannot evaluate a {kind} step")
 
 
-def run_eval(ctx: Any) -> Any:
-    from models.stages.runners import RunOutput
-
+def run_eval(ctx: Context) -> RunOutput:
     cfg, step = ctx.step.config, ctx.step
     if len(step.parents) != 1:
         raise ValueError(f"eval step {step.step_id} needs exactly one parent, got {step.parents}")

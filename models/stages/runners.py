@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,30 +21,13 @@ from models.accounting import train_flops
 from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
 from models.schedules import Schedule, branch_schedule, finetune_schedule, steps_for, trunk_schedule
 from models.stages.base import Checkpointer, OptimConfig, RunOptions, StageModule, fit, micro_batches, split_rows
+from models.stages.context import Context, RunOutput
 from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModule
+from models.stages.eval_step import run_eval
 from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
 from models.stepfiles import fraction_step
-from models.steps import Step, load_step_config, replay_rows
+from models.steps import load_step_config, replay_rows
 from models.vlm import VLM
-
-
-@dataclass(kw_only=True)
-class Context:
-    step: Step
-    root: Path
-    dir: Path
-    options: RunOptions
-    data: Any  # the data provider module (models.data, or models.synthetic in tests)
-    progress: Callable[[int, int, float], None]
-
-
-@dataclass(kw_only=True)
-class RunOutput:
-    tokens: int
-    flops: int
-    params: dict[str, int]
-    metrics: list | None = None  # (step, tokens, name, value) rows
-    evals: list | None = None  # evals rows
 
 
 def _optim(train: TrainDefaults) -> OptimConfig:
@@ -287,8 +269,6 @@ def run_finetune(ctx: Context) -> RunOutput:
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
                      params=model.param_counts(), metrics=module.rows, evals=[])
 
-
-from models.stages.eval_step import run_eval  # noqa: E402  (it imports Context from here)
 
 RUNNERS: dict[str, Callable[[Context], RunOutput]] = {
     "encoder": run_encoder, "trunk": run_trunk, "branch": run_branch,

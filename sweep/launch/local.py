@@ -23,7 +23,7 @@ import submitit
 import sweep
 from models.stepfiles import step_done
 from models.steps import Step
-from sweep.launch import JobFactory, LaunchResult
+from sweep.launch.backend import JobFactory, LaunchResult
 from sweep.launch.journal import JobRecord, append_jobs
 from sweep.launch.pool import WorkerPool
 from sweep.launch.progress import ProgressLine

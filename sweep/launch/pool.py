@@ -155,7 +155,7 @@ class WorkerPool:
     def _fail(self, worker: _Worker, reason: str) -> None:
         job = worker.job
         assert job is not None
-        step = getattr(job.job, "step", None)  # a StepJob; see sweep.launch.JobFactory
+        step = getattr(job.job, "step", None)  # a StepJob; see sweep.launch.backend.JobFactory
         if step is not None:
             record_death(self.root, step, job.job_id, job.began, reason)
         with contextlib.suppress(OSError), job.paths.stderr.open("a") as log:

@@ -22,7 +22,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from models.stepfiles import IN_FLIGHT
 from models.steps import Step
-from sweep.launch import JobFactory, LaunchResult, run_levels
+from sweep.launch.backend import JobFactory, LaunchResult, run_levels
 from sweep.launch.journal import JobRecord, append_jobs
 from sweep.launch.local import source_setup
 from sweep.launch.worker import StepJob
