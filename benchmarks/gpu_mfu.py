@@ -28,11 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import ListStream, StepTimes, make_batches, tokens_per_s  # noqa: E402
 
 from models.accounting import lm_flops_per_token  # noqa: E402
+from models.config import OptimConfig, RunOptions  # noqa: E402
 from models.presets import get_preset  # noqa: E402
 from models.schedules import trunk_schedule  # noqa: E402
-from models.stages import base  # noqa: E402
-from models.stages.base import Checkpointer, OptimConfig, RunOptions, fit  # noqa: E402
+from models.stages import trainer as base  # noqa: E402
+from models.stages.checkpointer import Checkpointer  # noqa: E402
 from models.stages.lm import TrunkModule  # noqa: E402
+from models.stages.trainer import fit  # noqa: E402
 from models.vlm import VLM  # noqa: E402
 from sweep.spec import load_study  # noqa: E402
 

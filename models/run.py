@@ -17,14 +17,12 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from models import stepfiles as sf
 from models.checkpoint import Preempted, clear_checkpoint_request, request_checkpoint
+from models.config import RunOptions
 from models.steps import CODE_SALT, Step
-
-if TYPE_CHECKING:
-    from models.stages.base import RunOptions
 
 __all__ = ["run_step", "request_checkpoint", "Preempted", "RunOptions"]
 
@@ -64,16 +62,14 @@ def _failure(directory: Path, step: Step, exc: BaseException) -> None:
         traceback=traceback.format_exc(), finished_at=sf.now_iso()))
 
 
-def run_step(step: Step, root: str | Path, options: "RunOptions | None" = None,
+def run_step(step: Step, root: str | Path, options: RunOptions | None = None,
              data: Any = None) -> dict[str, Any]:
     """Run (or resume, or skip if done) one step; returns its result.json content.
 
     `data` is the data provider (default: the `models.data` package); tests pass `models.synthetic`.
     """
-    from models.stages.base import RunOptions as _RunOptions
-
     # How the step runs: the caller's options, else the study's (`meta["run"]`, see sweep.plan).
-    options = options or _RunOptions(**step.meta.get("run", {}))
+    options = options or RunOptions(**step.meta.get("run", {}))
     paths = sf.paths_of(root, step)
     paths.dir.mkdir(parents=True, exist_ok=True)
     if data is None:
@@ -154,10 +150,3 @@ def _device_name() -> str:
         return torch.cuda.get_device_name(0)
     import platform
     return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RunOptions":  # lazily, so `import models.run` stays torch-free
-        from models.stages.base import RunOptions
-        return RunOptions
-    raise AttributeError(name)

@@ -175,7 +175,7 @@ class BackendSettings:
         return dict(self.slurm_per_kind).get(kind, self.slurm)
 
     def run_options(self, scale: str) -> dict[str, Any]:
-        """The `models.stages.base.RunOptions` fields a scale's training steps run with."""
+        """The `models.config.RunOptions` fields a scale's training steps run with."""
         return {"micro_batch": dict(self.micro_batch_per_scale).get(scale, self.micro_batch),
                 "compile": self.compile}
 

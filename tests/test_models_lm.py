@@ -166,7 +166,7 @@ def test_patch_kind_and_tied_embeddings_match_accounting() -> None:
 
 
 def test_ddp_split_gives_each_rank_its_rows_and_their_images() -> None:
-    from models.stages.base import split_rows
+    from models.stages.batches import split_rows
 
     image_id, k = 2, 2
     tokens = torch.tensor([[2, 2, 5, 6], [7, 8, 9, 10], [2, 2, 2, 2], [11, 2, 2, 12]])

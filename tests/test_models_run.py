@@ -153,7 +153,7 @@ def test_import_models_run_stays_torch_free() -> None:
 def test_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from models.stages.base import RunOptions, default_threads
+    from models.config import RunOptions, default_threads
 
     monkeypatch.setenv("VLMSWEEP_THREADS", "3")
     monkeypatch.setenv("VLMSWEEP_WORKERS", "2")

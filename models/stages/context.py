@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from models.config import RunOptions
 from models.steps import Step
 
 
@@ -17,7 +18,7 @@ class Context:
     step: Step
     root: Path
     dir: Path
-    options: Any  # models.stages.base.RunOptions
+    options: RunOptions
     data: Any  # the data provider module (models.data, or models.synthetic in tests)
     progress: Callable[[int, int, float], None]
 

@@ -18,13 +18,16 @@ import torch
 from models import checkpoint as ck
 from models import stepfiles as sf
 from models.accounting import train_flops
-from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
+from models.config import LMConfig, OptimConfig, ProjectorConfig, RunOptions, TrainDefaults, VisionConfig
 from models.schedules import Schedule, branch_schedule, finetune_schedule, steps_for, trunk_schedule
-from models.stages.base import Checkpointer, OptimConfig, RunOptions, StageModule, fit, micro_batches, split_rows
+from models.stages.batches import micro_batches, split_rows
+from models.stages.checkpointer import Checkpointer
 from models.stages.context import Context, RunOutput
 from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModule
 from models.stages.eval_step import run_eval
 from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
+from models.stages.module import StageModule
+from models.stages.trainer import fit
 from models.stepfiles import fraction_step
 from models.steps import load_step_config, replay_rows
 from models.vlm import VLM

@@ -49,7 +49,7 @@ class SubmititLocal:
 
     def __init__(self, root: str | Path, workers: int = 1):
         self.executor = submitit.LocalExecutor(folder=Path(root) / "logs" / "%j")
-        # VLMSWEEP_WORKERS: steps split the cores (models.stages.base.default_threads)
+        # VLMSWEEP_WORKERS: steps split the cores (models.config.default_threads)
         self.executor.update_parameters(timeout_min=WEEK_MIN, setup=source_setup() + [
             f"export VLMSWEEP_WORKERS={max(1, workers)}"])
         self.jobs: list[Any] = []
