@@ -22,6 +22,7 @@ from typing import Any
 from models import stepfiles as sf
 from models.checkpoint import Preempted, clear_checkpoint_request, request_checkpoint
 from models.config import RunOptions
+from models.distributed import MULTI_RANK_KINDS, Ranks, ranks_from_env
 from models.steps import CODE_SALT, Step
 
 __all__ = ["run_step", "request_checkpoint", "Preempted", "RunOptions"]
@@ -51,14 +52,15 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _failure(directory: Path, step: Step, exc: BaseException) -> None:
+def _failure(directory: Path, step: Step, exc: BaseException, ranks: Ranks) -> None:
     import torch
 
     reason = ("preempted" if isinstance(exc, Preempted)
               else "oom" if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) else "exception")
+    where = f"rank 0 of {ranks.world}: " if ranks.world > 1 else ""
     sf.write_failure(directory, sf.Failure(
         step_id=step.step_id, kind=step.kind, reason=reason,
-        error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+        error=f"{where}{type(exc).__name__}: {exc}".splitlines()[0][:500],
         traceback=traceback.format_exc(), finished_at=sf.now_iso()))
 
 
@@ -70,25 +72,32 @@ def run_step(step: Step, root: str | Path, options: RunOptions | None = None,
     """
     # How the step runs: the caller's options, else the study's (`meta["run"]`, see sweep.plan).
     options = options or RunOptions(**step.meta.get("run", {}))
+    ranks = ranks_from_env()
+    if ranks.world > 1 and step.kind not in MULTI_RANK_KINDS:
+        raise ValueError(f"a {step.kind} step trains on one rank, not {ranks.world}: only "
+                         f"{', '.join(MULTI_RANK_KINDS)} steps split their batches over ranks")
     paths = sf.paths_of(root, step)
-    paths.dir.mkdir(parents=True, exist_ok=True)
     if data is None:
         import models.data as data
     if sf.step_done(step, root):
         return sf.read_result(paths.dir)
-    sf.write_json(paths.config, step.to_json())
+    if ranks.writes_files:
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        sf.write_json(paths.config, step.to_json())
     clear_checkpoint_request()
     with _Signals():
         try:
-            return _execute(step, Path(root), paths, options, data)
+            return _execute(step, Path(root), paths, options, data, ranks)
         except BaseException as exc:
-            _failure(paths.dir, step, exc)
+            if ranks.writes_files:  # one failure.json: rank 0's (the others' tracebacks are in their logs)
+                _failure(paths.dir, step, exc, ranks)
             raise
         finally:
             clear_checkpoint_request()
 
 
-def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: Any) -> dict[str, Any]:
+def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: Any,
+             ranks: Ranks) -> dict[str, Any]:
     import torch
 
     from models.stages import runners
@@ -98,15 +107,18 @@ def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: An
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     ctx = runners.Context(step=step, root=root, dir=paths.dir, options=options, data=data,
-                          progress=_progress_writer(paths))
+                          progress=_progress_writer(paths), writes_files=ranks.writes_files)
     result = sf.read_result(paths.dir)
     if result is not None:  # a done trunk asked for a new fraction
         runners.replay_trunk_fractions(ctx)
         result["checkpoint_fractions"] = sorted(set(result.get("checkpoint_fractions", []))
                                                 | set(step.meta.get("checkpoint_fractions", [])))
-        sf.write_result(paths.dir, result)
+        if ranks.writes_files:
+            sf.write_result(paths.dir, result)
         return result
     out = runners.RUNNERS[step.kind](ctx)
+    if not ranks.writes_files:
+        return {}
     if out.metrics is not None:
         sf.write_table(paths.metrics, out.metrics, sf.METRICS_COLUMNS)
     if out.evals is not None:
@@ -115,7 +127,8 @@ def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: An
               "flops": out.flops, "params": out.params,
               "wall_time_s": time.perf_counter() - t0, "peak_memory_bytes": _peak_memory(),
               "code_salt": CODE_SALT, "git_commit": _git_commit(), "started_at": started,
-              "finished_at": sf.now_iso(), "hostname": socket.gethostname(), "device": _device_name()}
+              "finished_at": sf.now_iso(), "hostname": socket.gethostname(), "device": _device_name(),
+              "ranks": ranks.world}
     if step.kind == "trunk":
         result["checkpoint_fractions"] = sorted(float(f) for f in step.meta.get("checkpoint_fractions", ()))
     sf.write_result(paths.dir, result)

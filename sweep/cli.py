@@ -54,7 +54,8 @@ def _add_run(sub) -> None:
     _study_arg(p)
     p.add_argument("--backend", choices=("inline", "local", "slurm"), default=None,
                    help="where steps run (default: [backend].default of the study)")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: the study's [backend].workers, else one per GPU group)")
     p.add_argument("--retry-failed", action="store_true",
                    help="also rerun failed steps (each at most [backend].max_failures times)")
     p.add_argument("--dry-run", action="store_true", help="print what would run; run nothing")
@@ -125,7 +126,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("vlmsweep-demo"),
                    help="results root (default ./vlmsweep-demo; `vlmsweep app DIR` opens it)")
     p.add_argument("--workers", type=int, default=None,
-                   help="local worker processes (default: the study's [backend].workers)")
+                   help="local worker processes (default: the study's [backend].workers, else one per GPU group)")
     p.add_argument("--study", type=Path, default=None,
                    help="run another study the demo way (default: studies/demo.toml)")
     p.set_defaults(handler="sweep.demo:run_demo")

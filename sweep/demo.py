@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from sweep.errors import UserError
+from sweep.launch.devices import local_workers
 from sweep.plan import plan_study, write_study_manifest
 from sweep.plancli import plan_table
 from sweep.spec import load_study
@@ -34,7 +35,7 @@ def run_demo(args) -> int:
     print(plan_table(plan), flush=True)
     write_study_manifest(plan)
     todo = select_steps(plan, retry_failed=True, max_failures=study.backend.max_failures)
-    workers = args.workers or study.backend.workers
+    workers = local_workers(args.workers, study.backend)
     if todo:
         print(f"\ndemo: running {len(todo)} step(s) on {workers} local worker(s)", flush=True)
         result = get_backend("local").run(plan, todo, workers=workers, progress=True)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from models import stepfiles as sf
 from models.steps import Step
 from sweep.errors import UserError
+from sweep.launch.devices import local_workers
 from sweep.plan import Plan, plan_cells, plan_study, write_study_manifest
 from sweep.spec import Cell, Study, load_study
 
@@ -119,7 +120,8 @@ def _executor(settings: SearchSettings, root: Path, study: Study):
     from sweep.launch.slurm import sbatch_parameters  # the same resources as `run` uses
 
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=study.backend.max_num_timeout)
-    executor.update_parameters(**sbatch_parameters(study.backend.slurm_for("branch")))
+    # A trial's chain (branch → finetune → eval) runs in one job, on one rank.
+    executor.update_parameters(**sbatch_parameters(study.backend.slurm_for("branch").single_rank()))
     return executor
 
 
@@ -344,7 +346,7 @@ def run_search(args) -> int:
     lo, hi = (float(x) for x in args.ratio_range.split(","))
     settings = SearchSettings(trials=args.trials, objectives=tuple(args.objectives.split(",")),
                               sampler=args.sampler, lattice=args.lattice, ratio_range=(lo, hi),
-                              workers=args.workers or study.backend.workers, backend=args.backend,
+                              workers=local_workers(args.workers, study.backend), backend=args.backend,
                               seed=args.seed)
     if len(settings.objectives) != 2 and args.compare_grid:
         raise UserError("--compare-grid needs exactly two objectives")

@@ -13,12 +13,11 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from models import checkpoint as ck
 from models import stepfiles as sf
 from models.accounting import train_flops
 from models.config import LMConfig, OptimConfig, ProjectorConfig, RunOptions, TrainDefaults, VisionConfig
+from models.distributed import ranks_from_env
 from models.schedules import Schedule, branch_schedule, finetune_schedule, steps_for, trunk_schedule
 from models.stages.batches import micro_batches, split_rows
 from models.stages.checkpointer import Checkpointer
@@ -65,21 +64,22 @@ def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
         checkpointer=checkpointer, split=split)
 
 
-def _save_weights(ctx: Context, model: torch.nn.Module) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def _save_weights(ctx: Context, module: StageModule) -> None:
+    """The final weights (model.pt), from rank 0; under FSDP as gathered when training ended."""
+    if not ctx.writes_files:
+        return
+    state = module.final_weights or {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
     ck.save_torch(sf.paths_of(ctx.root, ctx.step).weights, {"model": state})
 
 
 def _splitter(ctx: Context, image_id: int, image_tokens: int) -> Callable | None:
     """What the loader does to each global batch: this rank's rows (DDP), then micro-batches."""
-    devices, micro = ctx.options.devices, ctx.options.micro_batch
-    if devices <= 1 and micro <= 0:
+    ranks, micro = ranks_from_env(), ctx.options.micro_batch
+    if ranks.world <= 1 and micro <= 0:
         return None
-    import torch.distributed as dist
 
     def split(batch: dict) -> dict:
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        batch = split_rows(batch, rank, devices, image_id, image_tokens)
+        batch = split_rows(batch, ranks.rank, ranks.world, image_id, image_tokens)
         return micro_batches(batch, micro, image_id, image_tokens)
     return split
 
@@ -122,7 +122,7 @@ def run_trunk(ctx: Context) -> RunOutput:
     if candidates:
         _restore(module, stream, ck.load_torch(max(candidates, key=lambda c: c[0])[1]))
     _train(ctx, module, stream, total, fractions=fractions, split=_splitter(ctx, module.image_id, 1))
-    _save_weights(ctx, module.model)
+    _save_weights(ctx, module)
     tokens = total * module.tokens_per_step
     return RunOutput(tokens=tokens, flops=train_flops(cfg.lm, tokens, cfg.train.seq_len),
                      params=module.model.param_counts(), metrics=module.rows, evals=[])
@@ -225,7 +225,7 @@ def run_branch(ctx: Context) -> RunOutput:
         _start_from_trunk(ctx, module, trunk_id, cfg.intro_fraction)
     _train(ctx, module, stream, total,
            split=_splitter(ctx, tok.image_id, n_image))
-    _save_weights(ctx, model)
+    _save_weights(ctx, module)
     tokens = total * batch * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
                      params=model.param_counts(), metrics=module.rows, evals=[])
@@ -267,7 +267,7 @@ def run_finetune(ctx: Context) -> RunOutput:
     if latest.exists():
         _restore(module, stream, ck.load_torch(latest))
     _train(ctx, module, stream, total, split=_splitter(ctx, tok.image_id, n_image))
-    _save_weights(ctx, model)
+    _save_weights(ctx, module)
     tokens = total * rows * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
                      params=model.param_counts(), metrics=module.rows, evals=[])

@@ -20,9 +20,10 @@ import submitit
 from models.stepfiles import DONE, FAILED, IN_FLIGHT
 from sweep.errors import UserError
 from sweep.launch import BACKENDS, LaunchResult, get_backend, select_steps
+from sweep.launch.devices import local_workers
 from sweep.launch.journal import JournalError
 from sweep.launch.queue import QueueError
-from sweep.launch.slurm import SlurmSettingsError, group_steps, render_sbatch, sbatch_parameters
+from sweep.launch.slurm import SlurmSettingsError, group_steps, render_sbatch, sbatch_parameters, slurm_settings
 from sweep.locking import root_lock
 from sweep.status import StepStatus, reconcile, summary
 
@@ -81,7 +82,7 @@ def _explain(plan: Any, statuses: dict[str, StepStatus], chosen: list[Any], max_
 
 def _dry_run_slurm(plan: Any, chosen: list[Any]) -> None:
     for (level, family), members in group_steps(plan, chosen):
-        params = sbatch_parameters(plan.study.backend.slurm_for(members[0].kind))
+        params = sbatch_parameters(slurm_settings(plan, members[0]))
         trunk = f", trunk {family} ({plan.by_id[family].meta.get('scale', '?')})" if family else ""
         print(f"\n# level {level}{trunk}: array of {len(members)} ({_by_kind(members)})")
         print(render_sbatch(params, folder=Path(plan.root) / "logs" / "%j",
@@ -91,7 +92,7 @@ def _dry_run_slurm(plan: Any, chosen: list[Any]) -> None:
 def _launch(args: argparse.Namespace, plan: Any) -> LaunchResult | None:
     settings = plan.study.backend
     name = getattr(args, "backend", None) or settings.default
-    workers = getattr(args, "workers", None) or settings.workers
+    workers = local_workers(getattr(args, "workers", None), settings)
     retry = bool(getattr(args, "retry_failed", False))
     # The lock spans reconcile → submit, so a concurrent run sees our jobs in the journal;
     # a dry run writes nothing, not even the lock file.

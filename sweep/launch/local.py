@@ -1,11 +1,13 @@
 """The local backend: N worker processes on this machine, DAG order respected.
 
 By default the workers are persistent (`sweep.launch.pool`): each imports torch once and runs
-many steps. `LocalBackend(pool=False)` keeps the older path, one fresh process per step through
-submitit's LocalExecutor. Either way a step starts once all its parents have result.json, a step
-under a failed one is skipped as blocked, and `run` stays in the foreground, drawing the progress
-line and recording each job in the launch journal so `status` can see it. Ctrl-C or SIGTERM asks
-the running steps to checkpoint, ends the workers and raises KeyboardInterrupt.
+many steps, on GPUs of its own when the machine has any (`sweep.launch.devices`), and an LM step
+runs on `gpus_per_step` local ranks (`sweep.launch.ranks`). `LocalBackend(pool=False)` keeps the
+older path, one fresh process per step through submitit's LocalExecutor. Either way a step starts
+once all its parents have result.json, a step under a failed one is skipped as blocked, and `run`
+stays in the foreground, drawing the progress line and recording each job in the launch journal
+so `status` can see it. Ctrl-C or SIGTERM asks the running steps to checkpoint, ends the workers
+and raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from typing import Any, Iterator, Sequence
 import submitit
 
 import sweep
+from models.distributed import MULTI_RANK_KINDS
 from models.stepfiles import step_done
 from models.steps import Step
 from sweep.launch.backend import JobFactory, LaunchResult
+from sweep.launch.devices import visible_gpus, worker_devices
 from sweep.launch.journal import JobRecord, append_jobs
 from sweep.launch.pool import WorkerPool
 from sweep.launch.progress import ProgressLine
+from sweep.launch.ranks import LocalRanks
 from sweep.launch.worker import StepJob
 from sweep.status import StepStatus
 
@@ -80,9 +85,13 @@ class LocalBackend:
             job_factory: JobFactory | None = None,
             statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
         workers = max(1, workers)
-        executor = WorkerPool(plan.root, workers) if self.pool else SubmititLocal(plan.root, workers)
+        per_step = plan.study.backend.gpus_per_step
+        devices = worker_devices(visible_gpus(), per_step, workers)
+        executor = (WorkerPool(plan.root, workers, devices=devices) if self.pool
+                    else SubmititLocal(plan.root, workers))
         line = ProgressLine(root=plan.root, total=len(steps), workers=workers) if progress else None
-        run = _LocalRun(plan, list(steps), executor, job_factory or StepJob, workers, line)
+        run = _LocalRun(plan, list(steps), executor, with_local_ranks(job_factory or StepJob, per_step),
+                        workers, line)
         with _sigterm_interrupts():
             try:
                 run.loop()
@@ -92,6 +101,14 @@ class LocalBackend:
             finally:
                 executor.close()
         return run.result()
+
+
+def with_local_ranks(factory: JobFactory, ranks: int) -> JobFactory:
+    """`factory`'s jobs, each LM step's run by `ranks` local processes (gpus_per_step > 1)."""
+    if ranks <= 1:
+        return factory
+    return lambda step, root: (LocalRanks(factory(step, root), ranks) if step.kind in MULTI_RANK_KINDS
+                               else factory(step, root))
 
 
 @contextlib.contextmanager

@@ -65,7 +65,7 @@ class PoolJob:
 
 
 @contextlib.contextmanager
-def _bare_main() -> Iterator[None]:
+def bare_main() -> Iterator[None]:
     """Hide the parent's __main__ while a worker is spawned.
 
     `spawn` re-runs the parent's main script (by path or module name) in every child. Workers only
@@ -81,24 +81,32 @@ def _bare_main() -> Iterator[None]:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, workers: int):
+    def __init__(self, ctx: Any, workers: int, slot: int, devices: str | None):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, workers), daemon=True,
+        # Not a daemon: a step on several ranks starts their processes from the worker.
+        self.process = ctx.Process(target=worker_main, args=(child, workers, devices),
                                    name="vlmsweep-worker")
-        with _bare_main():
+        with bare_main():
             self.process.start()
         child.close()
         self.job: PoolJob | None = None
         self.seq = 0
+        self.slot = slot  # which of the pool's device sets it holds
 
 
 class WorkerPool:
-    """Up to `workers` persistent processes; the caller never submits more jobs than that."""
+    """Up to `workers` persistent processes; the caller never submits more jobs than that.
 
-    def __init__(self, root: str | Path, workers: int, *, start_method: str = "spawn"):
+    `devices[i]`, when given, is the CUDA_VISIBLE_DEVICES of the worker in slot i (a worker that
+    died is replaced in its slot), so concurrent steps train on distinct GPUs.
+    """
+
+    def __init__(self, root: str | Path, workers: int, *, start_method: str = "spawn",
+                 devices: list[str] | None = None):
         self.root, self.size = Path(root), max(1, workers)
         self.ctx = multiprocessing.get_context(start_method)
         self.workers: list[_Worker] = []
+        self.devices = devices
 
     def submit(self, job: Any) -> PoolJob:
         worker = self._idle_worker()
@@ -124,7 +132,8 @@ class WorkerPool:
         self.workers = [w for w in self.workers if w.job is not None]
         if len(self.workers) >= self.size:
             raise RuntimeError(f"all {self.size} workers are busy; wait for one to finish first")
-        worker = _Worker(self.ctx, self.size)
+        slot = min(set(range(self.size)) - {w.slot for w in self.workers})
+        worker = _Worker(self.ctx, self.size, slot, self.devices[slot] if self.devices else None)
         self.workers.append(worker)
         return worker
 
@@ -217,7 +226,7 @@ def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) 
 
 # ---- inside a worker process -------------------------------------------------------------------
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """SIGTERM this worker when the supervisor dies (even by SIGKILL): no orphan keeps training."""
     with contextlib.suppress(Exception):
         import ctypes
@@ -247,13 +256,15 @@ def _redirected(stdout: str, stderr: str) -> Iterator[None]:
             os.close(saved[1])
 
 
-def worker_main(conn: Connection, workers: int) -> None:
+def worker_main(conn: Connection, workers: int, devices: str | None = None) -> None:
     """Run jobs from `conn` until told to stop (None) or the supervisor's pipe closes."""
     # Ctrl-C reaches the whole process group: the supervisor alone decides, then sends SIGTERM,
     # which a running step turns into a checkpoint (models.run.run_step installs that handler).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["VLMSWEEP_WORKERS"] = str(workers)  # before torch is imported: it sizes threads
-    _die_with_parent()
+    if devices is not None:  # before CUDA is initialised: this worker's GPUs, and only those
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    die_with_parent()
     stopping = False
 
     def on_term(signum: int, frame: Any) -> None:  # between steps: finish, take no more

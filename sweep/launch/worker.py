@@ -1,7 +1,8 @@
 """What runs inside one job: `StepJob(step, root)()` trains one step through `models.run.run_step`.
 
-Submitit pickles a `StepJob` for every step. It re-checks `result.json` first, so a requeued or
-duplicated job is harmless. On a timeout or preemption signal it asks the running step to
+Submitit pickles a `StepJob` for every step; a job of several tasks runs it in each (one rank
+each; rank 0 alone writes and records failures). It re-checks `result.json` first, so a requeued
+or duplicated job is harmless. On a timeout or preemption signal it asks the running step to
 checkpoint (`models.run.request_checkpoint`), lets the step save and raise `Preempted` at its next
 optimizer step, and only then hands over to submitit, which calls `checkpoint()` (resume = run the
 same step again) and requeues the job, at most `max_num_timeout` times.
@@ -21,6 +22,7 @@ import submitit
 from submitit.core.job_environment import JobEnvironment
 
 from models import stepfiles as sf
+from models.distributed import ranks_from_env
 from models.steps import Step
 from sweep.launch.journal import append_failure
 
@@ -77,6 +79,12 @@ class StepJob(submitit.helpers.Checkpointable):
         try:
             return self.run()
         except BaseException as error:
+            if not ranks_from_env().writes_files:
+                # Rank 0 alone records failures and checkpoints and requeues a preempted job;
+                # another rank stopped for a checkpoint just ends.
+                if isinstance(error, Exception) and self.is_preempted(error):
+                    return {}
+                raise
             if handover is not None and self.is_preempted(error) and not _cancelled():
                 try:  # submitit: checkpoint(), requeue and exit, or give up after max_num_timeout
                     handover(self._signal or JobEnvironment._usr_sig(), None)
