@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from sweep.errors import UserError
+from sweep.gpuhours import GPUS
 
 EXIT_USAGE = 2
 
@@ -43,6 +44,10 @@ def _add_plan(sub) -> None:
                    help="print one JSON object: study, totals, savings and a `steps` list")
     p.add_argument("--explain", action="store_true",
                    help="say why each step that is not done must run")
+    p.add_argument("--gpu", choices=GPUS, default="h100",
+                   help="the card GPU-hours are priced on, at the MFU measured there (default h100)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs the cluster gives the study at once, for the makespan (default: no limit)")
     p.set_defaults(handler="sweep.plancli:run_plan")
 
 
