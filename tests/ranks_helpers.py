@@ -34,19 +34,27 @@ class SyntheticJob:
 
 
 class DeviceProbeJob:
-    """A stand-in step that records the CUDA_VISIBLE_DEVICES it ran with (and overlaps others)."""
+    """A stand-in step that records, per rank, the CUDA_VISIBLE_DEVICES it ran with and when; rank
+    0 then writes result.json. It sleeps so that concurrent steps overlap."""
 
     def __init__(self, step: Step, root: str | Path, seconds: float = 1.5):
         self.step, self.root, self.seconds = step, str(root), seconds
 
     def __call__(self) -> dict[str, Any]:
+        began = time.time()
         time.sleep(self.seconds)
-        result = {"step_id": self.step.step_id, "kind": self.step.kind, "status": "done",
-                  "devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+        ranks = ranks_from_env()
+        record = {"devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "rank": ranks.rank,
+                  "world": ranks.world, "began": began, "ended": time.time()}
         paths = sf.paths_of(self.root, self.step)
         paths.dir.mkdir(parents=True, exist_ok=True)
-        sf.write_result(paths.dir, result)
-        return result
+        sf.write_json(paths.dir / f"probe-rank{ranks.rank}.json", record)
+        if ranks.writes_files:
+            for fraction in self.step.meta.get("checkpoint_fractions", ()):  # what branches resume
+                sf.write_json(paths.fraction(float(fraction)), {})
+            sf.write_result(paths.dir, {"step_id": self.step.step_id, "kind": self.step.kind,
+                                        "status": "done"})
+        return record
 
     def is_preempted(self, error: BaseException) -> bool:
         return False

@@ -72,14 +72,22 @@ def _save_weights(ctx: Context, module: StageModule) -> None:
     ck.save_torch(sf.paths_of(ctx.root, ctx.step).weights, {"model": state})
 
 
-def _splitter(ctx: Context, image_id: int, image_tokens: int) -> Callable | None:
-    """What the loader does to each global batch: this rank's rows (DDP), then micro-batches."""
-    ranks, micro = ranks_from_env(), ctx.options.micro_batch
-    if ranks.world <= 1 and micro <= 0:
+def _splitter(stream: Any, options: RunOptions, image_id: int, image_tokens: int) -> Callable | None:
+    """What the loader does to each global batch: this rank's rows (DDP), then micro-batches.
+
+    A data-layer stream gives this rank only its rows (`select_rows`: the other rows' images are
+    never decoded where the source allows); another (the tests' synthetic one) is split here.
+    """
+    ranks, micro = ranks_from_env(), options.micro_batch
+    world = ranks.world
+    if world > 1 and hasattr(stream, "select_rows"):
+        stream.select_rows(ranks.rank, world)
+        world = 1
+    if world <= 1 and micro <= 0:
         return None
 
     def split(batch: dict) -> dict:
-        batch = split_rows(batch, ranks.rank, ranks.world, image_id, image_tokens)
+        batch = split_rows(batch, ranks.rank, world, image_id, image_tokens)
         return micro_batches(batch, micro, image_id, image_tokens)
     return split
 
@@ -121,7 +129,8 @@ def run_trunk(ctx: Context) -> RunOutput:
         candidates.append((int(ck.load_torch(latest)["step"]), latest))
     if candidates:
         _restore(module, stream, ck.load_torch(max(candidates, key=lambda c: c[0])[1]))
-    _train(ctx, module, stream, total, fractions=fractions, split=_splitter(ctx, module.image_id, 1))
+    _train(ctx, module, stream, total, fractions=fractions,
+           split=_splitter(stream, ctx.options, module.image_id, 1))
     _save_weights(ctx, module)
     tokens = total * module.tokens_per_step
     return RunOutput(tokens=tokens, flops=train_flops(cfg.lm, tokens, cfg.train.seq_len),
@@ -140,7 +149,7 @@ def replay_trunk_fractions(ctx: Context) -> None:
         _restore(module, stream, ck.load_torch(max(earlier, key=lambda c: c[0])[1]))
     quiet = dataclasses.replace(ctx.options, checkpoint_every_steps=0, checkpoint_every_s=math.inf)
     _train(ctx, module, stream, total, fractions=missing, stop_at=max(missing), options=quiet,
-           split=_splitter(ctx, module.image_id, 1))
+           split=_splitter(stream, quiet, module.image_id, 1))
 
 
 # -- encoder ----------------------------------------------------------------------------------
@@ -223,8 +232,7 @@ def run_branch(ctx: Context) -> RunOutput:
         _restore(module, stream, ck.load_torch(latest))
     else:
         _start_from_trunk(ctx, module, trunk_id, cfg.intro_fraction)
-    _train(ctx, module, stream, total,
-           split=_splitter(ctx, tok.image_id, n_image))
+    _train(ctx, module, stream, total, split=_splitter(stream, ctx.options, tok.image_id, n_image))
     _save_weights(ctx, module)
     tokens = total * batch * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
@@ -266,7 +274,7 @@ def run_finetune(ctx: Context) -> RunOutput:
     latest = sf.paths_of(ctx.root, step).latest
     if latest.exists():
         _restore(module, stream, ck.load_torch(latest))
-    _train(ctx, module, stream, total, split=_splitter(ctx, tok.image_id, n_image))
+    _train(ctx, module, stream, total, split=_splitter(stream, ctx.options, tok.image_id, n_image))
     _save_weights(ctx, module)
     tokens = total * rows * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
