@@ -53,7 +53,8 @@ class SlurmSettings:
     def single_rank(self) -> "SlurmSettings":
         """These resources for a step that trains on one rank (encoder, eval): one node, one task,
         at most one GPU."""
-        return replace(self, nodes=1, tasks_per_node=1, gpus_per_node=min(self.gpus_per_node, 1))
+        # tasks_per_node 0 is one task here: equal resources compare equal (one array per level)
+        return replace(self, nodes=1, tasks_per_node=0, gpus_per_node=min(self.gpus_per_node, 1))
 
 
 Layer = tuple[str, str, tuple[tuple[str, Any], ...]]  # (scale or "", kind or "", values set)

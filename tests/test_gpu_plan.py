@@ -61,6 +61,8 @@ def test_slurm_layers_apply_kind_then_scale_then_both(tmp_path) -> None:
     assert trunks["1m"].meta["run"]["strategy"] == "fsdp" and "run" not in trunks["debug"].meta
     plain = tmp_path / "plain.toml"
     plain.write_text(LAYERS.split("[backend.slurm]")[0])
+    default = load_study(plain).backend  # one-rank kinds share the LM kinds' arrays when equal
+    assert default.slurm_for("eval", "1m") == default.slurm_for("trunk", "1m")
     assert {s.step_id for s in plan_study(load_study(plain)).steps} == {s.step_id for s in plan.steps}
 
 
