@@ -4,6 +4,8 @@ Text as JSONL+zstd and Parquet shards, image-caption pairs as WebDataset tars an
 instructions as LLaVA JSON with PNG files, benchmarks as VQA / multiple-choice JSONL. Every
 writer pins what would vary (tar metadata, compression levels, key order), so one seed gives
 byte-identical files, and the readers real data needs are exercised by the default path.
+Paths in manifest.json are relative to it, so a world copied elsewhere (to a cluster) still
+describes itself; `read_world_manifest` resolves them against the manifest's folder.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from models.data.world import WorldData
 from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
 from models.stepfiles import write_bytes
 
+MANIFEST = "manifest.json"
 DEFAULT_SIZES = {"text_docs": 20_000, "pairs": 5_000, "instructions": 2_000, "eval_items": 200,
                  "shards": 4}
 
@@ -142,24 +145,39 @@ def write_world(out_dir: str | Path, seed: int = 0, *, text_docs: int = DEFAULT_
         "world_seed": seed, "n_kinds": n_kinds, "image_size": image_size,
         "counts": {"text_docs": text_docs, "pairs": pairs, "instructions": instructions,
                    "eval_items_per_task": eval_items, "shards": shards},
-        "sources": _sources(out, shards, formats), "shards": shards_meta,
+        "sources": _sources(formats), "shards": shards_meta,
         "images_sha256": hashlib.sha256(b"".join(
             hashlib.sha256(d).digest() for rel, (d, _) in sorted(files.items())
             if rel.startswith(("llava/images", "eval/images")))).hexdigest(),
     }
-    write_bytes(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
+    write_bytes(out / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1).encode())
     return manifest
 
 
-def _sources(out: Path, shards: int, formats: dict) -> dict:
-    a = out.resolve()
-    return {"text": {"kind": "jsonl", "paths": [str(a / "text" / "*.jsonl.zst")]},
-            "text_parquet": {"kind": "parquet", "paths": [str(a / "text_parquet" / "*.parquet")]},
-            "pairs": {"kind": "webdataset", "paths": [str(a / "pairs" / "*.tar")]},
-            "pairs_parquet": {"kind": "parquet_images", "paths": [str(a / "pairs_parquet" / "*.parquet")]},
-            "instructions": {"kind": "llava", "paths": [str(a / "llava" / "instructions.json")]},
-            **{f"eval_{t}": {"kind": k, "paths": [str(a / "eval" / f"{t}.jsonl")], "options": {"chance": c}}
+def _sources(formats: dict) -> dict:
+    """The world's data sources, their paths relative to the manifest (POSIX separators)."""
+    return {"text": {"kind": "jsonl", "paths": ["text/*.jsonl.zst"]},
+            "text_parquet": {"kind": "parquet", "paths": ["text_parquet/*.parquet"]},
+            "pairs": {"kind": "webdataset", "paths": ["pairs/*.tar"]},
+            "pairs_parquet": {"kind": "parquet_images", "paths": ["pairs_parquet/*.parquet"]},
+            "instructions": {"kind": "llava", "paths": ["llava/instructions.json"]},
+            **{f"eval_{t}": {"kind": k, "paths": [f"eval/{t}.jsonl"], "options": {"chance": c}}
                for t, (k, c) in formats.items()}}
+
+
+def read_world_manifest(path: str | Path) -> dict:
+    """A world's manifest.json (or the folder holding it) with every source path made absolute,
+    resolved against the manifest's folder wherever the world now lies."""
+    path = Path(path)
+    path = path / MANIFEST if path.is_dir() else path
+    try:
+        manifest = json.loads(path.read_text())
+        sources = manifest["sources"]
+        for source in sources.values():
+            source["paths"] = [str((path.parent / p).resolve()) for p in source["paths"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a world manifest ({type(exc).__name__}: {exc})") from None
+    return manifest
 
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,5 +200,5 @@ def run_world(args: argparse.Namespace) -> int:
                            instructions=args.instructions, eval_items=args.eval_items,
                            shards=args.shards, image_size=args.image_size, n_kinds=args.n_kinds)
     print(f"wrote world {args.seed} to {args.out}: {len(manifest['shards'])} files; "
-          f"manifest {Path(args.out) / 'manifest.json'}")
+          f"manifest {Path(args.out) / MANIFEST} (paths relative to it)")
     return 0
