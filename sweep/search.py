@@ -85,13 +85,16 @@ def trial_cell(study: Study, scale: str, fraction: float, ratio: float) -> Cell:
 
 
 def eval_scores(root: Path, eval_step: Step) -> dict[str, float]:
-    """Stable-score averages (accuracy − chance) per group from one eval step's evals.parquet."""
+    """The VL and text stable-score averages of one eval step, by the report's own formula
+    (`analysis.scores.step_scores`); a group the step has no accuracy rows for is left out."""
     import polars as pl
 
+    from analysis.scores import step_scores
+
     frame = pl.read_parquet(sf.paths_of(root, eval_step).evals).filter(pl.col("metric") == "accuracy")
-    means = (frame.with_columns((pl.col("value") - pl.col("chance")).alias("stable"))
-             .group_by("group").agg(pl.col("stable").mean()))
-    return {row["group"]: float(row["stable"]) for row in means.iter_rows(named=True)}
+    scores = step_scores(frame.with_columns(pl.lit(eval_step.step_id).alias("step_id")))
+    row = scores.row(0, named=True) if scores.height else {}
+    return {g: float(row[f"{g}_score"]) for g in OBJECTIVES if row.get(f"{g}_score") is not None}
 
 
 class _Search:
