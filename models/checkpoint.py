@@ -17,7 +17,7 @@ from typing import Any, Iterable
 # Column names and Arrow types of the two tables (pyarrow is imported only when writing).
 METRICS_COLUMNS = (("step", "int64"), ("tokens", "int64"), ("name", "string"), ("value", "float64"))
 EVALS_COLUMNS = (("task", "string"), ("group", "string"), ("metric", "string"),
-                 ("value", "float64"), ("chance", "float64"), ("n", "int64"))
+                 ("value", "float64"), ("chance", "float64"), ("n", "int64"), ("primary_metric", "bool_"))
 
 _checkpoint_requested = threading.Event()
 
