@@ -39,8 +39,9 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "world": {"seed": int, "image_size": int, "n_kinds": int},
     "jsonl": {"tokenizer": str, "text_field": str},
     "parquet": {"tokenizer": str, "text_field": str},
-    "webdataset": {"image_ext": str},
-    "parquet_images": {"image_field": str, "caption_field": str},
+    # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
+    "webdataset": {"image_ext": str, "tokenizer": str},
+    "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str},
     "llava": {"image_root": str},
     # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
     # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored

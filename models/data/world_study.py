@@ -29,6 +29,7 @@ tokenizer = "{tokenizer}"
 [data.pairs]
 kind = "webdataset"
 paths = ["pairs/*.tar"]
+tokenizer = "{tokenizer}"    # the encoder step's caption tower reads the captions
 
 [data.instructions]
 kind = "llava"

@@ -54,10 +54,8 @@ def textvqa(*, annotations: str, images: str, out: str) -> list[dict]:
         answers = need(q, "answers", annotations, where, list)
         if not answers or not all(isinstance(a, str) for a in answers):
             raise ConvertError(annotations, where, "field 'answers' must be a non-empty list of strings")
-        image = f"{need(q, 'image_id', annotations, where)}.jpg"
-        records.append({"question_id": q.get("question_id"), "question": need(q, "question", annotations, where),
-                        "image": image_ref(images, image, out, annotations, where), "answers": answers,
-                        "metric": "vqa", "chance": 0.0})
+        records.append(_open_answer(q, f"{need(q, 'image_id', annotations, where)}.jpg", answers, "vqa",
+                                    images, out, annotations, where))
     return records
 
 
@@ -66,15 +64,18 @@ def vizwiz(*, annotations: str, images: str, out: str) -> list[dict]:
     data = read_json(annotations)
     if not isinstance(data, list):
         raise ConvertError(annotations, "<file>", "a VizWiz annotation file holds a JSON list")
-    records = []
-    for i, q in enumerate(data):
-        where = f"[{i}]"
-        answerable = need(q, "answerable", annotations, where, (int, bool))
-        records.append({"question": need(q, "question", annotations, where),
-                        "image": image_ref(images, need(q, "image", annotations, where), out, annotations, where),
-                        "answers": _answers(q, annotations, where), "answerable": bool(answerable),
-                        "metric": "vizwiz", "chance": 0.0})
-    return records
+    return [_open_answer(q, need(q, "image", annotations, f"[{i}]"), _answers(q, annotations, f"[{i}]"),
+                         "vizwiz", images, out, annotations, f"[{i}]",
+                         answerable=bool(need(q, "answerable", annotations, f"[{i}]", (int, bool))))
+            for i, q in enumerate(data)]
+
+
+def _open_answer(q: dict, image: str, answers: list[str], metric: str, images: str, out: str, path: str,
+                 where: str, **extra) -> dict:
+    """A `vqa_jsonl` record of an open-answer question (chance 0: no blind answer is right)."""
+    return {"question_id": q.get("question_id"), "question": need(q, "question", path, where),
+            "image": image_ref(images, image, out, path, where), "answers": answers, "metric": metric,
+            "chance": 0.0, **extra}
 
 
 def gqa(*, questions: str, images: str, out: str) -> list[dict]:
