@@ -17,9 +17,9 @@ from analysis.schema import AXES
 
 SCORES = ("vl_score", "text_score", "avg_score")  # per-step aggregates, in display order
 CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # a configuration = every axis but the seed
-SCORE_LABELS = {"vl_score": "VL stable score (acc. − chance)",
-                "text_score": "text stable score (acc. − chance)",
-                "avg_score": "k-task average stable score (acc. − chance)"}
+SCORE_LABELS = {"vl_score": "VL stable score (score − chance)",
+                "text_score": "text stable score (score − chance)",
+                "avg_score": "k-task average stable score (score − chance)"}
 
 
 def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:

@@ -47,9 +47,9 @@ def timed(model: VLM, task: EvalTask, batch: int, image_tokens: int) -> tuple[fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--questions", type=int, default=16, help="questions per task")
-    ap.add_argument("--batch", type=int, default=16, help="sequences per forward in the batched run")
-    ap.add_argument("--new-tokens", type=int, default=4, help="greedy tokens per VQA answer")
+    ap.add_argument("--questions", type=int, default=8, help="questions per task")
+    ap.add_argument("--batch", type=int, default=8, help="sequences per forward in the batched run")
+    ap.add_argument("--new-tokens", type=int, default=3, help="greedy tokens per VQA answer")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()

@@ -137,7 +137,8 @@ def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
                      tasks=tuple(t.list("tasks", lambda v, k: check_str(v, t.error, k), [], nonempty=False)),
                      pretrained=t.bool("pretrained", True),
                      trunk_checkpoints=t.bool("trunk_checkpoints", True),
-                     stable_metric=_per_task(t.table("stable_metric"), lambda sub, k: sub.str(k, choices=METRIC_NAMES)),
+                     stable_metric=_per_task(t.table("stable_metric"),
+                                             lambda sub, k: sub.str(k, choices=METRIC_NAMES)),
                      chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)))
     t.finish()
     _check_task_names(t, s, data)
