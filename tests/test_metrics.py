@@ -6,8 +6,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from models.metrics import (FAMILIES, binary_scores, box_iou, exact_match, mc_predictions,
-                            normalize_vqa_answer, parse_box, primary_metric, task_rows, vqa_accuracy)
+from models.metrics import (
+    FAMILIES,
+    binary_scores,
+    box_iou,
+    exact_match,
+    mc_predictions,
+    normalize_vqa_answer,
+    parse_box,
+    primary_metric,
+    task_rows,
+    vqa_accuracy,
+)
 
 
 @pytest.mark.parametrize("raw, norm", [

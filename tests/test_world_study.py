@@ -11,11 +11,11 @@ import pytest
 
 import models.data as data
 from models import checkpoint as ck
+from models import stepfiles as sf
 from models.data.tokenizer import HFTokenizer, world_tokenizer
 from models.data.world import WorldData
 from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
 from models.evaluate import evaluate
-from models.run import weights_path
 from models.stages.eval_step import model_spec
 from models.steps import DataSource
 from models.vlm import VLM
@@ -86,7 +86,7 @@ def _assert_parity(study, out) -> None:
     finetune = next(s for s in plan.steps if s.kind == "finetune")
     lm, vision, projector, _ = model_spec(study.root, "finetune", finetune.step_id)
     model = VLM(lm, vision, projector)
-    model.load_state_dict(ck.load_torch(weights_path(study.root, "finetune", finetune.step_id))["model"])
+    model.load_state_dict(ck.load_torch(sf.step_paths(study.root, "finetune", finetune.step_id).weights)["model"])
     n_image = projector.image_tokens(vision.n_patches)
     kw = dict(n_per_task=0, image_size=vision.image_size, seed=0, image_tokens=n_image)
     world = data.eval_tasks(DataSource(name="world", kind="world", options=(("n_kinds", 8), ("seed", 0))),
