@@ -85,16 +85,14 @@ def trial_cell(study: Study, scale: str, fraction: float, ratio: float) -> Cell:
 
 
 def eval_scores(root: Path, eval_step: Step) -> dict[str, float]:
-    """The VL and text stable-score averages of one eval step, by the report's own formula
-    (`analysis.scores.step_scores`); a group the step has no accuracy rows for is left out."""
+    """Stable-score averages (primary metric − chance) per group from one eval step's evals.parquet."""
     import polars as pl
 
-    from analysis.scores import step_scores
+    from analysis.scores import stable_scores
 
-    frame = pl.read_parquet(sf.paths_of(root, eval_step).evals).filter(pl.col("metric") == "accuracy")
-    scores = step_scores(frame.with_columns(pl.lit(eval_step.step_id).alias("step_id")))
-    row = scores.row(0, named=True) if scores.height else {}
-    return {g: float(row[f"{g}_score"]) for g in OBJECTIVES if row.get(f"{g}_score") is not None}
+    frame = pl.read_parquet(sf.paths_of(root, eval_step).evals)
+    means = stable_scores(frame).group_by("group").agg(pl.col("stable_score").mean())
+    return {row["group"]: float(row["stable_score"]) for row in means.iter_rows(named=True)}
 
 
 class _Search:
