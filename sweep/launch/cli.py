@@ -23,7 +23,8 @@ from sweep.launch import BACKENDS, LaunchResult, get_backend, select_steps
 from sweep.launch.devices import local_workers
 from sweep.launch.journal import JournalError
 from sweep.launch.queue import QueueError
-from sweep.launch.slurm import SlurmSettingsError, group_steps, render_sbatch, sbatch_parameters, slurm_settings
+from sweep.launch.slurm import SlurmSettingsError, group_steps, sbatch_parameters, slurm_settings
+from sweep.launch.submitit_adapter import render_sbatch
 from sweep.locking import root_lock
 from sweep.status import StepStatus, reconcile, summary
 
