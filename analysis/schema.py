@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SCHEMA_VERSION = 3  # 2: the curves table; 3: the curve_points table
+SCHEMA_VERSION = 4  # 2: the curves table; 3: the curve_points table; 4: the heldout_losses view
+
+# Held-out validation losses travel in `evals` under their own metric (models.heldout writes the
+# same names), so that no stable-score average counts them whatever other metrics evals carry.
+LOSS_METRIC = "val_loss"
+HELDOUT_LOSSES = {"heldout_text": "val_text_loss", "heldout_caption": "val_caption_loss"}  # task -> column
 
 # Buckets per curve in `curve_points`; changing it changes that table: bump SCHEMA_VERSION with it.
 CURVE_BUCKETS = 200
@@ -152,10 +157,10 @@ EVALS = Table(name="evals", doc="zero-shot evaluation results", columns=_cols(
     ("step_id", "VARCHAR", "the eval step"),
     ("task", "VARCHAR", "task name"),
     ("group", "VARCHAR", "vl | text"),
-    ("metric", "VARCHAR", "accuracy"),
-    ("value", "DOUBLE", "the metric in [0, 1]"),
-    ("chance", "DOUBLE", "the task's chance level"),
-    ("n", "BIGINT", "examples evaluated"),
+    ("metric", "VARCHAR", f"accuracy, or {LOSS_METRIC} (held-out loss: tasks {', '.join(HELDOUT_LOSSES)})"),
+    ("value", "DOUBLE", f"accuracy in [0, 1]; {LOSS_METRIC} in nats per token"),
+    ("chance", "DOUBLE", f"the task's chance level (null for {LOSS_METRIC})"),
+    ("n", "BIGINT", f"examples evaluated (tokens scored for {LOSS_METRIC})"),
 ))
 
 STUDIES = Table(name="studies", doc="one row per study manifest", columns=_cols(
@@ -188,7 +193,8 @@ def _config_aggregates() -> str:
     return ", ".join(parts)
 
 
-# Stable score = accuracy - chance (DESIGN §1), joined with the evaluated chain's axes; per eval
+# Stable score = accuracy - chance (DESIGN §1) of every eval row but the held-out losses, joined
+# with the evaluated chain's axes (heldout_losses: those rows, likewise joined); per eval
 # step the VL, text and all-task averages; per configuration (all axes but seed) mean, stderr, n.
 # analysis.scores computes the same in polars (with a configurable k-task average); a test
 # checks the two agree.
@@ -197,7 +203,11 @@ VIEWS: dict[str, str] = {
         "CREATE VIEW stable_scores AS SELECT e.step_id, e.task, e.\"group\", e.metric, e.value, "
         "e.chance, e.n, e.value - e.chance AS stable_score, "
         + ", ".join(f"s.\"{a}\"" for a in AXES)
-        + " FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done'"),
+        + f" FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.metric <> '{LOSS_METRIC}'"),
+    "heldout_losses": (
+        "CREATE VIEW heldout_losses AS SELECT e.step_id, e.task, e.\"group\", e.value, e.n, "
+        + ", ".join(f"s.\"{a}\"" for a in AXES)
+        + f" FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.metric = '{LOSS_METRIC}'"),
     "step_scores": (
         f"CREATE VIEW step_scores AS SELECT step_id, {_quoted(AXES)}, "
         "avg(stable_score) FILTER (WHERE \"group\" = 'vl') AS vl_score, "

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import polars as pl
 
 from analysis.errors import AnalysisInputError
-from analysis.schema import AXES
+from analysis.schema import AXES, LOSS_METRIC
 
 SCORES = ("vl_score", "text_score", "avg_score")  # per-step aggregates, in display order
 CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # a configuration = every axis but the seed
@@ -22,10 +22,13 @@ SCORE_LABELS = {"vl_score": "VL stable score (acc. − chance)",
 
 
 def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:
-    """Add `stable_score` = value − chance to eval rows (columns task, group, value, chance)."""
+    """Add `stable_score` = value − chance to eval rows (columns task, group, value, chance); the
+    held-out loss rows are no task score and are left out."""
     for col in ("task", "group", "value", "chance"):
         if col not in evals.columns:
             raise AnalysisInputError(f"eval rows: missing column {col!r}")
+    if "metric" in evals.columns:
+        evals = evals.filter(pl.col("metric") != LOSS_METRIC)
     return evals.with_columns((pl.col("value") - pl.col("chance")).alias("stable_score"))
 
 

@@ -17,6 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.schema import HELDOUT_LOSSES, LOSS_METRIC
+from analysis.synthetic_law import KnownLaw
+
 # Approximate LM totals of the paper's presets (analysis never imports models).
 SCALE_PARAMS = {"79m": 79_000_000, "154m": 154_000_000, "411m": 411_000_000,
                 "1.4b": 1_400_000_000, "1m": 1_000_000, "5m": 5_000_000,
@@ -55,6 +58,9 @@ class SyntheticSpec:
     trunk_evals: str = "final"
     pretrained_evals: bool = False  # also evaluate each branch before fine-tuning (stage "branch")
     failed_branches: int = 0  # the last N branches fail; their finetune and evals are planned only
+    # Draw the final models' scores from this law instead of the paper-like shapes (held-out losses
+    # always come from a KnownLaw: this one, or the default).
+    law: KnownLaw | None = None
 
     def __post_init__(self) -> None:
         if self.trunk_evals not in ("final", "checkpoints", "none"):
@@ -162,14 +168,21 @@ class _Writer:
                          "value": np.concatenate(list(names_values.values())).astype(np.float64)},
                         schema=METRICS_SCHEMA)
 
-    def eval_table(self, vl: float | None, text: float) -> pa.Table:
+    def eval_table(self, sid: str, vl: float | None, text: float, losses: tuple[float, ...]) -> pa.Table:
         rows = [(t, "text", text, c) for t, c in TEXT_TASKS.items()]
         if vl is not None:
             rows += [(t, "vl", vl, c) for t, c in VL_TASKS.items()]
         value = [float(np.clip(c + s * (1 - c) + self.rng.normal(0, 0.01), 0, 1)) for _, _, s, c in rows]
-        return pa.table({"task": [r[0] for r in rows], "group": [r[1] for r in rows],
-                         "metric": ["accuracy"] * len(rows), "value": value,
-                         "chance": [r[3] for r in rows], "n": [500] * len(rows)})
+        # held-out losses (text, then caption when the model has images), from their own noise
+        # stream so that adding them left every score of the default studies as it was
+        noise = np.random.default_rng([self.spec.seed, int(sid, 16)]).normal(0, 0.003, len(losses))
+        tasks = list(HELDOUT_LOSSES)[:len(losses)]
+        return pa.table({"task": [r[0] for r in rows] + tasks,
+                         "group": [r[1] for r in rows] + ["text", "vl"][:len(losses)],
+                         "metric": ["accuracy"] * len(rows) + [LOSS_METRIC] * len(losses),
+                         "value": value + [float(v + e) for v, e in zip(losses, noise)],
+                         "chance": [r[3] for r in rows] + [None] * len(losses),
+                         "n": [500] * len(rows) + [16_384] * len(losses)})
 
 
 def _size(scale: str) -> float:
@@ -255,9 +268,8 @@ def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: 
            w.metrics({"train_loss": loss, "text_loss": loss - 0.05, "caption_loss": caption, "lr": lr,
                       "grad_norm": 1 / (1 + 5 * frac)}, toks), flops=6.0 * n * stage_tokens)
     if spec.pretrained_evals:
-        pre = vl_shape(size, f, meta["image_ratio"], meta["instruction_share"], 0) - 0.05
         w.evals.append((_sid("eval", branch), {**meta, "stage": "branch", "checkpoint": None,
-                                                       "_scores": (pre, text_shape(size, f, meta["image_ratio"], 0))},
+                                               "_scores": _model_scores(spec, meta, size, None)},
                         [["branch", branch]]))
     for epochs in spec.finetune_epochs:
         ft = _sid("finetune", branch, epochs)
@@ -267,10 +279,20 @@ def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: 
                w.metrics({"train_loss": 1.5 - 0.3 * steps, "instruction_loss": 1.5 - 0.3 * steps,
                           "lr": lr_curve(steps, peak=1e-4)}, steps * 1_000_000))
         w.evals.append((_sid("eval", ft), {**ft_meta, "stage": "finetune", "checkpoint": None,
-                                               "_scores": (vl_shape(size, f, meta["image_ratio"],
-                                                                    meta["instruction_share"], epochs),
-                                                           text_shape(size, f, meta["image_ratio"], epochs))},
+                                           "_scores": _model_scores(spec, meta, size, epochs)},
                         [["finetune", ft]]))
+
+
+def _model_scores(spec: SyntheticSpec, meta: dict, size: float, epochs: int | None) -> tuple[float, ...]:
+    """(VL, text, held-out text loss, caption loss) of a branch (epochs None: before fine-tuning)."""
+    n, f, ratio, share = meta["params"], meta["intro_fraction"], meta["image_ratio"], meta["instruction_share"]
+    law = spec.law or KnownLaw()
+    losses = (law.text_loss(n, f, ratio), law.caption_loss(n, f, ratio))
+    if spec.law is not None:
+        return (law.vl(n, f, ratio), law.text(n, f, ratio), *losses)
+    if epochs is None:
+        return (vl_shape(size, f, ratio, share, 0) - 0.05, text_shape(size, f, ratio, 0), *losses)
+    return (vl_shape(size, f, ratio, share, epochs), text_shape(size, f, ratio, epochs), *losses)
 
 
 def _trunk_text(scale: str, checkpoint: float | None) -> float:
@@ -284,8 +306,12 @@ def _write_evals(w: _Writer, spec: SyntheticSpec) -> None:
     n_evals = len(w.evals)
     for i, (sid, meta, parents) in enumerate(w.evals):
         scores = meta.pop("_scores", None)
-        vl, text = scores if scores else (None, _trunk_text(meta["scale"], meta.get("checkpoint")))
+        if scores is None:  # the text-only trunk: its held-out text loss falls as it trains
+            checkpoint = meta.get("checkpoint")
+            loss = (spec.law or KnownLaw()).text_loss(meta["params"], None, 0.0) + 0.3 * (1 - (checkpoint or 1.0))
+            scores = (None, _trunk_text(meta["scale"], checkpoint), loss)
         status = ("running" if i >= n_evals - spec.unfinished else
                   "failed" if i >= n_evals - spec.unfinished - spec.failed else "done")
         w.step("eval", sid, parents, {**meta, "tokens": 0},
-               evals=None if status != "done" else w.eval_table(vl, text), status=status)
+               evals=None if status != "done" else w.eval_table(sid, scores[0], scores[1], scores[2:]),
+               status=status)

@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping, Union
 
 from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
 
-CODE_SALT = 9  # bump when a change alters what any step computes
+CODE_SALT = 10  # bump when a change alters what any step computes
 STEP_KINDS = ("encoder", "trunk", "branch", "finetune", "eval")
 StepKind = Literal["encoder", "trunk", "branch", "finetune", "eval"]
 SchedulePolicy = Literal["continue", "rewarm"]

@@ -13,6 +13,7 @@ import torch
 from models import checkpoint as ck
 from models.config import LMConfig, ProjectorConfig, VisionConfig
 from models.evaluate import evaluate
+from models.heldout import heldout_rows
 from models.run import load_step_config, trunk_checkpoint_path, weights_path
 from models.vlm import VLM
 
@@ -62,4 +63,6 @@ def run_eval(ctx: Any) -> Any:
         rows = evaluate(model, tasks, image_id=tok.image_id,
                         image_tokens=n_image, eos_id=tok.eos_id,
                         decode=tok.decode, stop_ids=(tok.user_id,))
+        rows += heldout_rows(model, ctx.data, tok, root=ctx.root, kind=kind, parent_id=parent_id,
+                             image_tokens=n_image, device=device)
     return RunOutput(tokens=0, flops=0, params=model.param_counts(), metrics=[], evals=rows)
