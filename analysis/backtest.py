@@ -15,8 +15,9 @@ from itertools import combinations
 import numpy as np
 import polars as pl
 
+from analysis.crossscale import LOSS_FOR_SCORE, fit_target
 from analysis.errors import AnalysisInputError
-from analysis.predict import MIN_SCALES, Backtest, choose_forms, predict_scale, runs_arrays
+from analysis.predict import MIN_SCALES, Backtest, Prediction, choose_forms, predict_scale, runs_arrays
 from analysis.surface import fit_response_surface, surface_value
 
 QUANTITIES = ("best_intro_fraction", "best_image_ratio")
@@ -39,7 +40,7 @@ def backtest_largest(frame: pl.DataFrame, *, bootstrap: int = 1000, seed: int = 
     within = {"best_intro_fraction": prediction.best_intro_fraction.covers(observed["best_intro_fraction"]),
               "best_image_ratio": prediction.best_image_ratio.covers(observed["best_image_ratio"]),
               **{t: prediction.values[t].covers(v) for t, v in observed.items() if t in prediction.values}}
-    rmse, accuracy, pairs = _cells(held, smaller, prediction, float(params), tokens)
+    rmse, accuracy, pairs = _cells(held, smaller, prediction, float(params))
     return Backtest(scale=name, params=int(params), prediction=prediction, observed=observed,
                     cell_rmse=rmse, decision_accuracy=accuracy, n_pairs=pairs, within=within)
 
@@ -48,7 +49,7 @@ def _targets(runs) -> list[str]:
     return [t for t, v in runs.values.items() if np.isfinite(v).any()]
 
 
-def _observed(held: pl.DataFrame, prediction) -> dict[str, float]:
+def _observed(held: pl.DataFrame, prediction: Prediction) -> dict[str, float]:
     """The held-out scale's own surfaces: best f and ratio (VL), and each target at the predicted best."""
     f, r = prediction.best_intro_fraction.estimate, prediction.best_image_ratio.estimate
     vl = fit_response_surface(held, score="vl_score", bootstrap=0)[0]
@@ -60,11 +61,10 @@ def _observed(held: pl.DataFrame, prediction) -> dict[str, float]:
     return out
 
 
-def _cells(held: pl.DataFrame, smaller: pl.DataFrame, prediction, params: float,
-           tokens: float | None) -> tuple[dict[str, float], dict[str, float], int]:
-    """Per target: RMSE over the held-out scale's cells, and the decision accuracy over their pairs."""
-    from analysis.crossscale import fit_target  # the point-estimate refit on the smaller scales
-
+def _cells(held: pl.DataFrame, smaller: pl.DataFrame, prediction: Prediction,
+           params: float) -> tuple[dict[str, float], dict[str, float], int]:
+    """Per target: RMSE over the held-out scale's cells, and the decision accuracy over their pairs
+    (the point estimate refitted to the smaller scales, at the cells' own f and ratio)."""
     runs, _ = runs_arrays(smaller)
     cells = held.group_by("intro_fraction", "image_ratio").agg(
         [pl.col(t).mean() for t in prediction.values]).sort("intro_fraction", "image_ratio")
@@ -73,7 +73,7 @@ def _cells(held: pl.DataFrame, smaller: pl.DataFrame, prediction, params: float,
     rmse, accuracy, n_pairs = {}, {}, 0
     for target, form in prediction.forms.items():
         fit = fit_target(form, target, runs, np.ones((1, len(runs.n))),
-                         loss_form=prediction.forms.get(_loss_of(target), "moving_optimum"))
+                         loss_form=prediction.forms.get(LOSS_FOR_SCORE.get(target), "moving_optimum"))
         pred = fit.predict(np.full(len(f), params), np.full(len(f), d), f, u)[0]
         obs = cells[target].cast(pl.Float64).fill_null(np.nan).to_numpy()
         ok = np.isfinite(obs)
@@ -81,12 +81,6 @@ def _cells(held: pl.DataFrame, smaller: pl.DataFrame, prediction, params: float,
         accuracy[target], pairs = decision_accuracy(pred[ok], obs[ok])
         n_pairs = max(n_pairs, pairs)
     return rmse, accuracy, n_pairs
-
-
-def _loss_of(target: str) -> str:
-    from analysis.crossscale import LOSS_FOR_SCORE
-
-    return LOSS_FOR_SCORE.get(target, "")
 
 
 def decision_accuracy(predicted: np.ndarray, observed: np.ndarray) -> tuple[float, int]:

@@ -66,12 +66,13 @@ class Design:
     columns: tuple[str, ...]
     n_ref: float
     d_ref: float
-    u_ref: float
+    f_ref: float  # f and u enter centred on the runs' means: an interaction with x is then no
+    u_ref: float  # stand-in for a function of x alone (which would bias it when the N term misfits)
 
     def matrix(self, alpha: float, n, d, f, u) -> np.ndarray:
-        x, uc = np.log(n / self.n_ref), u - self.u_ref
+        x, fc, uc = np.log(n / self.n_ref), f - self.f_ref, u - self.u_ref
         cols = {"1": np.ones_like(x), "h(N)": _h(x, alpha), "h(D)": _h(np.log(d / self.d_ref), alpha),
-                "f": f, "f^2": f * f, "u": uc, "u^2": uc * uc, "f*u": f * uc, "f*x": f * x, "u*x": uc * x}
+                "f": fc, "f^2": fc * fc, "u": uc, "u^2": uc * uc, "f*u": fc * uc, "f*x": fc * x, "u*x": uc * x}
         return np.column_stack([np.broadcast_to(cols[c], x.shape) for c in self.columns])
 
 
@@ -84,13 +85,13 @@ def make_design(form: str, runs: Runs) -> Design:
     candidates = ["1", "h(N)", *(["h(D)"] if tokens_vary else []), *surface]
     if form == "moving_optimum":
         candidates += [f"{a}*x" for a in ("f", "u") if a in surface]
-    design = Design(form=form, columns=(), n_ref=n_ref, d_ref=d_ref, u_ref=float(runs.u.mean()))
+    refs = {"n_ref": n_ref, "d_ref": d_ref, "f_ref": float(runs.f.mean()), "u_ref": float(runs.u.mean())}
     kept: list[str] = []
     for col in candidates:
-        trial = Design(form=form, columns=(*kept, col), n_ref=n_ref, d_ref=d_ref, u_ref=design.u_ref)
+        trial = Design(form=form, columns=(*kept, col), **refs)
         if np.linalg.matrix_rank(trial.matrix(ALPHA_PRIOR, runs.n, runs.d, runs.f, runs.u)) == len(kept) + 1:
             kept.append(col)
-    return Design(form=form, columns=tuple(kept), n_ref=n_ref, d_ref=d_ref, u_ref=design.u_ref)
+    return Design(form=form, columns=tuple(kept), **refs)
 
 
 def _gram(x: np.ndarray, z: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -314,7 +315,7 @@ def _scales_per_row(runs: Runs, weights: np.ndarray) -> int:
     return int(present.sum(axis=1).min())
 
 
-# The fitted surface at one size is a quadratic in (f, uc), uc = u - u_ref, whatever the form: six
+# The fitted surface at one size is a quadratic in the centred (f, u), whatever the form: six
 # probe points give its coefficients [1, f, uc, f², uc², f·uc] exactly, and the best mix follows in
 # closed form instead of from a grid.
 _PROBES = np.array([(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1)], dtype=float)
@@ -323,11 +324,11 @@ _MONOMIALS = np.linalg.inv(np.column_stack([np.ones(6), _PROBES[:, 0], _PROBES[:
 
 
 def objective_quadratic(fit: TargetFit, n: float, d: float) -> np.ndarray:
-    """(R, 6) quadratic in (f, uc) whose maximum is where the fit's prediction at (n, d) is largest:
+    """(R, 6) quadratic in centred (f, u) whose maximum is where the fit's prediction at (n, d) is largest:
     the prediction itself, or for two_step the loss, negated where the score rises as the loss falls."""
     linear = fit.loss if isinstance(fit, TwoStepFit) else fit
-    u_ref = linear.design.u_ref
-    values = linear.predict(np.full(6, n), np.full(6, d), _PROBES[:, 0], _PROBES[:, 1] + u_ref)
+    ref = linear.design
+    values = linear.predict(np.full(6, n), np.full(6, d), _PROBES[:, 0] + ref.f_ref, _PROBES[:, 1] + ref.u_ref)
     q = values @ _MONOMIALS.T
     if isinstance(fit, TwoStepFit):
         q = q * -np.sign(np.where(fit.link.span == 0, 1.0, fit.link.span))[:, None]
@@ -366,6 +367,7 @@ def box_argmax(q: np.ndarray, f_range: tuple[float, float], u_range: tuple[float
 def best_mix(fit: TargetFit, n: float, d: float, f_range: tuple[float, float],
              u_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """(R,) best intro_fraction and log(image_ratio) at (n, d), within the given ranges."""
-    u_ref = fit.design.u_ref
-    f, uc = box_argmax(objective_quadratic(fit, n, d), f_range, (u_range[0] - u_ref, u_range[1] - u_ref))
-    return f, uc + u_ref
+    f_ref, u_ref = fit.design.f_ref, fit.design.u_ref
+    fc, uc = box_argmax(objective_quadratic(fit, n, d), (f_range[0] - f_ref, f_range[1] - f_ref),
+                        (u_range[0] - u_ref, u_range[1] - u_ref))
+    return fc + f_ref, uc + u_ref

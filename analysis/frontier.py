@@ -1,11 +1,13 @@
 """The VL-vs-text trade-off: the Pareto frontier of configurations, with bootstrap uncertainty and a
 fitted frontier curve with a bootstrap band.
 
-A Pareto frontier never rises as text rises, so the curve is a least-squares fit under that shape:
-non-increasing, and concave where the frontier has three or more points (two give a non-increasing
-line): y = a − b·(x − x₀) − Σₖ cₖ·(x − tₖ)₊ with b, cₖ ≥ 0, knots tₖ at the frontier's interior
-points, by non-negative least squares. It stays within the frontier's x range and, unlike a
-polynomial, cannot arc above the points it is fitted to.
+A Pareto frontier never rises as text rises, so the curve keeps that shape. From three points it is
+the least-squares concave non-increasing curve y = a − b·(x − x₀) − Σₖ cₖ·(x − tₖ)₊ (b, cₖ ≥ 0, knots
+tₖ at the frontier's points, by non-negative least squares) where the data allow it: when that
+curve misses a point by more than the tolerance (the points' own error, at least 5% of the
+frontier's VL range), the points are not concave and the curve is the non-increasing line through
+them instead. Two points give a line. Either way the curve stays within the frontier's x range and,
+unlike a polynomial, never arcs above the points it is fitted to.
 
 Bootstrap resamples each configuration's runs (seeds) with replacement, so a configuration that is
 on the frontier only by noise gets a low `frontier_probability`.
@@ -32,7 +34,7 @@ class FrontierFit:
     y: str  # score on the y axis (VL by default)
     points: pl.DataFrame  # per configuration: axes, x_mean, y_mean, n_runs, on_frontier, frontier_probability
     curve: pl.DataFrame  # x, y, y_lo, y_hi over the frontier's x range
-    shape: str  # what the curve is: "non-increasing, concave", "non-increasing line" or "" (no curve)
+    shape: str  # what the curve is: CONCAVE, THROUGH_POINTS, LINE or "" (no curve)
     bootstrap: int  # resamples actually drawn (0 when every configuration has a single run)
     notes: tuple[str, ...] = ()  # what could not be estimated, and why
 
@@ -59,35 +61,39 @@ def pareto_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return mask & np.isfinite(x) & np.isfinite(y)
 
 
-def curve_shape(x: np.ndarray) -> str:
-    n = len(np.unique(x))
-    return "non-increasing, concave" if n >= 3 else "non-increasing line" if n == 2 else ""
+CONCAVE, THROUGH_POINTS, LINE = "non-increasing, concave", "non-increasing, through the points (not concave)", \
+    "non-increasing line"
 
 
-def fit_frontier_curve(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """The least-squares non-increasing (concave from three points) curve through frontier points,
-    on `grid`; NaN outside the points' x range, and everywhere with fewer than two distinct x."""
+def fit_frontier_curve(x: np.ndarray, y: np.ndarray, grid: np.ndarray, *,
+                       tolerance: float = 0.0) -> tuple[np.ndarray, str]:
+    """The frontier curve through points (x, y) on `grid` and its shape (module docstring); NaN
+    outside the points' x range, and everywhere (shape "") with fewer than two distinct x."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     xs = np.unique(x)
     out = np.full(len(grid), np.nan)
     if len(xs) < 2:
-        return out
-    inner = xs[1:-1]
-    if len(inner) > MAX_KNOTS:
-        inner = inner[np.linspace(0, len(inner) - 1, MAX_KNOTS).round().astype(int)]
-    knots = np.concatenate([[xs[0]], inner])
+        return out, ""
+    inside = (grid >= xs[0]) & (grid <= xs[-1])
+    knots = xs[:-1] if len(xs) <= MAX_KNOTS + 2 else xs[np.linspace(0, len(xs) - 2, MAX_KNOTS + 1).round().astype(int)]
+    if len(xs) == 2:
+        knots = xs[:1]
 
     def basis(v: np.ndarray) -> np.ndarray:  # every coefficient >= 0: a = a+ - a-, slopes negated
         return np.concatenate([np.ones((len(v), 1)), -np.ones((len(v), 1)),
                                -np.maximum(v[:, None] - knots[None, :], 0.0)], axis=1)
     coef, _ = nnls(basis(x), y)
-    inside = (grid >= xs[0]) & (grid <= xs[-1])
-    out[inside] = basis(grid[inside]) @ coef
-    return out
+    allowed = max(tolerance, 0.05 * float(np.ptp(y)))
+    if len(xs) == 2 or np.abs(basis(x) @ coef - y).max() <= allowed + 1e-12:
+        out[inside] = basis(grid[inside]) @ coef
+        return out, LINE if len(xs) == 2 else CONCAVE
+    order = np.argsort(x, kind="stable")
+    out[inside] = np.interp(grid[inside], x[order], np.minimum.accumulate(y[order]))
+    return out, THROUGH_POINTS
 
 
 def frontier_band(x_rows: np.ndarray, y_rows: np.ndarray, *, confidence: float = 0.95,
-                  size: int = 50) -> pl.DataFrame:
+                  size: int = 50, tolerance: float = 0.0) -> pl.DataFrame:
     """A frontier curve and its band from (R, G) predicted points: row 0 the estimate, the rest draws.
 
     Columns x, y, y_lo, y_hi (named for the caller: text and VL scores in a prediction).
@@ -95,7 +101,8 @@ def frontier_band(x_rows: np.ndarray, y_rows: np.ndarray, *, confidence: float =
     on = pareto_rows(x_rows, y_rows)
     front_x = x_rows[0][on[0]]
     grid = np.linspace(front_x.min(), front_x.max(), size) if len(front_x) else np.zeros(0)
-    curves = np.array([fit_frontier_curve(x_rows[r][on[r]], y_rows[r][on[r]], grid) for r in range(len(on))])
+    curves = np.array([fit_frontier_curve(x_rows[r][on[r]], y_rows[r][on[r]], grid, tolerance=tolerance)[0]
+                       for r in range(len(on))])
     lo = hi = np.full(len(grid), np.nan)
     if len(on) > 1 and np.isfinite(curves[1:]).any():
         tail = (1 - confidence) / 2 * 100
@@ -134,12 +141,16 @@ def fit_frontier(steps: pl.DataFrame, *, x: str = "text_score", y: str = "vl_sco
         notes.append(f"{int(on.sum())} configuration on the frontier: no curve fitted")
     means_x, means_y = _resampled_means(runs, x, y, len(configs), bootstrap, seed)
     counts = pareto_rows(means_x, means_y).sum(axis=0) if bootstrap else on.astype(float)
+    # concave where the frontier is concave within its points' standard errors (over seeds)
+    stderr = runs.group_by("_cfg").agg(pl.col(y).std() / pl.len().sqrt()).sort("_cfg")[y].to_numpy()[on]
+    tolerance = 2 * float(np.nanmedian(stderr)) if np.isfinite(stderr).any() else 0.0
     curve = frontier_band(np.vstack([x_obs, means_x]), np.vstack([y_obs, means_y]), confidence=confidence,
-                          size=grid_size)
+                          size=grid_size, tolerance=tolerance)
+    shape = fit_frontier_curve(x_obs[on], y_obs[on], curve["x"].to_numpy(), tolerance=tolerance)[1]
     points = configs.with_columns(pl.Series("on_frontier", on),
                                   pl.Series("frontier_probability", counts / max(bootstrap, 1) if bootstrap
                                             else on.astype(float))).drop("_cfg")
-    return FrontierFit(x=x, y=y, points=points, curve=curve, shape=curve_shape(x_obs[on]),
+    return FrontierFit(x=x, y=y, points=points, curve=curve, shape=shape,
                        bootstrap=bootstrap, notes=tuple(notes))
 
 

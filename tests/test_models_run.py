@@ -68,7 +68,10 @@ def test_done_step_is_skipped_and_eval_writes_evals(tmp_path) -> None:
     assert e.schema == pl.Schema({"task": pl.String, "group": pl.String, "metric": pl.String,
                                   "value": pl.Float64, "chance": pl.Float64, "n": pl.Int64})
     assert e.to_dicts() == [{"task": "progression", "group": "text", "metric": "accuracy",
-                             "value": e["value"][0], "chance": 0.5, "n": 6}]
+                             "value": e["value"][0], "chance": 0.5, "n": 6},
+                            {"task": "heldout_text", "group": "text", "metric": "val_loss",  # a text LM: no captions
+                             "value": e["value"][1], "chance": None, "n": 8 * 32}]
+    assert 0 < e["value"][1] < 10
     with pytest.raises(ValueError, match="no vision side"):
         run_step(eval_step(step), tmp_path, data=syn)
 
