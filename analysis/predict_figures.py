@@ -51,7 +51,7 @@ def prediction_figure(prediction: Prediction, observed: pl.DataFrame) -> go.Figu
                                  name=f"predicted at {prediction.params:.3g}", legendgroup="predicted",
                                  showlegend=first, error_y=err,
                                  marker={"color": PALETTE[1], "size": 13, "symbol": "star"}), row=row, col=1)
-        fig.update_yaxes(title_text=_label(axis), row=row, col=1, **({"type": "log"} if axis == "image_ratio" else {}))
+        fig.update_yaxes(title_text=axis, row=row, col=1, **({"type": "log"} if axis == "image_ratio" else {}))
     fig.update_xaxes(type="log")
     fig.update_xaxes(title_text=_label("params"), row=2, col=1)
     note = f"{prediction.extrapolation:.3g}x the largest trained scale"
