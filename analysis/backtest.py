@@ -36,29 +36,41 @@ def backtest_largest(frame: pl.DataFrame, *, bootstrap: int = 1000, seed: int = 
     tokens = held["tokens"].drop_nulls().median() if "tokens" in held.columns else None
     prediction = predict_scale(smaller, params=float(params), tokens=tokens, bootstrap=bootstrap, seed=seed,
                                forms=forms, min_scales=2)
-    observed = _observed(held, prediction)
-    within = {"best_intro_fraction": prediction.best_intro_fraction.covers(observed["best_intro_fraction"]),
-              "best_image_ratio": prediction.best_image_ratio.covers(observed["best_image_ratio"]),
-              **{t: prediction.values[t].covers(v) for t, v in observed.items() if t in prediction.values}}
+    observed, observed_intervals = _observed(held, prediction, bootstrap, seed)
+    predicted = {"best_intro_fraction": prediction.best_intro_fraction,
+                 "best_image_ratio": prediction.best_image_ratio, **prediction.values}
+    within = {q: _meets(predicted[q], v, observed_intervals.get(q)) for q, v in observed.items()}
     rmse, accuracy, pairs = _cells(held, smaller, prediction, float(params))
     return Backtest(scale=name, params=int(params), prediction=prediction, observed=observed,
-                    cell_rmse=rmse, decision_accuracy=accuracy, n_pairs=pairs, within=within)
+                    observed_intervals=observed_intervals, cell_rmse=rmse, decision_accuracy=accuracy,
+                    n_pairs=pairs, within=within)
+
+
+def _meets(predicted, value: float, own: tuple[float, float] | None) -> bool:
+    """The observed value, or its own interval where it has one, meets the predicted interval."""
+    if predicted.lo is None:
+        return False
+    lo, hi = own if own is not None else (value, value)
+    return lo <= predicted.hi and predicted.lo <= hi
 
 
 def _targets(runs) -> list[str]:
     return [t for t, v in runs.values.items() if np.isfinite(v).any()]
 
 
-def _observed(held: pl.DataFrame, prediction: Prediction) -> dict[str, float]:
-    """The held-out scale's own surfaces: best f and ratio (VL), and each target at the predicted best."""
+def _observed(held: pl.DataFrame, prediction: Prediction, bootstrap: int,
+              seed: int) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """The held-out scale's own surfaces: best f and ratio (VL, with their own bootstrap intervals,
+    as noisy as any single scale's), and each target at the predicted best point."""
     f, r = prediction.best_intro_fraction.estimate, prediction.best_image_ratio.estimate
-    vl = fit_response_surface(held, score="vl_score", bootstrap=0)[0]
+    vl = fit_response_surface(held, score="vl_score", bootstrap=min(bootstrap, 200), seed=seed)[0]
     out = {"best_intro_fraction": vl.best_intro_fraction, "best_image_ratio": vl.best_image_ratio}
     for target in prediction.values:
         if target in held.columns and held[target].drop_nulls().len():
             surface = fit_response_surface(held, score=target, bootstrap=0)[0]
             out[target] = float(surface_value(surface, f, r)[0])
-    return out
+    return out, {"best_intro_fraction": vl.intervals["intro_fraction"],
+                 "best_image_ratio": vl.intervals["image_ratio"]} if vl.intervals else {}
 
 
 def _cells(held: pl.DataFrame, smaller: pl.DataFrame, prediction: Prediction,

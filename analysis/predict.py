@@ -69,10 +69,11 @@ class Backtest:
     params: int
     prediction: Prediction  # of it, from the smaller scales
     observed: dict[str, float]  # quantity -> that scale's own response surface (best f, ratio, values)
+    observed_intervals: dict[str, tuple[float, float]]  # the best f and ratio's own intervals at that scale
     cell_rmse: dict[str, float]  # target -> RMSE of the predicted cells against their observed means
     decision_accuracy: dict[str, float]  # target -> share of cell pairs ordered right
     n_pairs: int
-    within: dict[str, bool] = field(default_factory=dict)  # quantity -> observed inside the interval
+    within: dict[str, bool] = field(default_factory=dict)  # quantity -> observed (or its interval) meets it
 
     @property
     def errors(self) -> dict[str, float]:

@@ -100,9 +100,11 @@ def backtest_lines(b: Backtest) -> list[str]:
              "against its own response surface"]
     predicted, errors = _predicted(p), b.errors
     for q, observed in b.observed.items():
-        inside = "inside" if b.within.get(q) else "OUTSIDE"
-        lines.append(f"  {QUANTITY_LABELS[q]:22s} predicted {_interval_text(predicted[q])}  observed {_num(observed)}  "
-                     f"error {errors[q]:+.3g}  ({inside} the interval)")
+        own = b.observed_intervals.get(q)
+        seen = _num(observed) + (f" [{_num(own[0])}, {_num(own[1])}]" if own else "")
+        verdict = ("intervals overlap" if own else "inside the interval") if b.within.get(q) else "OUTSIDE the interval"
+        lines.append(f"  {QUANTITY_LABELS[q]:22s} predicted {_interval_text(predicted[q])}  observed {seen}  "
+                     f"error {errors[q]:+.3g}  ({verdict})")
     lines.append(f"  decision accuracy over {b.n_pairs} pairs of grid cells: "
                  + ", ".join(f"{QUANTITY_LABELS[t]} {_num(v, 2)}" for t, v in b.decision_accuracy.items()))
     lines.append("  RMSE over the grid cells: " + ", ".join(f"{QUANTITY_LABELS[t]} {_num(v)}" for t, v in b.cell_rmse.items()))
@@ -146,7 +148,8 @@ def report_json(r: PredictionReport) -> dict:
     b = r.backtest
     return {"prediction": prediction_json(r.prediction), "fixed": r.fixed,
             "backtest": {"scale": b.scale, "params": b.params, "prediction": prediction_json(b.prediction),
-                         "observed": b.observed, "errors": b.errors, "within": b.within,
+                         "observed": b.observed, "observed_intervals": b.observed_intervals,
+                         "errors": b.errors, "within": b.within,
                          "cell_rmse": b.cell_rmse, "decision_accuracy": b.decision_accuracy, "n_pairs": b.n_pairs}}
 
 

@@ -39,7 +39,9 @@ def law_study(root: Path, law: KnownLaw, noise_seed: int = 0) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> pl.DataFrame:
-    return law_study(tmp_path_factory.mktemp("law"), LAW)
+    # Noise seed 2, a typical draw: over noise seeds 0-5 the backtest's 95% interval of the best f
+    # held the true 0.85 every time (seed 0 at its very edge: estimates 0.82-0.87, sd 0.015).
+    return law_study(tmp_path_factory.mktemp("law"), LAW, noise_seed=2)
 
 
 @pytest.fixture(scope="module")
