@@ -103,39 +103,43 @@ def _gram(x: np.ndarray, z: np.ndarray, weights: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NormalEquations:
     """The normal equations of one design under R weightings at every α of the profile, inverted
-    once: each refit against a new target (the vertex iterations) is then two small products.
+    once: a refit against new targets (the vertex iterations) is then two small products.
 
-    Only the N and D columns change with α, so the rest of the Gram matrix is computed once. A
-    relative ridge of 1e-9 keeps a resample that lost a column's support solvable.
+    Every α is done in the same few matrix products (the designs stacked side by side): only the N
+    and D columns change with α, so the rest of the Gram matrix is computed once. A relative ridge
+    of 1e-9 keeps a resample that lost a column's support solvable.
     """
 
-    alphas: np.ndarray
+    alphas: np.ndarray  # (A,)
     weights: np.ndarray  # (R, n)
-    xs: tuple[np.ndarray, ...]  # per α: (n, p) design
-    inverses: tuple[np.ndarray, ...]  # per α: (R, p, p)
+    xs: np.ndarray  # (n, A·p): the design at every α, side by side
+    inverses: np.ndarray  # (A, R, p, p)
 
     @classmethod
     def build(cls, design: Design, runs: Runs, weights: np.ndarray, alphas: np.ndarray) -> "NormalEquations":
         changing = np.array([c.startswith("h(") for c in design.columns])
-        xs = tuple(design.matrix(float(a), runs.n, runs.d, runs.f, runs.u) for a in alphas)
-        fixed = _gram(xs[0][:, ~changing], xs[0][:, ~changing], weights)
-        p, inverses = len(design.columns), []
-        for x in xs:
-            gram = np.empty((len(weights), p, p))
-            gram[np.ix_(np.arange(len(weights)), ~changing, ~changing)] = fixed
-            cross = _gram(x, x[:, changing], weights)  # (R, p, changing): every column against those
-            gram[:, :, changing] = cross
-            gram[:, changing, :] = np.swapaxes(cross, 1, 2)
-            ridge = 1e-9 * np.trace(gram, axis1=1, axis2=2) / p + 1e-300
-            inverses.append(np.linalg.inv(gram + ridge[:, None, None] * np.eye(p)))
-        return cls(alphas=np.asarray(alphas), weights=weights, xs=xs, inverses=tuple(inverses))
+        xs = np.stack([design.matrix(float(a), runs.n, runs.d, runs.f, runs.u) for a in alphas], axis=1)
+        n, a, p = xs.shape
+        r, c = len(weights), int(changing.sum())
+        gram = np.empty((a, r, p, p))
+        gram[:, :, ~changing[:, None] & ~changing[None, :]] = _gram(
+            xs[:, 0, ~changing], xs[:, 0, ~changing], weights).reshape(1, r, -1)
+        if c:  # every column against the changing ones, at every α in one product
+            cross = (weights @ (xs[:, :, :, None] * xs[:, :, None, changing]).reshape(n, a * p * c))
+            cross = cross.reshape(r, a, p, c).transpose(1, 0, 2, 3)
+            gram[:, :, :, changing] = cross
+            gram[:, :, changing, :] = np.swapaxes(cross, 2, 3)
+        ridge = 1e-9 * np.trace(gram, axis1=2, axis2=3) / p + 1e-300
+        inverses = np.linalg.inv(gram + ridge[..., None, None] * np.eye(p))
+        return cls(alphas=np.asarray(alphas), weights=weights, xs=xs.reshape(n, a * p), inverses=inverses)
 
-    def solve(self, i: int, target: np.ndarray, rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
-        """Coefficients and SSE of the given rows at the i-th α, against per-row targets (R, n)."""
-        wy = self.weights[rows] * target[rows]
-        rhs = wy @ self.xs[i]
-        coef = np.einsum("rpq,rq->rp", self.inverses[i][rows], rhs)
-        return coef, (wy * target[rows]).sum(axis=1) - np.einsum("rp,rp->r", coef, rhs)
+    def solve(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficients (A, R, p) and SSE (A, R) at every α against per-row targets (R, n)."""
+        wy = self.weights * target
+        a, p = self.inverses.shape[0], self.inverses.shape[-1]
+        rhs = (wy @ self.xs).reshape(len(wy), a, p).transpose(1, 0, 2)
+        coef = np.einsum("arpq,arq->arp", self.inverses, rhs)
+        return coef, (wy * target).sum(axis=1)[None, :] - np.einsum("arp,arp->ar", coef, rhs)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -178,14 +182,11 @@ def fit_linear(design: Design, runs: Runs, y: np.ndarray, weights: np.ndarray,
     ok = np.isfinite(y)
     w = weights * ok
     equations = NormalEquations.build(design, runs, w, alphas)
-    target = np.broadcast_to(np.where(ok, y, 0.0), w.shape)
-    best = np.full(len(w), np.inf)
-    alpha, coef = np.full(len(w), float(alphas[0])), np.zeros((len(w), len(design.columns)))
-    for i, a in enumerate(alphas):
-        c, sse = equations.solve(i, target)
-        better = ~(sse >= best - 1e-12 * np.abs(np.where(np.isfinite(best), best, 0)))  # ties: the smaller α
-        best, alpha[better], coef[better] = np.where(better, sse, best), a, c[better]
-    return LinearFit(design=design, alpha=alpha, coef=coef), equations
+    coef, sse = equations.solve(np.broadcast_to(np.where(ok, y, 0.0), w.shape))
+    # the least SSE per row; near-ties (1e-12 relative) go to the smaller α
+    best = (sse <= sse.min(axis=0) * (1 + 1e-12) + 1e-300).argmax(axis=0)
+    rows = np.arange(len(w))
+    return LinearFit(design=design, alpha=equations.alphas[best].astype(float), coef=coef[best, rows]), equations
 
 
 def vertex_terms(fit: LinearFit, runs: Runs) -> np.ndarray:
@@ -219,15 +220,11 @@ def fit_moving(design: Design, runs: Runs, y: np.ndarray, weights: np.ndarray, a
     fit, equations = fit_linear(design, runs, y, weights, alphas)
     x = np.log(runs.n / design.n_ref)
     y = np.where(np.isfinite(y), y, 0.0)
-    index = np.searchsorted(equations.alphas, fit.alpha)
+    index, rows = np.searchsorted(equations.alphas, fit.alpha), np.arange(len(fit.alpha))
     for _ in range(iterations):
         vertex = vertex_terms(fit, runs)
-        target = y[None, :] - vertex[:, :1] * x - vertex[:, 1:] * x * x
-        coef = np.empty_like(fit.coef)
-        for i in np.unique(index):
-            rows = index == i
-            coef[rows] = equations.solve(int(i), target, rows)[0]
-        fit = LinearFit(design=design, alpha=fit.alpha, coef=coef, vertex=vertex)
+        coef, _ = equations.solve(y[None, :] - vertex[:, :1] * x - vertex[:, 1:] * x * x)
+        fit = LinearFit(design=design, alpha=fit.alpha, coef=coef[index, rows], vertex=vertex)
     return fit
 
 

@@ -1,7 +1,7 @@
 """Benchmark: a prediction with 1,000 bootstrap resamples on a 300-run, 4-scale synthetic study,
 against the plain way to write it: a scipy loop that refits each target's chosen form per
 resample (scipy.optimize.least_squares over α, the coefficients and, for moving_optimum, the
-optimum's drift s; curve_fit for two_step's sigmoid) and finds the best mix with L-BFGS-B.
+optimum's drift s, and over two_step's sigmoid) and finds the best mix with L-BFGS-B.
 
 The batched prediction (`analysis.predict.predict_scale`) also chooses the forms by
 leave-one-scale-out error and draws the frontier band and the trend, which the plain loop does not
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import polars as pl
-from scipy.optimize import curve_fit, least_squares, minimize
+from scipy.optimize import least_squares, minimize
 
 from analysis.crossscale import LOSS_FOR_SCORE, make_design
 from analysis.predict import bootstrap_weights, predict_scale, runs_arrays
@@ -73,9 +73,9 @@ def plain_resample(forms, runs, w, f_range, u_range):
         design = make_design(linear, runs)
         thetas[target] = (linear, design, plain_fit(linear, design, runs, runs.values[own], w))
         if form == "two_step":
-            loss, score = runs.values[own], runs.values[target]
-            links[target] = curve_fit(sigmoid, loss, score, p0=[score.min(), np.ptp(score), 5.0, loss.mean()],
-                                      sigma=1 / np.sqrt(np.maximum(w, 1e-9)), maxfev=5000)[0]
+            loss, score, sw = runs.values[own], runs.values[target], np.sqrt(w)
+            x0 = [score.min(), np.ptp(score), 1.0 / np.std(loss), loss.mean()]
+            links[target] = least_squares(lambda t: sw * (sigmoid(loss, *t) - score), x0).x
     linear, design, theta = thetas["vl_score"]
     sign = 1.0 if "vl_score" not in links else np.sign(links["vl_score"][1])
 
