@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import plotly.graph_objects as go
 import polars as pl
 
 from analysis import queries, scores, tables
@@ -25,8 +24,8 @@ from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
 from analysis.predict_io import findings_markdown as prediction_markdown
 from analysis.predict_io import prediction_runs, report_json
-from analysis.report_figures import Built, axis_figures, curve_figures, fit_figures, prediction_figures, ratio_figure
-from analysis.report_figures import StudyData
+from analysis.report_figures import (Built, StudyData, axis_figures, curve_figures, fit_figures, prediction_figures,
+                                     ratio_figure)
 from analysis.search_findings import SearchComparison, load_comparisons, search_markdown
 from analysis.store import connect
 
@@ -132,10 +131,11 @@ def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | N
     base = scores.text_only_baseline(data.steps)
     cost = None
     if len(base) and len(agg):
-        best = agg.sort("vl_score_mean", descending=True, nulls_last=True).group_by("scale", maintain_order=True).first()
+        best = (agg.sort("vl_score_mean", descending=True, nulls_last=True)
+                .group_by("scale", maintain_order=True).first())
         cost = base.join(best, on="scale", suffix="_vl").select(
-            "scale", pl.col("text_score_mean").alias("text_only"), pl.col("text_score_mean_vl").alias("text_at_best_vl"),
-            "intro_fraction", "image_ratio",
+            "scale", pl.col("text_score_mean").alias("text_only"),
+            pl.col("text_score_mean_vl").alias("text_at_best_vl"), "intro_fraction", "image_ratio",
             (pl.col("text_score_mean") - pl.col("text_score_mean_vl")).alias("text_cost"))
     return late, cost, label
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from models.run import load_step_config
-from models.stages.base import to_tensors
+from models.stages.batches import to_tensors
+from models.steps import load_step_config
 from models.vlm import VLM, masked_targets, token_losses
 
 LOSS_METRIC = "val_loss"  # evals.metric of a held-out loss row (analysis.schema.LOSS_METRIC)

@@ -21,7 +21,6 @@ import numpy as np
 
 from models.data.types import EvalItem, EvalTask, chance_level, normalise_answer
 from models.data.world import corpus, scenes
-from models.data.world import lexicon as lx
 from models.data.world.entities import World
 from models.data.world.render import normalise, render
 
