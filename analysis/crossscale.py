@@ -201,7 +201,8 @@ def vertex_terms(fit: LinearFit, runs: Runs) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         if "f*x" in col and "u*x" in col:
             ok = (aff < 0) & (det > 0)
-            sf, su = np.where(ok, (-2 * auu * mf + afu * mu) / det, 0), np.where(ok, (-2 * aff * mu + afu * mf) / det, 0)
+            sf = np.where(ok, (-2 * auu * mf + afu * mu) / det, 0)
+            su = np.where(ok, (-2 * aff * mu + afu * mf) / det, 0)
         else:
             sf = np.where(aff < 0, -mf / (2 * aff), 0) if "f*x" in col else zero
             su = np.where(auu < 0, -mu / (2 * auu), 0) if "u*x" in col else zero
@@ -336,7 +337,8 @@ def _quadratic(q: np.ndarray, f: np.ndarray, u: np.ndarray) -> np.ndarray:
     return q[:, :1] + q[:, 1:2] * f + q[:, 2:3] * u + q[:, 3:4] * f * f + q[:, 4:5] * u * u + q[:, 5:6] * f * u
 
 
-def box_argmax(q: np.ndarray, f_range: tuple[float, float], u_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def box_argmax(q: np.ndarray, f_range: tuple[float, float],
+               u_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the (f, uc) maximising the quadratic over the box: its corners, the best point of
     each edge and the interior stationary point are the only candidates."""
     c, bf, bu, aff, auu, afu = q.T

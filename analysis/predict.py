@@ -113,7 +113,8 @@ def _fold_errors(form: str, target: str, runs: Runs, loss_form: str) -> np.ndarr
     return (fit.predict(runs.n, runs.d, runs.f, runs.u)[runs.scale, np.arange(len(runs.n))] - runs.values[target]) ** 2
 
 
-def choose_forms(runs: Runs, targets: list[str]) -> tuple[dict[str, str], dict[str, dict[str, float]], dict[str, float]]:
+def choose_forms(runs: Runs, targets: list[str]
+                 ) -> tuple[dict[str, str], dict[str, dict[str, float]], dict[str, float]]:
     """Per target: the form with the least leave-one-scale-out RMSE (losses first: two_step needs
     theirs), the RMSE of every form, and the chosen form's RMSE on the largest scale's fold (its
     error when it extrapolates up, the interval's allowance for the form)."""

@@ -29,7 +29,8 @@ class PredictionReport:
     fixed: dict[str, Any]  # the axes held at one value to get one run per (scale, f, ratio, seed)
 
 
-def assemble_runs(steps: pl.DataFrame, losses: pl.DataFrame, tokens: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Any]]:
+def assemble_runs(steps: pl.DataFrame, losses: pl.DataFrame,
+                  tokens: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Any]]:
     """One row per final model (fine-tuned, else branch) with its scores, held-out losses and D, the
     axes other than scale, f, ratio and seed held at their most common values (also returned)."""
     rows, fixed = scores.fix_other_axes(scores.main_stage(steps), ["intro_fraction", "image_ratio", "scale", "seed"])
@@ -79,8 +80,8 @@ def prediction_lines(p: Prediction) -> list[str]:
     for q, interval in _predicted(p).items():
         form = p.forms.get(q)
         loso = p.loso_rmse.get(q, {})
-        how = f"   form {form}" + (f" (leave-one-scale-out RMSE: {', '.join(f'{k} {_num(v)}' for k, v in loso.items())})"
-                                   if loso else "") if form else ""
+        errors = ", ".join(f"{k} {_num(v)}" for k, v in loso.items())
+        how = (f"   form {form}" + (f" (leave-one-scale-out RMSE: {errors})" if loso else "")) if form else ""
         lines.append(f"  {QUANTITY_LABELS[q]:22s} {_interval_text(interval)}{how}")
     if not p.fraction_resolved:
         lines.append("  no preferred intro_fraction: its interval covers most of the swept range")
@@ -89,14 +90,16 @@ def prediction_lines(p: Prediction) -> list[str]:
     if len(p.frontier):
         picks = p.frontier.gather_every(max(1, len(p.frontier) // 5))
         lines.append("  predicted VL/text frontier (text → VL [band]): " + "; ".join(
-            f"{_num(r['x'])} → {_num(r['y'])} [{_num(r['y_lo'])}, {_num(r['y_hi'])}]" for r in picks.iter_rows(named=True)))
+            f"{_num(r['x'])} → {_num(r['y'])} [{_num(r['y_lo'])}, {_num(r['y_hi'])}]"
+            for r in picks.iter_rows(named=True)))
     lines += [f"  note: {n}" for n in p.notes]
     return lines
 
 
 def backtest_lines(b: Backtest) -> list[str]:
     p = b.prediction
-    lines = [f"backtest: {b.scale} ({b.params:.4g} parameters) predicted from {', '.join(s for s, _ in p.fitted_scales)}, "
+    smaller = ", ".join(s for s, _ in p.fitted_scales)
+    lines = [f"backtest: {b.scale} ({b.params:.4g} parameters) predicted from {smaller}, "
              "against its own response surface"]
     predicted, errors = _predicted(p), b.errors
     for q, observed in b.observed.items():
@@ -107,7 +110,8 @@ def backtest_lines(b: Backtest) -> list[str]:
                      f"error {errors[q]:+.3g}  ({verdict})")
     lines.append(f"  decision accuracy over {b.n_pairs} pairs of grid cells: "
                  + ", ".join(f"{QUANTITY_LABELS[t]} {_num(v, 2)}" for t, v in b.decision_accuracy.items()))
-    lines.append("  RMSE over the grid cells: " + ", ".join(f"{QUANTITY_LABELS[t]} {_num(v)}" for t, v in b.cell_rmse.items()))
+    lines.append("  RMSE over the grid cells: "
+                 + ", ".join(f"{QUANTITY_LABELS[t]} {_num(v)}" for t, v in b.cell_rmse.items()))
     return lines
 
 

@@ -24,8 +24,15 @@ from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
 from analysis.predict_io import findings_markdown as prediction_markdown
 from analysis.predict_io import prediction_runs, report_json
-from analysis.report_figures import (Built, StudyData, axis_figures, curve_figures, fit_figures, prediction_figures,
-                                     ratio_figure)
+from analysis.report_figures import (
+    Built,
+    StudyData,
+    axis_figures,
+    curve_figures,
+    fit_figures,
+    prediction_figures,
+    ratio_figure,
+)
 from analysis.search_findings import SearchComparison, load_comparisons, search_markdown
 from analysis.store import connect
 

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from models import stepfiles as sf
+
 SCHEMA_VERSION = 4  # 2: the curves table; 3: the curve_points table; 4: the heldout_losses view
 
-# Held-out validation losses travel in `evals` under their own metric (models.heldout writes the
-# same names), so that no stable-score average counts them whatever other metrics evals carry.
-LOSS_METRIC = "val_loss"
-HELDOUT_LOSSES = {"heldout_text": "val_text_loss", "heldout_caption": "val_caption_loss"}  # task -> column
+# Held-out validation losses travel in `evals` under their own metric (models.stepfiles names it),
+# so that no stable-score average counts them whatever other metrics evals carry. Each becomes a
+# column of the prediction's runs: task -> column.
+LOSS_METRIC = sf.LOSS_METRIC
+HELDOUT_LOSSES = {"heldout_text": "val_text_loss", "heldout_caption": "val_caption_loss"}
 
 # Buckets per curve in `curve_points`; changing it changes that table: bump SCHEMA_VERSION with it.
 CURVE_BUCKETS = 200

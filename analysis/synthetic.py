@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.schema import HELDOUT_LOSSES, LOSS_METRIC
+from analysis.schema import LOSS_METRIC
 from analysis.synthetic_law import KnownLaw
 from models import stepfiles as sf
 
@@ -177,9 +177,9 @@ class _Writer:
         # held-out losses (text, then caption when the model has images), from their own noise
         # stream so that adding them left every score of the default studies as it was
         noise = np.random.default_rng([self.spec.seed, int(sid, 16)]).normal(0, 0.003, len(losses))
-        tasks = list(HELDOUT_LOSSES)[:len(losses)]
+        tasks = list(sf.HELDOUT_TASKS)[:len(losses)]
         return pa.table({"task": [r[0] for r in rows] + tasks,
-                         "group": [r[1] for r in rows] + ["text", "vl"][:len(losses)],
+                         "group": [r[1] for r in rows] + [sf.HELDOUT_TASKS[t] for t in tasks],
                          "metric": ["accuracy"] * len(rows) + [LOSS_METRIC] * len(losses),
                          "value": value + [float(v + e) for v, e in zip(losses, noise)],
                          "chance": [r[3] for r in rows] + [None] * len(losses),

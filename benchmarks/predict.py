@@ -64,6 +64,11 @@ def sigmoid(loss, lo, span, k, l0):
     return lo + span / (1 + np.exp(-k * (l0 - loss)))
 
 
+def plain_sigmoid(loss, score, sw):
+    x0 = [score.min(), np.ptp(score), 1.0 / np.std(loss), loss.mean()]
+    return least_squares(lambda t: sw * (sigmoid(loss, *t) - score), x0).x
+
+
 def plain_resample(forms, runs, w, f_range, u_range):
     """Every target refitted under weights w, then the best mix at TARGET (VL's maximum)."""
     thetas, links = {}, {}
@@ -73,9 +78,7 @@ def plain_resample(forms, runs, w, f_range, u_range):
         design = make_design(linear, runs)
         thetas[target] = (linear, design, plain_fit(linear, design, runs, runs.values[own], w))
         if form == "two_step":
-            loss, score, sw = runs.values[own], runs.values[target], np.sqrt(w)
-            x0 = [score.min(), np.ptp(score), 1.0 / np.std(loss), loss.mean()]
-            links[target] = least_squares(lambda t: sw * (sigmoid(loss, *t) - score), x0).x
+            links[target] = plain_sigmoid(runs.values[own], runs.values[target], np.sqrt(w))
     linear, design, theta = thetas["vl_score"]
     sign = 1.0 if "vl_score" not in links else np.sign(links["vl_score"][1])
 
@@ -108,7 +111,8 @@ def main() -> None:
     draws = [plain_resample(prediction.forms, runs, w, f_range, u_range) for w in weights]
     per = (time.perf_counter() - t0) / args.subset
     plain = per * args.bootstrap
-    print(f"plain scipy loop: best f on the full data {full[0]:.3f} (batched {prediction.best_intro_fraction.estimate:.3f}); "
+    print(f"plain scipy loop: best f on the full data {full[0]:.3f} "
+          f"(batched {prediction.best_intro_fraction.estimate:.3f}); "
           f"{per:.2f} s per resample on {args.subset}, spread of best f {np.std([d[0] for d in draws]):.3f}")
     print(f"result: prediction with {args.bootstrap} bootstrap resamples on {len(frame)} runs, 4 scales: batched "
           f"{batched:.2f} s vs plain scipy loop {plain:.0f} s (extrapolated from {args.subset}): "

@@ -3,8 +3,8 @@ held-out text set of its trunk's text source, and (VLMs) on the captions of fixe
 image-caption pairs of its branch's image source, the loss taken as in training (text tokens only).
 
 Scaling laws want smooth quantities; accuracies on a few hundred items are not. The rows go into
-evals.parquet beside the accuracies under their own metric name, so that no stable-score average
-ever counts them; analysis.schema spells the same names on the reading side (a test checks both).
+evals.parquet beside the accuracies under their own metric name (models.stepfiles spells it), so
+that no stable-score average ever counts them.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from typing import Any
 import torch
 
 from models.stages.batches import to_tensors
+from models.stepfiles import HELDOUT_TASKS, LOSS_METRIC
 from models.steps import load_step_config
 from models.vlm import VLM, masked_targets, token_losses
-
-LOSS_METRIC = "val_loss"  # evals.metric of a held-out loss row (analysis.schema.LOSS_METRIC)
-HELDOUT_TASKS = {"heldout_text": "text", "heldout_caption": "vl"}  # evals.task -> evals.group
 
 
 @torch.no_grad()
