@@ -27,7 +27,7 @@ TARGETS = ("vl_score", "text_score", "val_text_loss", "val_caption_loss")
 MIN_SCALES = 3
 WARN_FACTOR = 10.0  # a target this many times the largest trained scale gets a warning
 UNRESOLVED_SHARE = 0.75  # an interval covering this share of the swept range: no preferred value
-GRID = (41, 25)  # points over the swept f and log-ratio ranges
+GRID = (41, 25)  # points over the swept f and log-ratio ranges that the predicted frontier is drawn from
 CONFIDENCE = 0.95
 Z_95 = 1.959964  # the normal quantile of CONFIDENCE's upper tail, for the form's error
 
@@ -56,7 +56,7 @@ class Prediction:
     fraction_resolved: bool  # False: the interval covers most of the swept range (no preferred f)
     ratio_resolved: bool
     values: dict[str, Interval]  # target -> predicted value at the best point
-    frontier: pl.DataFrame  # text_score, vl_score, vl_lo, vl_hi: the predicted VL/text frontier
+    frontier: pl.DataFrame  # x (text score), y (VL score), y_lo, y_hi: the predicted VL/text frontier
     trend: pl.DataFrame  # params, best f and ratio with intervals, from the smallest scale to the target
     bootstrap: int
     warnings: tuple[str, ...] = ()

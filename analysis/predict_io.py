@@ -140,7 +140,7 @@ def _interval_json(i: Interval) -> dict:
 def prediction_json(p: Prediction) -> dict:
     return {"params": p.params, "tokens": p.tokens, "extrapolation": p.extrapolation,
             "fitted_scales": [{"scale": s, "params": n} for s, n in p.fitted_scales],
-            "bootstrap": p.bootstrap, "forms": p.forms, "loso_rmse": p.loso_rmse,
+            "bootstrap": p.bootstrap, "forms": p.forms, "loso_rmse": p.loso_rmse, "form_error": p.form_error,
             **{q: _interval_json(i) for q, i in _predicted(p).items()},
             "fraction_resolved": p.fraction_resolved, "ratio_resolved": p.ratio_resolved,
             "frontier": p.frontier.rename({"x": "text_score", "y": "vl_score", "y_lo": "vl_lo", "y_hi": "vl_hi"},

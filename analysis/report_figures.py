@@ -13,6 +13,9 @@ import polars as pl
 from analysis import figures, scores
 from analysis.errors import AnalysisInputError
 from analysis.frontier import fit_frontier
+from analysis.predict import MIN_SCALES, next_scale
+from analysis.predict_figures import predicted_frontier_figure, prediction_figure
+from analysis.predict_io import run_prediction_on
 from analysis.scaling import fit_scaling_law
 from analysis.surface import best_by_scale, best_fraction_trend, fit_response_surface
 
@@ -200,17 +203,16 @@ def _scaling_figure(data: StudyData, built: Built) -> None:
 
 def prediction_figures(data: StudyData, built: Built) -> None:
     """The Predictions section: the best f and ratio at the next rung, with the backtest."""
-    from analysis.predict import next_scale
-    from analysis.predict_figures import predicted_frontier_figure, prediction_figure
-    from analysis.predict_io import run_prediction_on
-
     sizes = data.prediction_runs.filter(pl.col("vl_score").is_not_null())["params"].drop_nulls().unique().to_list()
-    if len(sizes) < 3:
-        for name in ("prediction_best_mix", "prediction_frontier"):
-            built.skipped.append((name, f"prediction needs at least 3 scales with evaluated runs (has {len(sizes)})"))
+    try:
+        if len(sizes) < MIN_SCALES:
+            raise AnalysisInputError(f"prediction needs at least {MIN_SCALES} scales with evaluated runs "
+                                     f"(has {len(sizes)})")
+        report = run_prediction_on(data.prediction_runs, params=next_scale(sizes), bootstrap=built.bootstrap,
+                                   seed=built.seed)
+    except AnalysisInputError as exc:
+        built.skipped += [(name, str(exc)) for name in ("prediction_best_mix", "prediction_frontier")]
         return
-    report = run_prediction_on(data.prediction_runs, params=next_scale(sizes), bootstrap=built.bootstrap,
-                               seed=built.seed)
     built.fits["prediction"] = report
     observed = best_by_scale(fit_response_surface(report.runs, score="vl_score", bootstrap=built.bootstrap,
                                                   seed=built.seed))

@@ -160,3 +160,14 @@ def test_decision_accuracy_by_hand() -> None:
     assert decision_accuracy(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0])) == (1.0, 3)
     assert decision_accuracy(np.array([3.0, 2.0, 1.0]), np.array([10.0, 20.0, 30.0])) == (0.0, 3)
     assert decision_accuracy(np.array([1.0, 2.0, 3.0]), np.array([10.0, 10.0, 30.0])) == (1.0, 2)  # a tie: left out
+
+
+def test_tokens_enter_the_law_only_when_tokens_per_parameter_vary(runs) -> None:
+    arrays, _ = runs_arrays(runs)
+    assert "h(D)" not in make_design("fixed_optimum", arrays).columns  # D = 20 N everywhere
+    varied = runs.with_columns(pl.when(pl.col("scale") == "5m").then(pl.col("tokens") * 3)
+                               .otherwise(pl.col("tokens")).alias("tokens"))
+    arrays, _ = runs_arrays(varied)
+    assert "h(D)" in make_design("fixed_optimum", arrays).columns
+    p = predict_scale(varied, params=3e9, tokens=1e12, bootstrap=10)
+    assert p.tokens == 1e12 and not p.notes

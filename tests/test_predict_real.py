@@ -19,10 +19,12 @@ DATA = Path(__file__).parent / "data" / "real_two_scales"
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("real") / "runs"
-    shutil.copytree(DATA, root, ignore=shutil.ignore_patterns("README.md", "*.toml"))
-    ingest(root)
-    return root
+    """The run as `vlmsweep run two.toml` left it: two.toml beside its results root runs/."""
+    study = tmp_path_factory.mktemp("real")
+    shutil.copy(DATA / "two.toml", study / "two.toml")
+    shutil.copytree(DATA, study / "runs", ignore=shutil.ignore_patterns("README.md", "*.toml"))
+    ingest(study / "runs")
+    return study / "runs"
 
 
 def test_every_real_eval_wrote_its_held_out_losses() -> None:
@@ -50,7 +52,15 @@ def test_held_out_losses_stay_out_of_the_stable_scores(root: Path) -> None:
     assert all(a > b for a, b in by["val_text_loss"].to_list())
 
 
-def test_predict_on_two_real_scales_needs_a_third(root: Path, capsys) -> None:
-    assert main(["predict", str(root), "--scale", "1m"]) == 2
+@pytest.mark.parametrize("target", ["folder", "study file"])
+def test_predict_on_two_real_scales_needs_a_third(root: Path, capsys, target) -> None:
+    where = root if target == "folder" else root.parent / "two.toml"
+    assert main(["predict", str(where), "--scale", "1m"]) == 2
     err = capsys.readouterr().err
     assert "prediction needs at least 3 scales with evaluated runs (has 2: debug, 170k)" in err
+
+
+def test_predict_on_one_real_scale_needs_three(tmp_path, capsys) -> None:
+    shutil.copytree(Path(__file__).parent / "data" / "real_tiny_run", tmp_path / "tiny")
+    assert main(["predict", str(tmp_path / "tiny"), "--params", "1e6"]) == 2
+    assert "(has 1: debug)" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.predict import next_scale
 from app import loaders, session
 from app.views import PredictionOptions, build_predicted_frontier, build_prediction
 
@@ -15,8 +16,8 @@ def predict_page() -> None:
     st.title("Predict the next scale")
     sizes = loaders.trained_sizes(ctx.version, ctx.filters)
     a, b = st.columns(2)
-    default = f"{sizes[-1] * 2:.3g}" if sizes else "1e9"
-    text = a.text_input("target LM parameters (blank: the study's next rung)", value="", placeholder=default,
+    rung = f"{next_scale(sizes):.3g}" if len(sizes) > 1 else "1e9"
+    text = a.text_input("target LM parameters (blank: the study's next rung)", value="", placeholder=rung,
                         key="predict_params")
     bootstrap = b.select_slider("bootstrap resamples", [0, 100, 200, 500, 1000], value=200, key="predict_boot")
     try:
