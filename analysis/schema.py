@@ -12,10 +12,10 @@ import polars as pl
 
 from models import stepfiles as sf
 
-SCHEMA_VERSION = 4  # 2: the curves table; 3: the curve_points table; 4: the heldout_losses view
+SCHEMA_VERSION = 5  # 2: the curves table; 3: the curve_points table; 4: evals.primary_metric; 5: heldout_losses
 
-# Held-out validation losses travel in `evals` under their own metric (models.stepfiles names it),
-# so that no stable-score average counts them whatever other metrics evals carry. Each becomes a
+# Held-out validation losses travel in `evals` under their own metric (models.stepfiles names it) and
+# are never a task's primary metric, so that no stable-score average counts them. Each becomes a
 # column of the prediction's runs: task -> column.
 LOSS_METRIC = sf.LOSS_METRIC
 HELDOUT_LOSSES = {"heldout_text": "val_text_loss", "heldout_caption": "val_caption_loss"}
@@ -35,6 +35,8 @@ class Column:
     name: str
     dtype: str  # a DuckDB type named in _POLARS_TYPES
     doc: str = ""  # what the column means (shown by the app's schema page)
+    # A step file written before the column existed gets this SQL over its row `p` (None: required).
+    legacy: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -156,14 +158,19 @@ CURVE_POINTS = Table(name="curve_points", doc=f"each curve pre-cut into <= {CURV
     ("rows", "BIGINT", "logged rows in the bucket"),
 ))
 
-EVALS = Table(name="evals", doc="zero-shot evaluation results", columns=_cols(
-    ("step_id", "VARCHAR", "the eval step"),
-    ("task", "VARCHAR", "task name"),
-    ("group", "VARCHAR", "vl | text"),
-    ("metric", "VARCHAR", f"accuracy, or {LOSS_METRIC} (held-out loss: tasks {', '.join(HELDOUT_LOSSES)})"),
-    ("value", "DOUBLE", f"accuracy in [0, 1]; {LOSS_METRIC} in nats per token"),
-    ("chance", "DOUBLE", f"the task's chance level (null for {LOSS_METRIC})"),
-    ("n", "BIGINT", f"examples evaluated (tokens scored for {LOSS_METRIC})"),
+EVALS = Table(name="evals", doc="zero-shot evaluation results: one row per (task, metric)", columns=(
+    *_cols(
+        ("step_id", "VARCHAR", "the eval step"),
+        ("task", "VARCHAR", "task name"),
+        ("group", "VARCHAR", "vl | text"),
+        ("metric", "VARCHAR", "acc, acc_norm, vqa_accuracy, exact_match, f1, ... (models.metrics), or "
+                              f"{LOSS_METRIC} (held-out loss: tasks {', '.join(HELDOUT_LOSSES)})"),
+        ("value", "DOUBLE", f"the metric's value ({LOSS_METRIC}: nats per token)"),
+        ("chance", "DOUBLE", "the task's chance level (null where none applies)"),
+        ("n", "BIGINT", f"examples evaluated (tokens scored for {LOSS_METRIC})")),
+    # Files from before this column held one `accuracy` row per task: that row was the score.
+    Column(name="primary_metric", dtype="BOOLEAN", legacy="p.\"metric\" = 'accuracy'",
+           doc="the row the task's stable score (value - chance) is taken from; one per task"),
 ))
 
 STUDIES = Table(name="studies", doc="one row per study manifest", columns=_cols(
@@ -196,8 +203,8 @@ def _config_aggregates() -> str:
     return ", ".join(parts)
 
 
-# Stable score = accuracy - chance (DESIGN §1) of every eval row but the held-out losses, joined
-# with the evaluated chain's axes (heldout_losses: those rows, likewise joined); per eval
+# Stable score = primary metric - chance (DESIGN §1), never a held-out loss row, joined with the
+# evaluated chain's axes (heldout_losses: those rows, likewise joined); per eval
 # step the VL, text and all-task averages; per configuration (all axes but seed) mean, stderr, n.
 # analysis.scores computes the same in polars (with a configurable k-task average); a test
 # checks the two agree.
@@ -206,7 +213,8 @@ VIEWS: dict[str, str] = {
         "CREATE VIEW stable_scores AS SELECT e.step_id, e.task, e.\"group\", e.metric, e.value, "
         "e.chance, e.n, e.value - e.chance AS stable_score, "
         + ", ".join(f"s.\"{a}\"" for a in AXES)
-        + f" FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.metric <> '{LOSS_METRIC}'"),
+        + " FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.primary_metric"
+        + f" AND e.metric <> '{LOSS_METRIC}'"),
     "heldout_losses": (
         "CREATE VIEW heldout_losses AS SELECT e.step_id, e.task, e.\"group\", e.value, e.n, "
         + ", ".join(f"s.\"{a}\"" for a in AXES)

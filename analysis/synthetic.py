@@ -174,16 +174,20 @@ class _Writer:
         if vl is not None:
             rows += [(t, "vl", vl, c) for t, c in VL_TASKS.items()]
         value = [float(np.clip(c + s * (1 - c) + self.rng.normal(0, 0.01), 0, 1)) for _, _, s, c in rows]
-        # held-out losses (text, then caption when the model has images), from their own noise
-        # stream so that adding them left every score of the default studies as it was
+        # Each task also reports a second metric (as multiple choice does, acc and acc_norm): only
+        # the primary row may feed a stable score, so a reader that ignores the flag is caught.
+        # Then the held-out losses (text, then caption when the model has images), from their own
+        # noise stream so that adding them left every score of the default studies as it was.
+        n = len(rows)
         noise = np.random.default_rng([self.spec.seed, int(sid, 16)]).normal(0, 0.003, len(losses))
         tasks = list(sf.HELDOUT_TASKS)[:len(losses)]
-        return pa.table({"task": [r[0] for r in rows] + tasks,
-                         "group": [r[1] for r in rows] + [sf.HELDOUT_TASKS[t] for t in tasks],
-                         "metric": ["accuracy"] * len(rows) + [LOSS_METRIC] * len(losses),
-                         "value": value + [float(v + e) for v, e in zip(losses, noise)],
-                         "chance": [r[3] for r in rows] + [None] * len(losses),
-                         "n": [500] * len(rows) + [16_384] * len(losses)})
+        return pa.table({"task": [r[0] for r in rows] * 2 + tasks,
+                         "group": [r[1] for r in rows] * 2 + [sf.HELDOUT_TASKS[t] for t in tasks],
+                         "metric": ["acc"] * n + ["acc_norm"] * n + [LOSS_METRIC] * len(losses),
+                         "value": value + [0.0] * n + [float(v + e) for v, e in zip(losses, noise)],
+                         "chance": [r[3] for r in rows] * 2 + [None] * len(losses),
+                         "n": [500] * 2 * n + [16_384] * len(losses),
+                         "primary_metric": [True] * n + [False] * n + [False] * len(losses)})
 
 
 def _size(scale: str) -> float:

@@ -60,6 +60,6 @@ def heldout_rows(model: VLM, data: Any, tok: Any, *, root: Any, kind: str, paren
         if batches:
             loss, n = mean_loss(model, batches, tok.image_id, device)
             rows.append({"task": task, "group": HELDOUT_TASKS[task], "metric": LOSS_METRIC,
-                         "value": loss, "chance": None, "n": n})
+                         "value": loss, "chance": None, "n": n, "primary_metric": False})
     model.train(was_training)
     return rows

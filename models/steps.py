@@ -112,12 +112,14 @@ def replay_rows(batch_size: int, share: float) -> int:
 class EvalConfig:
     """Zero-shot evaluation on VL and/or text tasks of one checkpoint of the parent."""
 
-    data: DataSource  # benchmarks (the world's, or JSONL eval files)
-    tasks: tuple[str, ...]  # task names; empty = every task the source has
+    data: tuple[DataSource, ...]  # benchmark sources (the world's, JSONL eval files); a task is in one
+    tasks: tuple[str, ...]  # task names; empty = every task the sources have
     groups: tuple[str, ...]  # ("vl", "text") or ("text",) for a text-only trunk
     n_per_task: int  # held-out samples per task (0 = all)
     checkpoint: float | None = None  # trunk evals: which intro-fraction checkpoint; None = final
     seed: int = 0
+    stable_metric: tuple[tuple[str, str], ...] = ()  # task → the metric its stable score uses
+    chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
 
 
 StepConfig = Union[EncoderConfig, TrunkConfig, BranchConfig, FinetuneConfig, EvalConfig]

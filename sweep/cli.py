@@ -163,6 +163,17 @@ def _add_world(sub) -> None:
     p.set_defaults(handler="models.data.materialize:run_world")
 
 
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="turn a benchmark's published files into eval JSONL",
+                       description="Convert benchmark files already on disk (nothing is downloaded) "
+                                   "into the vqa_jsonl / mc_jsonl records eval sources read, with the "
+                                   "metric and chance each benchmark implies.")
+    from sweep.convertcli import add_convert_arguments  # argparse only
+
+    add_convert_arguments(p)
+    p.set_defaults(handler="sweep.convertcli:run_convert")
+
+
 def _add_fit_scaling(sub) -> None:
     from analysis.cli import add_fit_scaling_arguments  # argparse only; no heavy imports
 
@@ -178,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_predict, _add_app,
-                _add_search, _add_demo, _add_world, _add_fit_scaling):
+                _add_search, _add_demo, _add_world, _add_convert, _add_fit_scaling):
         add(sub)
     return parser
 

@@ -85,13 +85,14 @@ def trial_cell(study: Study, scale: str, fraction: float, ratio: float) -> Cell:
 
 
 def eval_scores(root: Path, eval_step: Step) -> dict[str, float]:
-    """Stable-score averages (accuracy − chance) per group from one eval step's evals.parquet."""
+    """Stable-score averages (primary metric − chance) per group from one eval step's evals.parquet."""
     import polars as pl
 
-    frame = pl.read_parquet(sf.paths_of(root, eval_step).evals).filter(pl.col("metric") == "accuracy")
-    means = (frame.with_columns((pl.col("value") - pl.col("chance")).alias("stable"))
-             .group_by("group").agg(pl.col("stable").mean()))
-    return {row["group"]: float(row["stable"]) for row in means.iter_rows(named=True)}
+    from analysis.scores import stable_scores
+
+    frame = pl.read_parquet(sf.paths_of(root, eval_step).evals)
+    means = stable_scores(frame).group_by("group").agg(pl.col("stable_score").mean())
+    return {row["group"]: float(row["stable_score"]) for row in means.iter_rows(named=True)}
 
 
 class ChainJob:

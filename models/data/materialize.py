@@ -1,7 +1,9 @@
 """`vlmsweep world`: write the built-in world in the real shard formats, with a manifest.
 
 Text as JSONL+zstd and Parquet shards, image-caption pairs as WebDataset tars and Parquet,
-instructions as LLaVA JSON with PNG files, benchmarks as VQA / multiple-choice JSONL. Every
+instructions as LLaVA JSON with PNG files, benchmarks as VQA / multiple-choice JSONL (each record
+with its metric and chance), the word-level tokenizer as a Hugging Face tokenizer.json, and a study
+file over those files (`models.data.world_study`). Every
 writer pins what would vary (tar metadata, compression levels, key order), so one seed gives
 byte-identical files, and the readers real data needs are exercised by the default path.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from models.data.tokenizer import world_tokenizer
 from models.data.world import WorldData
 from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
+from models.data.world_study import STUDY_FILE, TOKENIZER_FILE, study_toml
 from models.stepfiles import write_bytes
 
 DEFAULT_SIZES = {"text_docs": 20_000, "pairs": 5_000, "instructions": 2_000, "eval_items": 200,
@@ -94,7 +97,7 @@ def _write_instructions(out: Path, wd: WorldData, n: int, size: int, files: dict
 
 def _eval_record(task, item, tok, name: str, i: int, files: dict) -> dict:
     words = lambda ids: tok.decode([t for t in ids if t not in (tok.image_id, tok.user_id, tok.assistant_id)])
-    rec: dict = {}
+    rec: dict = {"metric": task.metric, "chance": task.chance}
     if item.image is not None:
         img = np.clip(np.round((np.moveaxis(item.image, 0, -1) + 1.0) * 127.5), 0, 255).astype(np.uint8)
         files[f"eval/images/{name}-{i:05d}.png"] = (_png(img), 1)
@@ -105,19 +108,19 @@ def _eval_record(task, item, tok, name: str, i: int, files: dict) -> dict:
     if task.kind == "generate":
         rec["answers"] = item.answers
     else:
-        rec["choices"], rec["label"] = [words(c) for c in item.choices], item.label
+        rec["choices"], rec["label"] = list(item.choice_texts), item.label
     return rec
 
 
 def _write_eval(out: Path, wd: WorldData, n: int, size: int, files: dict) -> dict:
-    """Each task's file; returns {task: (reader kind, chance)} for the manifest's sources."""
+    """Each task's file; returns {task: (reader kind, chance, group)} for the manifest's sources."""
     tok, formats = world_tokenizer(), {}
     for name in VL_TASKS + TEXT_TASKS:
         task = build_task(name, wd.world, tok, n=n, image_size=size, image_tokens=16, seed=0)
         records = [_eval_record(task, it, tok, name, i, files) for i, it in enumerate(task.items)]
         vqa = "question" in records[0]
         files[f"eval/{name}.jsonl"] = (_jsonl(records), len(records))
-        formats[name] = ("vqa_jsonl" if vqa else "mc_jsonl", task.chance)
+        formats[name] = ("vqa_jsonl" if vqa else "mc_jsonl", task.chance, task.group)
     return formats
 
 
@@ -133,6 +136,10 @@ def write_world(out_dir: str | Path, seed: int = 0, *, text_docs: int = DEFAULT_
     _write_pairs(out, wd, pairs, shards, image_size, files)
     _write_instructions(out, wd, instructions, image_size, files)
     formats = _write_eval(out, wd, eval_items, image_size, files)
+    tok = world_tokenizer()
+    files[TOKENIZER_FILE] = (json.dumps(tok.hf_json(), indent=1, sort_keys=True).encode(), tok.vocab_size)
+    files[STUDY_FILE] = (study_toml(seed=seed, n_kinds=n_kinds, eval_items=eval_items,
+                                    formats=formats).encode(), 1)
     for rel, (data, _) in sorted(files.items()):
         write_bytes(out / rel, data, durable=False)
     os.sync()  # every shard on disk before the manifest that says the world is complete
@@ -153,13 +160,15 @@ def write_world(out_dir: str | Path, seed: int = 0, *, text_docs: int = DEFAULT_
 
 def _sources(out: Path, shards: int, formats: dict) -> dict:
     a = out.resolve()
-    return {"text": {"kind": "jsonl", "paths": [str(a / "text" / "*.jsonl.zst")]},
-            "text_parquet": {"kind": "parquet", "paths": [str(a / "text_parquet" / "*.parquet")]},
+    tokenizer = {"tokenizer": str(a / TOKENIZER_FILE)}
+    return {"text": {"kind": "jsonl", "paths": [str(a / "text" / "*.jsonl.zst")], "options": tokenizer},
+            "text_parquet": {"kind": "parquet", "paths": [str(a / "text_parquet" / "*.parquet")],
+                             "options": tokenizer},
             "pairs": {"kind": "webdataset", "paths": [str(a / "pairs" / "*.tar")]},
             "pairs_parquet": {"kind": "parquet_images", "paths": [str(a / "pairs_parquet" / "*.parquet")]},
             "instructions": {"kind": "llava", "paths": [str(a / "llava" / "instructions.json")]},
             **{f"eval_{t}": {"kind": k, "paths": [str(a / "eval" / f"{t}.jsonl")], "options": {"chance": c}}
-               for t, (k, c) in formats.items()}}
+               for t, (k, c, _) in formats.items()}}
 
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,5 +191,6 @@ def run_world(args: argparse.Namespace) -> int:
                            instructions=args.instructions, eval_items=args.eval_items,
                            shards=args.shards, image_size=args.image_size, n_kinds=args.n_kinds)
     print(f"wrote world {args.seed} to {args.out}: {len(manifest['shards'])} files; "
-          f"manifest {Path(args.out) / 'manifest.json'}")
+          f"manifest {Path(args.out) / 'manifest.json'}; run it with: vlmsweep run "
+          f"{Path(args.out) / STUDY_FILE}")
     return 0
