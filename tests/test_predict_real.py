@@ -52,10 +52,10 @@ def test_held_out_losses_stay_out_of_the_stable_scores(root: Path) -> None:
     assert all(a > b for a, b in by["val_text_loss"].to_list())
 
 
-@pytest.mark.parametrize("target", ["folder", "study file"])
-def test_predict_on_two_real_scales_needs_a_third(root: Path, capsys, target) -> None:
-    where = root if target == "folder" else root.parent / "two.toml"
-    assert main(["predict", str(where), "--scale", "1m"]) == 2
+def test_predict_on_two_real_scales_needs_a_third(root: Path, capsys) -> None:
+    # the results folder (its study file would plan today's step ids, which later changes to the
+    # eval config move away from these files' ids)
+    assert main(["predict", str(root), "--scale", "1m"]) == 2
     err = capsys.readouterr().err
     assert "prediction needs at least 3 scales with evaluated runs (has 2: debug, 170k)" in err
 
