@@ -126,7 +126,7 @@ def _add_search(sub) -> None:
     p.add_argument("--objectives", default="vl,text",
                    help="comma-separated stable-score averages to maximise (vl, text)")
     p.add_argument("--backend", choices=("local", "slurm"), default="local",
-                   help="where trial chains run (local worker processes or SLURM jobs)")
+                   help="where trial steps run, as with `run` (local worker processes or SLURM jobs)")
     p.add_argument("--workers", type=int, default=None, help="trials running at once")
     p.add_argument("--sampler", choices=("tpe", "nsga2"), default="tpe")
     p.add_argument("--lattice", type=float, default=0.05,

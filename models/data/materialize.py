@@ -6,6 +6,8 @@ with its metric and chance), the word-level tokenizer as a Hugging Face tokenize
 file over those files (`models.data.world_study`). Every
 writer pins what would vary (tar metadata, compression levels, key order), so one seed gives
 byte-identical files, and the readers real data needs are exercised by the default path.
+Paths in manifest.json are relative to it, so a world copied elsewhere (to a cluster) still
+describes itself; `read_world_manifest` resolves them against the manifest's folder.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
 from models.data.world_study import STUDY_FILE, TOKENIZER_FILE, study_toml
 from models.stepfiles import write_bytes
 
+MANIFEST = "manifest.json"
 DEFAULT_SIZES = {"text_docs": 20_000, "pairs": 5_000, "instructions": 2_000, "eval_items": 200,
                  "shards": 4}
 
@@ -149,26 +152,42 @@ def write_world(out_dir: str | Path, seed: int = 0, *, text_docs: int = DEFAULT_
         "world_seed": seed, "n_kinds": n_kinds, "image_size": image_size,
         "counts": {"text_docs": text_docs, "pairs": pairs, "instructions": instructions,
                    "eval_items_per_task": eval_items, "shards": shards},
-        "sources": _sources(out, shards, formats), "shards": shards_meta,
+        "sources": _sources(formats), "shards": shards_meta,
         "images_sha256": hashlib.sha256(b"".join(
             hashlib.sha256(d).digest() for rel, (d, _) in sorted(files.items())
             if rel.startswith(("llava/images", "eval/images")))).hexdigest(),
     }
-    write_bytes(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
+    write_bytes(out / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1).encode())
     return manifest
 
 
-def _sources(out: Path, shards: int, formats: dict) -> dict:
-    a = out.resolve()
-    tokenizer = {"tokenizer": str(a / TOKENIZER_FILE)}
-    return {"text": {"kind": "jsonl", "paths": [str(a / "text" / "*.jsonl.zst")], "options": tokenizer},
-            "text_parquet": {"kind": "parquet", "paths": [str(a / "text_parquet" / "*.parquet")],
-                             "options": tokenizer},
-            "pairs": {"kind": "webdataset", "paths": [str(a / "pairs" / "*.tar")]},
-            "pairs_parquet": {"kind": "parquet_images", "paths": [str(a / "pairs_parquet" / "*.parquet")]},
-            "instructions": {"kind": "llava", "paths": [str(a / "llava" / "instructions.json")]},
-            **{f"eval_{t}": {"kind": k, "paths": [str(a / "eval" / f"{t}.jsonl")], "options": {"chance": c}}
+def _sources(formats: dict) -> dict:
+    """The world's data sources, their paths relative to the manifest (POSIX separators)."""
+    tokenizer = {"tokenizer": TOKENIZER_FILE}
+    return {"text": {"kind": "jsonl", "paths": ["text/*.jsonl.zst"], "options": tokenizer},
+            "text_parquet": {"kind": "parquet", "paths": ["text_parquet/*.parquet"], "options": tokenizer},
+            "pairs": {"kind": "webdataset", "paths": ["pairs/*.tar"]},
+            "pairs_parquet": {"kind": "parquet_images", "paths": ["pairs_parquet/*.parquet"]},
+            "instructions": {"kind": "llava", "paths": ["llava/instructions.json"]},
+            **{f"eval_{t}": {"kind": k, "paths": [f"eval/{t}.jsonl"], "options": {"chance": c}}
                for t, (k, c, _) in formats.items()}}
+
+
+def read_world_manifest(path: str | Path) -> dict:
+    """A world's manifest.json (or the folder holding it) with every source path made absolute,
+    resolved against the manifest's folder wherever the world now lies."""
+    path = Path(path)
+    path = path / MANIFEST if path.is_dir() else path
+    try:
+        manifest = json.loads(path.read_text())
+        sources = manifest["sources"]
+        for source in sources.values():
+            source["paths"] = [str((path.parent / p).resolve()) for p in source["paths"]]
+            if "tokenizer" in source.get("options", {}):
+                source["options"]["tokenizer"] = str((path.parent / source["options"]["tokenizer"]).resolve())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a world manifest ({type(exc).__name__}: {exc})") from None
+    return manifest
 
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +210,6 @@ def run_world(args: argparse.Namespace) -> int:
                            instructions=args.instructions, eval_items=args.eval_items,
                            shards=args.shards, image_size=args.image_size, n_kinds=args.n_kinds)
     print(f"wrote world {args.seed} to {args.out}: {len(manifest['shards'])} files; "
-          f"manifest {Path(args.out) / 'manifest.json'}; run it with: vlmsweep run "
+          f"manifest {Path(args.out) / MANIFEST} (paths relative to it); run it with: vlmsweep run "
           f"{Path(args.out) / STUDY_FILE}")
     return 0
