@@ -179,8 +179,8 @@ def test_sigterm_checkpoints_running_steps_ends_workers_and_a_rerun_resumes(tmp_
     assert len(workers) == 2 and not any(_alive(pid) for pid in workers), output
     statuses = reconcile(plan)
     for step in first:
-        assert statuses[step.step_id].state == "not submitted"
-        assert "interrupted" in statuses[step.step_id].reason
+        assert statuses[step.step_id].state == "interrupted"
+        assert "stopped mid-step" in statuses[step.step_id].reason
     assert read_failures(plan.root) == []  # a requested stop is not a failure
     chosen = select_steps(plan, False, 3)
     assert len(chosen) == 12
