@@ -151,3 +151,25 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert out.stdout.startswith("{")
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+
+
+def test_a_garbled_result_is_corrupt_not_done_and_ingest_refuses_it(tmp_path, capsys):
+    from sweep.cli import main
+    from sweep.launch import get_backend
+
+    plan = small_plan(tmp_path)
+    get_backend("inline").run(plan, select_steps(plan, False, 3), progress=False, job_factory=noop())
+    argv = ["ingest", str(plan.study.path), "--root", str(plan.root)]
+    assert main(argv) == 0
+    trunk = next(s for s in plan.steps if s.kind == "trunk")
+    result = plan.dir(trunk) / "result.json"
+    result.write_text('{"step_id": ')
+    statuses = reconcile(plan)
+    assert statuses[trunk.step_id].state == "corrupt" and str(result) in statuses[trunk.step_id].reason
+    assert all(statuses[s.step_id].state == "done" for s in plan.children(trunk.step_id))
+    assert trunk not in select_steps(plan, retry_failed=True, max_failures=3)  # never overwritten
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(error) == 1 and error[0].startswith(f"vlmsweep ingest: error: {result}: cannot read JSON")
+    assert main(argv + ["--skip-unreadable"]) == 0

@@ -63,6 +63,7 @@ class NoopStepJob(StepJob):
 
     def _ticks(self) -> dict[str, Any]:
         paths = sf.paths_of(self.root, self.step)
+        sf.write_json(paths.config, self.step.to_json())  # as run_step does: ingest reads it
         ckpt = paths.ckpt / "noop.json"
         start = sf.read_json(ckpt)["tick"] if ckpt.exists() else 0
         total = round(self.seconds / TICK_S)
