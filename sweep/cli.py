@@ -46,6 +46,10 @@ def _add_plan(sub) -> None:
                    help="print one JSON object: study, totals, savings and a `steps` list")
     p.add_argument("--explain", action="store_true",
                    help="say why each step that is not done must run")
+    p.add_argument("--no-data-check", action="store_true",
+                   help="plan without opening the data (a study for a cluster whose data this "
+                   "machine does not have); by default every path, glob, tokenizer and eval file "
+                   "is checked and a problem is an error")
     p.set_defaults(handler="sweep.plancli:run_plan")
 
 

@@ -48,6 +48,41 @@ def _records(path: str) -> list[tuple[int, dict]]:
     return out
 
 
+def check_eval_file(path: str, kind: str, records: list[tuple[int, dict]] | None = None) -> int:
+    """Check every record of a `vqa_jsonl` / `mc_jsonl` file, not only the ones a step samples:
+    the fields each item needs and that its image file exists (images are decoded only when an
+    item is built). Returns the record count; raises BadRecordError naming file and record."""
+    records = _records(path) if records is None else records
+    kinds = set()
+    for idx, rec in records:
+        if kind == "mc_jsonl":
+            rd.field(rec, "context", path, idx)
+            _choices(rec, path, idx)
+            kinds.add("multiple_choice")
+        else:
+            rd.field(rec, "question", path, idx)
+            kinds.add("multiple_choice" if "choices" in rec else "generate")
+            if "choices" in rec:
+                _choices(rec, path, idx)
+            else:
+                _answers(rec, path, idx)
+        if rec.get("image") is not None:
+            image = rd.image_path(path, rd.field(rec, "image", path, idx))
+            if not image.is_file():
+                raise BadRecordError(path, idx, f"image {str(image)!r} does not exist")
+    if len(kinds) > 1:
+        raise DataError(f"{path}: mixes multiple-choice and open-answer records; split the file")
+    return len(records)
+
+
+def _answers(rec, path, idx) -> list[str]:
+    answers = rd.field(rec, "answers", path, idx, (list, str))
+    answers = [answers] if isinstance(answers, str) else answers
+    if not answers or not all(isinstance(a, str) for a in answers):
+        raise BadRecordError(path, idx, "field 'answers' must be a non-empty list of strings")
+    return answers
+
+
 def _image(rec, path, idx, image_size):
     rel = rec.get("image")
     if rel is None:
@@ -80,10 +115,7 @@ def vqa_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, s
         choices, label = _choices(rec, path, idx)
         return EvalItem(prompt_tokens=prompt, image=image, choices=[tok.encode(c) for c in choices],
                         label=label), "multiple_choice"
-    answers = rd.field(rec, "answers", path, idx, (list, str))
-    answers = [answers] if isinstance(answers, str) else answers
-    if not answers or not all(isinstance(a, str) for a in answers):
-        raise BadRecordError(path, idx, "field 'answers' must be a non-empty list of strings")
+    answers = _answers(rec, path, idx)
     return EvalItem(prompt_tokens=prompt, image=image, answers=[normalise_answer(a) for a in answers],
                     max_new_tokens=int(rec.get("max_new_tokens", 8))), "generate"
 
@@ -106,6 +138,7 @@ def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_toke
         if tasks and name not in tasks:
             continue
         records = _records(path)
+        check_eval_file(path, source.kind, records)  # every record, not only the sampled ones
         if n_per_task and n_per_task < len(records):
             pick = np.sort(np.random.default_rng(seed).choice(len(records), n_per_task, replace=False))
             records = [records[i] for i in pick]

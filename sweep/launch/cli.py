@@ -19,6 +19,7 @@ from typing import Any
 import submitit
 
 from models.stepfiles import CORRUPT, DONE, FAILED, IN_FLIGHT, INTERRUPTED, USER_REASONS
+from sweep.datacheck import check_plan, check_shards
 from sweep.errors import UserError
 from sweep.launch import BACKENDS, LaunchResult, get_backend, select_steps
 from sweep.launch.journal import JournalError
@@ -129,6 +130,12 @@ def _launch(args: argparse.Namespace, plan: Any) -> LaunchResult | None:
     # The lock spans reconcile → submit, so a concurrent run sees our jobs in the journal;
     # a dry run writes nothing, not even the lock file.
     dry = bool(getattr(args, "dry_run", False))
+    # Before anything is written or trains: the root, paths, tokenizers and eval files of every
+    # step not done, and (a real run) the first records of each shard those steps read.
+    todo = [s for s in plan.steps if plan.status(s) != DONE]
+    check_plan(plan, todo)
+    if not dry:
+        check_shards(todo)
     with contextlib.nullcontext() if dry else root_lock(plan.root):
         statuses = reconcile(plan)
         chosen = select_steps(plan, retry, settings.max_failures, statuses=statuses)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -106,7 +106,8 @@ class ProgressLine:
     root: Path
     total: int
     workers: int = 1
-    stream: TextIO = sys.stderr
+    # looked up when the line is made, not when this module was imported (tests swap sys.stderr)
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
     interval_s: float = 10.0  # between lines when the stream is not a terminal
     started: float = 0.0
     _last: float = 0.0
