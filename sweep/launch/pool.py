@@ -313,7 +313,8 @@ def _run_one(payload: bytes) -> str:
         if isinstance(error, Exception) and getattr(job, "is_preempted", None) \
                 and _safe(job.is_preempted, error):
             return "interrupted"
-        traceback.print_exc()
+        if not hasattr(job, "failure_reason"):  # a StepJob has said it: one line or its traceback
+            traceback.print_exc()
         return "raised"
     finally:
         signal.signal(signal.SIGTERM, term)
