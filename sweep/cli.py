@@ -57,7 +57,8 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run every step of a study that is not done",
                        description="Run the study's missing steps in dependency order. inline: "
                        "in this process; local: N worker processes; slurm: job arrays per DAG "
-                       "level with afterok dependencies (submits and returns).")
+                       "level with afterany dependencies and a parent check in each task (submits "
+                       "and returns).")
     _study_arg(p)
     p.add_argument("--backend", choices=("inline", "local", "slurm"), default=None,
                    help="where steps run (default: [backend].default of the study)")
