@@ -169,15 +169,21 @@ def _one(plan: Any, step: Any, record: JobRecord | None, states: dict[str, JobSt
     if job is not None and not job.started:  # cancelled before it ran: a dependency died
         return StepStatus(state=BLOCKED, reason=why_blocked or f"job {job.job_id} {job.state} "
                           f"before it started ({job.reason or 'dependency never satisfied'})", **base)
-    failed = _attempt_failure(paths, record, failures)
-    if failed is not None or (job is not None and job.state in FAILURE_REASONS
-                              and job.state not in INTERRUPTING):
+    return _ended(step, job, _attempt_failure(paths, record, failures), blocker, out, base)
+
+
+def _ended(step: Any, job: JobState | None, failed: tuple[str, str] | None,
+           blocker: StepStatus | None, out: dict[str, StepStatus], base: dict[str, Any]) -> StepStatus:
+    """A step whose latest job (if any) has ended without a result: failed, blocked, not
+    submitted or interrupted."""
+    ended_badly = job is not None and job.state in FAILURE_REASONS and job.state not in INTERRUPTING
+    if failed is not None or ended_badly:
         cause, detail = failed or ("", "")
-        if job is not None and job.state in FAILURE_REASONS and job.state not in INTERRUPTING:
+        if ended_badly:
             detail = FAILURE_REASONS[job.state] + (f": {detail}" if detail else "")
         return StepStatus(state=FAILED, reason=detail, cause=cause, **base)
     if blocker:
-        return StepStatus(state=BLOCKED, reason=why_blocked, **base)
+        return StepStatus(state=BLOCKED, reason=f"{blocker.kind} {blocker.step_id} {blocker.state}", **base)
     if job is None:
         return StepStatus(state=NOT_SUBMITTED, **base)
     waiting = [f"{kind} {pid}" for kind, pid in step.parents
