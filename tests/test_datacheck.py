@@ -13,6 +13,7 @@ import pytest
 
 from models.data.world.lexicon import vocabulary
 from sweep.cli import main
+from tests.launch_helpers import QUICK_TRUNK_FIRST
 
 STUDY = """
 [study]
@@ -33,19 +34,10 @@ paths = ["{pairs}"]
 [data.vqa]
 kind = "vqa_jsonl"
 paths = ["{vqa}"]
-[model.vision]
-kind = "patch"
-frozen = false
-pretrain = false
-[train]
-trunk_tokens_per_param = 0.2
-image_tokens_per_param = 0.05
-[finetune]
-samples = 8
 [eval]
 data = "vqa"
 n_per_task = 4
-"""
+""" + QUICK_TRUNK_FIRST.replace("{", "{{").replace("}", "}}")
 
 
 def _tokenizer_json(path) -> str:

@@ -16,6 +16,7 @@ from models import stepfiles as sf
 from sweep.plan import plan_study
 from sweep.spec import load_study
 from sweep.status import reconcile
+from tests.launch_helpers import QUICK_TRUNK_FIRST
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,18 +27,9 @@ name = "disk"
 scale = ["debug"]
 intro_fraction = [0.5, 1.0]
 image_ratio = [0.2]
-[model.vision]
-kind = "patch"
-frozen = false
-pretrain = false
-[train]
-trunk_tokens_per_param = 0.2
-image_tokens_per_param = 0.05
-[finetune]
-samples = 8
 [eval]
 n_per_task = 4
-"""
+""" + QUICK_TRUNK_FIRST
 
 
 @pytest.fixture
