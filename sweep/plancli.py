@@ -134,6 +134,10 @@ def explain(plan: Plan) -> str:
             reason = _failure_reason(plan.dir(s))
             lines.append(f"{label}: failed before ({reason}); `run --retry-failed` reruns it")
             continue
+        if status == sf.CORRUPT:
+            problem = sf.result_problem(sf.StepPaths(plan.dir(s)))
+            lines.append(f"{label}: corrupt ({problem}); delete it and `run` recomputes the step")
+            continue
         done = cache.setdefault(s.kind, _done_configs(plan.root, s.kind))
         if not done:
             lines.append(f"{label}: no output yet (no done {s.kind} step under the root)")
