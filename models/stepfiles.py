@@ -5,7 +5,7 @@ step file's name.
 
     <root>/steps/<kind>/<step_id>/  config.json  progress.json  metrics.parquet  evals.parquet
                                     model.pt  result.json | failure.json  ckpt/latest.pt  ckpt/frac-<f>.pt
-    <root>/logs/<job_id>/           <job_id>_0_log.out|err  running.lock  stopped  skipped
+    <root>/logs/<job_id>/           <job_id>_0_log.out|err  running.lock  stopped
 
 The lowest layer of the project: it imports nothing from it, and neither torch nor pyarrow at
 import time (the planner, `vlmsweep status` and the app read step files in milliseconds).
@@ -39,7 +39,6 @@ LATEST = "latest.pt"  # periodic / preemption checkpoint, removed once the step 
 LOGS_DIR = "logs"
 RUNNING_LOCK = "running.lock"  # in a job's log folder, flock-held while the job is in flight
 STOPPED_MARK = "stopped"  # in a job's log folder: the run was stopped (Ctrl-C) while the job ran
-SKIPPED_MARK = "skipped"  # in a job's log folder: the job found a parent not done and ran nothing
 # What ingest signs (name:size:mtime) to tell a changed step from an unchanged one.
 SIGNED_FILES = (CONFIG, RESULT, FAILURE, METRICS, EVALS)
 
@@ -191,20 +190,14 @@ def file_state(step: Any, root: str | Path) -> str:
     return FAILED if paths.failure.exists() else MISSING
 
 
-_PARQUET_MAGIC = b"PAR1"
-
-
 def _parquet_framed(path: Path) -> bool:
-    """Whether a Parquet file starts and ends with its magic: a truncated or overwritten file does
-    not (a cheap check for `status`; ingest reads every page and finds damage inside)."""
+    """Whether a Parquet file starts and ends with its magic "PAR1": a truncated or overwritten one
+    does not (a cheap check for `status`; ingest reads every page and finds damage inside)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() < 12:
-                return False
-            fh.seek(-4, os.SEEK_END)
-            return head == _PARQUET_MAGIC and fh.read(4) == _PARQUET_MAGIC
+            head, size = fh.read(4), os.fstat(fh.fileno()).st_size
+            fh.seek(max(size - 4, 0))
+            return size >= 12 and head == b"PAR1" and fh.read(4) == b"PAR1"
     except OSError:
         return False
 
