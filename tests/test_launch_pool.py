@@ -205,4 +205,7 @@ def test_a_killed_supervisor_leaves_no_orphan_workers(tmp_path):
     assert len(workers) == 2
     wait_for(lambda: not any(_alive(pid) for pid in workers), timeout_s=30,
              what="the workers to follow their supervisor")
-    assert all(s.state != "running" for s in reconcile(plan).values())  # its locks went with it
+    statuses = reconcile(plan)
+    assert all(s.state != "running" for s in statuses.values())  # its locks went with it
+    for step in (s for s in plan.steps if not s.parents):  # nothing failed: a plain run resumes them
+        assert statuses[step.step_id].state == "interrupted" and statuses[step.step_id].failures == 0
