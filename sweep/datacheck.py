@@ -52,7 +52,8 @@ def reads(steps: Iterable[Any]) -> Iterator[tuple[Any, str, str, Any]]:
             if cfg.replay_data is not None and cfg.text_replay > 0:
                 yield cfg.replay_data, "text", "error", None
         elif step.kind == "eval":
-            yield cfg.data, "eval", "error", None
+            for source in cfg.data:  # an eval reads several benchmark sources
+                yield source, "eval", "error", None
 
 
 def check_plan(plan: Any, steps: Iterable[Any] | None = None) -> None:
