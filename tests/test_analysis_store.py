@@ -19,6 +19,7 @@ from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.schema import SCHEMA_VERSION, TABLES, create_all
 from analysis.store import catalog_path, connect, ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
+from models.stepfiles import LOSS_METRIC
 
 SMALL = SyntheticSpec(scales=("79m",), intro_fractions=(0.0, 0.5, 1.0), image_ratios=(0.1,),
                       finetune_epochs=(1,), metric_rows=10, unfinished=1, failed=1)
@@ -212,7 +213,8 @@ def test_sigkill_mid_ingest_leaves_previous_catalog(root: Path, tmp_path_factory
 
 def test_stable_scores_take_each_tasks_primary_row_and_read_older_eval_files(root: Path) -> None:
     """Every task of the synthetic study writes a primary `acc` row and a non-primary `acc_norm`
-    row of 0: only the first may reach a stable score. A file from before `primary_metric` existed
+    row of 0 (and each eval its held-out `val_loss` rows, never primary): only the first may reach
+    a stable score. A file from before `primary_metric` existed
     (one `accuracy` row per task) still ingests, its rows primary, in the same bulk read."""
     import pyarrow.parquet as pq
 
@@ -230,6 +232,6 @@ def test_stable_scores_take_each_tasks_primary_row_and_read_older_eval_files(roo
                                "GROUP BY ALL)").fetchone()[0]
         legacy_rows = con.execute("SELECT count(*) FROM stable_scores WHERE step_id = ?",
                                   [legacy.parent.name]).fetchone()[0]
-    assert flags == {"acc": True, "acc_norm": False, "accuracy": True}
+    assert flags == {"acc": True, "acc_norm": False, "accuracy": True, LOSS_METRIC: False}
     assert sorted(m for (m,) in scored) == ["acc", "accuracy"] and per_task == 1
     assert legacy_rows == len(old)
