@@ -13,6 +13,7 @@ import math
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -20,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from models import stepfiles as sf
-from models.checkpoint import Preempted, clear_checkpoint_request, request_checkpoint
+from models.checkpoint import CheckpointError, Preempted, clear_checkpoint_request, request_checkpoint
 from models.config import RunOptions
 from models.distributed import MULTI_RANK_KINDS, Ranks, ranks_from_env
 from models.steps import CODE_SALT, Step
 
-__all__ = ["run_step", "request_checkpoint", "Preempted", "RunOptions"]
+__all__ = ["run_step", "request_checkpoint", "failure_reason", "Preempted", "RunOptions"]
 
 
 def _git_commit() -> str | None:
@@ -52,16 +53,31 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _failure(directory: Path, step: Step, exc: BaseException, ranks: Ranks) -> None:
+def failure_reason(exc: BaseException) -> str:
+    """The failure.json reason of `exc` (one of models.stepfiles.REASONS)."""
     import torch
 
-    reason = ("preempted" if isinstance(exc, Preempted)
-              else "oom" if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) else "exception")
+    from models.data.errors import DataError
+
+    if isinstance(exc, Preempted):
+        return "preempted"
+    if sf.disk_error(exc):
+        return "disk"
+    if isinstance(exc, (DataError, CheckpointError, sf.StepFileError)):
+        return "input"  # the user's to fix: the message names the file and record
+    return "oom" if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) else "exception"
+
+
+def _failure(directory: Path, step: Step, exc: BaseException, ranks: Ranks) -> None:
     where = f"rank 0 of {ranks.world}: " if ranks.world > 1 else ""
-    sf.write_failure(directory, sf.Failure(
-        step_id=step.step_id, kind=step.kind, reason=reason,
-        error=f"{where}{type(exc).__name__}: {exc}".splitlines()[0][:500],
-        traceback=traceback.format_exc(), finished_at=sf.now_iso()))
+    failure = sf.Failure(step_id=step.step_id, kind=step.kind, reason=failure_reason(exc),
+                         error=f"{where}{type(exc).__name__}: {exc}".splitlines()[0][:500],
+                         traceback=traceback.format_exc(), finished_at=sf.now_iso())
+    try:
+        sf.write_failure(directory, failure)
+    except OSError as error:  # a full disk may not take failure.json either: say so, keep `exc`
+        print(f"vlmsweep: could not record the failure of {step.kind} {step.step_id} in "
+              f"{directory / sf.FAILURE}: {error.strerror or error}", file=sys.stderr, flush=True)
 
 
 def run_step(step: Step, root: str | Path, options: RunOptions | None = None,
@@ -81,12 +97,12 @@ def run_step(step: Step, root: str | Path, options: RunOptions | None = None,
         import models.data as data
     if sf.step_done(step, root):
         return sf.read_result(paths.dir)
-    if ranks.writes_files:
-        paths.dir.mkdir(parents=True, exist_ok=True)
-        sf.write_json(paths.config, step.to_json())
     clear_checkpoint_request()
     with _Signals():
         try:
+            if ranks.writes_files:  # rank 0 alone writes the step's files
+                sf.remove_temp_files(paths.dir)  # of an attempt killed mid-write; this job alone writes here
+                sf.write_json(paths.config, step.to_json())
             return _execute(step, Path(root), paths, options, data, ranks)
         except BaseException as exc:
             if ranks.writes_files:  # one failure.json: rank 0's (the others' tracebacks are in their logs)

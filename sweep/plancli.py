@@ -10,6 +10,7 @@ from typing import Any
 
 from models import stepfiles as sf
 from models.presets import PRESETS
+from sweep.datacheck import check_plan
 from sweep.gpuhours import SOURCES, study_gpu_hours
 from sweep.plan import Plan, plan_study, sharing_savings, step_cost
 from sweep.spec import load_study
@@ -18,6 +19,8 @@ from sweep.spec import load_study
 def run_plan(args) -> int:
     plan = plan_study(load_study(args.study), root=args.root)
     gpu, capacity = getattr(args, "gpu", "h100"), getattr(args, "gpus", None)
+    if not getattr(args, "no_data_check", False):
+        check_plan(plan)
     if args.json:
         print(json.dumps(plan_json(plan, gpu, capacity), sort_keys=True, indent=1))
         return 0
@@ -127,7 +130,7 @@ def plan_table(plan: Plan, gpu: str = "h100", capacity: int | None = None) -> st
                       if "*" not in p and not Path(p).exists()})
     if missing:
         lines.append(f"note: {len(missing)} data path(s) do not exist on this machine "
-                     f"(fine when planning for a cluster), e.g. {missing[0]}")
+                     f"(planned with --no-data-check), e.g. {missing[0]}")
     return "\n".join(lines)
 
 
@@ -163,6 +166,10 @@ def explain(plan: Plan) -> str:
         if status == sf.FAILED:
             reason = _failure_reason(plan.dir(s))
             lines.append(f"{label}: failed before ({reason}); `run --retry-failed` reruns it")
+            continue
+        if status == sf.CORRUPT:
+            problem = sf.result_problem(sf.StepPaths(plan.dir(s)))
+            lines.append(f"{label}: corrupt ({problem}); delete it and `run` recomputes the step")
             continue
         done = cache.setdefault(s.kind, _done_configs(plan.root, s.kind))
         if not done:

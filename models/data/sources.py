@@ -209,27 +209,58 @@ def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
     return _read_image(path, image_size, shard, idx), turns
 
 
-def open_source(source, role: str, *, image_size: int = 32, seed: int = 0,
-                on_bad_record: str = "error"):
-    """A resumable sample stream for `role` of `source`."""
-    if source.kind not in KINDS_BY_ROLE[role]:
-        raise DataError(f"data source {source.name!r}: kind {source.kind!r} cannot serve as "
-                        f"{role}; use one of {KINDS_BY_ROLE[role]}")
-    if source.kind == "world":
-        wd = world_data(source)
-        if role == "text":
-            return WorldSource(wd.text)
-        fn = wd.pair if role == "pairs" else wd.instruction
-        return WorldSource(partial(fn, image_size=image_size), partial(fn, image_size=image_size, lazy=True))
-    readers = {"jsonl": (rd.iter_jsonl, partial(parse_text, key=source.option("text_field", "text"))),
-               "parquet": (rd.iter_parquet, partial(parse_text, key=source.option("text_field", "text"))),
+def _reader(source, image_size: int) -> tuple[Callable, Callable]:
+    """(iterate a shard, parse a record) for a shard-backed source kind."""
+    text = partial(parse_text, key=source.option("text_field", "text"))
+    readers = {"jsonl": (rd.iter_jsonl, text), "parquet": (rd.iter_parquet, text),
                "webdataset": (rd.iter_webdataset, partial(parse_wds, image_size=image_size)),
                "parquet_images": (rd.iter_parquet, partial(
                    parse_parquet_image, image_size=image_size,
                    image_key=source.option("image_field", "image"),
                    caption_key=source.option("caption_field", "caption"))),
                "llava": (rd.iter_llava, partial(parse_llava, image_size=image_size))}
-    it, parse = readers[source.kind]
+    return readers[source.kind]
+
+
+def _check_role(source, role: str) -> None:
+    if source.kind not in KINDS_BY_ROLE[role]:
+        raise DataError(f"data source {source.name!r}: kind {source.kind!r} cannot serve as "
+                        f"{role}; use one of {KINDS_BY_ROLE[role]}")
+
+
+def open_source(source, role: str, *, image_size: int = 32, seed: int = 0,
+                on_bad_record: str = "error"):
+    """A resumable sample stream for `role` of `source`."""
+    _check_role(source, role)
+    if source.kind == "world":
+        wd = world_data(source)
+        if role == "text":
+            return WorldSource(wd.text)
+        fn = wd.pair if role == "pairs" else wd.instruction
+        return WorldSource(partial(fn, image_size=image_size), partial(fn, image_size=image_size, lazy=True))
+    it, parse = _reader(source, image_size)
     lazy = partial(parse, lazy=True) if role != "text" else None
     return ShardSource(resolve_paths(source), it, parse, seed=seed, on_bad_record=on_bad_record,
                        shuffle_shards=bool(source.option("shuffle_shards", True)), lazy_parse=lazy)
+
+
+def check_first_records(source, role: str, path: str, *, records: int = 2, image_size: int = 32) -> None:
+    """Read and parse the first `records` records of one shard of `source` (images decoded): the
+    BadRecordError a step would meet there (invalid JSON, a cut-off tar, an empty shard), raised
+    before anything trains. The world and a shard that reads are silent."""
+    _check_role(source, role)
+    if source.kind == "world":
+        return
+    it, parse = _reader(source, image_size)
+    seen = 0
+    for index, rec in it(path):
+        if isinstance(rec, BadRecordError):
+            raise rec
+        if isinstance(rec, dict):
+            rec.pop(rd.RESUME, None)
+        parse(rec, path, index)
+        seen += 1
+        if seen >= records:
+            return
+    if seen == 0:
+        raise BadRecordError(path, -1, "empty shard: no records")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,15 +121,49 @@ def _saved_trunk_states(ctx: Context) -> list[tuple[int, Path]]:
                   for f, path in sf.paths_of(ctx.root, ctx.step).fraction_checkpoints())
 
 
+def _resume_payload(ctx: Context, saved: list[tuple[int, Path]] = ()) -> dict | None:
+    """The furthest readable checkpoint of this step: ckpt/latest.pt, or (a trunk) one of its
+    fraction checkpoints `saved` as (step, path), whichever is further; None to start afresh.
+
+    A damaged one is passed over, saying so on stderr, for the next furthest; when none loads, the
+    error names the file to delete (a damaged latest.pt must not fail every retry).
+    """
+    latest = sf.paths_of(ctx.root, ctx.step).latest
+    loaded: list[tuple[int, Path, dict]] = []
+    errors: list[ck.CheckpointError] = []
+    if latest.exists():
+        try:
+            payload = ck.load_torch(latest)
+            loaded.append((int(payload["step"]), latest, payload))
+        except ck.CheckpointError as exc:
+            errors.append(exc)
+    reached = loaded[0][0] if loaded else -1
+    for step, path in sorted(saved, reverse=True):  # furthest first; stop at latest.pt's step
+        if step <= reached:
+            break
+        try:
+            loaded.append((step, path, ck.load_torch(path)))
+            break
+        except ck.CheckpointError as exc:
+            errors.append(exc)
+    if not loaded:
+        if errors:
+            first = errors[0]
+            raise ck.CheckpointError(first.path, f"{str(first).split(': ', 1)[1]}; delete it to "
+                                     "restart the step from its beginning")
+        return None
+    step, path, payload = max(loaded, key=lambda c: c[0])
+    for exc in errors:
+        print(f"vlmsweep: {exc}; resuming from {path} (step {step}) instead", file=sys.stderr, flush=True)
+    return payload
+
+
 def run_trunk(ctx: Context) -> RunOutput:
     cfg = ctx.step.config
     module, stream, total, fractions = _trunk_parts(ctx)
-    candidates = _saved_trunk_states(ctx)
-    latest = sf.paths_of(ctx.root, ctx.step).latest
-    if latest.exists():
-        candidates.append((int(ck.load_torch(latest)["step"]), latest))
-    if candidates:
-        _restore(module, stream, ck.load_torch(max(candidates, key=lambda c: c[0])[1]))
+    payload = _resume_payload(ctx, _saved_trunk_states(ctx))
+    if payload is not None:
+        _restore(module, stream, payload)
     _train(ctx, module, stream, total, fractions=fractions,
            split=_splitter(stream, ctx.options, module.image_id, 1))
     _save_weights(ctx, module)
@@ -168,9 +203,9 @@ def run_encoder(ctx: Context) -> RunOutput:
                                     image_size=cfg.vision.image_size,
                                     max_caption_len=MAX_CAPTION_LEN, seed=cfg.seed)
     module.data_state = stream.state_dict()
-    latest = sf.paths_of(ctx.root, ctx.step).latest
-    if latest.exists():
-        _restore(module, stream, ck.load_torch(latest))
+    payload = _resume_payload(ctx)
+    if payload is not None:
+        _restore(module, stream, payload)
     _train(ctx, module, stream, total)
     ck.save_torch(sf.paths_of(ctx.root, ctx.step).weights,
                   {"model": {k: v.detach().cpu() for k, v in model.vision.state_dict().items()}})
@@ -227,9 +262,9 @@ def run_branch(ctx: Context) -> RunOutput:
         image_size=cfg.vision.image_size, image_tokens=n_image, seed=tcfg.seed,
         on_bad_record=cfg.on_bad_record)
     module.data_state = stream.state_dict()
-    latest = sf.paths_of(ctx.root, step).latest
-    if latest.exists():
-        _restore(module, stream, ck.load_torch(latest))
+    payload = _resume_payload(ctx)
+    if payload is not None:
+        _restore(module, stream, payload)
     else:
         _start_from_trunk(ctx, module, trunk_id, cfg.intro_fraction)
     _train(ctx, module, stream, total, split=_splitter(stream, ctx.options, tok.image_id, n_image))
@@ -271,9 +306,9 @@ def run_finetune(ctx: Context) -> RunOutput:
     module = FinetuneModule(model, finetune_schedule(cfg.lr, total), optim=_optim(bcfg.train),
                             tokens_per_step=rows * seq, image_id=tok.image_id)
     module.data_state = stream.state_dict()
-    latest = sf.paths_of(ctx.root, step).latest
-    if latest.exists():
-        _restore(module, stream, ck.load_torch(latest))
+    payload = _resume_payload(ctx)
+    if payload is not None:
+        _restore(module, stream, payload)
     _train(ctx, module, stream, total, split=_splitter(stream, ctx.options, tok.image_id, n_image))
     _save_weights(ctx, module)
     tokens = total * rows * seq

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from sweep.launch.backend import JobFactory, LaunchResult
 from sweep.launch.devices import visible_gpus, worker_devices
 from sweep.launch.journal import JobRecord, append_jobs
 from sweep.launch.pool import WorkerPool
-from sweep.launch.progress import ProgressLine
+from sweep.launch.progress import ProgressLine, failure_line
 from sweep.launch.ranks import LocalRanks
 from sweep.launch.worker import StepJob
 from sweep.status import StepStatus
@@ -76,6 +77,13 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _say(line: ProgressLine | None, text: str) -> None:
+    if line is not None:
+        line.note(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 class _LocalRun:
     def __init__(self, plan: Any, steps: list[Step], executor: WorkerPool,
                  factory: JobFactory, workers: int, line: ProgressLine | None):
@@ -120,12 +128,13 @@ class _LocalRun:
                 self.blocked += 1
             elif state == "ready" and len(self.running) < self.workers:
                 self.waiting.remove(step)
+                submitted = time.time()  # before: a job may fail inside submit (pickling)
                 job = self.executor.submit(self.factory(step, self.root))
                 self.running[step.step_id] = (step, job, time.monotonic())
                 self.job_ids.append(job.job_id)
                 append_jobs(self.root, [JobRecord(
                     step_id=step.step_id, kind=step.kind, job_id=job.job_id, backend="local",
-                    study=self.plan.study.name, log=str(job.paths.stderr), submitted_at=time.time())])
+                    study=self.plan.study.name, log=str(job.paths.stderr), submitted_at=submitted)])
 
     def _collect(self) -> None:
         for sid, (step, job, began) in list(self.running.items()):
@@ -135,9 +144,12 @@ class _LocalRun:
             if step_done(step, self.root):
                 self.done.add(sid)
                 self.finished.append((step, time.monotonic() - began))
+            elif getattr(job, "outcome", None) == "interrupted":  # stopped mid-step: run resumes it
+                self.bad.add(sid)
             else:
                 self.failed += 1
                 self.bad.add(sid)
+                _say(self.line, failure_line(self.root, step, str(job.paths.stderr)))
 
     def result(self) -> LaunchResult:
         return LaunchResult(submitted=len(self.job_ids), completed=len(self.done),

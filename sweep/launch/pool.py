@@ -41,6 +41,30 @@ def job_paths(root: str | Path, job_id: str) -> JobPaths:
     return JobPaths(stdout=folder / f"{job_id}_0_log.out", stderr=folder / f"{job_id}_0_log.err")
 
 
+class JobLock:
+    """`<root>/logs/<job_id>/running.lock`, flock-held while a local or inline job is in flight.
+
+    It says "in flight" to `vlmsweep status` in any process; the kernel drops it when this
+    process dies, so a killed run never shows a step running forever, and a job whose lock is free
+    with neither a result nor a failure died with its runner (status: interrupted).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(folder / sf.RUNNING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self, *, stopped: bool = False) -> None:
+        """Drop the lock; `stopped`: the run was stopped mid-step (Ctrl-C), `run` resumes it."""
+        if stopped:
+            with contextlib.suppress(OSError):
+                (self.folder / sf.STOPPED_MARK).touch()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class PoolJob:
     """One step handed to one worker; `done()` once the worker reported or died."""
 
@@ -48,20 +72,14 @@ class PoolJob:
         self.job_id, self.paths, self.job = job_id, paths, job
         self.outcome: str | None = None  # "returned" | "raised" | "died" | "interrupted"
         self.began = time.time()
-        self.paths.stderr.parent.mkdir(parents=True, exist_ok=True)
-        # The lock says "in flight" to `vlmsweep status` in any process; the kernel drops it if
-        # this supervisor dies, so a killed run never shows a step running forever.
-        self._lock = os.open(self.paths.stderr.parent / sf.RUNNING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock = JobLock(self.paths.stderr.parent)
 
     def done(self) -> bool:
         return self.outcome is not None
 
     def finish(self, outcome: str) -> None:
         self.outcome = outcome
-        if outcome == "interrupted":
-            (self.paths.stderr.parent / sf.INTERRUPTED).touch()
-        os.close(self._lock)
+        self._lock.release(stopped=outcome == "interrupted")
 
 
 @contextlib.contextmanager
@@ -212,16 +230,23 @@ def _death_reason(exitcode: int | None) -> str:
 
 
 def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) -> None:
-    """failure.json (unless the step wrote one in this attempt) and the journal's failure entry."""
+    """failure.json (unless the step wrote one in this attempt) and the journal's failure entry.
+
+    A disk that takes neither (full) gets one line on stderr; the run goes on.
+    """
     paths = sf.paths_of(root, step)
     try:
         fresh = paths.failure.stat().st_mtime >= began
     except FileNotFoundError:
         fresh = False
-    if not fresh:
-        sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason="crash",
-                                               error=reason, job_id=job_id, finished_at=sf.now_iso()))
-    append_failure(root, step.step_id, job_id, reason)
+    try:
+        if not fresh:
+            sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason="crash",
+                                                   error=reason, job_id=job_id, finished_at=sf.now_iso()))
+        append_failure(root, step.step_id, job_id, reason)
+    except OSError as exc:
+        print(f"vlmsweep: could not record that {step.kind} {step.step_id} failed ({reason}): "
+              f"{exc.filename or root}: {exc.strerror or exc}", file=sys.stderr, flush=True)
 
 
 # ---- inside a worker process -------------------------------------------------------------------
@@ -299,7 +324,8 @@ def _run_one(payload: bytes) -> str:
         if isinstance(error, Exception) and getattr(job, "is_preempted", None) \
                 and _safe(job.is_preempted, error):
             return "interrupted"
-        traceback.print_exc()
+        if not hasattr(job, "failure_reason"):  # a StepJob has said it: one line or its traceback
+            traceback.print_exc()
         return "raised"
     finally:
         signal.signal(signal.SIGTERM, term)

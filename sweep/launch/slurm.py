@@ -1,13 +1,18 @@
-"""The SLURM backend: one job array per DAG level and trunk family, `afterok` between levels.
+"""The SLURM backend: one job array per DAG level and trunk family, `afterany` between levels.
 
 `run` submits and returns at once, recording every job in the launch journal. Resources per step
 kind and scale come from the study's [backend.slurm…] layers through `sbatch_parameters`: an LM
 step's job spans `nodes` with one task (rank) per GPU, which srun starts. Steps of one level that
-need the same resources and descend from the same trunk share one array. An array's `afterok`
+need the same resources and descend from the same trunk share one array. An array's dependency
 waits for every task of its parents' arrays, so arrays that mixed families would hold a 79m
 model's fine-tunes until the 1.4b branches of that level finished. A study costs one sbatch call
 per level and trunk (scale × seed × text data). Jobs get SIGUSR2 before their time limit and are
 checkpointed and requeued by the worker (Lightning's own SLURM requeue stays off).
+
+The dependency is `afterany`, not `afterok`: a dependency names whole arrays, so with `afterok` one
+cancelled or failed task would cancel the children of all its siblings too. Each task checks its
+own parents instead (`StepJob` runs nothing when a parent has no result.json), so only the
+children of the task that failed stand still (status: blocked).
 """
 
 from __future__ import annotations
@@ -106,8 +111,8 @@ class SlurmBackend:
         params = sbatch_parameters(slurm_settings(plan, members[0]),
                                    where=f"{plan.study.path}: backend.slurm")
         params["job_name"] = f"{plan.study.name}.L{level}"
-        if deps:
-            params["dependency"] = "afterok:" + ":".join(deps)
+        if deps:  # afterany + the task's own parent check (see the module docstring)
+            params["dependency"] = "afterany:" + ":".join(deps)
         executor.update_parameters(**params)
         with executor.batch():
             jobs = [executor.submit(factory(step, plan.root)) for step in members]
@@ -152,7 +157,7 @@ def trunk_family(step: Step, by_id: dict[str, Step]) -> str:
 
 def _dependencies(members: list[Step], array_of: dict[str, str],
                   statuses: dict[str, StepStatus]) -> list[str]:
-    """afterok targets: arrays of this submission holding a parent, and parents' queued jobs."""
+    """afterany targets: arrays of this submission holding a parent, and parents' queued jobs."""
     deps: set[str] = set()
     for step in members:
         for _, pid in step.parents:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +24,7 @@ import submitit
 from models import stepfiles as sf
 from models.distributed import ranks_from_env
 from models.steps import Step
+from sweep.errors import debug_enabled
 from sweep.launch.journal import append_failure
 from sweep.launch.submitit_adapter import current_job_id, requeue_handler, requeue_signal
 
@@ -67,6 +69,13 @@ class StepJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         if sf.step_done(self.step, self.root):  # a duplicate or requeued job whose step finished meanwhile
             return sf.read_result(sf.paths_of(self.root, self.step).dir) or {}
+        waiting = self.parents_not_done()
+        if waiting:
+            # A SLURM array waits for its parents' arrays with `afterany`, so that one cancelled
+            # task does not cancel its siblings' children; the child of that task ends here.
+            print(f"vlmsweep: {self.step.kind} {self.step.step_id} not run: parent {waiting[0]} "
+                  "has no result (it failed or was cancelled)", file=sys.stderr, flush=True)
+            return {}
         handover = self._intercept_preemption()
         try:
             return self.run()
@@ -92,10 +101,27 @@ class StepJob(submitit.helpers.Checkpointable):
             if handover is not None:
                 signal.signal(requeue_signal(), handover)
 
+    def parents_not_done(self) -> list[str]:
+        """"kind id" of each parent without result.json under the root."""
+        return [f"{kind} {pid}" for kind, pid in self.step.parents
+                if not sf.step_paths(self.root, kind, pid).result.exists()]
+
+    def failure_reason(self, error: BaseException) -> str:
+        from models.run import failure_reason
+
+        return failure_reason(error)
+
     def _record_failure(self, error: BaseException) -> None:
-        append_failure(self.root, self.step.step_id, current_job_id(),
-                       f"{type(error).__name__}: {error}")
-        traceback.print_exc()
+        line = f"{type(error).__name__}: {error}".splitlines()[0]
+        try:
+            append_failure(self.root, self.step.step_id, current_job_id(), line)
+        except OSError as exc:  # a full disk: the step's failure.json may say it already
+            print(f"vlmsweep: could not record the failure in the launch journal: {exc}", file=sys.stderr)
+        if self.failure_reason(error) in sf.USER_REASONS and not debug_enabled():
+            # Bad input or a full disk: the message names the file; a traceback adds nothing.
+            print(f"vlmsweep: {self.step.kind} {self.step.step_id} failed: {line}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on timeout/preemption: resuming is running the same step again."""
