@@ -161,10 +161,10 @@ def _one(plan: Any, step: Any, record: JobRecord | None, states: dict[str, JobSt
         return StepStatus(state=FAILED, reason=f"job {job.job_id} is unknown to squeue and "
                           "sacct (was the cluster reset?)", **base)
     if job is not None and job.live:
+        if blocker:  # queued or started, its job finds a parent without a result and runs nothing
+            return StepStatus(state=BLOCKED, reason=why_blocked, **base)
         if job.running:
             return StepStatus(state=RUNNING, progress=sf.read_json_or_none(paths.progress), **base)
-        if blocker:
-            return StepStatus(state=BLOCKED, reason=why_blocked, **base)
         return StepStatus(state=PENDING, reason=job.reason, **base)
     if job is not None and not job.started:  # cancelled before it ran: a dependency died
         return StepStatus(state=BLOCKED, reason=why_blocked or f"job {job.job_id} {job.state} "
