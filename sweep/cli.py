@@ -240,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         print(f"vlmsweep {args.command}: not implemented yet", file=sys.stderr)
         return EXIT_USAGE
+    before = os.environ.get(DEBUG_ENV)
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # inherited by workers and SLURM jobs
     try:
@@ -262,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vlmsweep {args.command}: error: {exc.filename or 'the results root'}: cannot write "
               f"({exc.strerror or exc})", file=sys.stderr)
         return EXIT_USAGE
+    finally:  # called in-process (tests, notebooks), --debug must not outlive its command
+        if args.debug and before is None:
+            os.environ.pop(DEBUG_ENV, None)
+        elif args.debug:
+            os.environ[DEBUG_ENV] = before
 
 
 if __name__ == "__main__":

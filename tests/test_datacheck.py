@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 
 import pytest
 
 from models.data.world.lexicon import vocabulary
 from sweep.cli import main
+from sweep.errors import DEBUG_ENV
 from tests.launch_helpers import QUICK_TRUNK_FIRST
 
 STUDY = """
@@ -165,6 +167,7 @@ def test_a_data_error_mid_run_ends_its_step_with_one_line_and_exit_2(tmp_path, f
     text.write_text("\n".join(lines) + "\n")
     argv = ["run", str(study), "--root", str(root), "--backend", "inline"] + (["--debug"] if debug else [])
     assert main(argv) == 2
+    assert DEBUG_ENV not in os.environ  # --debug ends with its command: later runs in this process are plain
     captured = capsys.readouterr()
     assert f"{text}: record 40: not valid JSON" in captured.err
     assert ("Traceback" in captured.err) == debug
