@@ -1,5 +1,5 @@
-"""`vlmsweep report`: every figure a study's results support (PNG, SVG, PDF and the CSV of the
-plotted data), booktabs LaTeX tables of the main results, and findings.md (with the adaptive
+"""`vlmsweep report`: every figure a study's results support (the CSV of the plotted data and an
+interactive HTML page; PNG, SVG and PDF where a browser is found), booktabs LaTeX tables of the main results, and findings.md (with the adaptive
 search's comparison with the grid when `vlmsweep search --compare-grid` wrote one).
 
 Real studies are often thin (one scale, one seed, a single ratio, failed steps, only trunk
@@ -35,10 +35,13 @@ class ReportSummary:
     written: tuple[Path, ...]  # every file written
     skipped: tuple[tuple[str, str], ...]  # (figure, why it was not drawn)
     notes: tuple[str, ...] = ()  # limits of the data (one seed, no intervals, ...)
+    export_note: str | None = None  # image formats skipped (no browser) and how to add them
 
     def __str__(self) -> str:
         lines = [f"report for {self.study or 'all studies'} in {self.out_dir}: {len(self.written)} files"]
         lines += [f"  note: {n}" for n in self.notes]
+        if self.export_note:
+            lines.append(f"  figures: {self.export_note}")
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
 
@@ -86,7 +89,7 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
                  bootstrap: int = 200, seed: int = 0, formats: Sequence[str] = FORMATS) -> ReportSummary:
     """Write the study's report into out_dir (figures/, tables/, findings.md, missing_cells.csv).
 
-    `formats` are the image formats of each figure (its CSV is always written; () for CSV only).
+    `formats` are the image formats of each figure (its CSV and HTML are always written; () for none).
     """
     out = Path(out_dir)
     with connect(root) as con:
@@ -100,10 +103,10 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
     built.notes += _data_notes(data)
     for builder in (axis_figures, ratio_figure, curve_figures, fit_figures):
         _guarded(builder, data, built)
-    written = export_figures(built.figures, out / "figures", formats)
-    written += _write_texts(out, data, built, name, search)
+    exported = export_figures(built.figures, out / "figures", formats)
+    written = [*exported.written, *_write_texts(out, data, built, name, search)]
     return ReportSummary(out_dir=out, study=name, written=tuple(written), skipped=tuple(built.skipped),
-                         notes=tuple(dict.fromkeys(built.notes)))
+                         notes=tuple(dict.fromkeys(built.notes)), export_note=exported.note)
 
 
 def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | None, str]:
