@@ -19,13 +19,17 @@ from typing import Callable, Sequence
 import plotly.graph_objects as go
 import polars as pl
 
-from analysis import queries, scores, tables
+from analysis import findings, queries, scores, tables
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
 from analysis.report_figures import Built, axis_figures, curve_figures, fit_figures, ratio_figure
 from analysis.report_figures import StudyData
 from analysis.search_findings import SearchComparison, load_comparisons, search_markdown
 from analysis.store import connect
+
+
+CORE_SCORES = ("vl_core", "text_core")  # averages over the tasks each scale learns (analysis.findings)
+ITEM_BOOTSTRAP = 1000  # resamples of the eval items behind every finding
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,7 +53,10 @@ class ReportSummary:
 def load_study(con, study: str | None, average_tasks: Sequence[str] | None = None) -> StudyData:
     task_scores = queries.load_stable_scores(con, study)
     steps = scores.step_scores(task_scores, average_tasks=average_tasks)
-    return StudyData(task_scores=task_scores, steps=steps, main=scores.main_stage(steps),
+    main = scores.main_stage(steps)
+    core = findings.core_tasks(task_scores, main)
+    steps = findings.with_core_scores(steps, task_scores, core)
+    return StudyData(task_scores=task_scores, steps=steps, main=scores.main_stage(steps), core=core,
                      lr=queries.load_metrics(con, ["lr"], study, kinds=("trunk", "branch")),
                      losses=queries.load_metrics(con, ["train_loss", "text_loss"], study, kinds=("trunk", "branch")),
                      missing=queries.missing_cells(con, study))
@@ -109,21 +116,20 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
                          notes=tuple(dict.fromkeys(built.notes)), export_note=exported.note)
 
 
-def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | None, str]:
-    """(late vs full per scale and ratio, text cost per scale, the comparison's label).
+def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """(late vs full per scale and ratio, text cost per scale): the LaTeX tables' frames.
 
     "Late" is the paper's f = 0.8 where the study has it, else the f in (0, 1) closest to it.
     """
     if len(data.main) == 0:
-        return None, None, "80% vs at 100%"
+        return None, None
     rows, _ = scores.fix_other_axes(data.main, ["intro_fraction", "image_ratio", "scale", "seed"])
     agg = scores.aggregate_over_seeds(rows)
     full = agg.filter(pl.col("intro_fraction") == 1.0)
     partial = [f for f in agg["intro_fraction"].drop_nulls().unique().to_list() if 0 < f < 1]
-    late, label = None, "80% vs at 100%"
+    late = None
     if len(full) and partial:
         f_late = min(partial, key=lambda f: (abs(f - 0.8), -f))
-        label = f"{100 * f_late:g}% vs at 100%"
         both = agg.filter(pl.col("intro_fraction") == f_late).join(full, on=["scale", "image_ratio"], suffix="_full")
         late = both.select("scale", "image_ratio", *[
             e for s in scores.SCORES for e in (
@@ -137,7 +143,7 @@ def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | N
             "scale", pl.col("text_score_mean").alias("text_only"), pl.col("text_score_mean_vl").alias("text_at_best_vl"),
             "intro_fraction", "image_ratio",
             (pl.col("text_score_mean") - pl.col("text_score_mean_vl")).alias("text_cost"))
-    return late, cost, label
+    return late, cost
 
 
 def _trunk_scores(data: StudyData) -> pl.DataFrame:
@@ -147,15 +153,26 @@ def _trunk_scores(data: StudyData) -> pl.DataFrame:
     return agg.select("scale", "checkpoint", "n_runs", "text_score_mean", "text_score_stderr")
 
 
+def _uncertain_sections(data: StudyData, seed: int) -> list[str]:
+    """findings.md's effects, trends, text cost and trunk scores, each with its uncertainties."""
+    kw = {"bootstrap": ITEM_BOOTSTRAP, "seed": seed}
+    return findings.markdown(
+        effects=findings.axis_effects(data.main, data.task_scores, data.core, **kw),
+        trends=findings.fraction_trends(data.main, data.task_scores, data.core, **kw),
+        costs=findings.text_costs(data.steps, data.main, data.task_scores, data.core, **kw),
+        trunk=findings.trunk_levels(data.steps, data.task_scores, data.core, **kw),
+        core=data.core, bootstrap=ITEM_BOOTSTRAP)
+
+
 def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
                  search: list[SearchComparison]) -> list[Path]:
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    agg = scores.aggregate_over_seeds(data.main)
+    agg = scores.aggregate_over_seeds(data.main, scores=(*scores.SCORES, *CORE_SCORES))
     cols = [(a, a.replace("_", " ")) for a in ("scale", *scores.varied_axes(data.main)) if a != "params"]
     texts = {out / "tables" / "main_results.tex": tables.latex_table(
         agg, [*dict.fromkeys(cols), ("n_runs", "runs")], scores=scores.SCORES, label="tab:main-results",
         caption="Stable scores (accuracy minus chance), mean ± standard error over seeds.")}
-    late, cost, label = _comparisons(data)
+    late, cost = _comparisons(data)
     for fname, frame in (("late_vs_full.tex", late), ("text_cost.tex", cost)):
         if frame is not None and len(frame):
             texts[out / "tables" / fname] = tables.latex_table(
@@ -164,9 +181,8 @@ def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
     trunk = _trunk_scores(data)
     texts[out / "findings.md"] = tables.findings_markdown(
         study=name, n_runs=len(data.main), missing=data.missing, fits=built.fits["surfaces"],
-        trend=built.fits["trend"], late_vs_full=late, text_cost=cost, fixed=built.fits["fixed"],
-        skipped=built.skipped, bootstrap=built.bootstrap, notes=list(dict.fromkeys(built.notes)),
-        late_label=label, trunk_scores=trunk)
+        fixed=built.fits["fixed"], uncertain=_uncertain_sections(data, built.seed),
+        skipped=built.skipped, bootstrap=built.bootstrap, notes=list(dict.fromkeys(built.notes)))
     if search:  # the adaptive search's comparison with the grid, when search wrote one
         texts[out / "findings.md"] += "\n" + "\n".join(search_markdown(search))
     for path, text in texts.items():

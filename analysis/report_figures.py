@@ -14,7 +14,7 @@ from analysis import figures, scores
 from analysis.errors import AnalysisInputError
 from analysis.frontier import fit_frontier
 from analysis.scaling import fit_scaling_law
-from analysis.surface import best_fraction_trend, fit_response_surface
+from analysis.surface import fit_response_surface
 
 NO_VL_RUNS = "no branch or fine-tuned model has an evaluation"
 
@@ -29,6 +29,7 @@ class StudyData:
     lr: pl.DataFrame  # lr metric of trunks and branches
     losses: pl.DataFrame  # train_loss and text_loss of trunks and branches
     missing: pl.DataFrame  # planned evaluations with no result
+    core: pl.DataFrame  # per scale and task: whether it is a core task (analysis.findings.core_tasks)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -40,7 +41,7 @@ class Built:
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    fits: dict = field(default_factory=lambda: {"surfaces": {}, "trend": {}, "fixed": {}})
+    fits: dict = field(default_factory=lambda: {"surfaces": {}, "fixed": {}})
 
 
 def axis_figures(data: StudyData, built: Built) -> None:
@@ -166,7 +167,7 @@ def _surfaces(data: StudyData, built: Built) -> None:
         except AnalysisInputError as exc:
             built.skipped.append((f"response_surface ({score})", str(exc)))
             continue
-        built.fits["surfaces"][score], built.fits["trend"][score] = surface, best_fraction_trend(surface)
+        built.fits["surfaces"][score] = surface
         if any(not fit.intervals for fit in surface):
             built.notes.append(f"response surface ({score}): no bootstrap interval where a scale has no "
                                "more runs than the surface has terms")

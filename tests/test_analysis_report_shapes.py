@@ -120,12 +120,12 @@ def test_thin_data_is_said_not_hidden(shaped) -> None:
         trunk = pl.read_csv(out / "tables" / "trunk_text_scores.csv")
         assert sorted(set(trunk["checkpoint"])) == [0.5, 1.0] and set(trunk["scale"]) == {"79m", "411m"}
     if shape == "demo":
-        assert "## Images at 80% vs at 100%" in findings and (out / "tables" / "late_vs_full.tex").is_file()
+        assert "### Images at 80% vs at 100%" in findings and (out / "tables" / "late_vs_full.tex").is_file()
         assert (out / "tables" / "text_cost.tex").is_file()  # trunk evaluated at checkpoint 1.0
         plotted = pl.read_csv(out / "figures" / "scores_vs_intro_fraction.csv")
         with_bars = plotted.filter(pl.col("y_error").is_not_null())["x"].unique().sort().to_list()
         assert with_bars == [0.8, 1.0]  # two seeds only there
-        late = findings.split("## Images at 80% vs at 100%")[1].split("\n## ")[0]
+        late = findings.split("### Images at 80% vs at 100%")[1].split("\n## ")[0]
         rows = {line.split("|")[1].strip(): line for line in late.splitlines() if line.startswith("| 1")}
         assert "—" in rows["170k"] and "—" not in rows["1m"]  # one seed at 170k: no error bars
         hollow = plotted.filter(pl.col("symbol") == "circle-open")["x"].unique().sort().to_list()
@@ -149,7 +149,7 @@ REAL = Path(__file__).parent / "data" / "real_tiny_run"  # files of a real tiny 
 def check_real_report(out: Path) -> None:
     """What a report of the real tiny study (debug, f = 0.5 and 1.0, one ratio, one seed) must say."""
     findings = (out / "findings.md").read_text()
-    assert "## Images at 50% vs at 100%" in findings  # the nearest to 0.8 the study has
+    assert "### Images at 50% vs at 100%" in findings  # the nearest to 0.8 the study has
     assert "single run (one seed)" in findings and "| debug |" in findings
     assert "## Text-only trunk" in findings and "## Text cost" in findings
     figs = {p.stem for p in (out / "figures").glob("*.csv")}
