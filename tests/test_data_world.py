@@ -204,3 +204,23 @@ def test_corpus_states_knowledge_that_captions_never_do():
         assert f"{kind.name} lives in the {kind.habitat}" in text or f"{kind.plural} live in the {kind.habitat}" in text \
             or f"find a {kind.name} in the {kind.habitat}" in text or f"does a {kind.name} live ? answer : in the {kind.habitat}" in text
     assert corpus.fact_question(wd.world.kinds[0], "edible")[1] in ("yes", "no")
+
+
+def test_blind_rate_is_computed_once_per_machine_and_read_back(tmp_path, monkeypatch) -> None:
+    """The ~5 s blind-answer rate is written to the cache directory and read back by a later process
+    (lru_cache cleared here) without drawing a single question."""
+    from models.data.world import bench
+
+    monkeypatch.setenv("VLMSWEEP_CACHE", str(tmp_path))
+    world = make_world(0, 8)
+    bench.answer_prior_rate.cache_clear()
+    first = bench.answer_prior_rate("counting", world, 50)
+    assert [p.name.split("-")[1] for p in tmp_path.glob("chance-*.json")] == ["counting"]
+    bench.answer_prior_rate.cache_clear()
+    monkeypatch.setattr(bench, "_draw_vl_question", lambda *a: (_ for _ in ()).throw(AssertionError("drew")))
+    assert bench.answer_prior_rate("counting", world, 50) == first
+    bench.answer_prior_rate.cache_clear()
+    monkeypatch.setenv("VLMSWEEP_CACHE", str(tmp_path / "other"))  # another cache: computed again
+    with pytest.raises(AssertionError, match="drew"):
+        bench.answer_prior_rate("counting", world, 50)
+    bench.answer_prior_rate.cache_clear()
