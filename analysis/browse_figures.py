@@ -18,8 +18,9 @@ from plotly.subplots import make_subplots
 from analysis.figures import AXIS_LABELS, PALETTE
 from analysis.filters import format_value
 from analysis.queries import STATUSES
+from models import stepfiles as sf
 
-STATUS_COLORS = {"done": "#2ca02c", "running": "#1f77b4", "failed": "#d62728", "missing": "#d9d9d9"}
+STATUS_COLORS = dict(zip(STATUSES, ("#2ca02c", "#1f77b4", "#d62728", "#d9d9d9")))
 NULL_LABEL = "–"  # a cell or group whose axis does not apply (a trunk's intro_fraction)
 
 
@@ -43,10 +44,10 @@ def _text(value) -> str:
 
 def cell_status(statuses: Sequence[str]) -> str:
     """A cell's colour: failed if any step failed, else running, else missing, else done."""
-    for status in ("failed", "running", "missing"):
+    for status in (sf.FAILED, sf.RUNNING, sf.MISSING):
         if status in statuses:
             return status
-    return "done"
+    return sf.DONE
 
 
 def coverage_figure(cells: pl.DataFrame, *, rows: str, cols: str, title: str = "") -> go.Figure:

@@ -18,6 +18,7 @@ from analysis.filters import format_value
 from analysis.frontier import FrontierFit
 from analysis.scaling import ScalingFit, predict_loss
 from analysis.scores import SCORE_LABELS
+from models.stepfiles import fraction_step
 
 AXIS_LABELS = {
     "intro_fraction": "image introduction fraction f (share of trunk tokens)",
@@ -55,7 +56,8 @@ def _symbols(rows: pl.DataFrame, base: Sequence[str] | None = None) -> list[str]
     base = list(base) if base is not None else ["circle"] * len(rows)
     if "schedule_policy" not in rows.columns:
         return base
-    paper = (rows["schedule"] == "paper").fill_null(False) if "schedule" in rows.columns else pl.Series([True] * len(rows))
+    paper = ((rows["schedule"] == "paper").fill_null(False) if "schedule" in rows.columns
+             else pl.Series([True] * len(rows)))
     hollow = (rows["schedule_policy"] == "rewarm").fill_null(False) & paper
     return [f"{b}-open" if h else b for b, h in zip(base, hollow.to_list())]
 
@@ -140,7 +142,8 @@ def per_task_figure(task_agg: pl.DataFrame, axis: str, *, color: str = "scale", 
             fig.add_trace(go.Scatter(x=sub[axis].to_list(), y=sub["stable_score_mean"].to_list(),
                                      mode="lines+markers", name=_name(color, value), legendgroup=str(value),
                                      showlegend=False, line={"color": colour},
-                                     marker={"symbol": _symbols(sub), "size": 8, "line": {"width": 1.5, "color": colour}},
+                                     marker={"symbol": _symbols(sub), "size": 8,
+                                             "line": {"width": 1.5, "color": colour}},
                                      error_y=_error(sub, "stable_score")), row=r, col=c)
             bottom = k + cols >= len(tasks)  # no panel below this one
             fig.update_xaxes(title_text=axis.replace("_", " ") if bottom else "", row=r, col=c)
@@ -180,19 +183,15 @@ def ratio_origin_figure(agg: pl.DataFrame, *, checkpoint_fraction: float,
 def branch_start_tokens(trunk: pl.DataFrame, intro_fraction: float) -> float:
     """Trunk tokens at the checkpoint a branch at `intro_fraction` resumed from.
 
-    Mirrors models.run.fraction_step: the trunk checkpoints after floor(f·T / tokens-per-step)
-    optimizer steps (f = 1: after its last step), T being the planned tokens. Tokens per step come
-    from the trunk's own metric rows (tokens = step · tokens per step).
+    The step is `models.stepfiles.fraction_step`'s (the one the trunk saved it at), T being the
+    planned tokens. Tokens per step come from the trunk's own metric rows (tokens = step · tokens
+    per step).
     """
     per_step = float((trunk["tokens"] / trunk["step"]).max())
     planned = trunk["planned_tokens"][0] if "planned_tokens" in trunk.columns else None
-    total_steps = float(trunk["step"].max())
     if planned is None or per_step <= 0:
         return intro_fraction * float(trunk["tokens"].max())
-    total_steps = max(total_steps, float(np.ceil(planned / per_step)))
-    steps = (total_steps if intro_fraction >= 1.0  # the epsilon as in fraction_step: 0.6·T/s = 59.999…
-             else min(total_steps, np.floor(intro_fraction * planned / per_step + 1e-9)))
-    return float(steps * per_step)
+    return float(fraction_step(intro_fraction, planned, per_step) * per_step)
 
 
 def lr_schedule_figure(lr: pl.DataFrame) -> go.Figure:
@@ -210,7 +209,7 @@ def lr_schedule_figure(lr: pl.DataFrame) -> go.Figure:
                                  name=f"trunk {t_rows['scale'][0]} (seed {t_rows['seed'][0]})",
                                  line={"color": "black", "width": 4}))
         mine = branches.filter(pl.col("parent_id") == sid).sort("intro_fraction", "image_ratio", "step_id")
-        for j, (bid, b_rows) in enumerate(_groups(mine, "step_id")):
+        for j, (_, b_rows) in enumerate(_groups(mine, "step_id")):
             b_rows = b_rows.sort("step")
             f = b_rows["intro_fraction"][0] or 0.0
             start = branch_start_tokens(t_rows, f)

@@ -359,7 +359,8 @@ def _cost_lines(costs: Sequence[tuple[str, dict, str, Estimate]]) -> list[str]:
     if not costs:
         return out + ["Not measured: the study has no evaluation of a fully trained text-only trunk "
                       "(checkpoint 1.0) together with a VL run at the same scale.", ""]
-    out += ["| scale | best VL configuration | score | text cost | seeds | items | verdict |", "|---|---|---|---|---|---|---|"]
+    out += ["| scale | best VL configuration | score | text cost | seeds | items | verdict |",
+            "|---|---|---|---|---|---|---|"]
     out += [f"| {scale} | {', '.join(f'{k} {v:g}' for k, v in cfg.items())} | {SCORE_NAMES[score]} | "
             f"{est.value:+.3f} | {_seeds(est)} | {_items(est)} | {_verdict(est)} |" for scale, cfg, score, est in costs]
     return out + [""]

@@ -7,10 +7,9 @@ reaches SQL as a parameter; only names from `analysis.schema` are spliced in as 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
-
-import json
 
 import duckdb
 import polars as pl
@@ -18,9 +17,10 @@ import polars as pl
 from analysis.errors import AnalysisInputError
 from analysis.filters import FILTER_AXES, Filters
 from analysis.schema import AXES, CURVE_BUCKETS, CURVE_POINTS
+from models import stepfiles as sf
 
 TRAINING_KINDS = ("trunk", "branch", "finetune")
-STATUSES = ("done", "running", "failed", "missing")  # coverage states, best first
+STATUSES = (sf.DONE, sf.RUNNING, sf.FAILED, sf.MISSING)  # coverage states (models.stepfiles' words)
 _AXIS_SELECT = ", ".join(f's."{a}"' for a in AXES)
 
 
@@ -68,7 +68,8 @@ def load_metrics(con: duckdb.DuckDBPyConnection, names: Sequence[str], study: st
     axes = ", ".join(f's."{a}"' for a in AXES)
     query = (f"SELECT m.step_id, s.kind, s.parent_id, s.planned_tokens, {axes}, m.step, m.tokens, "
              "m.name, m.value FROM metrics m JOIN steps s USING (step_id) "
-             f"WHERE m.name IN (SELECT unnest($names)) AND s.kind IN (SELECT unnest($kinds)){where.replace('?', '$study')} "
+             "WHERE m.name IN (SELECT unnest($names)) AND s.kind IN (SELECT unnest($kinds))"
+             f"{where.replace('?', '$study')} "
              "ORDER BY m.step_id, m.name, m.step")
     args = {"names": list(names), "kinds": list(kinds)}
     if study is not None:
@@ -134,10 +135,10 @@ def coverage(con: duckdb.DuckDBPyConnection, root: Path, filters: Filters,
            "(SELECT * FROM planned UNION ALL SELECT * FROM extra) g LEFT JOIN steps c USING (step_id) "
            "ORDER BY g.kind, g.step_id")
     grid = _frame(con, sql, params)
-    running = [(root / "steps" / k / sid / "progress.json").is_file() if status is None else False
+    running = [sf.step_paths(root, k, sid).progress.is_file() if status is None else False
                for k, sid, status in zip(grid["kind"], grid["step_id"], grid["catalog_status"])]
     status = (pl.when(pl.col("catalog_status").is_not_null()).then(pl.col("catalog_status"))
-              .when(pl.Series(running, dtype=pl.Boolean)).then(pl.lit("running")).otherwise(pl.lit("missing")))
+              .when(pl.Series(running, dtype=pl.Boolean)).then(pl.lit(sf.RUNNING)).otherwise(pl.lit(sf.MISSING)))
     return grid.with_columns(status.alias("status")).drop("catalog_status")
 
 
@@ -209,7 +210,7 @@ def runs_table(con: duckdb.DuckDBPyConnection, root: Path, filters: Filters) -> 
     """The filtered steps with where their files and job log are, for the Runs page."""
     steps = filtered_steps(con, filters)
     logs = job_logs(root)
-    step_dirs = [str(root / "steps" / k / sid) for k, sid in zip(steps["kind"], steps["step_id"])]
+    step_dirs = [str(sf.step_dir(root, k, sid)) for k, sid in zip(steps["kind"], steps["step_id"])]
     return steps.with_columns(pl.Series("step_dir", step_dirs, dtype=pl.String),
                               pl.Series("log", [logs.get(s, "") for s in steps["step_id"]], dtype=pl.String))
 

@@ -1,6 +1,7 @@
 """`vlmsweep report`: every figure a study's results support (the CSV of the plotted data and an
-interactive HTML page; PNG, SVG and PDF where a browser is found), booktabs LaTeX tables of the main results, and findings.md (with the adaptive
-search's comparison with the grid when `vlmsweep search --compare-grid` wrote one).
+interactive HTML page; PNG, SVG and PDF where a browser is found), booktabs LaTeX tables of the
+main results, and findings.md (with the adaptive search's comparison with the grid when
+`vlmsweep search --compare-grid` wrote one).
 
 Real studies are often thin (one scale, one seed, a single ratio, failed steps, only trunk
 evaluations): a figure the data cannot support is skipped and the reason is listed in the summary
@@ -16,17 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import plotly.graph_objects as go
 import polars as pl
 
 from analysis import findings, queries, scores, tables
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
-from analysis.report_figures import Built, axis_figures, curve_figures, fit_figures, ratio_figure
-from analysis.report_figures import StudyData
+from analysis.report_figures import Built, StudyData, axis_figures, curve_figures, fit_figures, ratio_figure
 from analysis.search_findings import SearchComparison, load_comparisons, search_markdown
 from analysis.store import connect
-
 
 CORE_SCORES = ("vl_core", "text_core")  # averages over the tasks each scale learns (analysis.findings)
 ITEM_BOOTSTRAP = 1000  # resamples of the eval items behind every finding
@@ -138,10 +136,11 @@ def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | N
     base = scores.text_only_baseline(data.steps)
     cost = None
     if len(base) and len(agg):
-        best = agg.sort("vl_score_mean", descending=True, nulls_last=True).group_by("scale", maintain_order=True).first()
+        best = (agg.sort("vl_score_mean", descending=True, nulls_last=True)
+                .group_by("scale", maintain_order=True).first())
         cost = base.join(best, on="scale", suffix="_vl").select(
-            "scale", pl.col("text_score_mean").alias("text_only"), pl.col("text_score_mean_vl").alias("text_at_best_vl"),
-            "intro_fraction", "image_ratio",
+            "scale", pl.col("text_score_mean").alias("text_only"),
+            pl.col("text_score_mean_vl").alias("text_at_best_vl"), "intro_fraction", "image_ratio",
             (pl.col("text_score_mean") - pl.col("text_score_mean_vl")).alias("text_cost"))
     return late, cost
 

@@ -19,9 +19,10 @@ from typing import Callable
 import duckdb
 import polars as pl
 
-from analysis import stepfiles
+from analysis import steprows
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.schema import CURVE_BUCKETS, SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
+from models import stepfiles as sf
 
 CATALOG_NAME = "results.duckdb"
 
@@ -34,8 +35,8 @@ def catalog_path(root: str | Path) -> Path:
 class IngestSummary:
     ingested: int  # steps read from their files this time
     reused: int  # unchanged steps copied from the previous catalog
-    unfinished: tuple[tuple[str, str], ...]  # (kind, step_id) with no result.json: not ingested
-    failed: tuple[tuple[str, str], ...]  # (kind, step_id) with failure.json: ingested as status failed
+    missing: tuple[tuple[str, str], ...]  # (kind, step_id) with neither result nor failure: not ingested
+    failed: tuple[tuple[str, str], ...]  # (kind, step_id) with a failure: ingested as status failed
     skipped_corrupt: tuple[tuple[str, str, str], ...]  # (step_id, file, error)
     studies: tuple[str, ...]  # study manifests found under the root
     path: Path  # the catalog written
@@ -43,12 +44,12 @@ class IngestSummary:
 
     def __str__(self) -> str:
         lines = [f"catalog {self.path}: {self.ingested} steps read, {self.reused} unchanged reused, "
-                 f"{len(self.failed)} failed, {len(self.unfinished)} unfinished (not ingested), "
+                 f"{len(self.failed)} failed, {len(self.missing)} missing (no result yet, not ingested), "
                  f"{len(self.skipped_corrupt)} files skipped as unreadable, in {self.seconds:.1f}s",
                  f"studies: {', '.join(self.studies) or '(no manifests)'}"]
-        lines += [f"  unfinished {kind} {sid}" for kind, sid in self.unfinished[:20]]
-        if len(self.unfinished) > 20:
-            lines.append(f"  ... and {len(self.unfinished) - 20} more unfinished")
+        lines += [f"  missing {kind} {sid}" for kind, sid in self.missing[:20]]
+        if len(self.missing) > 20:
+            lines.append(f"  ... and {len(self.missing) - 20} more missing")
         lines += [f"  skipped {file} of step {sid}: {err}" for sid, file, err in self.skipped_corrupt]
         return "\n".join(lines)
 
@@ -81,16 +82,16 @@ def ingest(root: str | Path, *, progress: Callable[[int, int], None] | None = No
     """Build the catalog from every step under root and swap it in; see the module docstring."""
     start = time.perf_counter()
     root = Path(root)
-    if not (root / "steps").is_dir() and not (root / "studies").is_dir():
+    if not (root / sf.STEPS_DIR).is_dir() and not (root / "studies").is_dir():
         raise AnalysisInputError(f"{root}: no steps/ or studies/ directory: not a results root")
     target = catalog_path(root)
     with _ingest_lock(root):
         _remove_stale_temporaries(root)
-        tmp = root / f".{CATALOG_NAME}.{os.getpid()}.tmp"
+        tmp = sf.temp_path(target)
         try:
             summary = _build(root, target, tmp, progress)
-            if tmp.exists():  # nothing changed: the old catalog is already this one
-                os.replace(tmp, target)
+            if tmp.exists():  # else nothing changed: the old catalog is already this one
+                sf.publish(tmp, target)
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
                 leftover.unlink(missing_ok=True)
@@ -141,15 +142,15 @@ def _manifests_signature(root: Path) -> str:
 
 
 def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], None] | None) -> dict:
-    steps = stepfiles.scan_steps(root)
+    steps = steprows.scan_steps(root)
     old, old_manifests = _reusable(target)
     manifests = _manifests_signature(root)
-    finished = [s for s in steps if s.status != "unfinished"]
+    finished = [s for s in steps if s.status != sf.MISSING]
     reuse = [s for s in finished if old.get(s.step_id) == s.signature]
     fresh = [s for s in finished if old.get(s.step_id) != s.signature]
     result = {"ingested": 0, "reused": len(reuse),
-              "unfinished": tuple((s.kind, s.step_id) for s in steps if s.status == "unfinished"),
-              "failed": tuple((s.kind, s.step_id) for s in finished if s.status == "failed")}
+              "missing": tuple((s.kind, s.step_id) for s in steps if s.status == sf.MISSING),
+              "failed": tuple((s.kind, s.step_id) for s in finished if s.status == sf.FAILED)}
     if not fresh and len(reuse) == len(old) and manifests == old_manifests:
         with connect(target) as con:  # unchanged: keep the catalog, report what it holds
             studies = [r[0] for r in con.execute("SELECT study FROM studies ORDER BY study").fetchall()]
@@ -207,16 +208,16 @@ def _insert_derived(con: duckdb.DuckDBPyConnection, fresh_ids: list[str]) -> Non
         con.unregister("fresh_ids")
 
 
-def _read_fresh(fresh: list[stepfiles.StepDir], done_before: int, total: int,
+def _read_fresh(fresh: list[steprows.StepDir], done_before: int, total: int,
                 progress: Callable[[int, int], None] | None) -> tuple[list[dict], list[tuple[str, str, str]]]:
     """The steps rows of changed steps; a step whose JSON is unreadable is listed, not ingested."""
     rows, corrupt = [], []
     for i, step in enumerate(fresh):
         try:
-            rows.append(stepfiles.step_row(step))
+            rows.append(steprows.step_row(step))
         except AnalysisInputError as exc:
-            bad = "failure.json" if step.status == "failed" and "failure.json" in str(exc) else (
-                "result.json" if "result.json" in str(exc) else "config.json")
+            bad = sf.FAILURE if step.status == sf.FAILED and sf.FAILURE in str(exc) else (
+                sf.RESULT if sf.RESULT in str(exc) else sf.CONFIG)
             _warn_corrupt(step.step_id, bad, str(exc))
             corrupt.append((step.step_id, bad, str(exc)))
         if progress is not None:
@@ -229,18 +230,18 @@ def _warn_corrupt(step_id: str, file: str, error: str) -> None:
 
 
 def _insert_fresh(con: duckdb.DuckDBPyConnection, rows: list[dict],
-                  fresh: list[stepfiles.StepDir]) -> list[tuple[str, str, str]]:
+                  fresh: list[steprows.StepDir]) -> list[tuple[str, str, str]]:
     """Insert steps rows and their Parquet files in bulk; unreadable files are skipped and named."""
     by_id = {r["step_id"]: r for r in rows}
     corrupt: list[tuple[str, str, str]] = []
-    for file, table in stepfiles.TABLE_FOR_FILE.items():
+    for file, table in steprows.TABLE_FOR_FILE.items():
         good = []
         for step in fresh:
             path = step.path / file
-            if step.step_id not in by_id or by_id[step.step_id]["status"] != "done" or not path.exists():
+            if step.step_id not in by_id or by_id[step.step_id]["status"] != sf.DONE or not path.exists():
                 continue
             try:
-                stepfiles.check_parquet(path)
+                steprows.check_parquet(path)
                 good.append((step.step_id, str(path)))
             except AnalysisInputError as exc:
                 corrupt.append((step.step_id, file, str(exc)))
@@ -291,7 +292,7 @@ def _insert_parquet_files(con: duckdb.DuckDBPyConnection, table: str, files: lis
 def _insert_manifests(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
     names, study_rows, step_rows = [], [], []
     for path in sorted((root / "studies").glob("*.json")) if (root / "studies").is_dir() else []:
-        study, rows = stepfiles.manifest_rows(path)
+        study, rows = steprows.manifest_rows(path)
         names.append(study["study"])
         study_rows.append(study)
         step_rows += rows

@@ -8,7 +8,6 @@ paper's (VL best near f = 0.8 at large scale, small models prefer more image dat
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from models import stepfiles as sf
 
 # Approximate LM totals of the paper's presets (analysis never imports models).
 SCALE_PARAMS = {"79m": 79_000_000, "154m": 154_000_000, "411m": 411_000_000,
@@ -81,9 +82,12 @@ def _sid(*parts: object) -> str:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
+    sf.write_json(path, value, indent=1, durable=False)  # test data: no fsync per file
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    with sf.atomic_path(path, durable=False) as tmp:
+        pq.write_table(table, tmp)
 
 
 def lr_curve(frac: np.ndarray, *, peak: float, warmup: float = 0.02, floor: float = 0.1) -> np.ndarray:
@@ -123,30 +127,28 @@ class _Writer:
 
     def step(self, kind: str, sid: str, parents: list[list[str]], meta: dict,
              metrics: pa.Table | None = None, evals: pa.Table | None = None,
-             flops: float = 0.0, status: str = "done") -> None:
+             flops: float = 0.0, status: str = sf.DONE) -> None:
         self.manifest.append({"step_id": sid, "kind": kind, "parents": parents, "meta": meta})
         self.ids.setdefault(kind, []).append(sid)
-        d = self.root / "steps" / kind / sid
-        d.mkdir(parents=True, exist_ok=True)
-        _write_json(d / "config.json", {"step_id": sid, "kind": kind, "parents": parents,
+        paths = sf.step_paths(self.root, kind, sid)
+        _write_json(paths.config, {"step_id": sid, "kind": kind, "parents": parents,
                                         "meta": meta, "code_salt": 1,
                                         "config": {"seed": meta.get("seed"), "tokens": meta.get("tokens")}})
         if metrics is not None:
-            pq.write_table(metrics, d / "metrics.parquet")
+            _write_parquet(paths.metrics, metrics)
         if evals is not None:
-            pq.write_table(evals, d / "evals.parquet")
-        if status == "running":
-            _write_json(d / "progress.json", {"step_id": sid, "fraction": 0.5})
-        elif status == "failed":
-            _write_json(d / "failure.json", {"step_id": sid, "kind": kind, "status": "failed",
-                                             "reason": "oom", "error": "CUDA out of memory",
-                                             "traceback": "...", "finished_at": "2025-01-02T00:00:00"})
+            _write_parquet(paths.evals, evals)
+        if status == sf.RUNNING:
+            _write_json(paths.progress, {"step_id": sid, "fraction": 0.5})
+        elif status == sf.FAILED:
+            sf.write_failure(paths.dir, sf.Failure(step_id=sid, kind=kind, reason="oom", error="CUDA out of memory",
+                                                   traceback="...", finished_at="2025-01-02T00:00:00"))
         else:
-            _write_json(d / "result.json", self._result(sid, kind, meta, flops))
+            sf.write_result(paths.dir, self._result(sid, kind, meta, flops))
 
     def _result(self, sid: str, kind: str, meta: dict, flops: float) -> dict:
         n = meta.get("params") or 0
-        return {"step_id": sid, "kind": kind, "status": "done", "tokens": meta.get("tokens") or 0,
+        return {"step_id": sid, "kind": kind, "status": sf.DONE, "tokens": meta.get("tokens") or 0,
                 "flops": flops, "params": {"embedding": n // 5, "non_embedding": n - n // 5,
                                            "lm_total": n, "vision": 86_000_000, "projector": 2_000_000},
                 "wall_time_s": float(self.rng.uniform(10, 100)), "peak_memory_bytes": 2 ** 30,
@@ -235,7 +237,7 @@ def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: 
     parents = [["trunk", trunk], ["encoder", enc]]
     w.branches_left -= 1
     if w.branches_left < w.branches_to_fail:  # failed: nothing below it ever ran
-        w.step("branch", branch, parents, {**meta, "tokens": stage_tokens}, status="failed")
+        w.step("branch", branch, parents, {**meta, "tokens": stage_tokens}, status=sf.FAILED)
         for epochs in spec.finetune_epochs:
             ft = _sid("finetune", branch, epochs)
             w.planned("finetune", ft, [["branch", branch]], {**meta, "finetune_epochs": epochs})
@@ -285,7 +287,7 @@ def _write_evals(w: _Writer, spec: SyntheticSpec) -> None:
     for i, (sid, meta, parents) in enumerate(w.evals):
         scores = meta.pop("_scores", None)
         vl, text = scores if scores else (None, _trunk_text(meta["scale"], meta.get("checkpoint")))
-        status = ("running" if i >= n_evals - spec.unfinished else
-                  "failed" if i >= n_evals - spec.unfinished - spec.failed else "done")
+        status = (sf.RUNNING if i >= n_evals - spec.unfinished else
+                  sf.FAILED if i >= n_evals - spec.unfinished - spec.failed else sf.DONE)
         w.step("eval", sid, parents, {**meta, "tokens": 0},
-               evals=None if status != "done" else w.eval_table(vl, text), status=status)
+               evals=None if status != sf.DONE else w.eval_table(vl, text), status=status)

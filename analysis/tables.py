@@ -91,7 +91,7 @@ def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, 
         out += [f"Quadratic response surface in (f, log ratio) per scale, with the terms the runs identify; "
                 f"[95% bootstrap interval, {bootstrap} resamples] where there are more runs than terms.", "",
                 "| scale | score | best f | best ratio | predicted score | fit |", "|---|---|---|---|---|---|"]
-        for score, score_fits in fits.items():
+        for score_fits in fits.values():
             out += best_table_rows(score_fits)
     else:
         out.append("Not fitted: see the figures not drawn below.")

@@ -86,10 +86,3 @@ def query(version: CatalogVersion, sql: str, params: dict[str, Any] | list | Non
     with cursor(version) as cur:
         return cur.sql(sql, params=params or None).pl()
 
-
-def close() -> None:
-    """Close the process's connection (tests use this before deleting a catalog)."""
-    with _Current.lock:
-        if _Current.con is not None:
-            _Current.con.close()
-        _Current.con, _Current.version = None, None

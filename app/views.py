@@ -95,7 +95,8 @@ def build_curves(version: CatalogVersion, filters: Filters, opts: CurvesOptions)
     if pts.is_empty():
         raise NothingToPlot(f"no {', '.join(opts.metrics)} rows for {', '.join(opts.kinds)} steps under these filters")
     pts = bfig.smooth(pts, opts.smoothing)
-    runs, longest = pts["step_id"].n_unique(), int(pts.group_by("step_id", "name").agg(pl.col("rows").sum())["rows"].max())
+    runs = pts["step_id"].n_unique()
+    longest = int(pts.group_by("step_id", "name").agg(pl.col("rows").sum())["rows"].max())
     notes = (f"{runs} runs; each curve cut server-side to ≤ {opts.points} bucket means "
              f"(longest curve: {longest} logged rows)",)
     fig = bfig.curves_figure(pts, color=opts.color, facet=opts.facet, x=opts.x, log_x=opts.log_x,
@@ -168,8 +169,8 @@ def build_scaling(version: CatalogVersion, filters: Filters, opts: ScalingOption
              + ("" if opts.full_grid else " (a coarse grid: 'Refine' fits from the full 4,500-start grid)"),)
     if pts["params"].n_unique() < 3:
         notes += ("fewer than 3 model sizes: the parameter term (A, α) is not identified",)
-    return Built(figure=fig, notes=notes, table=pl.DataFrame(rows, schema={"parameter": pl.String, "estimate": pl.Float64,
-                                                                           "lo": pl.Float64, "hi": pl.Float64}))
+    schema = {"parameter": pl.String, "estimate": pl.Float64, "lo": pl.Float64, "hi": pl.Float64}
+    return Built(figure=fig, notes=notes, table=pl.DataFrame(rows, schema=schema))
 
 
 # name -> (builder, default options); the Export page lists these, pages store their last options.

@@ -18,8 +18,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from analysis.store import ingest
-from app import catalog
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
+from app import catalog
 
 PAGES_DIR = Path(__file__).resolve().parents[1] / "app" / "page_scripts"
 PAGES = ("overview", "curves", "scores", "tradeoff", "scaling", "runs", "export")

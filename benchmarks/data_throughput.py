@@ -44,7 +44,8 @@ def data_rate(stream, seconds: float) -> float:
 def train_rate(preset, stream, tok, seconds: float) -> float | None:
     try:
         import torch
-        from models.stages.base import to_tensors
+
+        from models.stages.batches import to_tensors
         from models.vlm import VLM, token_losses
     except ImportError:  # the training side is not installed / not there yet
         return None

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from models.data import finetune_epochs, get_tokenizer
 from models.data import finetune as ft
+from models.data import finetune_epochs, get_tokenizer
 from models.presets import get_preset
-from models.stages.base import to_tensors
+from models.stages.batches import to_tensors
 from models.steps import DataSource
 from models.vlm import VLM, masked_targets, token_losses
 

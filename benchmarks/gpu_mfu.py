@@ -28,11 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import ListStream, StepTimes, make_batches, tokens_per_s  # noqa: E402
 
 from models.accounting import lm_flops_per_token  # noqa: E402
+from models.config import OptimConfig, RunOptions  # noqa: E402
 from models.presets import get_preset  # noqa: E402
 from models.schedules import trunk_schedule  # noqa: E402
-from models.stages import base  # noqa: E402
-from models.stages.base import Checkpointer, OptimConfig, RunOptions, fit  # noqa: E402
+from models.stages import trainer as base  # noqa: E402
+from models.stages.checkpointer import Checkpointer  # noqa: E402
 from models.stages.lm import TrunkModule  # noqa: E402
+from models.stages.trainer import fit  # noqa: E402
 from models.vlm import VLM  # noqa: E402
 from sweep.spec import load_study  # noqa: E402
 
@@ -99,7 +101,7 @@ def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, c
             if prof is not None:
                 prof.start()
             fit(module, ListStream(batches), options=options, total_steps=steps, checkpointer=ckpt)
-            module.rows  # the metrics read back, as a real run does at its end
+            _ = module.rows  # the metrics read back, as a real run does at its end
     finally:
         base.make_trainer = factory
         if prof is not None:

@@ -51,7 +51,7 @@ def main() -> None:
         baseline = min(before, bare_read(root))  # best of two: the first also warms the page cache
         with connect(root) as con:
             rows = con.execute("SELECT count(*) FROM metrics").fetchall()[0][0]
-        steps = first.ingested + len(first.unfinished)
+        steps = first.ingested + len(first.missing)
         print(f"bare DuckDB read_parquet of the same files: {baseline:.2f} s")
         print(f"ingest: {steps} steps, {rows:,} metric rows: {first.seconds:.2f} s; "
               f"unchanged re-ingest: {again.seconds:.2f} s ({again.reused} reused)")

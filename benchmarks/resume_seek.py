@@ -96,7 +96,7 @@ def main() -> None:
                       f"page cache): read through {times[False] * 1e3:.1f} ms, start= "
                       f"{times[True] * 1e3:.1f} ms ({ratio:.1f}×)", flush=True)
     worst = min(ratios, key=ratios.get)
-    print(f"result: resuming at a shard's last record, files not in the page cache: "
+    print("result: resuming at a shard's last record, files not in the page cache: "
           + ", ".join(f"{k} {v:.1f}×" for k, v in ratios.items())
           + f" faster than reading through ({worst} least)")
 

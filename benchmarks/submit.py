@@ -9,12 +9,12 @@ the target of one sbatch call per (DAG level, trunk family, resources) group and
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,6 @@ from sweep.launch.noop import NoopStepJob  # noqa: E402
 from sweep.launch.slurm import group_steps  # noqa: E402
 from sweep.plan import plan_study  # noqa: E402
 from sweep.spec import load_study  # noqa: E402
-
 
 
 def main() -> int:

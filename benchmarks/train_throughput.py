@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from models.accounting import lm_flops_per_token
+from models.config import OptimConfig, RunOptions, default_threads
 from models.presets import get_preset
 from models.schedules import trunk_schedule
-from models.stages.base import Checkpointer, OptimConfig, RunOptions, default_threads, fit
+from models.stages.checkpointer import Checkpointer
 from models.stages.lm import TrunkModule
+from models.stages.trainer import fit
 from models.synthetic import Batch
 from models.vlm import VLM, part_means, split_losses, token_losses
 
@@ -94,7 +96,7 @@ def lightning_loop(model: VLM, batches: list[Batch], schedule, optim: OptimConfi
     timer = StepTimes()
     options = RunOptions(checkpoint_every_s=float("inf"), accelerator="cpu")
     ckpt = Checkpointer(latest=root / "latest.pt", total_steps=steps, options=options)
-    from models.stages import base
+    from models.stages import trainer as base
     trainer_factory = base.make_trainer
     base.make_trainer = lambda o, m, cbs: trainer_factory(o, m, cbs + [timer])
     try:
@@ -125,7 +127,7 @@ def main() -> None:
                         help="alternate the two loops this often and keep each one's best: "
                              "a shared machine's load then hits both alike")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (0 = models.stages.base.default_threads())")
+                        help="torch intra-op threads (0 = models.config.default_threads())")
     args = parser.parse_args()
     torch.set_num_threads(args.threads or default_threads())
     preset = get_preset(args.preset)

@@ -1,6 +1,7 @@
 """What a step is: its kind, the config fields that change its result, its parents — and its id.
 
-The planner (`sweep.plan`) builds these; `models.run.run_step` executes them. A step's id is a short
+The planner (`sweep.plan`) builds these; `models.run.run_step` executes them; a step reads its
+parents' typed configs back from their config.json with `load_step_config`. A step's id is a short
 hash of (kind, canonical JSON of its config, its parents' ids, CODE_SALT), so changing a field that
 does not matter (labels in `meta`, output root, backend) changes no id. Bump CODE_SALT by hand when
 a code change alters what a step computes (the git commit is recorded in result.json instead).
@@ -12,10 +13,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
+from models import stepfiles
 from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
 
 CODE_SALT = 9  # bump when a change alters what any step computes
@@ -192,6 +196,28 @@ class Step:
                 "code_salt": CODE_SALT}
 
 
-def step_dir(root: str | Path, kind: str, step_id: str) -> Path:
-    """Where a step's files live: <root>/steps/<kind>/<step_id>/."""
-    return Path(root) / "steps" / kind / step_id
+def _decode(tp: Any, value: Any) -> Any:
+    """JSON value → the typed config value (dataclasses, optional dataclasses, tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = typing.get_type_hints(tp)
+        return tp(**{k: _decode(hints[k], v) for k, v in value.items() if k in hints})
+    if origin is tuple or (isinstance(value, list) and origin is None and tp is not list):
+        return tuple(_decode(Any, v) if not isinstance(v, list) else _decode(tuple, v) for v in value)
+    return value
+
+
+def load_step_config(root: str | Path, kind: str, step_id: str) -> tuple[Any, list[tuple[str, str]]]:
+    """A parent step's config (typed) and parents, from its config.json."""
+    path = stepfiles.step_paths(root, kind, step_id).config
+    try:
+        data = stepfiles.read_json(path)
+    except stepfiles.StepFileError as exc:
+        raise FileNotFoundError(f"{exc}; run the {kind} step first") from exc
+    config = _decode(CONFIG_TYPES[kind], data["config"])
+    return config, [tuple(p) for p in data.get("parents", [])]

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from models import stepfiles as sf
 from sweep.errors import UserError
 from sweep.plan import plan_study, write_study_manifest
 from sweep.plancli import plan_table
@@ -31,10 +32,9 @@ def _minutes(seconds: float) -> str:
 
 def calibrate(plan, todo, pool, workers: int) -> dict[str, float]:
     """Expected seconds of every step in `todo`, from a timed slice run on `pool` (printed)."""
+    import models.data
     from sweep.estimate import calibration_slice, expected_seconds, measured_rates, project
     from sweep.launch import get_backend
-
-    import models.data
 
     began = time.monotonic()
     for source in {s.config.data for s in todo if s.kind == "eval"}:  # once per machine, then cached
@@ -62,7 +62,7 @@ class LiveIngest:
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _finished(self) -> int:
-        return sum(1 for _ in (self.root / "steps").glob("*/*/result.json"))
+        return sum(1 for _ in (self.root / sf.STEPS_DIR).glob(f"*/*/{sf.RESULT}"))
 
     def _loop(self) -> None:
         from analysis.store import ingest

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import json
 import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from models.steps import Step, step_dir
+from models import stepfiles as sf
+from models.steps import Step
 from sweep.plan import step_cost
 
 RateKey = tuple[str, str, tuple[str, ...]]  # (kind, scale, eval groups; () for training steps)
@@ -110,13 +110,13 @@ def measured_rates(root: str | Path, steps: Iterable[Step]) -> dict[RateKey, Rat
     """Each finished slice step's setup seconds and steady seconds per unit, read from its files."""
     rates = {}
     for step in steps:
-        folder = step_dir(root, step.kind, step.step_id)
+        paths = sf.paths_of(root, step)
         try:
-            wall = float(json.loads((folder / "result.json").read_text())["wall_time_s"])
-        except (FileNotFoundError, KeyError, ValueError):
+            wall = float((sf.read_result(paths.dir) or {})["wall_time_s"])
+        except (KeyError, TypeError, ValueError):
             continue
         units = _units(step) or 0.0
-        steady = _steady_seconds_per_unit(folder / "metrics.parquet", step)
+        steady = _steady_seconds_per_unit(paths.metrics)
         if steady is None:  # evals and steps without a rate: all of the time scales with the units
             rates[_key(step)] = Rate(setup_s=0.0, per_unit_s=wall / units if units else 0.0)
         else:
@@ -124,7 +124,7 @@ def measured_rates(root: str | Path, steps: Iterable[Step]) -> dict[RateKey, Rat
     return rates
 
 
-def _steady_seconds_per_unit(metrics: Path, step: Step) -> float | None:
+def _steady_seconds_per_unit(metrics: Path) -> float | None:
     """1 / the median tokens/s (the encoder logs samples/s) the step logged, past its first steps."""
     if not metrics.exists():
         return None

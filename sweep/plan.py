@@ -5,26 +5,21 @@ trunk(scale, text data, seed) ──ckpt@f──► branch(f, image data, ratio,
                                               ├──► finetune(epochs) ──► eval
                                               └──► eval (pre-trained)      trunk ──► eval@f (text)
 A step shared by many cells (one trunk per scale × text data × seed, one branch per fine-tune
-epoch count) appears once: steps are keyed by id. Status comes from files only (result.json =
-done, failure.json = failed); the launch backends add what the scheduler knows.
+epoch count) appears once: steps are keyed by id. Status comes from files only
+(`models.stepfiles.file_state`); `sweep.status` adds what the journal and the scheduler know.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
+from models import stepfiles
 from models.accounting import param_counts, train_flops, vision_param_count
-from models.steps import (BranchConfig, EncoderConfig, EvalConfig, FinetuneConfig, Step,
-                          TrunkConfig, replay_rows, step_dir)
 from models.presets import PRESETS, WORLD_VOCAB
-from models.run import step_done
+from models.steps import BranchConfig, EncoderConfig, EvalConfig, FinetuneConfig, Step, TrunkConfig, replay_rows
 from sweep.spec import AXES, Cell, Study
 
 IMAGE_POSITION_SHARE = 0.5  # plan-time estimate: share of image-data tokens that are image positions
@@ -58,16 +53,11 @@ class Plan:
         return out
 
     def dir(self, step: Step) -> Path:
-        return step_dir(self.root, step.kind, step.step_id)
+        return stepfiles.step_dir(self.root, step.kind, step.step_id)
 
     def status(self, step: Step) -> str:
-        """done | failed | missing, from the step's files only (see models.run.step_done)."""
-        d = self.dir(step)
-        if step_done(step, self.root):
-            return "done"
-        if (d / "failure.json").exists():
-            return "failed"
-        return "missing"
+        """done | failed | missing, from the step's files only (`models.stepfiles.file_state`)."""
+        return stepfiles.file_state(step, self.root)
 
     def cost(self, step: Step) -> StepCost:
         return step_cost(step)
@@ -271,23 +261,10 @@ def write_study_manifest(plan: Plan) -> Path:
     target = plan.root / "studies" / f"{plan.study.name}.json"
     manifest = {
         "name": plan.study.name, "study_file": str(plan.study.path),
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "written_at": stepfiles.now_iso(),
         "axes": {a: list(plan.study.axes[a]) for a in AXES},
         "steps": [{"step_id": s.step_id, "kind": s.kind, "parents": [list(p) for p in s.parents],
                    "meta": dict(s.meta)} for s in plan.steps],
     }
-    atomic_write_text(target, json.dumps(manifest, indent=1, sort_keys=True))
+    stepfiles.write_json(target, manifest, indent=1)
     return target
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder and rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

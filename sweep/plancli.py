@@ -7,8 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from models import stepfiles as sf
 from models.presets import PRESETS
-from models.steps import step_dir
 from sweep.plan import Plan, plan_study, sharing_savings, step_cost
 from sweep.spec import load_study
 
@@ -41,7 +41,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 def _fmt(n: float | None) -> str:
     if n is None:
         return "?"
-    for unit, size in (("Y", 1e24), ("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, size in (("Y", 1e24), ("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9),
+                       ("M", 1e6), ("K", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.3g}{unit}"
     return f"{n:.3g}"
@@ -55,8 +56,8 @@ def plan_table(plan: Plan) -> str:
         cost = step_cost(s)
         status = plan.status(s)
         row["steps"] += 1
-        row["done"] += status == "done"
-        row["failed"] += status == "failed"
+        row["done"] += status == sf.DONE
+        row["failed"] += status == sf.FAILED
         if cost.tokens is None or cost.flops is None:
             row["unknown"] = True
         row["tokens"] += cost.tokens or 0
@@ -79,7 +80,7 @@ def plan_table(plan: Plan) -> str:
                      f"{_fmt(per):>12} {_fmt(r['tokens']) + mark:>9} {_fmt(r['flops']) + mark:>9}")
         total_tokens += r["tokens"]
         total_flops += r["flops"]
-    done = sum(plan.status(s) == "done" for s in plan.steps)
+    done = sum(plan.status(s) == sf.DONE for s in plan.steps)
     lines.append(f"{'total':<16} {len(plan.steps):>6} {done:>5} {'':>6} {'':>12} "
                  f"{_fmt(total_tokens):>9} {_fmt(total_flops):>9}")
     sav = sharing_savings(plan)
@@ -108,14 +109,13 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _done_configs(root: Path, kind: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for cfg in sorted((root / "steps" / kind).glob("*/config.json")):
-        if (cfg.parent / "result.json").exists():
-            try:
-                data = json.loads(cfg.read_text())
-            except (OSError, ValueError):
-                continue
-            out.append((cfg.parent.name, _flatten({"config": data.get("config", {}),
-                                                   "parents": data.get("parents", [])})))
+    for folder in sorted(sf.kind_dir(root, kind).glob("*")):
+        if sf.dir_state(folder) != sf.DONE:
+            continue
+        data = sf.read_json_or_none(sf.StepPaths(folder).config)
+        if data is not None:
+            out.append((folder.name, _flatten({"config": data.get("config", {}),
+                                               "parents": data.get("parents", [])})))
     return out
 
 
@@ -124,11 +124,11 @@ def explain(plan: Plan) -> str:
     lines, cache = [], {}
     for s in plan.steps:
         status = plan.status(s)
-        if status == "done":
+        if status == sf.DONE:
             continue
         label = f"{s.kind:<8} {s.step_id} {s.meta.get('scale', '')}"
-        if status == "failed":
-            reason = _failure_reason(step_dir(plan.root, s.kind, s.step_id))
+        if status == sf.FAILED:
+            reason = _failure_reason(plan.dir(s))
             lines.append(f"{label}: failed before ({reason}); `run --retry-failed` reruns it")
             continue
         done = cache.setdefault(s.kind, _done_configs(plan.root, s.kind))
@@ -151,7 +151,7 @@ def _diff(mine: dict[str, Any], other: dict[str, Any]) -> list[tuple[str, Any, A
 
 def _failure_reason(d: Path) -> str:
     try:
-        data = json.loads((d / "failure.json").read_text())
-        return f"{data.get('reason', '?')}: {data.get('error', '')}".strip()
-    except (OSError, ValueError):
-        return "failure.json unreadable"
+        failure = sf.read_failure(d)
+    except sf.StepFileError as exc:
+        return str(exc)
+    return f"{failure.reason}: {failure.error}"

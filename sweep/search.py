@@ -18,9 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from models.steps import Step, step_dir
+from models import stepfiles as sf
+from models.steps import Step
 from sweep.errors import UserError
-from sweep.plan import Plan, atomic_write_text, plan_cells, plan_study, write_study_manifest
+from sweep.plan import Plan, plan_cells, plan_study, write_study_manifest
 from sweep.spec import Cell, Study, load_study
 
 OBJECTIVES = ("vl", "text")
@@ -57,7 +58,7 @@ class SearchSettings:
     @property
     def fractions(self) -> list[float]:
         n = round(1 / self.lattice)
-        return [round(i / n, 6) for i in range(n + 1)]
+        return [sf.round_fraction(i / n) for i in range(n + 1)]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,16 +78,17 @@ def journal_path(root: Path, study: Study) -> Path:
 def trial_cell(study: Study, scale: str, fraction: float, ratio: float) -> Cell:
     """A trial's grid cell: the searched values plus every other axis at its first value."""
     first = {axis: values[0] for axis, values in study.axes.items()}
-    return Cell(**(first | {"scale": scale, "intro_fraction": round(fraction, 6),
-                            "image_ratio": round(ratio, 4)}))
+    # The study file's rounding (sweep.spec), so a trial on a grid value is that grid cell; the
+    # sampled ratio keeps 4 digits (a 5th would only make near-duplicate cells).
+    return Cell(**(first | {"scale": scale, "intro_fraction": sf.round_fraction(fraction),
+                            "image_ratio": sf.round_fraction(round(ratio, 4))}))
 
 
 def eval_scores(root: Path, eval_step: Step) -> dict[str, float]:
     """Stable-score averages (accuracy − chance) per group from one eval step's evals.parquet."""
     import polars as pl
 
-    path = step_dir(root, eval_step.kind, eval_step.step_id) / "evals.parquet"
-    frame = pl.read_parquet(path).filter(pl.col("metric") == "accuracy")
+    frame = pl.read_parquet(sf.paths_of(root, eval_step).evals).filter(pl.col("metric") == "accuracy")
     means = (frame.with_columns((pl.col("value") - pl.col("chance")).alias("stable"))
              .group_by("group").agg(pl.col("stable").mean()))
     return {row["group"]: float(row["stable"]) for row in means.iter_rows(named=True)}
@@ -165,7 +167,7 @@ class _Search:
         for cell, ids in grid.cells.items():
             step = grid.by_id[ids["eval"]]
             on_lattice = any(abs(cell.intro_fraction - f) < 1e-9 for f in self.lattice)
-            if (grid.status(step) != "done" or not on_lattice or not lo <= cell.image_ratio <= hi
+            if (grid.status(step) != sf.DONE or not on_lattice or not lo <= cell.image_ratio <= hi
                     or cell != trial_cell(self.study, cell.scale, cell.intro_fraction, cell.image_ratio)):
                 continue
             ostudy = self.optuna[cell.scale]
@@ -236,9 +238,9 @@ def prepare_trunks(search: _Search, backend_name: str, workers: int) -> None:
     search.log(f"search: training {len(todo)} shared step(s) first (trunks with checkpoints "
                f"every {search.settings.lattice:g} of T, encoders)")
     result = get_backend(backend_name).run(lattice_plan, todo, workers=workers, progress=True)
-    while backend_name == "slurm" and not all(lattice_plan.status(st) != "missing" for st in todo):
+    while backend_name == "slurm" and not all(lattice_plan.status(st) != sf.MISSING for st in todo):
         time.sleep(5)  # slurm returns at once: wait for the shared steps' files
-    if result.failed or any(lattice_plan.status(st) == "failed" for st in todo):
+    if result.failed or any(lattice_plan.status(st) == sf.FAILED for st in todo):
         raise UserError("search: a shared trunk or encoder step failed; see `vlmsweep status`")
 
 
@@ -259,7 +261,7 @@ def search(study: Study, root: Path, settings: SearchSettings,
             plan = s.plan([cell])
             eval_step = plan.by_id[plan.cells[cell]["eval"]]
             chain = [st for st in plan.steps if st.kind not in ("trunk", "encoder")
-                     and plan.status(st) != "done" and st.step_id in plan.cells[cell].values()]
+                     and plan.status(st) != sf.DONE and st.step_id in plan.cells[cell].values()]
             job = executor.submit(ChainJob(chain, root)) if chain else None
             jobs.append(job)
             log(f"search: trial {scale}#{trial.number} f={cell.intro_fraction:g} "
@@ -325,7 +327,7 @@ def compare_with_grid(study: Study, root: Path, result: dict) -> dict:
                 continue
             grid_runs += 1
             step = grid.by_id[ids["eval"]]
-            if grid.status(step) == "done":
+            if grid.status(step) == sf.DONE:
                 scores = eval_scores(root, step)
                 grid_points.append(tuple(scores[o] for o in result["objectives"]))
         found = [t["values"] for t in result["trials"]
@@ -351,9 +353,8 @@ def run_search(args) -> int:
     if args.compare_grid:
         result["grid_comparison"] = compare_with_grid(study, root, result)
         # The report's findings pick this up (analysis reads files under the root, never sweep).
-        atomic_write_text(root / "search" / f"{study.name}-comparison.json", json.dumps(
-            {"objectives": result["objectives"], "per_scale": result["grid_comparison"]},
-            indent=1, sort_keys=True))
+        sf.write_json(root / "search" / f"{study.name}-comparison.json",
+                      {"objectives": result["objectives"], "per_scale": result["grid_comparison"]}, indent=1)
     _write_search_manifest(study, root, settings, result)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))

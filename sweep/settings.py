@@ -88,7 +88,8 @@ class EncoderSettings:
 
 
 def read_encoder(t: Table, data: dict[str, DataSource]) -> EncoderSettings:
-    s = EncoderSettings(data=_source(t, "data", data, ("world", "webdataset", "parquet_images")), samples=t.int("samples", 20_000, lo=1),
+    s = EncoderSettings(data=_source(t, "data", data, ("world", "webdataset", "parquet_images")),
+                        samples=t.int("samples", 20_000, lo=1),
                         batch_size=t.int("batch_size", 64, lo=2), lr=t.float("lr", 1e-3, lo=0.0, lo_open=True),
                         text_width=t.int("text_width", 64, lo=8), text_layers=t.int("text_layers", 2, lo=1),
                         seed=t.int("seed", 0, lo=0))
@@ -179,7 +180,7 @@ class BackendSettings:
         return dict(self.slurm_per_kind).get(kind, self.slurm)
 
     def run_options(self, scale: str) -> dict[str, Any]:
-        """The `models.stages.base.RunOptions` fields a scale's training steps run with."""
+        """The `models.config.RunOptions` fields a scale's training steps run with."""
         return {"micro_batch": dict(self.micro_batch_per_scale).get(scale, self.micro_batch),
                 "compile": self.compile}
 

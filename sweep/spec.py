@@ -17,12 +17,22 @@ from typing import Any
 from models.config import ProjectorConfig, TrainDefaults, VisionConfig
 from models.data.world.entities import DEFAULT_KINDS, MAX_KINDS, MIN_KINDS, world_identity
 from models.presets import PRESETS
+from models.stepfiles import round_fraction
 from models.steps import DataSource
 from sweep.errors import StudyError
 from sweep.reader import REQUIRED, Table, check_float, check_int, check_str
-from sweep.settings import (BackendSettings, EncoderSettings, EvalSettings, FinetuneSettings,
-                            TrainSettings, read_backend, read_encoder, read_eval, read_finetune,
-                            read_train)
+from sweep.settings import (
+    BackendSettings,
+    EncoderSettings,
+    EvalSettings,
+    FinetuneSettings,
+    TrainSettings,
+    read_backend,
+    read_encoder,
+    read_eval,
+    read_finetune,
+    read_train,
+)
 
 AXES = ("scale", "text_data", "image_data", "intro_fraction", "image_ratio", "instruction_share",
         "finetune_epochs", "seed", "schedule")
@@ -44,7 +54,6 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "vqa_jsonl": {"task": str, "chance": float},
     "mc_jsonl": {"task": str, "chance": float},
 }
-FRACTION_DIGITS = 6  # fractions are rounded so 0.1 * 3 and 0.3 plan to the same step
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -227,7 +236,7 @@ def _axis_checker(axis: str, data: dict[str, DataSource], table_error):
                                        f"which cannot serve as {axis} (allowed: {', '.join(allowed)})")
             return name
         if axis in ("intro_fraction", "image_ratio", "instruction_share"):
-            return round(check_float(value, table_error, key, 0.0, 1.0), FRACTION_DIGITS)
+            return round_fraction(check_float(value, table_error, key, 0.0, 1.0))
         if axis == "finetune_epochs":
             return check_int(value, table_error, key, lo=0)
         if axis == "seed":
@@ -288,7 +297,7 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
             options = options if any(k == "seed" for k, _ in options) else [("seed", 0)] + options
             paths: tuple[str, ...] = ()
         else:
-            items = t.list("paths", lambda v, k: check_str(v, t.error, k))
+            items = t.list("paths", lambda v, k, t=t: check_str(v, t.error, k))
             paths = tuple(str((base / p).resolve()) if not p.startswith(("s3://", "gs://")) else p
                           for p in items)
         t.finish()

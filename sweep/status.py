@@ -1,6 +1,7 @@
-"""Where every step of a plan stands: done, running, pending, failed, blocked or not submitted.
+"""Where every step of a plan stands: done, running, pending, failed, blocked or not submitted
+(the words are `models.stepfiles.STATES`).
 
-Reconciled from the step files (`result.json`, `failure.json`, `progress.json`), the launch
+Reconciled from the step files (`models.stepfiles`), the launch
 journal (`<root>/launch/jobs.jsonl`, `failures.jsonl`) and one `squeue` + one `sacct` call for
 all SLURM jobs at once. A failed step carries its reason (the exception, OOM, TIMEOUT, NODE_FAIL,
 CANCELLED) and the path of its log; a step under a failed one is blocked.
@@ -8,26 +9,24 @@ CANCELLED) and the path of its log; a step under a failed one is blocked.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from models import stepfiles as sf
+from models.stepfiles import BLOCKED, DONE, FAILED, NOT_SUBMITTED, PENDING, RUNNING, STATES
 from sweep.launch.journal import JobRecord, latest_jobs, read_failures, read_jobs
 from sweep.launch.queue import FAILURE_REASONS, JobState, local_job_state, query_slurm
 
-State = Literal["done", "running", "pending", "failed", "blocked", "not submitted"]
 UNKNOWN_GRACE_S = 300.0  # a job SLURM does not list yet counts as pending for this long
-STATES: tuple[State, ...] = ("done", "running", "pending", "failed", "blocked", "not submitted")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StepStatus:
     step_id: str
     kind: str
-    state: State
+    state: str  # one of models.stepfiles.STATES
     reason: str = ""  # why failed / blocked
     job_id: str = ""  # the latest job that ran or will run it
     log: str = ""  # that job's stderr
@@ -40,19 +39,14 @@ class StepStatus:
                 "failures": self.failures, "progress": self.progress}
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # absent, or caught mid-rename
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _failure_text(failure: dict[str, Any] | None) -> str:
-    if not failure:
+def _failure_text(paths: sf.StepPaths) -> str:
+    """failure.json's one line ("" when there is none)."""
+    if not paths.failure.exists():
         return ""
-    error = str(failure.get("error") or "") or json.dumps(failure)[:200]
-    return f"OOM: {error}" if failure.get("reason") == "oom" else error
+    try:
+        return sf.read_failure(paths.dir).summary
+    except sf.StepFileError as exc:
+        return str(exc)
 
 
 def job_states(records: list[JobRecord]) -> dict[str, JobState]:
@@ -101,55 +95,52 @@ def reconcile(plan: Any, *, states: dict[str, JobState] | None = None) -> dict[s
 def _blocking_parent(step: Any, out: dict[str, StepStatus]) -> StepStatus | None:
     for _, pid in step.parents:
         parent = out.get(pid)
-        if parent and parent.state in ("failed", "blocked"):
+        if parent and parent.state in (FAILED, BLOCKED):
             return parent
     return None
 
 
 def _one(plan: Any, step: Any, record: JobRecord | None, states: dict[str, JobState],
          error: str, out: dict[str, StepStatus], base: dict[str, Any]) -> StepStatus:
-    folder = plan.dir(step)
-    if plan.status(step) == "done":
-        return StepStatus(state="done", **base)
+    paths = sf.paths_of(plan.root, step)
+    if plan.status(step) == DONE:
+        return StepStatus(state=DONE, **base)
     job = states.get(record.job_id) if record else None
-    if (folder / "result.json").exists() and not (job is not None and job.live):
+    if paths.result.exists() and not (job is not None and job.live):
         # A finished trunk that another study now asks for one more checkpoint fraction:
         # `run` replays just that part from its nearest earlier checkpoint.
-        from models.run import missing_fractions
-
-        wanted = ", ".join(f"{f:g}" for f in missing_fractions(step, plan.root))
-        return StepStatus(state="not submitted", reason=f"needs checkpoint(s) at f = {wanted}", **base)
+        wanted = ", ".join(f"{f:g}" for f in sf.missing_fractions(step, plan.root))
+        return StepStatus(state=NOT_SUBMITTED, reason=f"needs checkpoint(s) at f = {wanted}", **base)
     blocker = _blocking_parent(step, out)
     why_blocked = f"{blocker.kind} {blocker.step_id} {blocker.state}" if blocker else ""
     if job is not None and job.state == "UNKNOWN" and record is not None:
         if time.time() - record.submitted_at < UNKNOWN_GRACE_S:  # accounting lags sbatch a little
-            return StepStatus(state="pending", reason="just submitted", **base)
-        return StepStatus(state="failed", reason=f"job {job.job_id} is unknown to squeue and "
+            return StepStatus(state=PENDING, reason="just submitted", **base)
+        return StepStatus(state=FAILED, reason=f"job {job.job_id} is unknown to squeue and "
                           "sacct (was the cluster reset?)", **base)
     if job is not None and job.live:
         if job.running:
-            return StepStatus(state="running", progress=_read_json(folder / "progress.json"), **base)
+            return StepStatus(state=RUNNING, progress=sf.read_json_or_none(paths.progress), **base)
         if blocker:
-            return StepStatus(state="blocked", reason=why_blocked, **base)
-        return StepStatus(state="pending", reason=job.reason, **base)
+            return StepStatus(state=BLOCKED, reason=why_blocked, **base)
+        return StepStatus(state=PENDING, reason=job.reason, **base)
     if job is not None and not job.started:  # cancelled before it ran: a dependency died
-        return StepStatus(state="blocked", reason=why_blocked or f"job {job.job_id} {job.state} "
+        return StepStatus(state=BLOCKED, reason=why_blocked or f"job {job.job_id} {job.state} "
                           f"before it started ({job.reason or 'dependency never satisfied'})", **base)
-    failure_file = _read_json(folder / "failure.json")
     if job is not None and job.state == "INTERRUPTED" and not error:  # Ctrl-C of a local run
-        return StepStatus(state="not submitted", reason="interrupted; `run` resumes it", **base)
+        return StepStatus(state=NOT_SUBMITTED, reason="interrupted; `run` resumes it", **base)
     if job is not None and job.state in FAILURE_REASONS:
-        detail = error or _failure_text(failure_file)
+        detail = error or _failure_text(paths)
         reason = FAILURE_REASONS[job.state] + (f": {detail}" if detail else "")
-        return StepStatus(state="failed", reason=reason, **base)
-    if failure_file is not None or error:
-        return StepStatus(state="failed", reason=error or _failure_text(failure_file), **base)
+        return StepStatus(state=FAILED, reason=reason, **base)
+    if paths.failure.exists() or error:
+        return StepStatus(state=FAILED, reason=error or _failure_text(paths), **base)
     if job is not None and record is not None and record.backend != "inline":
-        return StepStatus(state="failed", reason=f"job {job.job_id} ended ({job.state}) "
-                          "without result.json", **base)
+        return StepStatus(state=FAILED, reason=f"job {job.job_id} ended ({job.state}) "
+                          "without a result", **base)
     if blocker:
-        return StepStatus(state="blocked", reason=why_blocked, **base)
-    return StepStatus(state="not submitted", **base)
+        return StepStatus(state=BLOCKED, reason=why_blocked, **base)
+    return StepStatus(state=NOT_SUBMITTED, **base)
 
 
 def summary(statuses: dict[str, StepStatus]) -> dict[str, int]:

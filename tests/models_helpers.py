@@ -18,8 +18,8 @@ from models import checkpoint as ck
 from models.config import ProjectorConfig, VisionConfig
 from models.presets import get_preset
 from models.run import run_step
-from models.steps import (BranchConfig, DataSource, EvalConfig, FinetuneConfig, Step,
-                          TrunkConfig, step_dir)
+from models.stepfiles import step_dir
+from models.steps import BranchConfig, DataSource, EvalConfig, FinetuneConfig, Step, TrunkConfig
 
 SRC = DataSource(name="synthetic", kind="world")
 PRESET = get_preset("debug")

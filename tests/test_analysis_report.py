@@ -11,7 +11,6 @@ import pytest
 from analysis.cli import main
 from analysis.errors import AnalysisInputError
 from analysis.report import write_report
-from analysis.store import ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
 
 DATA = Path(__file__).parent / "data" / "chinchilla_fig4_points.csv"

@@ -34,7 +34,8 @@ def test_full_grid_fit_recovers_epoch_ai_replication() -> None:
     assert fit.B == pytest.approx(EPOCH["B"], rel=0.05)
     # and our optimum is at least as good as Epoch's published parameters on the same objective
     logs = [np.log(v) for v in (n, d, loss)]
-    epoch_theta = np.array([[np.log(EPOCH["E"]), np.log(EPOCH["A"]), np.log(EPOCH["B"]), EPOCH["alpha"], EPOCH["beta"]]])
+    epoch_theta = np.array([[np.log(EPOCH["E"]), np.log(EPOCH["A"]), np.log(EPOCH["B"]),
+                             EPOCH["alpha"], EPOCH["beta"]]])
     epoch_obj = huber_objective(epoch_theta, *logs, np.ones((1, len(n))), 1e-3)[0][0]
     assert fit.objective <= epoch_obj
 
@@ -81,7 +82,7 @@ def test_batched_lbfgs_matches_scipy_on_independent_rosenbrocks() -> None:
     res = minimize_batch(fun, x0, max_iter=2000, ftol=1e-15)
     assert res.converged.all()
     for row in range(3):
-        ref = minimize(lambda x: tuple(v[0] for v in fun(x[None], np.array([row]))), x0[row], jac=True,
+        ref = minimize(lambda x, row=row: tuple(v[0] for v in fun(x[None], np.array([row]))), x0[row], jac=True,
                        method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-10})
         np.testing.assert_allclose(res.x[row], ref.x, atol=1e-3)
         np.testing.assert_allclose(res.x[row], [shifts[row, 0], shifts[row, 0] ** 2], atol=1e-3)

@@ -58,7 +58,7 @@ def test_schema_round_trip_keeps_every_dtype(root: Path) -> None:
 def test_ingest_is_idempotent_and_incremental(root: Path) -> None:
     first = ingest(root)
     assert first.reused == 0 and first.ingested > 0
-    assert len(first.unfinished) == 1 and len(first.failed) == 1
+    assert len(first.missing) == 1 and len(first.failed) == 1
     before = table_contents(root)
     second = ingest(root)
     assert second.ingested == 0 and second.reused == first.ingested
@@ -84,15 +84,15 @@ def test_ingest_is_idempotent_and_incremental(root: Path) -> None:
         assert third_contents[name].equals(before[name]), name
 
 
-def test_unfinished_and_failed_steps_are_listed(root: Path) -> None:
+def test_missing_and_failed_steps_are_listed(root: Path) -> None:
     summary = ingest(root)
     with connect(root) as con:
         ids = {r[0]: r[1] for r in con.execute("SELECT step_id, status FROM steps").fetchall()}
-    (kind, sid), = summary.unfinished
+    (kind, sid), = summary.missing
     assert kind == "eval" and sid not in ids
     (kind, failed_id), = summary.failed
     assert ids[failed_id] == "failed"
-    assert "1 unfinished" in str(summary) and sid in str(summary)
+    assert "1 missing" in str(summary) and sid in str(summary)
 
 
 def test_corrupt_parquet_is_named_and_skipped(root: Path) -> None:

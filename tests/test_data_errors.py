@@ -10,8 +10,16 @@ import tarfile
 import pytest
 import zstandard
 
-from models.data import (BadRecordError, DataError, EmptySourceError, caption_pairs, eval_tasks,
-                         finetune_epochs, get_tokenizer, text_stream)
+from models.data import (
+    BadRecordError,
+    DataError,
+    EmptySourceError,
+    caption_pairs,
+    eval_tasks,
+    finetune_epochs,
+    get_tokenizer,
+    text_stream,
+)
 from models.steps import DataSource
 
 TOK = get_tokenizer(DataSource(name="w", kind="world"))
@@ -53,7 +61,7 @@ def test_missing_field_names_the_field(tmp_path):
 
 
 def test_truncated_zstd_shard(tmp_path):
-    data = zstandard.ZstdCompressor().compress("".join(l + "\n" for l in good(200)).encode())
+    data = zstandard.ZstdCompressor().compress("".join(line + "\n" for line in good(200)).encode())
     p = tmp_path / "a.jsonl.zst"
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(BadRecordError, match=r"a\.jsonl\.zst: record \d+: unreadable"):

@@ -3,7 +3,6 @@ what the world wrote (so the file path gives exactly the world's samples)."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.data import (DataError, caption_pairs, finetune_epochs, get_tokenizer, mixed_stream,
-                         text_stream)
+from models.data import DataError, caption_pairs, finetune_epochs, get_tokenizer, mixed_stream, text_stream
 from models.data.types import IGNORE
 from models.steps import DataSource
 

@@ -201,8 +201,9 @@ def test_corpus_states_knowledge_that_captions_never_do():
         assert f" {word} " not in f" {captions} "
     text = " ".join(wd.text(i) for i in range(2000))
     for kind in wd.world.kinds:
-        assert f"{kind.name} lives in the {kind.habitat}" in text or f"{kind.plural} live in the {kind.habitat}" in text \
-            or f"find a {kind.name} in the {kind.habitat}" in text or f"does a {kind.name} live ? answer : in the {kind.habitat}" in text
+        assert any(phrase in text for phrase in (
+            f"{kind.name} lives in the {kind.habitat}", f"{kind.plural} live in the {kind.habitat}",
+            f"find a {kind.name} in the {kind.habitat}", f"does a {kind.name} live ? answer : in the {kind.habitat}"))
     assert corpus.fact_question(wd.world.kinds[0], "edible")[1] in ("yes", "no")
 
 

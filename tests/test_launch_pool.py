@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from models.steps import step_dir
+from models.stepfiles import step_dir
 from sweep.launch import select_steps
 from sweep.launch.cli import format_table
 from sweep.launch.journal import read_failures, read_jobs

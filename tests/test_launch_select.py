@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from models.run import trunk_checkpoint_path
+from models.stepfiles import step_paths
 from sweep.launch import run_levels, select_steps
 from sweep.launch.journal import JobRecord, JournalError, append_failure, append_jobs, read_jobs
 from sweep.launch.queue import expand_job_ids, parse_sacct, parse_squeue
@@ -23,7 +23,7 @@ def _finish(plan, step):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "result.json").write_text(json.dumps({"step_id": step.step_id}))
     for fraction in step.meta.get("checkpoint_fractions", ()):  # a finished trunk's checkpoints
-        path = trunk_checkpoint_path(plan.root, step.step_id, fraction)
+        path = step_paths(plan.root, "trunk", step.step_id).fraction(fraction)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
 

@@ -20,9 +20,9 @@ import pytest
 from sweep.launch import get_backend, select_steps
 from sweep.launch.cli import format_table
 from sweep.launch.journal import read_jobs
-from sweep.status import reconcile
 from sweep.plan import plan_study
 from sweep.spec import load_study
+from sweep.status import reconcile
 from tests.launch_helpers import SMALL_STUDY, noop, small_plan, wait_for, wait_settled
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.config import LMConfig
 import models.evaluate as evaluate_mod
+from models.config import LMConfig
 from models.evaluate import choice_logprobs, evaluate, greedy_decode, normalise_answer
 from models.synthetic import EvalItem, EvalTask
 from models.vlm import VLM

@@ -18,8 +18,11 @@ from models.run import run_step  # noqa: E402
 from models.steps import Step  # noqa: E402
 from models.vision import build_vision  # noqa: E402
 from models.vlm import VLM  # noqa: E402
-from tests.models_helpers import branch_step, trunk_step  # noqa: E402
-from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
+from tests.models_helpers import (  # noqa: E402
+    branch_step,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    trunk_step,
+)
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_lm_matches_reference_maths(tied: bool) -> None:
     torch.manual_seed(0)
     model = DecoderLM(dataclasses.replace(CFG, tie_embeddings=tied))
     with torch.no_grad():  # non-trivial norm weights so the test sees them
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.uniform_(0.5, 1.5)
     tokens = torch.randint(0, CFG.vocab_size, (3, 11))
@@ -166,7 +166,7 @@ def test_patch_kind_and_tied_embeddings_match_accounting() -> None:
 
 
 def test_ddp_split_gives_each_rank_its_rows_and_their_images() -> None:
-    from models.stages.base import split_rows
+    from models.stages.batches import split_rows
 
     image_id, k = 2, 2
     tokens = torch.tensor([[2, 2, 5, 6], [7, 8, 9, 10], [2, 2, 2, 2], [11, 2, 2, 12]])

@@ -18,11 +18,19 @@ import torch
 
 import models.synthetic as syn
 from models import checkpoint as ck
-from models.run import RunOptions, run_step, trunk_checkpoint_path
-from models.steps import step_dir
-from tests.models_helpers import (assert_same_run, branch_step, eval_step, finetune_step,
-                                  metrics, run_interrupted, trunk_step, weights)
-from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
+from models.run import RunOptions, run_step
+from models.stepfiles import step_dir, step_paths
+from tests.models_helpers import (
+    assert_same_run,
+    branch_step,
+    eval_step,
+    finetune_step,
+    metrics,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    run_interrupted,
+    trunk_step,
+    weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +73,8 @@ def test_trunk_resumes_to_the_bit_after_a_signal(chain, tmp_path, signum) -> Non
     run_interrupted(chain["trunk"], tmp_path, at=5, signum=signum)
     assert_same_run(chain["root"], tmp_path, chain["trunk"])
     for f in (0.0, 0.5, 1.0):
-        a = ck.load_torch(trunk_checkpoint_path(chain["root"], chain["trunk"].step_id, f))
-        b = ck.load_torch(trunk_checkpoint_path(tmp_path, chain["trunk"].step_id, f))
+        a = ck.load_torch(step_paths(chain["root"], "trunk", chain["trunk"].step_id).fraction(f))
+        b = ck.load_torch(step_paths(tmp_path, "trunk", chain["trunk"].step_id).fraction(f))
         assert a["step"] == b["step"] and a["data"] == b["data"]
         for k in a["model"]:
             torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6)

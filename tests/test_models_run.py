@@ -17,11 +17,19 @@ import torch
 import models.synthetic as syn
 from models import checkpoint as ck
 from models.config import ProjectorConfig
-from models.run import fraction_step, run_step, trunk_checkpoint_path
-from models.steps import EncoderConfig, Step, step_dir
-from tests.models_helpers import (LM, SRC, VISION, branch_step, eval_step, metrics,
-                                trunk_step)
-from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
+from models.run import run_step
+from models.stepfiles import fraction_step, step_dir, step_paths
+from models.steps import EncoderConfig, Step
+from tests.models_helpers import (
+    LM,
+    SRC,
+    VISION,
+    branch_step,
+    eval_step,
+    metrics,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    trunk_step,
+)
 
 RESULT_KEYS = {"step_id", "kind", "status", "tokens", "flops", "params", "wall_time_s",
                "peak_memory_bytes", "code_salt", "git_commit", "started_at", "finished_at",
@@ -53,8 +61,8 @@ def test_trunk_writes_every_file_with_the_contracted_columns(tmp_path) -> None:
     assert set(progress) == {"tokens", "total_tokens", "tokens_per_s", "updated_at"}
     assert not (d / "ckpt" / "latest.pt").exists()
     for f in (0.0, 0.5):
-        assert ck.load_torch(trunk_checkpoint_path(tmp_path, step.step_id, f))["step"] == \
-            fraction_step(f, step.config.tokens, 4, 32)
+        assert ck.load_torch(step_paths(tmp_path, "trunk", step.step_id).fraction(f))["step"] == \
+            fraction_step(f, step.config.tokens, 4 * 32)
 
 
 def test_done_step_is_skipped_and_eval_writes_evals(tmp_path) -> None:
@@ -77,11 +85,11 @@ def test_failure_json_names_the_missing_trunk_checkpoint(tmp_path) -> None:
     trunk = trunk_step(4, fractions=(1.0,))
     run_step(trunk, tmp_path, data=syn)
     branch = branch_step(trunk, fraction=0.5)
-    with pytest.raises(FileNotFoundError, match="frac-0.5000"):
+    with pytest.raises(FileNotFoundError, match="frac-0.500000"):
         run_step(branch, tmp_path, data=syn)
     failure = json.loads((step_dir(tmp_path, "branch", branch.step_id) / "failure.json").read_text())
     assert failure["status"] == "failed" and failure["reason"] == "exception"
-    assert "frac-0.5000" in failure["error"] and "Traceback" in failure["traceback"]
+    assert "frac-0.500000" in failure["error"] and "Traceback" in failure["traceback"]
 
 
 def test_done_trunk_replays_a_missing_fraction_identically(tmp_path) -> None:
@@ -95,9 +103,9 @@ def test_done_trunk_replays_a_missing_fraction_identically(tmp_path) -> None:
     result = run_step(full, tmp_path / "b", data=syn)  # now asks for 0.3 as well
     assert result["checkpoint_fractions"] == [0.0, 0.3, 0.8]
     assert (d / "metrics.parquet").read_bytes() == before
-    a = ck.load_torch(trunk_checkpoint_path(tmp_path / "a", full.step_id, 0.3))
-    b = ck.load_torch(trunk_checkpoint_path(tmp_path / "b", full.step_id, 0.3))
-    assert a["step"] == b["step"] == 3 and a["data"] == b["data"] 
+    a = ck.load_torch(step_paths(tmp_path / "a", "trunk", full.step_id).fraction(0.3))
+    b = ck.load_torch(step_paths(tmp_path / "b", "trunk", full.step_id).fraction(0.3))
+    assert a["step"] == b["step"] == 3 and a["data"] == b["data"]
     untimed = [[r for r in x["metrics"] if r[2] != "tokens_per_s"] for x in (a, b)]
     assert untimed[0] == untimed[1]
     for k in a["model"]:
@@ -145,7 +153,7 @@ def test_import_models_run_stays_torch_free() -> None:
 def test_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from models.stages.base import RunOptions, default_threads
+    from models.config import RunOptions, default_threads
 
     monkeypatch.setenv("VLMSWEEP_THREADS", "3")
     monkeypatch.setenv("VLMSWEEP_WORKERS", "2")

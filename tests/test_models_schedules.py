@@ -8,8 +8,7 @@ import math
 import pytest
 
 from models.config import TrainDefaults
-from models.schedules import (Schedule, branch_schedule, finetune_schedule, steps_for,
-                              trunk_schedule)
+from models.schedules import Schedule, branch_schedule, finetune_schedule, steps_for, trunk_schedule
 from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 TRAIN = TrainDefaults(lr=3e-3, warmup_steps=10, batch_size=4, seq_len=32, min_lr_ratio=0.1)

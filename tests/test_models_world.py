@@ -12,10 +12,21 @@ import models.data as data
 from models.config import ProjectorConfig
 from models.presets import get_preset
 from models.run import run_step
-from models.steps import (BranchConfig, DataSource, EncoderConfig, EvalConfig, FinetuneConfig,
-                          Step, TrunkConfig, step_dir)
-from tests.models_helpers import assert_same_run, run_interrupted
-from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
+from models.stepfiles import step_dir
+from models.steps import (
+    BranchConfig,
+    DataSource,
+    EncoderConfig,
+    EvalConfig,
+    FinetuneConfig,
+    Step,
+    TrunkConfig,
+)
+from tests.models_helpers import (
+    assert_same_run,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    run_interrupted,
+)
 
 WORLD = DataSource(name="world", kind="world")
 DEBUG = get_preset("debug")

@@ -91,7 +91,7 @@ def _perturbed(step: Step, path, value):
             continue  # e.g. a vision kind that needs other fields; try the next alternative
         return dataclasses.replace(step, config=config)
     if path[-1] == "kind" and path[:-1] and path[-2] == "vision":  # a patch projection is trainable
-        vision = dataclasses.replace(getattr(step.config, "vision"), kind="patch", frozen=False)
+        vision = dataclasses.replace(step.config.vision, kind="patch", frozen=False)
         return dataclasses.replace(step, config=dataclasses.replace(step.config, vision=vision))
     return None
 

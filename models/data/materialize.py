@@ -21,6 +21,7 @@ import numpy as np
 from models.data.tokenizer import world_tokenizer
 from models.data.world import WorldData
 from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
+from models.stepfiles import write_bytes
 
 DEFAULT_SIZES = {"text_docs": 20_000, "pairs": 5_000, "instructions": 2_000, "eval_items": 200,
                  "shards": 4}
@@ -31,13 +32,6 @@ def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _jsonl(records) -> bytes:
@@ -140,7 +134,8 @@ def write_world(out_dir: str | Path, seed: int = 0, *, text_docs: int = DEFAULT_
     _write_instructions(out, wd, instructions, image_size, files)
     formats = _write_eval(out, wd, eval_items, image_size, files)
     for rel, (data, _) in sorted(files.items()):
-        _atomic_write(out / rel, data)
+        write_bytes(out / rel, data, durable=False)
+    os.sync()  # every shard on disk before the manifest that says the world is complete
     shards_meta = {rel: {"sha256": hashlib.sha256(d).hexdigest(), "records": n}
                    for rel, (d, n) in sorted(files.items()) if not rel.startswith(("llava/images", "eval/images"))}
     manifest = {
@@ -152,7 +147,7 @@ def write_world(out_dir: str | Path, seed: int = 0, *, text_docs: int = DEFAULT_
             hashlib.sha256(d).digest() for rel, (d, _) in sorted(files.items())
             if rel.startswith(("llava/images", "eval/images")))).hexdigest(),
     }
-    _atomic_write(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
+    write_bytes(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
     return manifest
 
 

@@ -14,8 +14,7 @@ on counters kept in the state, so a resumed stream yields exactly the uninterrup
 from __future__ import annotations
 
 from models.data.errors import DataError
-from models.data.packing import (TextPacker, encode_caption, encode_conversation, rows_to_batch,
-                                 text_row)
+from models.data.packing import TextPacker, encode_caption, encode_conversation, rows_to_batch, text_row
 from models.data.types import LOSS_NONE, Batch
 
 

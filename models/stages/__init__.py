@@ -1,5 +1,8 @@
 """One LightningModule per training stage (encoder, trunk, branch, finetune), sharing one model.
 
-`base` holds what they share: the manual-optimisation training step, the data wrapper that keeps
-the stream's exact position with each batch, the checkpointing callback and the Trainer factory.
+What they share, one module per job: `module` (the manual-optimisation StageModule), `batches`
+(tensors, DDP rows, micro-batches and the stream wrapper that keeps the stream's exact position
+with each batch), `checkpointer` (the checkpoint/progress/preemption callback), `trainer` (the
+Trainer factory and `fit`); `context` is what a runner gets and returns, `runners` and
+`eval_step` run each kind of step.
 """

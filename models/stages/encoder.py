@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import VisionConfig
+from models.config import OptimConfig, VisionConfig
 from models.schedules import Schedule
-from models.stages.base import OptimConfig, StageModule
+from models.stages.module import StageModule
 from models.vision import ViT, ViTBlock
 
 MAX_CAPTION_LEN = 32  # caption tokens the tower reads (the world's captions are shorter)

@@ -11,9 +11,11 @@ from typing import Any
 import torch
 
 from models import checkpoint as ck
+from models import stepfiles as sf
 from models.config import LMConfig, ProjectorConfig, VisionConfig
 from models.evaluate import evaluate
-from models.run import load_step_config, trunk_checkpoint_path, weights_path
+from models.stages.context import Context, RunOutput
+from models.steps import load_step_config
 from models.vlm import VLM
 
 
@@ -31,9 +33,7 @@ def model_spec(root: Any, kind: str, step_id: str) -> tuple[LMConfig, VisionConf
     raise ValueError(f"cannot evaluate a {kind} step")
 
 
-def run_eval(ctx: Any) -> Any:
-    from models.stages.runners import RunOutput
-
+def run_eval(ctx: Context) -> RunOutput:
     cfg, step = ctx.step.config, ctx.step
     if len(step.parents) != 1:
         raise ValueError(f"eval step {step.step_id} needs exactly one parent, got {step.parents}")
@@ -46,9 +46,9 @@ def run_eval(ctx: Any) -> Any:
     if cfg.checkpoint is not None:
         if kind != "trunk":
             raise ValueError(f"eval step {step.step_id}: checkpoint is only for trunk parents")
-        source = trunk_checkpoint_path(ctx.root, parent_id, cfg.checkpoint)
+        source = sf.step_paths(ctx.root, kind, parent_id).fraction(cfg.checkpoint)
     else:
-        source = weights_path(ctx.root, kind, parent_id)
+        source = sf.step_paths(ctx.root, kind, parent_id).weights
     model.load_state_dict(ck.load_torch(source)["model"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from models.config import OptimConfig
 from models.data.types import LOSS_INSTRUCTION, LOSS_TEXT
 from models.schedules import Schedule
-from models.stages.base import OptimConfig, StageModule, decay_groups
+from models.stages.module import StageModule, decay_groups
 from models.vlm import IGNORE, VLM, loss_sums, masked_targets, token_losses
 
 

@@ -1,53 +1,36 @@
 """Per-kind step runners: build the model, data and schedule a step needs, resume it, train it.
 
-`models.run.run_step` owns the step's files (config, result, failure); these functions return
-what goes in them. Parents are found through their config.json files and final weights
-(`model.pt`); a branch starts from the trunk's full checkpoint at its intro fraction.
+`models.run.run_step` writes the step's files (config, result, failure); these functions return
+what goes in them. Parents are found through their configs (`models.steps.load_step_config`) and
+final weights (`models.stepfiles`); a branch starts from the trunk's full checkpoint at its intro
+fraction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from models import checkpoint as ck
+from models import stepfiles as sf
 from models.accounting import train_flops
-from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
-from models.run import (fraction_step, latest_checkpoint_path, load_step_config,
-                        trunk_checkpoint_path, weights_path)
-from models.schedules import (Schedule, branch_schedule, finetune_schedule, steps_for,
-                              trunk_schedule)
-from models.stages.base import (Checkpointer, OptimConfig, RunOptions, StageModule, fit, micro_batches,
-                                split_rows)
+from models.config import LMConfig, OptimConfig, ProjectorConfig, RunOptions, TrainDefaults, VisionConfig
+from models.schedules import Schedule, branch_schedule, finetune_schedule, steps_for, trunk_schedule
+from models.stages.batches import micro_batches, split_rows
+from models.stages.checkpointer import Checkpointer
+from models.stages.context import Context, RunOutput
 from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModule
+from models.stages.eval_step import run_eval
 from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
-from models.steps import Step, replay_rows
+from models.stages.module import StageModule
+from models.stages.trainer import fit
+from models.stepfiles import fraction_step
+from models.steps import load_step_config, replay_rows
 from models.vlm import VLM
-
-
-@dataclass(kw_only=True)
-class Context:
-    step: Step
-    root: Path
-    dir: Path
-    options: RunOptions
-    data: Any  # the data provider module (models.data, or models.synthetic in tests)
-    progress: Callable[[int, int, float], None]
-
-
-@dataclass(kw_only=True)
-class RunOutput:
-    tokens: int
-    flops: int
-    params: dict[str, int]
-    metrics: list | None = None  # (step, tokens, name, value) rows
-    evals: list | None = None  # evals rows
 
 
 def _optim(train: TrainDefaults) -> OptimConfig:
@@ -75,7 +58,7 @@ def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
            split: Callable | None = None, options: RunOptions | None = None) -> None:
     total_tokens = total * module.tokens_per_step
     checkpointer = Checkpointer(
-        latest=latest_checkpoint_path(ctx.root, ctx.step.kind, ctx.step.step_id),
+        latest=sf.paths_of(ctx.root, ctx.step).latest,
         total_steps=total, fraction_paths=fractions or {}, options=options or ctx.options,
         progress=lambda tokens, tps: ctx.progress(tokens, total_tokens, tps), stop_at=stop_at)
     fit(module, stream, options=options or ctx.options, total_steps=total,
@@ -84,7 +67,7 @@ def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
 
 def _save_weights(ctx: Context, model: torch.nn.Module) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ck.save_torch(weights_path(ctx.root, ctx.step.kind, ctx.step.step_id), {"model": state})
+    ck.save_torch(sf.paths_of(ctx.root, ctx.step).weights, {"model": state})
 
 
 def _splitter(ctx: Context, image_id: int, image_tokens: int) -> Callable | None:
@@ -115,28 +98,25 @@ def _trunk_parts(ctx: Context) -> tuple[TrunkModule, Any, int, dict[int, list[Pa
                                   on_bad_record=cfg.on_bad_record)
     module.data_state = stream.state_dict()
     fractions: dict[int, list[Path]] = {}
+    paths = sf.paths_of(ctx.root, ctx.step)
     for f in ctx.step.meta.get("checkpoint_fractions", ()):
-        s = fraction_step(float(f), cfg.tokens, batch, seq)
-        fractions.setdefault(s, []).append(trunk_checkpoint_path(ctx.root, ctx.step.step_id, float(f)))
+        s = fraction_step(float(f), cfg.tokens, batch * seq)
+        fractions.setdefault(s, []).append(paths.fraction(float(f)))
     return module, stream, total, fractions
 
 
 def _saved_trunk_states(ctx: Context) -> list[tuple[int, Path]]:
     """(step, path) of every fraction checkpoint this trunk has on disk."""
-    cfg, out = ctx.step.config, []
-    for path in (ctx.dir / "ckpt").glob("frac-*.pt"):
-        m = re.fullmatch(r"frac-([0-9.]+)\.pt", path.name)
-        if m:
-            out.append((fraction_step(float(m.group(1)), cfg.tokens, cfg.train.batch_size,
-                                      cfg.train.seq_len), path))
-    return sorted(out)
+    cfg = ctx.step.config
+    return sorted((fraction_step(f, cfg.tokens, cfg.train.batch_size * cfg.train.seq_len), path)
+                  for f, path in sf.paths_of(ctx.root, ctx.step).fraction_checkpoints())
 
 
 def run_trunk(ctx: Context) -> RunOutput:
     cfg = ctx.step.config
     module, stream, total, fractions = _trunk_parts(ctx)
     candidates = _saved_trunk_states(ctx)
-    latest = latest_checkpoint_path(ctx.root, "trunk", ctx.step.step_id)
+    latest = sf.paths_of(ctx.root, ctx.step).latest
     if latest.exists():
         candidates.append((int(ck.load_torch(latest)["step"]), latest))
     if candidates:
@@ -179,11 +159,11 @@ def run_encoder(ctx: Context) -> RunOutput:
                                     image_size=cfg.vision.image_size,
                                     max_caption_len=MAX_CAPTION_LEN, seed=cfg.seed)
     module.data_state = stream.state_dict()
-    latest = latest_checkpoint_path(ctx.root, "encoder", ctx.step.step_id)
+    latest = sf.paths_of(ctx.root, ctx.step).latest
     if latest.exists():
         _restore(module, stream, ck.load_torch(latest))
     _train(ctx, module, stream, total)
-    ck.save_torch(weights_path(ctx.root, "encoder", ctx.step.step_id),
+    ck.save_torch(sf.paths_of(ctx.root, ctx.step).weights,
                   {"model": {k: v.detach().cpu() for k, v in model.vision.state_dict().items()}})
     samples = total * cfg.batch_size
     n_vision = sum(p.numel() for p in model.vision.parameters())
@@ -203,7 +183,8 @@ def _vlm_for(ctx: Context, lm: LMConfig, vision: VisionConfig, projector: Projec
         raise ValueError(f"vision.hf_path {vision.hf_path} gives {n_patches} patches, but "
                          f"image_size/patch_size give {vision.n_patches}")
     if encoder_id is not None:
-        model.vision.load_state_dict(ck.load_torch(weights_path(ctx.root, "encoder", encoder_id))["model"])
+        weights = sf.step_paths(ctx.root, "encoder", encoder_id).weights
+        model.vision.load_state_dict(ck.load_torch(weights)["model"])
     return model
 
 
@@ -222,7 +203,7 @@ def run_branch(ctx: Context) -> RunOutput:
     batch, seq = cfg.train.batch_size, cfg.train.image_stage_seq_len
     total = steps_for(cfg.tokens, batch, seq)
     t_batch, t_seq = tcfg.train.batch_size, tcfg.train.seq_len
-    f_step = fraction_step(cfg.intro_fraction, tcfg.tokens, t_batch, t_seq)
+    f_step = fraction_step(cfg.intro_fraction, tcfg.tokens, t_batch * t_seq)
     trunk_sched = trunk_schedule(tcfg.train, steps_for(tcfg.tokens, t_batch, t_seq))
     schedule = branch_schedule(cfg.schedule, cfg.train, total, trunk_sched, f_step)
     ck.seed_everything(cfg.seed)
@@ -237,7 +218,7 @@ def run_branch(ctx: Context) -> RunOutput:
         image_size=cfg.vision.image_size, image_tokens=n_image, seed=cfg.seed,
         on_bad_record=cfg.on_bad_record)
     module.data_state = stream.state_dict()
-    latest = latest_checkpoint_path(ctx.root, "branch", step.step_id)
+    latest = sf.paths_of(ctx.root, step).latest
     if latest.exists():
         _restore(module, stream, ck.load_torch(latest))
     else:
@@ -251,7 +232,7 @@ def run_branch(ctx: Context) -> RunOutput:
 
 
 def _start_from_trunk(ctx: Context, module: StageModule, trunk_id: str, fraction: float) -> None:
-    path = trunk_checkpoint_path(ctx.root, trunk_id, fraction)
+    path = sf.step_paths(ctx.root, "trunk", trunk_id).fraction(fraction)
     if not path.exists():
         raise FileNotFoundError(f"{path}: trunk {trunk_id} has no checkpoint at intro_fraction "
                                 f"{fraction}; re-run the trunk with it in checkpoint_fractions")
@@ -271,7 +252,7 @@ def run_finetune(ctx: Context) -> RunOutput:
     ck.seed_everything(cfg.seed)
     model = _vlm_for(ctx, tcfg.lm, bcfg.vision, bcfg.projector, None)
     n_image = bcfg.projector.image_tokens(bcfg.vision.n_patches)
-    source = weights_path(ctx.root, "branch", branch_id)
+    source = sf.step_paths(ctx.root, "branch", branch_id).weights
     _load_lm_from(model, ck.load_torch(source)["model"], source)
     stream = ctx.data.finetune_epochs(
         cfg.data, tok, batch_size=cfg.batch_size, seq_len=seq, image_size=bcfg.vision.image_size,
@@ -282,7 +263,7 @@ def run_finetune(ctx: Context) -> RunOutput:
     module = FinetuneModule(model, finetune_schedule(cfg.lr, total), optim=_optim(bcfg.train),
                             tokens_per_step=rows * seq, image_id=tok.image_id)
     module.data_state = stream.state_dict()
-    latest = latest_checkpoint_path(ctx.root, "finetune", step.step_id)
+    latest = sf.paths_of(ctx.root, step).latest
     if latest.exists():
         _restore(module, stream, ck.load_torch(latest))
     _train(ctx, module, stream, total, split=_splitter(ctx, tok.image_id, n_image))
@@ -291,8 +272,6 @@ def run_finetune(ctx: Context) -> RunOutput:
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
                      params=model.param_counts(), metrics=module.rows, evals=[])
 
-
-from models.stages.eval_step import run_eval  # noqa: E402  (it imports Context from here)
 
 RUNNERS: dict[str, Callable[[Context], RunOutput]] = {
     "encoder": run_encoder, "trunk": run_trunk, "branch": run_branch,

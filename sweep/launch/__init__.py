@@ -7,33 +7,16 @@ runs or submits them and returns a `LaunchResult`. Each backend lives in its own
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any
 
+from models.stepfiles import DONE, FAILED, IN_FLIGHT
 from models.steps import Step
+from sweep.launch.backend import BACKENDS, Backend, JobFactory, LaunchResult, run_levels
+
 if TYPE_CHECKING:  # sweep.status imports this package's journal and queue modules
     from sweep.status import StepStatus
 
-BACKENDS = ("inline", "local", "slurm")
-JobFactory = Callable[[Step, Any], Callable[[], Any]]  # (step, root) → a submitit-picklable callable
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class LaunchResult:
-    submitted: int  # steps handed to the backend
-    completed: int  # steps that finished with result.json (0 for slurm: it returns at once)
-    failed: int  # steps that raised or were killed
-    blocked: int = 0  # steps not run because a parent failed in this run
-    job_ids: tuple[str, ...] = ()
-    sbatch_calls: int = 0  # slurm: job arrays submitted
-
-
-class Backend(Protocol):
-    name: str
-
-    def run(self, plan: Any, steps: Sequence[Step], *, workers: int = 1, progress: bool = True,
-            job_factory: JobFactory | None = None,
-            statuses: dict[str, StepStatus] | None = None) -> LaunchResult: ...
+__all__ = ["BACKENDS", "Backend", "JobFactory", "LaunchResult", "get_backend", "run_levels", "select_steps"]
 
 
 def get_backend(name: str) -> Backend:
@@ -63,23 +46,15 @@ def select_steps(plan: Any, retry_failed: bool, max_failures: int, *,
     chosen: list[Step] = []
     for step in plan.steps:
         status = statuses[step.step_id]
-        if status.state in ("done", "running", "pending"):
+        if status.state == DONE or status.state in IN_FLIGHT:
             will_finish[step.step_id] = True
             continue
         if not all(will_finish.get(pid, False) for _, pid in step.parents):
             will_finish[step.step_id] = False
             continue
-        if status.state == "failed" and (not retry_failed or status.failures >= max_failures):
+        if status.state == FAILED and (not retry_failed or status.failures >= max_failures):
             will_finish[step.step_id] = False
             continue
         will_finish[step.step_id] = True
         chosen.append(step)
     return chosen
-
-
-def run_levels(steps: Sequence[Step]) -> dict[str, int]:
-    """step_id → level among these steps (0 = no parent among them), for arrays and ordering."""
-    level: dict[str, int] = {}
-    for step in steps:  # parents come first
-        level[step.step_id] = 1 + max((level[p] for _, p in step.parents if p in level), default=-1)
-    return level

@@ -17,6 +17,7 @@ from typing import Any
 
 import submitit
 
+from models.stepfiles import DONE, FAILED, IN_FLIGHT
 from sweep.errors import UserError
 from sweep.launch import BACKENDS, LaunchResult, get_backend, select_steps
 from sweep.launch.journal import JournalError
@@ -71,7 +72,7 @@ def _explain(plan: Any, statuses: dict[str, StepStatus], chosen: list[Any], max_
     print(f"{plan.study.name}: {len(plan.steps)} steps under {plan.root}: "
           + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
     for s in statuses.values():
-        if s.state == "failed" and (s.failures >= max_failures or not retry_failed):
+        if s.state == FAILED and (s.failures >= max_failures or not retry_failed):
             why = (f"failed {s.failures} times (max_failures = {max_failures})"
                    if s.failures >= max_failures else "failed; rerun with --retry-failed")
             print(f"  not retried: {s.kind} {s.step_id}: {why}: {s.reason}")
@@ -136,7 +137,7 @@ def format_table(plan: Any, statuses: dict[str, StepStatus]) -> str:
     lines = [f"{plan.study.name}: {len(statuses)} steps under {plan.root}: "
              + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
     for s in statuses.values():
-        if s.state == "done":
+        if s.state == DONE:
             continue
         line = f"  {s.state:<13} {s.kind:<8} {s.step_id}"
         if s.job_id:
@@ -145,7 +146,7 @@ def format_table(plan: Any, statuses: dict[str, StepStatus]) -> str:
             line += f"  {100 * s.progress['tokens'] / s.progress['total_tokens']:.0f}%"
         if s.reason:
             line += f"  {s.reason}"
-        if s.state == "failed" and s.log:
+        if s.state == FAILED and s.log:
             line += f"\n{'':16}log: {s.log}"
         lines.append(line)
     return "\n".join(lines)
@@ -164,7 +165,7 @@ def run_status(args: argparse.Namespace, plan: Any = None) -> int:
                               "steps": [s.to_json() for s in statuses.values()]}))
         else:
             print(format_table(plan, statuses))
-        settled = not any(s.state in ("running", "pending") for s in statuses.values())
+        settled = not any(s.state in IN_FLIGHT for s in statuses.values())
         if not getattr(args, "watch", False) or settled:
             return 0
         sys.stdout.flush()

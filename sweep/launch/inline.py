@@ -12,7 +12,7 @@ import time
 from typing import Any, Sequence
 
 from models.steps import Step
-from sweep.launch import JobFactory, LaunchResult
+from sweep.launch.backend import JobFactory, LaunchResult
 from sweep.launch.progress import ProgressLine
 from sweep.launch.worker import StepJob
 from sweep.status import StepStatus

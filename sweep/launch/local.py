@@ -21,12 +21,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import submitit
 
 import sweep
-from models.run import step_done
+from models.stepfiles import step_done
 from models.steps import Step
-from sweep.launch import JobFactory, LaunchResult
+from sweep.estimate import critical_paths
+from sweep.launch.backend import JobFactory, LaunchResult
 from sweep.launch.journal import JobRecord, append_jobs
 from sweep.launch.pool import WorkerPool
-from sweep.estimate import critical_paths
 from sweep.launch.progress import ProgressLine
 from sweep.launch.worker import StepJob
 from sweep.plan import step_cost
@@ -51,7 +51,7 @@ class SubmititLocal:
 
     def __init__(self, root: str | Path, workers: int = 1):
         self.executor = submitit.LocalExecutor(folder=Path(root) / "logs" / "%j")
-        # VLMSWEEP_WORKERS: steps split the cores (models.stages.base.default_threads)
+        # VLMSWEEP_WORKERS: steps split the cores (models.config.default_threads)
         self.executor.update_parameters(timeout_min=WEEK_MIN, setup=source_setup() + [
             f"export VLMSWEEP_WORKERS={max(1, workers)}"])
         self.jobs: list[Any] = []

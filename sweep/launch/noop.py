@@ -8,15 +8,13 @@ only by passing it as the job factory of a backend; `vlmsweep run` never uses it
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from models.run import trunk_checkpoint_path
-from models.steps import Step, step_dir
+from models import stepfiles as sf
+from models.steps import Step
 from sweep.launch.worker import StepJob
 
 TICK_S = 0.1
@@ -29,13 +27,6 @@ class NoopPreempted(Exception):
 
 class NoopFailure(RuntimeError):
     """The failure a noop step asked to fail raises."""
-
-
-def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
 
 
 class NoopStepJob(StepJob):
@@ -68,28 +59,28 @@ class NoopStepJob(StepJob):
                 signal.signal(sig, handler)
 
     def _ticks(self) -> dict[str, Any]:
-        folder = step_dir(self.root, self.step.kind, self.step.step_id)
-        ckpt = folder / "ckpt" / "noop.json"
-        start = json.loads(ckpt.read_text())["tick"] if ckpt.exists() else 0
+        paths = sf.paths_of(self.root, self.step)
+        ckpt = paths.ckpt / "noop.json"
+        start = sf.read_json(ckpt)["tick"] if ckpt.exists() else 0
         total = round(self.seconds / TICK_S)
         began, last_progress = time.time(), 0.0
         for tick in range(start, total):
             if self._stop:
-                write_json(ckpt, {"tick": tick})
+                sf.write_json(ckpt, {"tick": tick})
                 raise NoopPreempted(f"checkpointed at tick {tick} of {total}")
             time.sleep(TICK_S)
-            write_json(ckpt, {"tick": tick + 1})  # a periodic checkpoint, as a trunk saves
+            sf.write_json(ckpt, {"tick": tick + 1})  # a periodic checkpoint, as a trunk saves
             if time.time() - last_progress >= 1.0:
                 last_progress = time.time()
                 done = (tick + 1 - start) * TOKENS_PER_TICK
-                write_json(folder / "progress.json", {
+                sf.write_json(paths.progress, {
                     "tokens": (tick + 1) * TOKENS_PER_TICK, "total_tokens": total * TOKENS_PER_TICK,
                     "tokens_per_s": done / max(time.time() - began, 1e-9), "updated_at": time.time()})
         if self.step.step_id in self.fail_ids:
             raise NoopFailure(f"noop step {self.step.step_id} was asked to fail")
         for fraction in self.step.meta.get("checkpoint_fractions", ()):  # what branches resume
-            write_json(trunk_checkpoint_path(self.root, self.step.step_id, float(fraction)), {})
+            sf.write_json(paths.fraction(float(fraction)), {})
         result = {"step_id": self.step.step_id, "kind": self.step.kind, "noop": True,
-                  "resumed_from_tick": start, "ticks": total, "finished_at": time.time()}
-        write_json(folder / "result.json", result)
+                  "resumed_from_tick": start, "ticks": total, "finished_at": sf.now_iso()}
+        sf.write_result(paths.dir, result)
         return result

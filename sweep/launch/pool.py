@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import multiprocessing
 import os
 import pickle
@@ -24,12 +23,10 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Iterator
 
-from models.steps import step_dir
+from models import stepfiles as sf
 from sweep.launch.journal import append_failure
 
 STOP_GRACE_S = 60.0  # how long a stopping step may take to save its checkpoint before SIGKILL
-RUNNING_LOCK = "running.lock"  # held by the supervisor while the job is in flight (status reads it)
-INTERRUPTED = "interrupted"  # marker: the run was stopped while this job ran; `run` resumes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +37,7 @@ class JobPaths:
 
 def job_paths(root: str | Path, job_id: str) -> JobPaths:
     """Where a pool job's logs go: the same shape as submitit's `<root>/logs/<id>/<id>_0_log.*`."""
-    folder = Path(root) / "logs" / job_id
+    folder = sf.job_log_dir(root, job_id)
     return JobPaths(stdout=folder / f"{job_id}_0_log.out", stderr=folder / f"{job_id}_0_log.err")
 
 
@@ -54,7 +51,7 @@ class PoolJob:
         self.paths.stderr.parent.mkdir(parents=True, exist_ok=True)
         # The lock says "in flight" to `vlmsweep status` in any process; the kernel drops it if
         # this supervisor dies, so a killed run never shows a step running forever.
-        self._lock = os.open(self.paths.stderr.parent / RUNNING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock = os.open(self.paths.stderr.parent / sf.RUNNING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
 
     def done(self) -> bool:
@@ -63,7 +60,7 @@ class PoolJob:
     def finish(self, outcome: str) -> None:
         self.outcome = outcome
         if outcome == "interrupted":
-            (self.paths.stderr.parent / INTERRUPTED).touch()
+            (self.paths.stderr.parent / sf.INTERRUPTED).touch()
         os.close(self._lock)
 
 
@@ -158,7 +155,7 @@ class WorkerPool:
     def _fail(self, worker: _Worker, reason: str) -> None:
         job = worker.job
         assert job is not None
-        step = getattr(job.job, "step", None)  # a StepJob; see sweep.launch.JobFactory
+        step = getattr(job.job, "step", None)  # a StepJob; see sweep.launch.backend.JobFactory
         if step is not None:
             record_death(self.root, step, job.job_id, job.began, reason)
         with contextlib.suppress(OSError), job.paths.stderr.open("a") as log:
@@ -207,18 +204,14 @@ def _death_reason(exitcode: int | None) -> str:
 
 def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) -> None:
     """failure.json (unless the step wrote one in this attempt) and the journal's failure entry."""
-    path = step_dir(root, step.kind, step.step_id) / "failure.json"
+    paths = sf.paths_of(root, step)
     try:
-        fresh = path.stat().st_mtime >= began
+        fresh = paths.failure.stat().st_mtime >= began
     except FileNotFoundError:
         fresh = False
     if not fresh:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"step_id": step.step_id, "kind": step.kind, "status": "failed",
-                                   "reason": "crash", "error": reason, "job_id": job_id,
-                                   "finished_at": time.time()}))
-        os.replace(tmp, path)
+        sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason="crash",
+                                               error=reason, job_id=job_id, finished_at=sf.now_iso()))
     append_failure(root, step.step_id, job_id, reason)
 
 

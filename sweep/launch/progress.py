@@ -18,24 +18,20 @@ steps of its kind took against theirs, and the rest of the DAG is scheduled over
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TextIO
 
-from models.steps import Step, step_dir
+from models import stepfiles as sf
+from models.steps import Step
 from sweep.estimate import project
 from sweep.plan import step_cost
 
 
 def read_progress(root: str | Path, step: Step) -> dict[str, Any] | None:
-    try:
-        value = json.loads((step_dir(root, step.kind, step.step_id) / "progress.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+    return sf.read_json_or_none(sf.paths_of(root, step).progress)
 
 
 def _human(n: float) -> str:

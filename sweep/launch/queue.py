@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from models import stepfiles as sf
+
 LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
@@ -113,7 +115,7 @@ def local_job_state(job_id: str, log: str) -> JobState:
         return JobState(job_id=job_id, state="RUNNING" if local_job_alive(job_id) else "ENDED")
     folder = Path(log).parent
     try:
-        fd = os.open(folder / "running.lock", os.O_RDONLY)
+        fd = os.open(folder / sf.RUNNING_LOCK, os.O_RDONLY)
     except OSError:
         return JobState(job_id=job_id, state="ENDED")
     try:
@@ -122,7 +124,7 @@ def local_job_state(job_id: str, log: str) -> JobState:
         return JobState(job_id=job_id, state="RUNNING")
     finally:
         os.close(fd)
-    state = "INTERRUPTED" if (folder / "interrupted").exists() else "ENDED"
+    state = "INTERRUPTED" if (folder / sf.INTERRUPTED).exists() else "ENDED"
     return JobState(job_id=job_id, state=state)
 
 

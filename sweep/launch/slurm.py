@@ -20,8 +20,9 @@ from typing import Any, Sequence
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
+from models.stepfiles import IN_FLIGHT
 from models.steps import Step
-from sweep.launch import JobFactory, LaunchResult, run_levels
+from sweep.launch.backend import JobFactory, LaunchResult, run_levels
 from sweep.launch.journal import JobRecord, append_jobs
 from sweep.launch.local import source_setup
 from sweep.launch.worker import StepJob
@@ -88,7 +89,7 @@ class SlurmBackend:
         job_of: dict[str, str] = {}  # step_id → job id, this submission
         array_of: dict[str, str] = {}  # step_id → array job id, this submission
         job_ids: list[str] = []
-        for (level, family), members in groups:
+        for (level, _family), members in groups:
             deps = _dependencies(members, array_of, statuses)
             records = self._submit(plan, level, members, deps, factory)
             for r in records:
@@ -153,6 +154,6 @@ def _dependencies(members: list[Step], array_of: dict[str, str],
         for _, pid in step.parents:
             if pid in array_of:
                 deps.add(array_of[pid])
-            elif pid in statuses and statuses[pid].state in ("running", "pending"):
+            elif pid in statuses and statuses[pid].state in IN_FLIGHT:
                 deps.add(statuses[pid].job_id)
     return sorted(deps)

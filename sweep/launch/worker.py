@@ -9,7 +9,6 @@ same step again) and requeues the job, at most `max_num_timeout` times.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,8 @@ from typing import Any
 import submitit
 from submitit.core.job_environment import JobEnvironment
 
-from models.steps import Step, step_dir
+from models import stepfiles as sf
+from models.steps import Step
 from sweep.launch.journal import append_failure
 
 
@@ -45,14 +45,6 @@ def _cancelled() -> bool:
         return False
     # A cancelled job whose processes are still ending shows COMPLETING; a warned one RUNNING.
     return "JobState=CANCELLED" in out or "JobState=COMPLETING" in out
-
-
-def read_result(root: str | Path, step: Step) -> dict[str, Any] | None:
-    path = step_dir(root, step.kind, step.step_id) / "result.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
 
 
 class StepJob(submitit.helpers.Checkpointable):
@@ -79,10 +71,8 @@ class StepJob(submitit.helpers.Checkpointable):
         return isinstance(error, Preempted)
 
     def __call__(self) -> dict[str, Any]:
-        from models.run import step_done
-
-        if step_done(self.step, self.root):  # a duplicate or requeued job whose step finished meanwhile
-            return read_result(self.root, self.step) or {}
+        if sf.step_done(self.step, self.root):  # a duplicate or requeued job whose step finished meanwhile
+            return sf.read_result(sf.paths_of(self.root, self.step).dir) or {}
         handover = self._intercept_preemption()
         try:
             return self.run()

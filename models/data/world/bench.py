@@ -27,9 +27,9 @@ import numpy as np
 
 from models.data.types import EvalItem, EvalTask, chance_level, normalise_answer
 from models.data.world import corpus, scenes
-from models.data.world import lexicon as lx
 from models.data.world.entities import World
 from models.data.world.render import normalise, render
+from models.stepfiles import write_json
 
 VL_TASKS = ("attribute_vqa", "attribute_vqa_novel", "counting", "spatial_relation", "pope_random",
             "pope_popular", "pope_adversarial", "knowledge_vqa", "caption_matching")
@@ -149,9 +149,7 @@ def _cache_entry(key: str):
         had = entry.get("value") is not None
         yield entry
         if not had and entry.get("value") is not None:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(entry))
-            os.replace(tmp, path)
+            write_json(path, entry, durable=False)
     finally:
         os.close(lock)
 

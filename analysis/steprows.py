@@ -1,7 +1,7 @@
-"""Reading the per-step files (the source of truth) and the study manifests into catalog rows.
+"""The per-step files (the source of truth) and the study manifests as catalog rows, for ingest.
 
-A step directory is `<root>/steps/<kind>/<step_id>/`; it is done iff `result.json` exists, failed
-if `failure.json` does, otherwise unfinished. Every bad value raises AnalysisInputError naming
+The files, their layout and status words are `models.stepfiles`' (torch-free): a step directory
+is done, failed or missing by its files alone. Every bad value raises AnalysisInputError naming
 the file and the field, so ingest can list the step as skipped and go on.
 """
 
@@ -19,12 +19,9 @@ import pyarrow.parquet as pq
 
 from analysis.errors import AnalysisInputError
 from analysis.schema import AXIS_COLUMNS, EVALS, METRICS
+from models import stepfiles as sf
 
 STEP_KINDS = ("encoder", "trunk", "branch", "finetune", "eval")
-SIGNED_FILES = ("config.json", "result.json", "failure.json", "metrics.parquet", "evals.parquet")
-PARQUET_COLUMNS = {"metrics.parquet": {"step": "int", "tokens": "int", "name": "string", "value": "float"},
-                   "evals.parquet": {"task": "string", "group": "string", "metric": "string",
-                                     "value": "float", "chance": "float", "n": "int"}}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -32,7 +29,7 @@ class StepDir:
     kind: str
     step_id: str
     path: Path
-    status: str  # done | failed | unfinished
+    status: str  # a models.stepfiles file state: done | failed | missing
     signature: str  # name:size:mtime of every file that feeds the catalog
 
 
@@ -40,7 +37,7 @@ def scan_steps(root: Path) -> list[StepDir]:
     """Every step directory under root, sorted by (kind, step_id) so ingest order is stable."""
     found = []
     for kind in STEP_KINDS:
-        kind_dir = root / "steps" / kind
+        kind_dir = sf.kind_dir(root, kind)
         if not kind_dir.is_dir():
             continue
         for entry in sorted(os.scandir(kind_dir), key=lambda e: e.name):
@@ -50,26 +47,22 @@ def scan_steps(root: Path) -> list[StepDir]:
 
 
 def _step_dir(kind: str, path: Path) -> StepDir:
-    parts, present = [], set()
-    for name in SIGNED_FILES:
+    parts = []
+    for name in sf.SIGNED_FILES:
         try:
             st = os.stat(path / name)
         except FileNotFoundError:
             continue
-        present.add(name)
         parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
-    status = "done" if "result.json" in present else "failed" if "failure.json" in present else "unfinished"
-    return StepDir(kind=kind, step_id=path.name, path=path, status=status, signature="|".join(parts))
+    return StepDir(kind=kind, step_id=path.name, path=path, status=sf.dir_state(path),
+                   signature="|".join(parts))
 
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AnalysisInputError(f"{path}: cannot read JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise AnalysisInputError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+        return sf.read_json(path)
+    except sf.StepFileError as exc:
+        raise AnalysisInputError(str(exc)) from exc
 
 
 def coerce(value: Any, dtype: str, where: Path, field: str) -> Any:
@@ -112,7 +105,7 @@ def parent_id(parents: Any, where: Path) -> str | None:
 
 def step_row(step: StepDir) -> dict[str, Any]:
     """The `steps` row of a done or failed step (raises AnalysisInputError on bad input)."""
-    cfg_path = step.path / "config.json"
+    cfg_path = sf.StepPaths(step.path).config
     cfg = read_json(cfg_path)
     if cfg.get("step_id") not in (None, step.step_id):
         raise AnalysisInputError(f"{cfg_path}: field 'step_id' is {cfg['step_id']!r}, "
@@ -126,17 +119,17 @@ def step_row(step: StepDir) -> dict[str, Any]:
                            "config_json": json.dumps(cfg.get("config", {}), sort_keys=True),
                            "meta_json": json.dumps(meta, sort_keys=True),
                            "source_signature": step.signature, "skipped_files": ""}
-    row.update(_result_fields(step) if step.status == "done" else _failure_fields(step))
+    row.update(_result_fields(step) if step.status == sf.DONE else _failure_fields(step))
     return row
 
 
 def _result_fields(step: StepDir) -> dict[str, Any]:
-    path = step.path / "result.json"
+    path = sf.StepPaths(step.path).result
     res = read_json(path)
     params = res.get("params") or {}
     if not isinstance(params, dict):
         raise AnalysisInputError(f"{path}: field 'params' must be an object of counts by group")
-    fields = {"status": "done",
+    fields = {"status": sf.DONE,
               **{f"params_{g}": coerce(params.get(g), "BIGINT", path, f"params.{g}")
                  for g in ("embedding", "non_embedding", "lm_total", "vision", "projector")}}
     for name, dtype in (("tokens", "BIGINT"), ("flops", "DOUBLE"), ("wall_time_s", "DOUBLE"),
@@ -148,17 +141,18 @@ def _result_fields(step: StepDir) -> dict[str, Any]:
 
 
 def _failure_fields(step: StepDir) -> dict[str, Any]:
-    path = step.path / "failure.json"
-    fail = read_json(path)
-    return {"status": "failed",
-            "failure_reason": coerce(fail.get("reason"), "VARCHAR", path, "reason"),
-            "error": coerce(fail.get("error"), "VARCHAR", path, "error"),
-            "finished_at": coerce(fail.get("finished_at"), "TIMESTAMP", path, "finished_at")}
+    try:
+        fail = sf.read_failure(step.path)
+    except sf.StepFileError as exc:
+        raise AnalysisInputError(str(exc)) from exc
+    path = sf.StepPaths(step.path).failure
+    return {"status": sf.FAILED, "failure_reason": fail.reason, "error": fail.error,
+            "finished_at": coerce(fail.finished_at, "TIMESTAMP", path, "finished_at")}
 
 
 def check_parquet(path: Path) -> None:
     """Read the footer and check the columns (cheap); raises AnalysisInputError naming the file."""
-    expected = PARQUET_COLUMNS[path.name]
+    expected = {name: _KIND[arrow] for name, arrow in sf.TABLE_COLUMNS[path.name]}
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for a damaged footer
@@ -194,4 +188,5 @@ def manifest_rows(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return study, rows
 
 
-TABLE_FOR_FILE = {"metrics.parquet": METRICS, "evals.parquet": EVALS}
+TABLE_FOR_FILE = {sf.METRICS: METRICS, sf.EVALS: EVALS}
+_KIND = {"int64": "int", "float64": "float", "string": "string"}  # what check_parquet accepts of each

@@ -1,0 +1,94 @@
+"""Batches on their way to a training step: data-layer batches as tensors, a global batch cut into
+this rank's rows (DDP) and into micro-batches, and the stream wrapper a DataLoader iterates.
+
+Resumability: each batch travels with the data stream's state *after* it, so a checkpoint taken
+after optimizer step s records exactly where step s+1's batch starts, however far Lightning
+prefetches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+
+def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
+    """A data-layer Batch (numpy arrays) as tensors; images may be empty."""
+    out: dict[str, torch.Tensor | int] = {
+        "tokens": torch.as_tensor(np.asarray(batch.tokens, dtype=np.int64)),
+        "targets": torch.as_tensor(np.asarray(batch.targets, dtype=np.int64)),
+        "loss_kind": torch.as_tensor(np.asarray(batch.loss_kind, dtype=np.int64)),
+        "skipped_records": int(getattr(batch, "skipped_records", 0)),
+    }
+    images = getattr(batch, "images", None)
+    if images is not None and len(images):
+        out["images"] = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    return out
+
+
+def _take_rows(batch: dict[str, Any], spans: list[slice], image_id: int,
+               image_tokens: int) -> list[dict[str, Any]]:
+    """The batch's rows in each of `spans`, with the images those rows hold (images are stored row
+    after row; their offsets are counted once for every span)."""
+    if "images" in batch:
+        per_row = (batch["tokens"] == image_id).sum(1) // image_tokens
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_row.cumsum(0)]).tolist()
+    out = []
+    for rows in spans:
+        part = {k: (v[rows] if isinstance(v, torch.Tensor) and k != "images" else v)
+                for k, v in batch.items()}
+        if "images" in batch:
+            part["images"] = batch["images"][offsets[rows.start]:offsets[rows.stop]]
+        out.append(part)
+    return out
+
+
+def split_rows(batch: dict[str, Any], rank: int, world: int, image_id: int,
+               image_tokens: int) -> dict[str, Any]:
+    """Rank `rank`'s rows of a global batch (DDP), with the images those rows hold."""
+    if world == 1:
+        return batch
+    n = batch["tokens"].shape[0]
+    if n % world:
+        raise ValueError(f"batch_size {n} is not divisible by {world} devices")
+    return _take_rows(batch, [slice(rank * n // world, (rank + 1) * n // world)], image_id,
+                      image_tokens)[0]
+
+
+def micro_batches(batch: dict[str, Any], size: int, image_id: int, image_tokens: int) -> dict[str, Any]:
+    """The batch as consecutive chunks of at most `size` rows: {"micro": [chunk, …]}.
+
+    The step accumulates their gradients, each chunk's loss sum over the whole batch's scored
+    positions, so it computes the whole batch's gradient (up to float summation order).
+    """
+    n = batch["tokens"].shape[0]
+    if size <= 0 or n <= size:
+        return batch
+    spans = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    return {"micro": _take_rows(batch, spans, image_id, image_tokens),
+            "skipped_records": batch.get("skipped_records", 0)}
+
+
+class StreamDataset(IterableDataset):
+    """Yields (tensors, stream state after this batch) from a BatchStream, finite or infinite."""
+
+    def __init__(self, stream: Any, split: Callable[[dict], dict] | None = None) -> None:
+        self.stream, self.split = stream, split
+
+    def __iter__(self) -> Iterator[tuple[dict, dict]]:
+        for batch in self.stream:
+            tensors = to_tensors(batch)
+            yield (self.split(tensors) if self.split else tensors), self.stream.state_dict()
+
+
+def _first(item: Any) -> Any:
+    return item
+
+
+def make_loader(stream: Any, split: Callable[[dict], dict] | None = None) -> DataLoader:
+    # num_workers=0: the stream's position must be the main process's to checkpoint it exactly.
+    return DataLoader(StreamDataset(stream, split), batch_size=None, num_workers=0,
+                      collate_fn=_first)

@@ -1,0 +1,192 @@
+"""`StageModule`: the manual-optimisation LightningModule every training stage subclasses (encoder,
+trunk, branch, finetune). It sets the LR from the schedule each step, accumulates micro-batches,
+clips, steps AdamW, and keeps its metrics rows (read back from the device in batches) so that
+they are saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from models import checkpoint as ck
+from models.config import OptimConfig
+from models.schedules import Schedule
+from models.vlm import part_means
+
+
+def decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices decay, vectors (norms, biases) do not."""
+    named = [(n, p) for n, p in named if p.requires_grad]
+    return [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def _with_prefix_state(optimizer: torch.optim.Optimizer, saved: dict) -> dict:
+    """This optimizer's state dict carrying `saved`'s per-parameter state (AdamW moments, step).
+
+    A branch's optimizer lists the LM's parameters first, in the trunk's order, then the new
+    vision/projector ones; the trunk's state therefore maps index for index onto that prefix.
+    """
+    current = optimizer.state_dict()
+    n_saved = sum(len(g["params"]) for g in saved["param_groups"])
+    shapes_ok = all(len(a["params"]) == len(b["params"])
+                    for a, b in zip(saved["param_groups"], current["param_groups"]))
+    if not shapes_ok or n_saved > sum(len(g["params"]) for g in current["param_groups"]):
+        raise ValueError("the saved optimizer state does not match this model's LM parameters")
+    return {"state": dict(saved["state"]), "param_groups": current["param_groups"]}
+
+
+class StageModule(L.LightningModule):
+    """A training stage: subclasses define `compute_loss` and `param_groups`."""
+
+    FLUSH_STEPS = 256  # steps whose metrics stay on the device before one read-back
+
+    def __init__(self, model: nn.Module, schedule: Schedule, *, optim: OptimConfig,
+                 tokens_per_step: int, start_step: int = 0) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model, self.schedule, self.optim = model, schedule, optim
+        self.tokens_per_step = tokens_per_step
+        self.step_count = start_step  # optimizer steps done, across resumes
+        self._rows: list[tuple[int, int, str, float]] = []
+        # Steps' values still on the device: read back in one sync every FLUSH_STEPS steps (or when
+        # `rows` is read), so that a training step never waits for the accelerator.
+        self._pending: list[tuple[int, list[tuple[str, int]], torch.Tensor, dict[str, float]]] = []
+        self.last_tokens_per_s = 0.0
+        self.data_state: dict | None = None  # the stream's position after the last trained batch
+        self.resume: dict[str, Any] | None = None  # optimizer / RNG state to restore at start
+        self._last_time: float | None = None
+
+    # -- subclasses ---------------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        return decay_groups(list(self.model.named_parameters()), self.optim.weight_decay)
+
+    def loss_sum(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(sum of the per-position losses, parts as (sum, count) pairs): micro-batching stages."""
+        raise NotImplementedError(f"{type(self).__name__} cannot split a batch into micro-batches")
+
+    def scored_positions(self, batch: dict) -> torch.Tensor:
+        """How many positions of `batch` its loss averages over (micro-batching stages)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot split a batch into micro-batches")
+
+    def compile_model(self) -> None:
+        """torch.compile the model in place (state_dict keys stay those of the plain model)."""
+        self.model.compile()
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # On CUDA the fused kernel: one launch for every parameter (CPU keeps the reference loop,
+        # whose numbers the bit-exact resume tests pin).
+        cuda = next(self.model.parameters()).is_cuda
+        return torch.optim.AdamW(self.param_groups(), lr=self.schedule.lr_at(self.step_count),
+                                 betas=(self.optim.beta1, self.optim.beta2), fused=cuda or None)
+
+    def on_train_start(self) -> None:
+        self._last_time = time.perf_counter()  # the first step's tokens/s includes warm-up
+        if self.resume is None:
+            return
+        optimizer = self.optimizers().optimizer
+        if self.resume.get("optimizer"):
+            optimizer.load_state_dict(self.resume["optimizer"])
+        if self.resume.get("optimizer_prefix"):
+            optimizer.load_state_dict(_with_prefix_state(optimizer, self.resume["optimizer_prefix"]))
+        if self.resume.get("rng"):
+            ck.set_rng_state(self.resume["rng"])
+        self.resume = None
+
+    def training_step(self, item: tuple[dict, dict], batch_idx: int) -> None:
+        batch, data_state = item
+        opt = self.optimizers()
+        lr = self.schedule.lr_at(self.step_count)
+        for group in opt.optimizer.param_groups:
+            group["lr"] = lr
+        if "micro" in batch:
+            loss, parts = self._accumulate(batch["micro"])
+        else:
+            loss, parts = self.compute_loss(batch)
+            self.manual_backward(loss)
+        params = [p for g in opt.optimizer.param_groups for p in g["params"]]
+        clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self.data_state = data_state
+        self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)))
+
+    def _accumulate(self, chunks: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Backward through each micro-batch in turn: the whole batch's loss and gradient."""
+        denominator = sum(self.scored_positions(c) for c in chunks).clamp(min=1)
+        total, parts = None, {}
+        for chunk in chunks:
+            loss_sum, chunk_parts = self.loss_sum(chunk)
+            self.manual_backward(loss_sum / denominator)
+            total = loss_sum.detach() if total is None else total + loss_sum.detach()
+            for name, value in chunk_parts.items():
+                parts[name] = value if name not in parts else parts[name] + value
+        return total / denominator, parts
+
+    def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float,
+                grad_norm: torch.Tensor, skipped: int) -> None:
+        layout, flat = [], []
+        for name, value in {"train_loss": loss.detach(), **parts}.items():
+            value = value.detach().float().reshape(-1)
+            layout.append((name, value.numel()))
+            flat.append(value)
+        values = self.trainer.strategy.reduce(torch.cat(flat), reduce_op="mean")
+        layout.append(("grad_norm", 1))
+        values = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device)])
+        now = time.perf_counter()
+        tps = self.tokens_per_step / (now - self._last_time) if self._last_time else float("nan")
+        self._last_time, self.last_tokens_per_s = now, tps
+        host = {"lr": lr, "tokens_per_s": tps, "skipped_records": float(skipped)}
+        self._pending.append((self.step_count, layout, values, host))
+        if len(self._pending) >= self.FLUSH_STEPS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Read the pending steps' values back (one host sync) into metrics rows."""
+        if not self._pending:
+            return
+        values = torch.cat([v for _, _, v, _ in self._pending]).cpu().tolist()
+        at = 0
+        for step, layout, _, host in self._pending:
+            parts: dict[str, Any] = {}
+            for name, n in layout:
+                parts[name] = values[at] if n == 1 else values[at:at + n]
+                at += n
+            row = part_means(parts)  # train_loss first, then the parts present, then grad_norm
+            grad_norm = row.pop("grad_norm")
+            row.update(lr=host["lr"], grad_norm=grad_norm, tokens_per_s=host["tokens_per_s"],
+                       skipped_records=host["skipped_records"])
+            tokens = step * self.tokens_per_step
+            self._rows.extend((step, tokens, k, v) for k, v in row.items())
+        self._pending.clear()
+
+    @property
+    def rows(self) -> list[tuple[int, int, str, float]]:
+        """(step, tokens, name, value) metrics rows of every step trained so far."""
+        self._flush()
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: list[tuple[int, int, str, float]]) -> None:
+        self._pending.clear()
+        self._rows = rows
+
+    def full_state(self) -> dict[str, Any]:
+        """Everything a bit-exact resume needs (see models.checkpoint)."""
+        opt = self.optimizers().optimizer
+        return {"step": self.step_count, "tokens": self.step_count * self.tokens_per_step,
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": opt.state_dict(),
+                "data": self.data_state, "rng": ck.rng_state(), "metrics": list(self.rows),
+                "lr": self.schedule.lr_at(self.step_count)}

@@ -1,0 +1,337 @@
+"""The on-disk contract of a step, in one place: where its files live and what they are called, the
+words for its status, the one `failure.json` schema, the one atomic writer and the one encoding of
+intro fractions. Launchers, status, search, ingest and the app import it; nothing else spells a
+step file's name.
+
+    <root>/steps/<kind>/<step_id>/  config.json  progress.json  metrics.parquet  evals.parquet
+                                    model.pt  result.json | failure.json  ckpt/latest.pt  ckpt/frac-<f>.pt
+    <root>/logs/<job_id>/           <job_id>_0_log.out|err  running.lock  interrupted
+
+The lowest layer of the project: it imports nothing from it, and neither torch nor pyarrow at
+import time (the planner, `vlmsweep status` and the app read step files in milliseconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+# -- file names -----------------------------------------------------------------------------------
+STEPS_DIR = "steps"
+CONFIG = "config.json"  # written first: the step's identity, full config, parents, meta
+PROGRESS = "progress.json"  # rewritten while training: tokens done, total, tokens/s
+METRICS = "metrics.parquet"  # training curves
+EVALS = "evals.parquet"  # evaluation scores
+WEIGHTS = "model.pt"  # final weights, read by children and evals
+RESULT = "result.json"  # written last: a step is done iff it exists
+FAILURE = "failure.json"  # the last attempt's failure (removed when an attempt succeeds)
+CKPT_DIR = "ckpt"
+LATEST = "latest.pt"  # periodic / preemption checkpoint, removed once the step is done
+LOGS_DIR = "logs"
+RUNNING_LOCK = "running.lock"  # in a job's log folder, flock-held while the job is in flight
+INTERRUPTED = "interrupted"  # in a job's log folder: the run was stopped while the job ran
+# What ingest signs (name:size:mtime) to tell a changed step from an unchanged one.
+SIGNED_FILES = (CONFIG, RESULT, FAILURE, METRICS, EVALS)
+
+# -- parquet tables: column names and Arrow types (pyarrow is imported only when writing) ---------
+METRICS_COLUMNS = (("step", "int64"), ("tokens", "int64"), ("name", "string"), ("value", "float64"))
+EVALS_COLUMNS = (("task", "string"), ("group", "string"), ("metric", "string"),
+                 ("value", "float64"), ("chance", "float64"), ("n", "int64"))
+TABLE_COLUMNS = {METRICS: METRICS_COLUMNS, EVALS: EVALS_COLUMNS}
+
+# -- status words ---------------------------------------------------------------------------------
+# What a step's files say on their own (`file_state`): result.json = done, failure.json = failed,
+# neither = missing (never started, running, or stopped without a trace: only the launch journal
+# and the scheduler can tell those apart).
+DONE, FAILED, MISSING = "done", "failed", "missing"
+FILE_STATES = (DONE, FAILED, MISSING)
+# What `vlmsweep status` reconciles from the files, the launch journal and the scheduler: a missing
+# step is running, pending (queued), blocked (under a failed or blocked step) or not submitted.
+RUNNING, PENDING, BLOCKED, NOT_SUBMITTED = "running", "pending", "blocked", "not submitted"
+STATES = (DONE, RUNNING, PENDING, FAILED, BLOCKED, NOT_SUBMITTED)
+IN_FLIGHT = (RUNNING, PENDING)  # states whose step a new run must not submit again
+# Why an attempt failed (failure.json "reason").
+REASONS = ("exception", "oom", "preempted", "crash")
+
+# -- intro fractions ------------------------------------------------------------------------------
+# Fractions (intro_fraction, image_ratio, instruction_share) are kept to this many decimals
+# everywhere: the study file, adaptive search's lattice and the trunk checkpoint's file name, so
+# two fractions that plan to different steps never share a checkpoint file.
+FRACTION_DIGITS = 6
+_FRACTION_FILE = re.compile(r"frac-([0-9]+\.[0-9]+)\.pt")
+
+
+class StepFileError(ValueError):
+    """A step file cannot be read or does not follow its schema; the message names file and field."""
+
+
+def round_fraction(value: float) -> float:
+    """The one rounding of a fraction: 0.1 * 3 and 0.3 become the same value (and step)."""
+    return round(float(value), FRACTION_DIGITS)
+
+
+def fraction_file(fraction: float) -> str:
+    """The checkpoint file name of intro fraction `fraction`, exact to FRACTION_DIGITS decimals."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"checkpoint fraction {fraction} is outside [0, 1]")
+    return f"frac-{round_fraction(fraction):.{FRACTION_DIGITS}f}.pt"
+
+
+def parse_fraction_file(name: str) -> float | None:
+    """The fraction a checkpoint file name encodes, or None for any other file."""
+    match = _FRACTION_FILE.fullmatch(name)
+    return float(match.group(1)) if match else None
+
+
+def fraction_step(fraction: float, tokens: int, tokens_per_step: int | float) -> int:
+    """The optimizer step whose checkpoint is intro fraction `fraction` of a trunk of `tokens`
+    planned tokens: the step at which it has seen f·T tokens, rounded down (f = 1: its last step)."""
+    total = int(-(-tokens // tokens_per_step))
+    if fraction >= 1.0:
+        return total
+    # The epsilon keeps 0.6·T/(B·L) = 59.999999… from rounding down a whole step.
+    return min(total, math.floor(fraction * tokens / tokens_per_step + 1e-9))
+
+
+# -- layout ---------------------------------------------------------------------------------------
+def kind_dir(root: str | Path, kind: str) -> Path:
+    """The folder holding every step directory of one kind: <root>/steps/<kind>/."""
+    return Path(root) / STEPS_DIR / kind
+
+
+def step_dir(root: str | Path, kind: str, step_id: str) -> Path:
+    """Where a step's files live: <root>/steps/<kind>/<step_id>/."""
+    return kind_dir(root, kind) / step_id
+
+
+@dataclass(frozen=True, slots=True)
+class StepPaths:
+    """Every file of one step directory."""
+
+    dir: Path
+
+    config = property(lambda self: self.dir / CONFIG)
+    progress = property(lambda self: self.dir / PROGRESS)
+    metrics = property(lambda self: self.dir / METRICS)
+    evals = property(lambda self: self.dir / EVALS)
+    weights = property(lambda self: self.dir / WEIGHTS)
+    result = property(lambda self: self.dir / RESULT)
+    failure = property(lambda self: self.dir / FAILURE)
+    ckpt = property(lambda self: self.dir / CKPT_DIR)
+    latest = property(lambda self: self.dir / CKPT_DIR / LATEST)
+
+    def fraction(self, fraction: float) -> Path:
+        """A trunk's full resumable checkpoint at intro fraction `fraction`."""
+        return self.ckpt / fraction_file(fraction)
+
+    def fraction_checkpoints(self) -> list[tuple[float, Path]]:
+        """(fraction, path) of every fraction checkpoint on disk, by fraction."""
+        found = ((parse_fraction_file(p.name), p) for p in self.ckpt.glob("frac-*.pt"))
+        return sorted((f, p) for f, p in found if f is not None)
+
+
+def step_paths(root: str | Path, kind: str, step_id: str) -> StepPaths:
+    return StepPaths(step_dir(root, kind, step_id))
+
+
+def paths_of(root: str | Path, step: Any) -> StepPaths:
+    """The files of a step (anything with `kind` and `step_id`, e.g. models.steps.Step)."""
+    return step_paths(root, step.kind, step.step_id)
+
+
+def job_log_dir(root: str | Path, job_id: str) -> Path:
+    """A local job's log folder, shaped like submitit's `<root>/logs/<id>/`."""
+    return Path(root) / LOGS_DIR / job_id
+
+
+# -- status from files ----------------------------------------------------------------------------
+def missing_fractions(step: Any, root: str | Path) -> list[float]:
+    """Checkpoint fractions a trunk is asked for (meta) that it has not saved under `root`."""
+    if step.kind != "trunk":
+        return []
+    paths = paths_of(root, step)
+    return [float(f) for f in step.meta.get("checkpoint_fractions", ()) if not paths.fraction(float(f)).exists()]
+
+
+def step_done(step: Any, root: str | Path) -> bool:
+    """Done = result.json exists, and for a trunk every checkpoint its branches need exists.
+
+    A finished trunk asked for one more checkpoint (a finer lattice for adaptive search) is not
+    done: running it again replays just that part (bit-identical) and leaves the rest as it was.
+    """
+    return paths_of(root, step).result.exists() and not missing_fractions(step, root)
+
+
+def file_state(step: Any, root: str | Path) -> str:
+    """done | failed | missing, from the step's files only (see FILE_STATES)."""
+    if step_done(step, root):
+        return DONE
+    return FAILED if paths_of(root, step).failure.exists() else MISSING
+
+
+def dir_state(directory: Path) -> str:
+    """The file state of a step directory found on disk (no plan: a trunk's fractions unknown)."""
+    if (directory / RESULT).exists():
+        return DONE
+    return FAILED if (directory / FAILURE).exists() else MISSING
+
+
+# -- the atomic writer ----------------------------------------------------------------------------
+def temp_path(path: Path) -> Path:
+    """A hidden temp name next to `path`, unique per writer (process and call)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def publish(tmp: Path, path: Path, *, durable: bool = True) -> None:
+    """Make `tmp` durable, then rename it over `path`: readers see the old file or the new one.
+
+    `durable=False` skips the two fsyncs (~10 ms a file) for bulk writers that make their batch
+    durable at once (`os.sync()`) before they publish the file that says the batch is complete.
+    """
+    if durable:
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())  # the rename must never publish a file whose bytes are not on disk
+    os.replace(tmp, path)
+    if not durable:
+        return
+    with contextlib.suppress(OSError):  # the rename itself, on file systems that allow it
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """A temp path to write `path`'s new content to; published on success, removed on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        publish(tmp, path, durable=durable)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
+    with atomic_path(path, durable=durable) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str, *, durable: bool = True) -> None:
+    write_bytes(path, text.encode(), durable=durable)
+
+
+def write_json(path: str | Path, value: Any, *, indent: int | None = 2, durable: bool = True) -> None:
+    write_text(path, json.dumps(value, indent=indent, sort_keys=True, default=str), durable=durable)
+
+
+def write_table(path: str | Path, rows: Iterable[Any], columns: tuple[tuple[str, str], ...]) -> None:
+    """Rows (dicts, or tuples in column order) as a parquet file with exactly these columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in columns])
+    rows = [r if isinstance(r, dict) else dict(zip(schema.names, r)) for r in rows]
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A step file's JSON object; StepFileError naming the file when it is unreadable or not one."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise StepFileError(f"{path}: cannot read JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise StepFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_json_or_none(path: Path) -> dict[str, Any] | None:
+    """The JSON object at `path`, or None when it is absent or unreadable (status displays)."""
+    try:
+        return read_json(path)
+    except StepFileError:
+        return None
+
+
+def now_iso() -> str:
+    """The timestamp format of every step file: ISO-8601, UTC, to the millisecond (a parent's
+    finished_at sorts before its child's)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# -- failure.json ---------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Failure:
+    """What failure.json holds: why the step's last attempt ended without a result."""
+
+    step_id: str
+    kind: str
+    reason: str  # one of REASONS
+    error: str  # "ExceptionType: message", one line
+    finished_at: str  # ISO-8601 UTC (now_iso)
+    traceback: str = ""  # the step's own traceback; empty when the process died (reason crash)
+    job_id: str = ""  # the job of that attempt, when a launcher recorded it
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"failure reason {self.reason!r} is not one of {', '.join(REASONS)}")
+
+    @property
+    def summary(self) -> str:
+        """The one line `status` and `plan --explain` show."""
+        return f"OOM: {self.error}" if self.reason == "oom" else self.error
+
+
+def write_failure(directory: Path, failure: Failure) -> None:
+    write_json(Path(directory) / FAILURE, {**asdict(failure), "status": FAILED})
+
+
+def read_failure(directory: Path) -> Failure:
+    """A step directory's failure.json; StepFileError naming the file and the field."""
+    path = Path(directory) / FAILURE
+    data = read_json(path)
+    values = {}
+    for name in ("step_id", "kind", "reason", "error", "finished_at", "traceback", "job_id"):
+        value = data.get(name, "" if name in ("traceback", "job_id") else None)
+        if not isinstance(value, str):
+            raise StepFileError(f"{path}: field {name!r} must be a string, got {value!r}")
+        values[name] = value
+    try:
+        datetime.fromisoformat(values["finished_at"])
+        return Failure(**values)
+    except ValueError as exc:
+        raise StepFileError(f"{path}: {exc}") from None
+
+
+def failure_or_none(directory: Path) -> Failure | None:
+    """failure.json when it is there and readable, else None (status displays)."""
+    with contextlib.suppress(StepFileError):
+        return read_failure(directory)
+    return None
+
+
+# -- result.json ----------------------------------------------------------------------------------
+def write_result(directory: Path, result: dict[str, Any]) -> None:
+    """Publish result.json (the step is done from this moment on)."""
+    write_json(Path(directory) / RESULT, result)
+
+
+def read_result(directory: Path) -> dict[str, Any] | None:
+    """result.json, or None when the step has none; StepFileError when it is unreadable."""
+    path = Path(directory) / RESULT
+    if not path.exists():
+        return None
+    return read_json(path)
