@@ -23,7 +23,7 @@ from sweep.spec import load_study
 
 DEMO_STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.toml"
 CALIBRATION = "calibration"  # under --out: the timed slice's own results root
-INGEST_EVERY_S = 15.0  # how often the catalog is refreshed while steps finish
+INGEST_EVERY_S = 30.0  # how often the catalog is refreshed while steps finish (~1 s of CPU each)
 
 
 def _minutes(seconds: float) -> str:
