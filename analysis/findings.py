@@ -331,8 +331,9 @@ def markdown(*, effects: Sequence[Effect], trends: Sequence[Trend], core: pl.Dat
         out.append("No two values of intro_fraction, image_ratio, finetune_epochs or instruction_share to compare.")
     for label in dict.fromkeys(e.label for e in effects):
         rows = [e for e in effects if e.label == label]
-        out += [f"### {label[0].upper()}{label[1:]}", "", "Δ = the first minus the second, other axes at "
-                + ", ".join(f"{k} {v}" for k, v in rows[0].fixed.items() if k != "seed") + ".", "",
+        held = ", ".join(f"{k} {v}" for k, v in rows[0].fixed.items() if k != "seed")
+        out += [f"### {label[0].upper()}{label[1:]}", "",
+                "Δ = the first minus the second" + (f", other axes at {held}." if held else "."), "",
                 "| scale | score | Δ | seeds | items | runs | verdict |", "|---|---|---|---|---|---|---|"]
         out += [f"| {e.scale} | {SCORE_NAMES[e.score]} | {e.estimate.value:+.3f} | {_seeds(e.estimate)} "
                 f"| {_items(e.estimate)} | {e.n_a} vs {e.n_b} | {_verdict(e.estimate)} |" for e in rows] + [""]
