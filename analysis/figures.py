@@ -118,7 +118,7 @@ def score_vs_axis_figure(agg: pl.DataFrame, axis: str, *, scores: Sequence[str] 
                 marker={"symbol": _symbols(rows), "size": 9, "line": {"width": 2, "color": colour}},
                 hovertext=_hover(rows, score)), row=1, col=j + 1)
             fig.update_xaxes(title_text=_label(axis), row=1, col=j + 1)
-            fig.update_yaxes(title_text="stable score (acc. − chance)" if j == 0 else "", row=1, col=j + 1)
+            fig.update_yaxes(title_text="stable score (score − chance)" if j == 0 else "", row=1, col=j + 1)
     if axis == "image_ratio":
         _log_ratio_ticks(fig, agg[axis].to_list())
     elif axis == "finetune_epochs":
@@ -174,7 +174,7 @@ def ratio_origin_figure(agg: pl.DataFrame, *, checkpoint_fraction: float,
                                          marker={"symbol": _symbols(sub), "size": 9,
                                                  "line": {"width": 2, "color": colour}}), row=1, col=j + 1)
                 fig.update_xaxes(title_text=_label("image_ratio"), row=1, col=j + 1)
-                fig.update_yaxes(title_text="stable score (acc. − chance)" if j == 0 else "", row=1, col=j + 1)
+                fig.update_yaxes(title_text="stable score (score − chance)" if j == 0 else "", row=1, col=j + 1)
     _log_ratio_ticks(fig, agg["image_ratio"].to_list())
     return _layout(fig, "Scores vs image ratio: from a trunk checkpoint and from scratch" + _rewarm_key(fig),
                    legend="scale, origin", top=100)

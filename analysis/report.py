@@ -170,7 +170,8 @@ def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
     cols = [(a, a.replace("_", " ")) for a in ("scale", *scores.varied_axes(data.main)) if a != "params"]
     texts = {out / "tables" / "main_results.tex": tables.latex_table(
         agg, [*dict.fromkeys(cols), ("n_runs", "runs")], scores=scores.SCORES, label="tab:main-results",
-        caption="Stable scores (accuracy minus chance), mean ± standard error over seeds.")}
+        caption="Stable scores (each task's primary metric minus its chance level), "
+                "mean ± standard error over seeds.")}
     late, cost = _comparisons(data)
     for fname, frame in (("late_vs_full.tex", late), ("text_cost.tex", cost)):
         if frame is not None and len(frame):

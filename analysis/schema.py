@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SCHEMA_VERSION = 3  # 2: the curves table; 3: the curve_points table
+SCHEMA_VERSION = 4  # 2: the curves table; 3: the curve_points table; 4: evals.primary_metric
 
 # Buckets per curve in `curve_points`; changing it changes that table: bump SCHEMA_VERSION with it.
 CURVE_BUCKETS = 200
@@ -27,6 +27,8 @@ class Column:
     name: str
     dtype: str  # a DuckDB type named in _POLARS_TYPES
     doc: str = ""  # what the column means (shown by the app's schema page)
+    # A step file written before the column existed gets this SQL over its row `p` (None: required).
+    legacy: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,14 +150,18 @@ CURVE_POINTS = Table(name="curve_points", doc=f"each curve pre-cut into <= {CURV
     ("rows", "BIGINT", "logged rows in the bucket"),
 ))
 
-EVALS = Table(name="evals", doc="zero-shot evaluation results", columns=_cols(
-    ("step_id", "VARCHAR", "the eval step"),
-    ("task", "VARCHAR", "task name"),
-    ("group", "VARCHAR", "vl | text"),
-    ("metric", "VARCHAR", "accuracy"),
-    ("value", "DOUBLE", "the metric in [0, 1]"),
-    ("chance", "DOUBLE", "the task's chance level"),
-    ("n", "BIGINT", "examples evaluated"),
+EVALS = Table(name="evals", doc="zero-shot evaluation results: one row per (task, metric)", columns=(
+    *_cols(
+        ("step_id", "VARCHAR", "the eval step"),
+        ("task", "VARCHAR", "task name"),
+        ("group", "VARCHAR", "vl | text"),
+        ("metric", "VARCHAR", "acc, acc_norm, vqa_accuracy, exact_match, f1, ... (models.metrics)"),
+        ("value", "DOUBLE", "the metric's value"),
+        ("chance", "DOUBLE", "the task's chance level (null where none applies)"),
+        ("n", "BIGINT", "examples evaluated")),
+    # Files from before this column held one `accuracy` row per task: that row was the score.
+    Column(name="primary_metric", dtype="BOOLEAN", legacy="p.\"metric\" = 'accuracy'",
+           doc="the row the task's stable score (value - chance) is taken from; one per task"),
 ))
 
 STUDIES = Table(name="studies", doc="one row per study manifest", columns=_cols(
@@ -188,7 +194,7 @@ def _config_aggregates() -> str:
     return ", ".join(parts)
 
 
-# Stable score = accuracy - chance (DESIGN §1), joined with the evaluated chain's axes; per eval
+# Stable score = primary metric - chance (DESIGN §1), joined with the evaluated chain's axes; per eval
 # step the VL, text and all-task averages; per configuration (all axes but seed) mean, stderr, n.
 # analysis.scores computes the same in polars (with a configurable k-task average); a test
 # checks the two agree.
@@ -197,7 +203,7 @@ VIEWS: dict[str, str] = {
         "CREATE VIEW stable_scores AS SELECT e.step_id, e.task, e.\"group\", e.metric, e.value, "
         "e.chance, e.n, e.value - e.chance AS stable_score, "
         + ", ".join(f"s.\"{a}\"" for a in AXES)
-        + " FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done'"),
+        + " FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.primary_metric"),
     "step_scores": (
         f"CREATE VIEW step_scores AS SELECT step_id, {_quoted(AXES)}, "
         "avg(stable_score) FILTER (WHERE \"group\" = 'vl') AS vl_score, "

@@ -1,6 +1,7 @@
 """Stable scores and their aggregates: per task, per eval step, and per configuration over seeds.
 
-Stable score = accuracy − the task's chance level (DESIGN §1). Per step: the VL average, the text
+Stable score = the task's primary metric − its chance level (DESIGN §1); the evals rows mark which
+of a task's metrics is primary (`primary_metric`). Per step: the VL average, the text
 average and a configurable k-task average (the paper's 6-task average). Per configuration: mean,
 standard error and run count over seeds. Nothing is dropped silently: counts travel with means.
 """
@@ -16,16 +17,19 @@ from analysis.schema import AXES
 
 SCORES = ("vl_score", "text_score", "avg_score")  # per-step aggregates, in display order
 CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # a configuration = every axis but the seed
-SCORE_LABELS = {"vl_score": "VL stable score (acc. − chance)",
-                "text_score": "text stable score (acc. − chance)",
-                "avg_score": "k-task average stable score (acc. − chance)"}
+SCORE_LABELS = {"vl_score": "VL stable score (score − chance)",
+                "text_score": "text stable score (score − chance)",
+                "avg_score": "k-task average stable score (score − chance)"}
 
 
 def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:
-    """Add `stable_score` = value − chance to eval rows (columns task, group, value, chance)."""
+    """The primary rows of eval rows (columns task, group, value, chance; `primary_metric` where a
+    task reports several metrics) with `stable_score` = value − chance."""
     for col in ("task", "group", "value", "chance"):
         if col not in evals.columns:
             raise AnalysisInputError(f"eval rows: missing column {col!r}")
+    if "primary_metric" in evals.columns:
+        evals = evals.filter(pl.col("primary_metric"))
     return evals.with_columns((pl.col("value") - pl.col("chance")).alias("stable_score"))
 
 

@@ -157,12 +157,16 @@ def check_parquet(path: Path) -> None:
         schema = pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for a damaged footer
         raise AnalysisInputError(f"{path}: not a readable Parquet file ({exc})") from exc
+    legacy = {c.name for c in TABLE_FOR_FILE[path.name].columns if c.legacy is not None}
     for col, kind in expected.items():
         if col not in schema.names:
+            if col in legacy:  # a file from before the column existed: ingest fills it in
+                continue
             raise AnalysisInputError(f"{path}: missing column {col!r}")
         t = schema.field(col).type
         ok = {"int": pa.types.is_integer(t), "float": pa.types.is_floating(t) or pa.types.is_integer(t),
-              "string": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)}
+              "string": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t),
+              "bool": pa.types.is_boolean(t)}
         if not ok[kind]:
             raise AnalysisInputError(f"{path}: column {col!r} has type {t}, expected {kind}")
 
@@ -189,4 +193,5 @@ def manifest_rows(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 TABLE_FOR_FILE = {sf.METRICS: METRICS, sf.EVALS: EVALS}
-_KIND = {"int64": "int", "float64": "float", "string": "string"}  # what check_parquet accepts of each
+# what check_parquet accepts of each Arrow type
+_KIND = {"int64": "int", "float64": "float", "string": "string", "bool_": "bool"}

@@ -279,14 +279,25 @@ def _insert_parquet(con: duckdb.DuckDBPyConnection, table: str, files: list[tupl
 def _insert_parquet_files(con: duckdb.DuckDBPyConnection, table: str, files: list[tuple[str, str]]) -> None:
     """INSERT ... SELECT over read_parquet of the files, tagging rows with their step_id."""
     columns = TABLES[table].columns
-    select = ", ".join(f'CAST(p."{c.name}" AS {c.dtype})' for c in columns[1:])
-    con.register("file_ids", pl.DataFrame({"step_id": [f[0] for f in files], "file": [f[1] for f in files]}))
+    paths = [f[1] for f in files]
+    read = "read_parquet($files, filename = true, union_by_name = true)"
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {read}", {"files": paths}).fetchall()}
+    select = ", ".join(f"CAST({_column_sql(c, present)} AS {c.dtype})" for c in columns[1:])
+    con.register("file_ids", pl.DataFrame({"step_id": [f[0] for f in files], "file": paths}))
     try:
         con.execute(f"INSERT INTO {table} SELECT f.step_id, {select} "
-                    "FROM read_parquet($files, filename = true) p JOIN file_ids f ON p.filename = f.file",
-                    {"files": [f[1] for f in files]})
+                    f"FROM {read} p JOIN file_ids f ON p.filename = f.file", {"files": paths})
     finally:
         con.unregister("file_ids")
+
+
+def _column_sql(column, present: set[str]) -> str:
+    """A column's value in a file row `p`; files from before a column existed get its legacy value."""
+    if column.legacy is None:
+        return f'p."{column.name}"'
+    if column.name not in present:
+        return column.legacy
+    return f'coalesce(p."{column.name}", {column.legacy})'  # union_by_name: null in the older files
 
 
 def _insert_manifests(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:

@@ -169,9 +169,13 @@ class _Writer:
         if vl is not None:
             rows += [(t, "vl", vl, c) for t, c in VL_TASKS.items()]
         value = [float(np.clip(c + s * (1 - c) + self.rng.normal(0, 0.01), 0, 1)) for _, _, s, c in rows]
-        return pa.table({"task": [r[0] for r in rows], "group": [r[1] for r in rows],
-                         "metric": ["accuracy"] * len(rows), "value": value,
-                         "chance": [r[3] for r in rows], "n": [500] * len(rows)})
+        # Each task also reports a second metric (as multiple choice does, acc and acc_norm): only
+        # the primary row may feed a stable score, so a reader that ignores the flag is caught.
+        n = len(rows)
+        return pa.table({"task": [r[0] for r in rows] * 2, "group": [r[1] for r in rows] * 2,
+                         "metric": ["acc"] * n + ["acc_norm"] * n, "value": value + [0.0] * n,
+                         "chance": [r[3] for r in rows] * 2, "n": [500] * 2 * n,
+                         "primary_metric": [True] * n + [False] * n})
 
 
 def _size(scale: str) -> float:

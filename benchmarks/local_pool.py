@@ -1,8 +1,9 @@
 """Local backend: persistent worker pool vs one fresh process per step, same study, same run.
 
 Trains a 12-step debug study (real steps, real torch) twice under fresh roots with 2 workers:
-once through submitit's LocalExecutor (`LocalBackend(pool=False)`, every step pays the torch
-and Lightning import) and once through the worker pool. Last line: `result:` with the ratio.
+once with one fresh process per step through submitit's LocalExecutor (the baseline, kept here
+only: every step pays the torch and Lightning import; the local backend used to offer it) and
+once through the local backend's worker pool. Last line: `result:` with the ratio.
 
     .venv/bin/python benchmarks/local_pool.py [--workers 2] [--keep DIR]
 """
@@ -15,8 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import submitit
+
 from sweep.launch import select_steps
-from sweep.launch.local import LocalBackend
+from sweep.launch.local import LocalBackend, _LocalRun
+from sweep.launch.slurm import source_setup
+from sweep.launch.worker import StepJob
 from sweep.plan import plan_study
 from sweep.spec import load_study
 
@@ -39,6 +44,33 @@ n_per_task = 10
 """
 
 
+class PerProcess:
+    """The baseline executor: one fresh `python` per step through submitit's LocalExecutor."""
+
+    def __init__(self, root: Path, workers: int):
+        self.executor = submitit.LocalExecutor(folder=root / "logs" / "%j")
+        self.executor.update_parameters(timeout_min=7 * 24 * 60, setup=source_setup() + [
+            f"export VLMSWEEP_WORKERS={max(1, workers)}"])
+
+    def submit(self, job):
+        return self.executor.submit(job)
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _per_process(plan, steps, workers: int):
+    run = _LocalRun(plan, steps, PerProcess(plan.root, workers), StepJob, workers, None)
+    run.loop()
+    return run.result()
+
+
 def run_once(folder: Path, *, pool: bool, workers: int) -> tuple[float, int, int]:
     """Wall seconds, steps done and steps failed for one full run under a fresh root."""
     folder.mkdir(parents=True)
@@ -46,7 +78,10 @@ def run_once(folder: Path, *, pool: bool, workers: int) -> tuple[float, int, int
     plan = plan_study(load_study(folder / "tiny.toml"), root=folder / "root")
     steps = select_steps(plan, False, 3)
     began = time.perf_counter()
-    result = LocalBackend(pool=pool).run(plan, steps, workers=workers, progress=False)
+    if pool:
+        result = LocalBackend().run(plan, steps, workers=workers, progress=False)
+    else:
+        result = _per_process(plan, steps, workers)
     return time.perf_counter() - began, result.completed, result.failed
 
 

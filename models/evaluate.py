@@ -1,10 +1,9 @@
 """Zero-shot evaluation of a model on VL and text tasks (no Lightning).
 
-Multiple choice: the choice with the highest summed log-likelihood of its tokens given the prompt
-(and image). Generation: greedy decoding up to max_new_tokens, the answer normalised (lowercase,
-punctuation and articles a/an/the removed) and matched against the accepted answers; decoding stops
-at EOS or at any of `stop_ids` (e.g. `<user>`: an instruction-tuned model ends a turn by opening the
-next one). One row per task: accuracy, its chance level and n.
+Multiple choice: the summed log-likelihood of each choice's tokens given the prompt (and image).
+Generation: greedy decoding up to max_new_tokens; decoding stops at EOS or at any of `stop_ids`
+(e.g. `<user>`: an instruction-tuned model ends a turn by opening the next one). `models.metrics`
+turns those into the task's evals rows (its metric family's metrics, one of them primary).
 
 `evaluate` batches: every (item, choice) sequence of a task is right-padded into batches of
 `batch_size` rows scored by one forward each, and greedy decoding advances a batch of prompts one
@@ -14,21 +13,13 @@ never sees the pads after it. `choice_logprobs` / `greedy_decode` are the one-it
 
 from __future__ import annotations
 
-import string
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from models.metrics import task_rows
 from models.vlm import VLM
-
-_ARTICLES = {"a", "an", "the"}
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
-
-
-def normalise_answer(text: str) -> str:
-    words = text.lower().translate(_PUNCT).split()
-    return " ".join(w for w in words if w not in _ARTICLES)
 
 
 def _prompt(item: Any, image_id: int, image_tokens: int) -> list[int]:
@@ -147,33 +138,36 @@ def batched_greedy(model: VLM, items: Sequence[Any], *, image_id: int, image_tok
     return outs
 
 
+def task_metric(task: Any) -> str:
+    """A task's metric family; tasks that name none score choices by `acc`, answers by exact match."""
+    return getattr(task, "metric", None) or ("multiple_choice" if task.kind == "multiple_choice"
+                                             else "exact_match")
+
+
 def evaluate(model: VLM, tasks: Sequence[Any], *, image_id: int, image_tokens: int, eos_id: int,
-             decode: Callable[[list[int]], str], batch_size: int = 64,
-             stop_ids: Sequence[int] = ()) -> list[dict[str, Any]]:
-    """One evals row per task: {task, group, metric: accuracy, value, chance, n}.
+             decode: Callable[[list[int]], str], batch_size: int = 64, stop_ids: Sequence[int] = (),
+             stable_metric: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The evals rows of every task: {task, group, metric, value, chance, n, primary_metric}.
 
     `batch_size` sequences go through the model per forward (1 = item by item, the reference);
-    generation ends at `eos_id` or any of `stop_ids`.
+    generation ends at `eos_id` or any of `stop_ids`. `stable_metric` (task → metric) picks the
+    primary row where a task reports several (e.g. acc_norm rather than acc).
     """
     if batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
-    pad, rows = _pad_id(image_id, eos_id), []
+    pad, rows, chosen = _pad_id(image_id, eos_id), [], dict(stable_metric or {})
     for task in tasks:
         items = list(task.items)
         if task.kind == "multiple_choice":
-            scores = batched_choice_scores(model, items, image_id=image_id,
-                                           image_tokens=image_tokens, pad=pad, batch_size=batch_size)
-            correct = sum(int(np.argmax(sc)) == it.label for sc, it in zip(scores, items))
+            outputs: list[Any] = batched_choice_scores(model, items, image_id=image_id, image_tokens=image_tokens,
+                                                       pad=pad, batch_size=batch_size)
         else:
-            outs = batched_greedy(model, items, image_id=image_id, image_tokens=image_tokens,
-                                  eos_id=eos_id, pad=pad, batch_size=batch_size,
-                                  stop_ids=stop_ids)
-            correct = sum(normalise_answer(decode(out)) in {normalise_answer(a) for a in it.answers}
-                          for out, it in zip(outs, items))
-        n = len(items)
-        rows.append({"task": task.name, "group": task.group, "metric": "accuracy",
-                     "value": correct / n if n else 0.0, "chance": float(task.chance), "n": n})
+            outputs = [decode(out) for out in batched_greedy(
+                model, items, image_id=image_id, image_tokens=image_tokens, eos_id=eos_id, pad=pad,
+                batch_size=batch_size, stop_ids=stop_ids)]
+        rows += task_rows(task=task.name, group=task.group, family=task_metric(task), chance=task.chance,
+                          items=items, outputs=outputs, stable_metric=chosen.get(task.name))
     model.train(was_training)
     return rows

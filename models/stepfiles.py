@@ -43,8 +43,9 @@ SIGNED_FILES = (CONFIG, RESULT, FAILURE, METRICS, EVALS)
 
 # -- parquet tables: column names and Arrow types (pyarrow is imported only when writing) ---------
 METRICS_COLUMNS = (("step", "int64"), ("tokens", "int64"), ("name", "string"), ("value", "float64"))
+# One evals row per (task, metric); `primary_metric` marks the row a task's stable score uses.
 EVALS_COLUMNS = (("task", "string"), ("group", "string"), ("metric", "string"),
-                 ("value", "float64"), ("chance", "float64"), ("n", "int64"))
+                 ("value", "float64"), ("chance", "float64"), ("n", "int64"), ("primary_metric", "bool_"))
 TABLE_COLUMNS = {METRICS: METRICS_COLUMNS, EVALS: EVALS_COLUMNS}
 
 # -- status words ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Literal, Mapping, Union
 from models import stepfiles
 from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
 
-CODE_SALT = 9  # bump when a change alters what any step computes
+CODE_SALT = 10  # bump when a change alters what any step computes
 STEP_KINDS = ("encoder", "trunk", "branch", "finetune", "eval")
 StepKind = Literal["encoder", "trunk", "branch", "finetune", "eval"]
 SchedulePolicy = Literal["continue", "rewarm"]
@@ -113,12 +113,14 @@ def replay_rows(batch_size: int, share: float) -> int:
 class EvalConfig:
     """Zero-shot evaluation on VL and/or text tasks of one checkpoint of the parent."""
 
-    data: DataSource  # benchmarks (the world's, or JSONL eval files)
-    tasks: tuple[str, ...]  # task names; empty = every task the source has
+    data: tuple[DataSource, ...]  # benchmark sources (the world's, JSONL eval files); a task is in one
+    tasks: tuple[str, ...]  # task names; empty = every task the sources have
     groups: tuple[str, ...]  # ("vl", "text") or ("text",) for a text-only trunk
     n_per_task: int  # held-out samples per task (0 = all)
     checkpoint: float | None = None  # trunk evals: which intro-fraction checkpoint; None = final
     seed: int = 0
+    stable_metric: tuple[tuple[str, str], ...] = ()  # task → the metric its stable score uses
+    chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
 
 
 StepConfig = Union[EncoderConfig, TrunkConfig, BranchConfig, FinetuneConfig, EvalConfig]

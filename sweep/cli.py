@@ -105,7 +105,7 @@ def _add_search(sub) -> None:
     p.add_argument("--objectives", default="vl,text",
                    help="comma-separated stable-score averages to maximise (vl, text)")
     p.add_argument("--backend", choices=("local", "slurm"), default="local",
-                   help="where trial chains run (local worker processes or SLURM jobs)")
+                   help="where trial steps run, as with `run` (local worker processes or SLURM jobs)")
     p.add_argument("--workers", type=int, default=None, help="trials running at once")
     p.add_argument("--sampler", choices=("tpe", "nsga2"), default="tpe")
     p.add_argument("--lattice", type=float, default=0.05,
@@ -142,6 +142,17 @@ def _add_world(sub) -> None:
     p.set_defaults(handler="models.data.materialize:run_world")
 
 
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="turn a benchmark's published files into eval JSONL",
+                       description="Convert benchmark files already on disk (nothing is downloaded) "
+                                   "into the vqa_jsonl / mc_jsonl records eval sources read, with the "
+                                   "metric and chance each benchmark implies.")
+    from sweep.convertcli import add_convert_arguments  # argparse only
+
+    add_convert_arguments(p)
+    p.set_defaults(handler="sweep.convertcli:run_convert")
+
+
 def _add_fit_scaling(sub) -> None:
     from analysis.cli import add_fit_scaling_arguments  # argparse only; no heavy imports
 
@@ -157,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_app,
-                _add_search, _add_demo, _add_world, _add_fit_scaling):
+                _add_search, _add_demo, _add_world, _add_convert, _add_fit_scaling):
         add(sub)
     return parser
 

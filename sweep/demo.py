@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models import stepfiles as sf
@@ -41,11 +42,11 @@ def calibrate(plan, todo, pool, workers: int) -> dict[str, float]:
           "worker(s) to estimate the run ...", flush=True)
     # Meanwhile this process works out what every evaluation shares, once per machine (the world's
     # blind-answer floors: ~40 s of CPU); the slice's evals come last and find it done.
-    floors = threading.Thread(target=_prepare_evals, args=(todo,), daemon=True)
-    floors.start()
-    timing = dataclasses.replace(plan, root=plan.root / CALIBRATION, steps=tuple(chain))
-    get_backend("local").run(timing, chain, workers=workers, progress=False, pool=pool)
-    floors.join()
+    with ThreadPoolExecutor(1) as side:
+        floors = side.submit(_prepare_evals, todo)
+        timing = dataclasses.replace(plan, root=plan.root / CALIBRATION, steps=tuple(chain))
+        get_backend("local").run(timing, chain, workers=workers, progress=False, pool=pool)
+        floors.result()  # its error, if any, is the demo's
     expected = expected_seconds(todo, measured_rates(timing.root, chain))
     if len(expected) < len(todo):
         print("demo: some kinds of step could not be timed; the ETA starts once they finish", flush=True)
@@ -59,7 +60,7 @@ def calibrate(plan, todo, pool, workers: int) -> dict[str, float]:
 def _prepare_evals(todo) -> None:
     import models.data
 
-    for source in {s.config.data for s in todo if s.kind == "eval"}:
+    for source in {src for s in todo if s.kind == "eval" for src in s.config.data}:
         models.data.prepare_eval_source(source)
 
 

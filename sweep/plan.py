@@ -171,8 +171,9 @@ class _Builder:
     def _eval(self, role: str, parent: str, groups: tuple[str, ...], seed: int,
               meta: dict[str, Any], checkpoint: float | None = None) -> Step:
         ev = self.study.eval
-        config = EvalConfig(data=self.study.data[ev.data], tasks=ev.tasks, groups=groups,
-                            n_per_task=ev.n_per_task, checkpoint=checkpoint, seed=seed)
+        config = EvalConfig(data=tuple(self.study.data[name] for name in ev.data), tasks=ev.tasks,
+                            groups=groups, n_per_task=ev.n_per_task, checkpoint=checkpoint, seed=seed,
+                            stable_metric=ev.stable_metric, chance=ev.chance)
         return Step(kind="eval", config=config, parents=((role, parent),), meta=meta)
 
     def finish(self) -> tuple[Step, ...]:

@@ -3,14 +3,14 @@
 Each trial is one grid cell (the study's other axes at their first value) whose branch → finetune →
 eval chain joins the same DAG as the grid: it reuses the scale's single trunk (checkpointed on a
 lattice of fractions) and any step already done, so a trial that lands on a grid cell costs nothing.
-Trials run asynchronously with ask/tell: whenever a worker frees up it gets the next trial. The
-Optuna study lives in a JournalFileStorage file under the root, so stopping and re-running
-`vlmsweep search` continues it.
+Trials are asked in batches of `workers` (Optuna ask/tell); a batch's steps run through the same
+backends as `vlmsweep run` (`sweep.launch.run_and_wait`: the local worker pool, or SLURM jobs with
+ordinary journal entries and `vlmsweep status`). The Optuna study lives in a JournalFileStorage
+file under the root, so stopping and re-running `vlmsweep search` continues it.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 import time
@@ -85,42 +85,14 @@ def trial_cell(study: Study, scale: str, fraction: float, ratio: float) -> Cell:
 
 
 def eval_scores(root: Path, eval_step: Step) -> dict[str, float]:
-    """Stable-score averages (accuracy − chance) per group from one eval step's evals.parquet."""
+    """Stable-score averages (primary metric − chance) per group from one eval step's evals.parquet."""
     import polars as pl
 
-    frame = pl.read_parquet(sf.paths_of(root, eval_step).evals).filter(pl.col("metric") == "accuracy")
-    means = (frame.with_columns((pl.col("value") - pl.col("chance")).alias("stable"))
-             .group_by("group").agg(pl.col("stable").mean()))
-    return {row["group"]: float(row["stable"]) for row in means.iter_rows(named=True)}
+    from analysis.scores import stable_scores
 
-
-class ChainJob:
-    """One trial: run its chain's missing steps in order inside one job (picklable for submitit)."""
-
-    def __init__(self, steps: Sequence[Step], root: Path):
-        self.steps, self.root = list(steps), str(root)
-
-    def __call__(self) -> str:
-        from sweep.launch.worker import StepJob
-
-        for step in self.steps:
-            StepJob(step, self.root)()
-        return self.steps[-1].step_id if self.steps else ""
-
-
-def _executor(settings: SearchSettings, root: Path, study: Study):
-    import submitit
-
-    folder = root / "logs" / "search" / "%j"
-    if settings.backend == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=24 * 60)
-        return executor
-    from sweep.launch.slurm import sbatch_parameters  # the same resources as `run` uses
-
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=study.backend.max_num_timeout)
-    executor.update_parameters(**sbatch_parameters(study.backend.slurm_for("branch")))
-    return executor
+    frame = pl.read_parquet(sf.paths_of(root, eval_step).evals)
+    means = stable_scores(frame).group_by("group").agg(pl.col("stable_score").mean())
+    return {row["group"]: float(row["stable_score"]) for row in means.iter_rows(named=True)}
 
 
 class _Search:
@@ -225,23 +197,53 @@ class _Search:
 
 def prepare_trunks(search: _Search, backend_name: str, workers: int) -> None:
     """Train (or extend with lattice checkpoints) every scale's trunk and encoder before trials."""
-    from sweep.launch import get_backend, select_steps
+    from sweep.launch import run_and_wait, select_steps
 
     cells = [trial_cell(search.study, s, 1.0, search.settings.ratio_range[1])
              for s in search.study.axes["scale"]]
     plan = search.plan(cells)
-    shared = [s for s in plan.steps if s.kind in ("trunk", "encoder")]
-    lattice_plan = replace(plan, steps=tuple(shared))
+    lattice_plan = replace(plan, steps=tuple(s for s in plan.steps if s.kind in ("trunk", "encoder")))
     todo = select_steps(lattice_plan, retry_failed=True, max_failures=search.study.backend.max_failures)
     if not todo:
         return
     search.log(f"search: training {len(todo)} shared step(s) first (trunks with checkpoints "
                f"every {search.settings.lattice:g} of T, encoders)")
-    result = get_backend(backend_name).run(lattice_plan, todo, workers=workers, progress=True)
-    while backend_name == "slurm" and not all(lattice_plan.status(st) != sf.MISSING for st in todo):
-        time.sleep(5)  # slurm returns at once: wait for the shared steps' files
-    if result.failed or any(lattice_plan.status(st) == sf.FAILED for st in todo):
+    statuses = run_and_wait(lattice_plan, todo, backend_name, workers=workers)
+    if any(statuses[st.step_id].state != sf.DONE for st in todo):
         raise UserError("search: a shared trunk or encoder step failed; see `vlmsweep status`")
+
+
+def _chain(plan: Plan, cell: Cell) -> list[Step]:
+    """The trial's own steps (branch, finetune, evals) that are not done yet."""
+    steps = (plan.by_id[i] for i in dict.fromkeys(plan.cells[cell].values()))
+    return [st for st in steps if st.kind not in ("trunk", "encoder") and plan.status(st) != sf.DONE]
+
+
+def _run_batch(s: _Search, started: float) -> None:
+    """Ask up to `workers` trials, run their missing steps through the backend, tell the scores."""
+    from sweep.launch import run_and_wait, select_steps
+
+    settings = s.settings
+    asked = [s.ask() for _ in range(min(settings.workers, settings.trials - s.finished()))]
+    plan = s.plan([cell for *_, cell in asked])
+    for _, trial, scale, cell in asked:
+        chain = _chain(plan, cell)
+        s.log(f"search: trial {scale}#{trial.number} f={cell.intro_fraction:g} "
+              f"ratio={cell.image_ratio:g}: {len(chain)} step(s) to run"
+              + ("" if chain else " (reusing finished steps)"))
+    todo = select_steps(plan, retry_failed=True, max_failures=s.study.backend.max_failures)
+    if todo:
+        statuses = run_and_wait(plan, todo, settings.backend, workers=settings.workers)
+        for st in todo:
+            if statuses[st.step_id].state != sf.DONE:
+                s.log(f"search: {st.kind} {st.step_id} {statuses[st.step_id].state}: "
+                      f"{statuses[st.step_id].reason}")
+    for ostudy, trial, _, cell in asked:
+        values = s.tell(ostudy, trial, plan.by_id[plan.cells[cell]["eval"]])
+        if values is not None:
+            s.log(f"search: trial {trial.number} → " + ", ".join(
+                f"{o} {v:+.3f}" for o, v in zip(settings.objectives, values))
+                + f"  ({s.finished()}/{settings.trials}, {time.monotonic() - started:.0f} s)")
 
 
 def search(study: Study, root: Path, settings: SearchSettings,
@@ -251,40 +253,9 @@ def search(study: Study, root: Path, settings: SearchSettings,
     if warm := s.warm_start():
         log(f"search: {warm} grid cell(s) already evaluated under the root join the study for free")
     prepare_trunks(s, settings.backend, settings.workers)
-    executor = _executor(settings, root, study)
-    running: list[tuple[Any, Any, Any, Step, Cell]] = []
-    jobs: list[Any] = []  # kept until the end: submitit jobs must not be collected at interpreter exit
     started = time.monotonic()
-    while s.finished() + len(running) < settings.trials or running:
-        while len(running) < settings.workers and s.finished() + len(running) < settings.trials:
-            ostudy, trial, scale, cell = s.ask()
-            plan = s.plan([cell])
-            eval_step = plan.by_id[plan.cells[cell]["eval"]]
-            chain = [st for st in plan.steps if st.kind not in ("trunk", "encoder")
-                     and plan.status(st) != sf.DONE and st.step_id in plan.cells[cell].values()]
-            job = executor.submit(ChainJob(chain, root)) if chain else None
-            jobs.append(job)
-            log(f"search: trial {scale}#{trial.number} f={cell.intro_fraction:g} "
-                f"ratio={cell.image_ratio:g}: {len(chain)} step(s) to run"
-                + ("" if chain else " (reusing finished steps)"))
-            running.append((ostudy, trial, job, eval_step, cell))
-        still = []
-        for ostudy, trial, job, eval_step, cell in running:
-            if job is not None and not job.done():
-                still.append((ostudy, trial, job, eval_step, cell))
-                continue
-            if job is not None and job.exception() is not None:
-                log(f"search: trial {trial.number} chain failed: {job.exception()}")
-            values = s.tell(ostudy, trial, eval_step)
-            if values is not None:
-                log(f"search: trial {trial.number} → " + ", ".join(
-                    f"{o} {v:+.3f}" for o, v in zip(settings.objectives, values))
-                    + f"  ({s.finished()}/{settings.trials}, {time.monotonic() - started:.0f} s)")
-        running = still
-        if running:
-            time.sleep(0.5)
-    jobs.clear()
-    gc.collect()
+    while s.finished() < settings.trials:
+        _run_batch(s, started)
     return summarize(s)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 from models.config import TrainDefaults
+from models.data.evaltasks import declared_task_names
+from models.metrics import METRIC_NAMES
 from models.steps import DataSource
 from sweep.reader import Table, check_str
 
@@ -117,25 +119,70 @@ def read_finetune(t: Table, data: dict[str, DataSource]) -> FinetuneSettings:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EvalSettings:
-    data: str = "world"  # benchmark source
+    data: tuple[str, ...] = ("world",)  # benchmark sources; a task name may appear in one only
     n_per_task: int = 200  # held-out items per task (0 = all)
-    tasks: tuple[str, ...] = ()  # empty = every task the source has
+    tasks: tuple[str, ...] = ()  # empty = every task the sources have
     pretrained: bool = True  # also evaluate each branch before fine-tuning
     trunk_checkpoints: bool = True  # evaluate the trunk (text tasks) at every intro fraction
+    stable_metric: tuple[tuple[str, str], ...] = ()  # task → metric its stable score uses (acc_norm, …)
+    chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
+
+
+EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
 
 
 def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
-    s = EvalSettings(data=_source(t, "data", data, ("world", "vqa_jsonl", "mc_jsonl")),
-                     n_per_task=t.int("n_per_task", 200, lo=0),
+    names = t.raw("data", "world")
+    if isinstance(names, list):
+        names = t.list("data", lambda v, k: _source(t, k, data, EVAL_KINDS, v))
+        if len(set(names)) != len(names):
+            raise t.error("data", f"lists a source twice: {names!r}")
+    else:
+        names = [_source(t, "data", data, EVAL_KINDS)]
+    s = EvalSettings(data=tuple(names), n_per_task=t.int("n_per_task", 200, lo=0),
                      tasks=tuple(t.list("tasks", lambda v, k: check_str(v, t.error, k), [], nonempty=False)),
                      pretrained=t.bool("pretrained", True),
-                     trunk_checkpoints=t.bool("trunk_checkpoints", True))
+                     trunk_checkpoints=t.bool("trunk_checkpoints", True),
+                     stable_metric=_per_task(t.table("stable_metric"),
+                                             lambda sub, k: sub.str(k, choices=METRIC_NAMES)),
+                     chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)))
     t.finish()
+    _check_task_names(t, s, data)
     return s
 
 
-def _source(t: Table, key: str, data: dict[str, DataSource], kinds: tuple[str, ...]) -> str:
-    name = t.str(key, "world")
+def _per_task(sub: Table, read: Callable[[Table, str], Any]) -> tuple[tuple[str, Any], ...]:
+    values = tuple(sorted((name, read(sub, name)) for name in list(sub.data)))
+    sub.finish()
+    return values
+
+
+def _check_task_names(t: Table, s: EvalSettings, data: dict[str, DataSource]) -> None:
+    """A task in two sources is an error naming both; per-task settings must name a known task
+    (checked where every source's tasks are known now: a glob may match files only later)."""
+    owner: dict[str, str] = {}
+    complete = True
+    for name in s.data:
+        found = declared_task_names(data[name])
+        complete = complete and found is not None
+        for task in found or ():
+            if task in owner:
+                raise t.error("data", f"task {task!r} is in two sources, {owner[task]!r} and {name!r}"
+                                      + ("" if owner[task] != name else " (two files with one name)"))
+            owner[task] = name
+    if not complete:
+        return
+    for key, pairs in (("tasks", [(n, None) for n in s.tasks]), ("stable_metric", s.stable_metric),
+                       ("chance", s.chance)):
+        unknown = [n for n, _ in pairs if n not in owner]
+        if unknown:
+            raise t.error(key, f"names task {unknown[0]!r}, which no eval source has "
+                               f"(tasks: {', '.join(sorted(owner))})")
+
+
+def _source(t: Table, key: str, data: dict[str, DataSource], kinds: tuple[str, ...],
+            value: Any = None) -> str:
+    name = t.str(key, "world") if value is None else check_str(value, t.error, key)
     if name not in data:
         raise t.error(key, f"unknown data source {name!r}; declared sources: {', '.join(data)}")
     if data[name].kind not in kinds:

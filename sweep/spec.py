@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from models.config import ProjectorConfig, TrainDefaults, VisionConfig
+from models.data.evaltasks import GROUPS
 from models.data.world.entities import DEFAULT_KINDS, MAX_KINDS, MIN_KINDS, world_identity
+from models.metrics import FAMILIES
 from models.presets import PRESETS
 from models.stepfiles import round_fraction
 from models.steps import DataSource
@@ -47,13 +49,16 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "world": {"seed": int, "image_size": int, "n_kinds": int},
     "jsonl": {"tokenizer": str, "text_field": str},
     "parquet": {"tokenizer": str, "text_field": str},
-    "webdataset": {"image_ext": str},
-    "parquet_images": {"image_field": str, "caption_field": str},
+    # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
+    "webdataset": {"image_ext": str, "tokenizer": str},
+    "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str},
     "llava": {"image_root": str},
-    # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it)
-    "vqa_jsonl": {"task": str, "chance": float},
-    "mc_jsonl": {"task": str, "chance": float},
+    # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
+    # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored
+    "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
+    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
 }
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -175,7 +180,9 @@ def _check_one_world(study: Study) -> None:
     worlds = {world_identity(data[name]) for name in trained}
     if len(worlds) != 1:
         return
-    uses = {"finetune.data": study.finetune.data, "eval.data": study.eval.data}
+    uses = {"finetune.data": study.finetune.data}
+    uses |= {f"eval.data[{i}]" if len(study.eval.data) > 1 else "eval.data": name
+             for i, name in enumerate(study.eval.data)}
     if any(study.vision_config(c.scale).needs_encoder_step for c in cells):
         uses["encoder.data"] = study.encoder.data
     if any(c.instruction_share > 0 for c in cells):
@@ -282,7 +289,7 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
         for key, typ in SOURCE_OPTIONS[kind].items():
             if t.has(key):
                 value = (t.int(key, lo=0) if typ is int else t.float(key, lo=0.0, hi=1.0)
-                         if typ is float else t.str(key))
+                         if typ is float else t.str(key, choices=OPTION_CHOICES.get(key)))
                 if key in ("tokenizer", "image_root"):
                     value = str((base / value).resolve())
                 options.append((key, value))

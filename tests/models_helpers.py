@@ -49,7 +49,7 @@ def finetune_step(branch: Step) -> Step:
 
 
 def eval_step(parent: Step) -> Step:
-    cfg = EvalConfig(data=SRC, tasks=(), groups=("vl", "text"), n_per_task=6)
+    cfg = EvalConfig(data=(SRC,), tasks=(), groups=("vl", "text"), n_per_task=6)
     return Step(kind="eval", config=cfg, parents=((parent.kind, parent.step_id),))
 
 

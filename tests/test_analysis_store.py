@@ -181,3 +181,28 @@ def test_sigkill_mid_ingest_leaves_previous_catalog(root: Path, tmp_path_factory
     summary = ingest(root)  # the next ingest cleans up and completes
     assert "second" in summary.studies
     assert not list(root.glob(".results.duckdb.*.tmp*"))
+
+
+def test_stable_scores_take_each_tasks_primary_row_and_read_older_eval_files(root: Path) -> None:
+    """Every task of the synthetic study writes a primary `acc` row and a non-primary `acc_norm`
+    row of 0: only the first may reach a stable score. A file from before `primary_metric` existed
+    (one `accuracy` row per task) still ingests, its rows primary, in the same bulk read."""
+    import pyarrow.parquet as pq
+
+    evals = sorted((root / "steps" / "eval").glob("*/evals.parquet"))
+    legacy = evals[0]
+    old = pq.read_table(legacy).to_pylist()
+    old = [{k: v for k, v in r.items() if k != "primary_metric"} | {"metric": "accuracy"}
+           for r in old if r["primary_metric"]]
+    pq.write_table(pl.DataFrame(old).to_arrow(), legacy)
+    ingest(root)
+    with connect(root) as con:
+        flags = dict(con.execute("SELECT metric, bool_and(primary_metric) FROM evals GROUP BY 1").fetchall())
+        scored = con.execute("SELECT DISTINCT metric FROM stable_scores").fetchall()
+        per_task = con.execute("SELECT max(c) FROM (SELECT step_id, task, count(*) c FROM stable_scores "
+                               "GROUP BY ALL)").fetchone()[0]
+        legacy_rows = con.execute("SELECT count(*) FROM stable_scores WHERE step_id = ?",
+                                  [legacy.parent.name]).fetchone()[0]
+    assert flags == {"acc": True, "acc_norm": False, "accuracy": True}
+    assert sorted(m for (m,) in scored) == ["acc", "accuracy"] and per_task == 1
+    assert legacy_rows == len(old)

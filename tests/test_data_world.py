@@ -225,3 +225,40 @@ def test_blind_rate_is_computed_once_per_machine_and_read_back(tmp_path, monkeyp
     with pytest.raises(AssertionError, match="drew"):
         bench.answer_prior_rate("counting", world, 50)
     bench.answer_prior_rate.cache_clear()
+
+
+def test_every_instruction_conversation_has_a_turn():
+    """`vlmsweep world --seed 1` wrote record 00001469 with "conversations": [] (eight redraws of
+    scene-dependent questions all failed); the fine-tune set and the image stage's instruction
+    mix read the same generator, so each got an empty conversation too."""
+    wd = WorldData.from_seed(1)
+    assert wd.instruction(10**9 + 1469)[1], "world 1's fine-tune conversation 1469 is empty"
+    for seed in (0, 1):
+        wd = WorldData.from_seed(seed)
+        for i in range(3000):
+            rng = wd._rng(3, 10**9 + i)
+            assert scenes.instruction_turns(wd.world, scenes.sample_scene(wd.world, rng), rng), (seed, i)
+
+
+def test_world_manifest_paths_are_relative_and_survive_a_copy(tmp_path):
+    """A world copied to a cluster must not point back at the machine that wrote it."""
+    import json
+    import shutil
+
+    from models.data.materialize import write_world
+    from models.data.sources import open_source
+
+    made = tmp_path / "made"
+    write_world(made, 3, text_docs=40, pairs=8, instructions=4, eval_items=4, shards=1)
+    raw = (made / "manifest.json").read_text()
+    assert str(made) not in raw and str(made.resolve()) not in raw
+    assert json.loads(raw)["sources"]["text"]["paths"] == ["text/*.jsonl.zst"]
+    from models.data.materialize import read_world_manifest
+
+    moved = tmp_path / "moved"
+    shutil.copytree(made, moved)
+    shutil.rmtree(made)
+    source = read_world_manifest(moved)["sources"]["text"]
+    assert source["paths"] == [str(moved.resolve() / "text" / "*.jsonl.zst")]
+    stream = open_source(DataSource(name="t", kind=source["kind"], paths=tuple(source["paths"])), "text")
+    assert stream.next()[0]  # a document, read from the copy

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from models.steps import STEP_KINDS
-from sweep.launch.local import source_setup
-from sweep.launch.slurm import SlurmSettingsError, parse_extra, render_sbatch, sbatch_parameters
+from sweep.launch.slurm import SlurmSettingsError, parse_extra, sbatch_parameters, source_setup
+from sweep.launch.submitit_adapter import render_sbatch
 from sweep.spec import load_study
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -59,14 +59,13 @@ def test_inline_failure_blocks_dependents_and_retry_resumes(tmp_path):
     assert select_steps(plan, True, 3) == []
 
 
-@pytest.mark.parametrize("pool", [True, False], ids=["pool", "per-process"])
-def test_local_workers_respect_the_dag_and_show_progress(tmp_path, pool):
+def test_local_workers_respect_the_dag_and_show_progress(tmp_path):
     plan = small_plan(tmp_path)
     out = io.StringIO()
     steps = select_steps(plan, False, 3)
     import sweep.launch.local as local
     line = ProgressLine(root=plan.root, total=len(steps), workers=2, stream=out, interval_s=0.5)
-    executor = local.WorkerPool(plan.root, 2) if pool else local.SubmititLocal(plan.root, 2)
+    executor = local.WorkerPool(plan.root, 2)
     run = local._LocalRun(plan, steps, executor, noop(1.2), 2, line)
     try:
         run.loop()
@@ -80,11 +79,10 @@ def test_local_workers_respect_the_dag_and_show_progress(tmp_path, pool):
     records = read_jobs(plan.root)
     assert {r.backend for r in records} == {"local"} and len(records) == 12
     assert all(Path(r.log).parent.exists() for r in records)
-    if pool:  # two persistent workers ran all twelve steps
-        assert len({r.job_id.split(".")[0] for r in records}) == 2
+    assert len({r.job_id.split(".")[0] for r in records}) == 2  # two persistent workers ran all twelve
     text = out.getvalue()
     assert "[12/12 done]" in text and "tok/s" in text and "ETA" in text
-    backend = local.LocalBackend(pool=pool)
+    backend = local.LocalBackend()
     assert backend.run(plan, select_steps(plan, False, 3), progress=False).submitted == 0
 
 

@@ -200,9 +200,12 @@ def test_two_concurrent_cli_runs_submit_each_real_step_once(tmp_path):
 
 
 def test_search_trains_its_trunk_and_trials_as_slurm_jobs(tmp_path):
-    """`vlmsweep search --backend slurm`: the shared trunk and encoder, then each trial's chain,
-    run as real SLURM jobs training the debug preset; the search waits for them and scores them."""
-    from sweep.search import SearchSettings, search
+    """`vlmsweep search --backend slurm`: the shared trunk and encoder, then each trial's steps,
+    run as ordinary SLURM jobs training the debug preset (journal entries, `status`); the search
+    waits for them and scores them."""
+    from sweep.plan import plan_cells
+    from sweep.search import SearchSettings, search, trial_cell
+    from sweep.status import reconcile
     from tests.test_search import STUDY
 
     path = tmp_path / "srch.toml"
@@ -215,12 +218,18 @@ def test_search_trains_its_trunk_and_trials_as_slurm_jobs(tmp_path):
     trials = [t for t in out["trials"] if not t["from_grid"]]
     assert len(trials) == 2 and all(t["state"] == "COMPLETE" and t["values"] for t in trials), log
     assert out["pareto_front"]
-    jobs = [p.name for p in (study.root / "logs" / "search").iterdir() if p.name.isdigit()]
-    assert len(jobs) == 2  # one SLURM job (log folder named by its id) per trial chain
+    records = read_jobs(study.root)
+    assert {r.backend for r in records} == {"slurm"}
+    assert {"encoder", "trunk", "branch", "finetune", "eval"} <= {r.kind for r in records}
+    cells = [trial_cell(study, t["scale"], t["params"]["intro_fraction"], t["params"]["image_ratio"])
+             for t in trials]
+    statuses = reconcile(plan_cells(study, cells, study.root, trunk_lattice=(0.0, 0.5, 1.0)))
+    assert {s.state for s in statuses.values()} == {"done"}  # what `vlmsweep status` reports
+    jobs = sorted({r.array_job_id or r.job_id for r in records})
     def states() -> list[str]:  # the result file lands just before the job itself ends
         return subprocess.run(["sacct", "-n", "-X", "-j", ",".join(jobs), "-o", "State"],
                               capture_output=True, text=True).stdout.split()
     wait_for(lambda: "RUNNING" not in states(), timeout_s=60, what="the trial jobs to end")
-    assert states() == ["COMPLETED", "COMPLETED"], states()
+    assert set(states()) == {"COMPLETED"}, states()
     trunk = next(s for s in plan_study(study).steps if s.kind == "trunk")
-    assert any(r.step_id == trunk.step_id for r in read_jobs(study.root))  # trunk went through sbatch
+    assert any(r.step_id == trunk.step_id for r in records)  # trunk went through sbatch

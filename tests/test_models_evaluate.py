@@ -10,7 +10,7 @@ from torch import nn
 
 import models.evaluate as evaluate_mod
 from models.config import LMConfig
-from models.evaluate import choice_logprobs, evaluate, greedy_decode, normalise_answer
+from models.evaluate import choice_logprobs, evaluate, greedy_decode
 from models.synthetic import EvalItem, EvalTask
 from models.vlm import VLM
 from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
@@ -33,12 +33,6 @@ class Successor(nn.Module):
         return probs.log() + self.anchor
 
 
-@pytest.mark.parametrize("raw,norm", [("The Red  Cube.", "red cube"), ("an apple!", "apple"),
-                                      ("A", ""), ("two, three", "two three"), ("Theatre", "theatre")])
-def test_normalise_answer(raw: str, norm: str) -> None:
-    assert normalise_answer(raw) == norm
-
-
 def test_choice_logprobs_sum_the_choice_tokens_given_the_prompt() -> None:
     torch.manual_seed(0)
     model = VLM(LMConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2))
@@ -55,18 +49,25 @@ def test_accuracy_rows_from_a_model_with_known_predictions() -> None:
     mc = EvalTask(name="mc", group="text", chance=0.5, kind="multiple_choice", items=[
         EvalItem(prompt_tokens=[3, 4], image=None, choices=[[5, 6], [7, 8]], label=0),  # right
         EvalItem(prompt_tokens=[3, 4], image=None, choices=[[9], [5]], label=0),  # wrong
-        # summed, not length-normalised, log-likelihood: the one-token choice wins
-        EvalItem(prompt_tokens=[9], image=None, choices=[[10, 11, 12], [10]], label=1)])
+        # acc (summed log-likelihood) takes the one-token choice (-5.0 against -10.1); acc_norm
+        # (per unit of length: tokens here, as the items carry no choice texts) the long one
+        EvalItem(prompt_tokens=[9], image=None, choices=[[11], [10, 5, 5]], label=1)])
     gen = EvalTask(name="vqa", group="vl", chance=0.0, kind="generate", items=[
         EvalItem(prompt_tokens=[2, 2, 1], image=np.zeros((3, 4, 4), np.float32),
-                 answers=["The 2 3"], max_new_tokens=2),  # placeholders re-laid: 2 2 1 → 2 3
+                 answers=["2 3."], max_new_tokens=2),  # placeholders re-laid: 2 2 1 → 2 3
         EvalItem(prompt_tokens=[5], image=None, answers=["6"], max_new_tokens=3),  # 6 7 8 ≠ 6
         EvalItem(prompt_tokens=[13], image=None, answers=["14"], max_new_tokens=3)])  # stops at eos 15
     rows = evaluate(Successor(), [mc, gen], image_id=0, image_tokens=1, eos_id=15,
                     decode=lambda ids: " ".join(map(str, ids)))
+    common = {"task": "mc", "group": "text", "chance": 0.5, "n": 3}
     assert rows == [
-        {"task": "mc", "group": "text", "metric": "accuracy", "value": 2 / 3, "chance": 0.5, "n": 3},
-        {"task": "vqa", "group": "vl", "metric": "accuracy", "value": 2 / 3, "chance": 0.0, "n": 3}]
+        common | {"metric": "acc", "value": 1 / 3, "primary_metric": True},
+        common | {"metric": "acc_norm", "value": 2 / 3, "primary_metric": False},
+        {"task": "vqa", "group": "vl", "metric": "exact_match", "value": 2 / 3, "chance": 0.0, "n": 3,
+         "primary_metric": True}]
+    chosen = evaluate(Successor(), [mc], image_id=0, image_tokens=1, eos_id=15, decode=str,
+                      stable_metric={"mc": "acc_norm"})
+    assert [r["metric"] for r in chosen if r["primary_metric"]] == ["acc_norm"]
 
 
 def test_greedy_decode_stops_at_eos_and_max_tokens() -> None:

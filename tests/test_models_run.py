@@ -74,9 +74,12 @@ def test_done_step_is_skipped_and_eval_writes_evals(tmp_path) -> None:
     run_step(ev, tmp_path, data=syn)
     e = pl.read_parquet(step_dir(tmp_path, "eval", ev.step_id) / "evals.parquet")
     assert e.schema == pl.Schema({"task": pl.String, "group": pl.String, "metric": pl.String,
-                                  "value": pl.Float64, "chance": pl.Float64, "n": pl.Int64})
-    assert e.to_dicts() == [{"task": "progression", "group": "text", "metric": "accuracy",
-                             "value": e["value"][0], "chance": 0.5, "n": 6}]
+                                  "value": pl.Float64, "chance": pl.Float64, "n": pl.Int64,
+                                  "primary_metric": pl.Boolean})
+    # a multiple-choice task reports acc (its primary metric) and acc_norm
+    common = {"task": "progression", "group": "text", "chance": 0.5, "n": 6}
+    assert e.to_dicts() == [common | {"metric": "acc", "value": e["value"][0], "primary_metric": True},
+                            common | {"metric": "acc_norm", "value": e["value"][1], "primary_metric": False}]
     with pytest.raises(ValueError, match="no vision side"):
         run_step(eval_step(step), tmp_path, data=syn)
 

@@ -49,7 +49,7 @@ def world_chain() -> dict[str, Step]:
         data=WORLD, epochs=2, lr=1e-3, batch_size=4, max_samples=12, seed=0),
         parents=(("branch", branch.step_id),))
     evaluation = Step(kind="eval", config=EvalConfig(
-        data=WORLD, tasks=(), groups=("vl", "text"), n_per_task=3),
+        data=(WORLD,), tasks=(), groups=("vl", "text"), n_per_task=3),
         parents=(("finetune", finetune.step_id),))
     return {"encoder": enc, "trunk": trunk, "branch": branch, "finetune": finetune,
             "eval": evaluation}

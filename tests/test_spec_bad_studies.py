@@ -21,6 +21,20 @@ intro_fraction = [0.5, 1.0]
 image_ratio = [0.1]
 """
 
+EVALS = """
+[data.vl]
+kind = "vqa_jsonl"
+paths = ["evals/vqav2.jsonl", "evals/gqa.jsonl"]
+
+[data.more]
+kind = "vqa_jsonl"
+paths = ["other/vqav2.jsonl"]
+
+[data.text]
+kind = "mc_jsonl"
+paths = ["evals/hellaswag.jsonl", "evals/fact_recall.jsonl"]
+"""
+
 # (name, edit applied to GOOD, key path expected in the message, text expected in the message)
 CASES = [
     ("unknown top-level key", GOOD + "\n[bogus]\nx = 1\n", "bogus", "unknown key"),
@@ -82,6 +96,25 @@ CASES = [
      "data.shards.paths", "is required"),
     ("unknown source option", GOOD.replace('kind = "webdataset"', 'kind = "webdataset"\ncolour = "red"'),
      "data.shards.colour", "unknown key"),
+    ("a task in two eval sources", GOOD + EVALS + '[eval]\ndata = ["vl", "more"]\n', "eval.data",
+     "task 'vqav2' is in two sources, 'vl' and 'more'"),
+    ("a world task in a file source too", GOOD + EVALS + '[eval]\ndata = ["world", "text"]\n', "eval.data",
+     "task 'fact_recall' is in two sources, 'world' and 'text'"),
+    ("an eval source listed twice", GOOD + EVALS + '[eval]\ndata = ["vl", "vl"]\n', "eval.data", "twice"),
+    ("an eval source of the wrong kind", GOOD + '[eval]\ndata = ["world", "shards"]\n', "eval.data[1]",
+     "allowed here"),
+    ("an unknown stable metric",
+     GOOD + EVALS + '[eval]\ndata = ["text"]\n[eval.stable_metric]\nhellaswag = "accuracy"\n',
+     "eval.stable_metric.hellaswag", "not one of"),
+    ("a stable metric for a task no source has",
+     GOOD + EVALS + '[eval]\ndata = ["text"]\n[eval.stable_metric]\narc = "acc_norm"\n', "eval.stable_metric",
+     "names task 'arc', which no eval source has"),
+    ("a chance for a task no source has", GOOD + EVALS + '[eval]\ndata = ["text"]\n[eval.chance]\npiqa = 0.5\n',
+     "eval.chance", "names task 'piqa'"),
+    ("an eval group that is neither vl nor text",
+     GOOD + '\n[data.v]\nkind = "vqa_jsonl"\npaths = ["v.jsonl"]\ngroup = "audio"\n', "data.v.group", "not one of"),
+    ("an unknown eval metric", GOOD + '\n[data.v]\nkind = "vqa_jsonl"\npaths = ["v.jsonl"]\nmetric = "bleu"\n',
+     "data.v.metric", "not one of"),
     ("missing [study]", GOOD.replace('[study]\nname = "t"\nroot = "out"\n', ""), "study", "is required"),
     ("not TOML", "[study\nname = ", "<toml>", "not valid TOML"),
 ]

@@ -15,7 +15,7 @@ from models.data.packing import TextPacker
 from models.data.sources import open_source
 from models.data.streams import BatchStream, CaptionPairStream, MixedStream, TextStream
 from models.data.tokenizer import HFTokenizer, Tokenizer, world_tokenizer
-from models.data.types import Batch, EvalItem, EvalTask, normalise_answer
+from models.data.types import Batch, EvalItem, EvalTask
 
 DEFAULT_IMAGE_TOKENS = 4  # every world preset: a 4×4 patch grid, pixel-shuffled 2×2 (models.presets)
 
@@ -107,4 +107,4 @@ def eval_tasks(source, tokenizer, *, groups=("vl", "text"), tasks=(), n_per_task
 
 __all__ = ["Batch", "BatchStream", "BadRecordError", "DataError", "EmptySourceError", "EvalItem",
            "EvalTask", "Tokenizer", "caption_pairs", "eval_tasks", "finetune_epochs", "prepare_eval_source",
-           "get_tokenizer", "mixed_stream", "normalise_answer", "text_stream"]
+           "get_tokenizer", "mixed_stream", "text_stream"]

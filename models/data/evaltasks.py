@@ -1,16 +1,22 @@
 """Evaluation tasks from a source: the world's benchmarks, or VQA / multiple-choice JSONL files.
 
-VQA JSONL records: `image` (a path relative to the file; optional for text-only questions),
-`question`, `answers` (accepted answers) and optionally `choices` + `label` for multiple choice;
-with an image the prompt is `<image>… <user> question <assistant>`, without one the question as is.
-Multiple-choice JSONL records: `context`, `choices`, `label`. Each file is one task, named by the
-source's `task` option (single file) or the file name. Chance is the source's `chance` option when
-given (a benchmark's blind-answer rate), else a uniform guess over the choices, or for open answers
-the share of the most common answer.
+VQA JSONL records: `image` (a path relative to the file; optional for text-only questions) and
+`question`, then either `answers` (the annotators' answers), `choices` + `label` (scored by
+log-likelihood), or `box` ([x1, y1, x2, y2] in [0, 1], a referring expression's target); with an
+image the prompt is `<image>… <user> question <assistant>`, without one the question as is.
+Multiple-choice JSONL records: `context`, `choices`, `label` (each choice follows a space).
+
+Every record may carry `metric` (a family of `models.metrics.FAMILIES`; default `exact_match` for
+open answers, `refexp` for boxes, `multiple_choice` for choices) and `chance`; all records of a file
+must agree, and the `vlmsweep convert` converters write both. Each file is one task, named by the
+source's `task` option (single file) or the file name; its group is the source's `group` option,
+else VL when its records have images. Chance is the source's `chance` option, else the records',
+else a uniform guess over the choices, or for open answers the share of the most common answer.
 """
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +24,14 @@ import numpy as np
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError
 from models.data.sources import resolve_paths, world_data
-from models.data.types import EvalItem, EvalTask, chance_level, normalise_answer
+from models.data.types import EvalItem, EvalTask, chance_level
 from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
 from models.data.world.render import normalise
+from models.metrics import FAMILIES
 
 WORLD_DEFAULT_ITEMS = 200  # items per world task when n_per_task is 0
+DEFAULT_NEW_TOKENS = {"refexp": 32}  # a box as text is long; answers are short (8)
+GROUPS = ("vl", "text")
 
 
 def world_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_tokens, seed) -> list[EvalTask]:
@@ -37,6 +46,25 @@ def world_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_tok
                        image_tokens=image_tokens, seed=seed) for t in names]
 
 
+def task_name(source, path: str, n_paths: int) -> str:
+    """A file's task name: the source's `task` option for a single file, else the file's stem."""
+    return source.option("task") if n_paths == 1 and source.option("task") else Path(path).name.split(".")[0]
+
+
+def declared_task_names(source) -> list[str] | None:
+    """The task names a source holds, from its description alone (None: a glob matches nothing yet)."""
+    if source.kind == "world":
+        return list(VL_TASKS + TEXT_TASKS)
+    paths: list[str] = []
+    for p in source.paths:
+        matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
+        if not matches:
+            return None
+        paths += matches
+    paths = list(dict.fromkeys(paths))
+    return [task_name(source, p, len(paths)) for p in paths]
+
+
 def _records(path: str) -> list[tuple[int, dict]]:
     out = []
     for idx, rec in rd.iter_jsonl(path):
@@ -49,8 +77,7 @@ def _records(path: str) -> list[tuple[int, dict]]:
 
 
 def _image(rec, path, idx, image_size):
-    rel = rec.get("image")
-    if rel is None:
+    if rec.get("image") is None:
         return None
     p = rd.image_path(path, rd.field(rec, "image", path, idx))
     try:
@@ -70,6 +97,23 @@ def _choices(rec, path, idx) -> tuple[list[str], int]:
     return choices, label
 
 
+def _box(rec, path, idx) -> tuple[float, float, float, float]:
+    box = rd.field(rec, "box", path, idx, (list,))
+    ok = len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+    if not ok or not (all(0 <= v <= 1 for v in box) and box[0] < box[2] and box[1] < box[3]):
+        raise BadRecordError(path, idx, "field 'box' must be [x1, y1, x2, y2] in [0, 1] with x1 < x2, y1 < y2")
+    return tuple(float(v) for v in box)  # type: ignore[return-value]
+
+
+def _family(rec, path, idx, default: str, kind: str) -> str:
+    family = rec.get("metric", default)
+    if family not in FAMILIES or FAMILIES[family].kind != kind:
+        fits = [f for f, spec in FAMILIES.items() if spec.kind == kind]
+        raise BadRecordError(path, idx, f"field 'metric' {family!r} does not fit this record; use one of "
+                                        f"{', '.join(fits)}")
+    return family
+
+
 def vqa_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, str]:
     question = rd.field(rec, "question", path, idx)
     image = _image(rec, path, idx, image_size)
@@ -79,13 +123,21 @@ def vqa_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, s
     if "choices" in rec:
         choices, label = _choices(rec, path, idx)
         return EvalItem(prompt_tokens=prompt, image=image, choices=[tok.encode(c) for c in choices],
-                        label=label), "multiple_choice"
+                        label=label, choice_texts=choices), \
+            _family(rec, path, idx, "multiple_choice", "multiple_choice")
+    if "box" in rec:
+        family = _family(rec, path, idx, "refexp", "generate")
+        return EvalItem(prompt_tokens=prompt, image=image, box=_box(rec, path, idx),
+                        max_new_tokens=int(rec.get("max_new_tokens", DEFAULT_NEW_TOKENS[family]))), family
     answers = rd.field(rec, "answers", path, idx, (list, str))
     answers = [answers] if isinstance(answers, str) else answers
     if not answers or not all(isinstance(a, str) for a in answers):
         raise BadRecordError(path, idx, "field 'answers' must be a non-empty list of strings")
-    return EvalItem(prompt_tokens=prompt, image=image, answers=[normalise_answer(a) for a in answers],
-                    max_new_tokens=int(rec.get("max_new_tokens", 8))), "generate"
+    family = _family(rec, path, idx, "exact_match", "generate")
+    answerable = rec.get("answerable")
+    return EvalItem(prompt_tokens=prompt, image=image, answers=list(answers),
+                    answerable=None if answerable is None else bool(answerable),
+                    max_new_tokens=int(rec.get("max_new_tokens", DEFAULT_NEW_TOKENS.get(family, 8)))), family
 
 
 def mc_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, str]:
@@ -93,32 +145,78 @@ def mc_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, st
     choices, label = _choices(rec, path, idx)
     image = _image(rec, path, idx, image_size)
     prompt = ([tok.image_id] * image_tokens if image is not None else []) + tok.encode(context)
-    return EvalItem(prompt_tokens=prompt, image=image, label=label,
-                    choices=[tok.encode(" " + c) for c in choices]), "multiple_choice"
+    return EvalItem(prompt_tokens=prompt, image=image, label=label, choice_texts=choices,
+                    choices=[tok.encode(" " + c) for c in choices]), \
+        _family(rec, path, idx, "multiple_choice", "multiple_choice")
+
+
+def _agreed(records, key: str, path: str):
+    """The value every record gives `key` (None when none does); a record that differs is an error."""
+    first = next(((i, r[key]) for i, r in records if key in r), None)
+    if first is None:
+        return None
+    for idx, rec in records:
+        if rec.get(key) != first[1]:
+            raise BadRecordError(path, idx, f"field {key!r} is {rec.get(key)!r}, but record {first[0]} "
+                                            f"says {first[1]!r}; a file is one task with one {key}")
+    if key == "chance" and (not isinstance(first[1], (int, float)) or not 0 <= first[1] <= 1):
+        raise BadRecordError(path, first[0], f"field 'chance' must be a number in [0, 1], got {first[1]!r}")
+    return first[1]
+
+
+def _file_task(source, path, name, records, tok, image_size, image_tokens) -> EvalTask:
+    make = vqa_item if source.kind == "vqa_jsonl" else mc_item
+    _agreed(records, "metric", path)
+    built = [make(rec, path, idx, tok, image_size, image_tokens) for idx, rec in records]
+    families = {f for _, f in built}
+    if len(families) > 1:
+        raise DataError(f"{path}: mixes records scored as {sorted(families)}; split the file")
+    family = source.option("metric") or families.pop()
+    kind = FAMILIES[family].kind
+    items = [it for it, _ in built]
+    if any((kind == "multiple_choice") != bool(it.choices) for it in items):
+        raise DataError(f"{path}: the source's metric {family!r} does not fit its records")
+    group = source.option("group") or ("vl" if any(it.image is not None for it in items) else "text")
+    chance = source.option("chance")
+    chance = _agreed(records, "chance", path) if chance is None else chance
+    return EvalTask(name=name, group=group, kind=kind, items=items, metric=family,
+                    chance=chance_level(kind, items) if chance is None else float(chance))
 
 
 def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_tokens, seed) -> list[EvalTask]:
     paths = resolve_paths(source)
     out = []
     for path in paths:
-        name = source.option("task") if len(paths) == 1 and source.option("task") else \
-            Path(path).name.split(".")[0]
+        name = task_name(source, path, len(paths))
         if tasks and name not in tasks:
             continue
+        if source.option("group") and source.option("group") not in groups:
+            continue  # known without reading: a trunk's text-only eval skips a VL source's files
         records = _records(path)
         if n_per_task and n_per_task < len(records):
             pick = np.sort(np.random.default_rng(seed).choice(len(records), n_per_task, replace=False))
             records = [records[i] for i in pick]
-        make = vqa_item if source.kind == "vqa_jsonl" else mc_item
-        built = [make(rec, path, idx, tok, image_size, image_tokens) for idx, rec in records]
-        kinds = {k for _, k in built}
-        if len(kinds) > 1:
-            raise DataError(f"{path}: mixes multiple-choice and open-answer records; split the file")
-        items = [it for it, _ in built]
-        group = "vl" if any(it.image is not None for it in items) else "text"
-        if group in groups:
-            kind = kinds.pop()
-            chance = source.option("chance")
-            out.append(EvalTask(name=name, group=group, kind=kind, items=items,
-                                chance=chance_level(kind, items) if chance is None else float(chance)))
+        task = _file_task(source, path, name, records, tok, image_size, image_tokens)
+        if task.group in groups:
+            out.append(task)
+    return out
+
+
+def gather(per_source, chance=()) -> list[EvalTask]:
+    """The tasks of several sources [(source, tasks)], with the study's chance overrides applied.
+
+    A task name in two sources is an error naming both: its rows could not be told apart.
+    """
+    seen: dict[str, str] = {}
+    out = []
+    overrides = dict(chance)
+    for source, tasks in per_source:
+        for task in tasks:
+            if task.name in seen:
+                raise DataError(f"task {task.name!r} is in two eval sources, {seen[task.name]!r} and "
+                                f"{source.name!r}; rename one file or set a source's 'task' option")
+            seen[task.name] = source.name
+            if task.name in overrides:
+                task.chance = float(overrides[task.name])
+            out.append(task)
     return out

@@ -1,9 +1,13 @@
 """`vlmsweep world`: write the built-in world in the real shard formats, with a manifest.
 
 Text as JSONL+zstd and Parquet shards, image-caption pairs as WebDataset tars and Parquet,
-instructions as LLaVA JSON with PNG files, benchmarks as VQA / multiple-choice JSONL. Every
+instructions as LLaVA JSON with PNG files, benchmarks as VQA / multiple-choice JSONL (each record
+with its metric and chance), the word-level tokenizer as a Hugging Face tokenizer.json, and a study
+file over those files (`models.data.world_study`). Every
 writer pins what would vary (tar metadata, compression levels, key order), so one seed gives
 byte-identical files, and the readers real data needs are exercised by the default path.
+Paths in manifest.json are relative to it, so a world copied elsewhere (to a cluster) still
+describes itself; `read_world_manifest` resolves them against the manifest's folder.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import numpy as np
 from models.data.tokenizer import world_tokenizer
 from models.data.world import WorldData
 from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
+from models.data.world_study import STUDY_FILE, TOKENIZER_FILE, study_toml
 from models.stepfiles import write_bytes
 
+MANIFEST = "manifest.json"
 DEFAULT_SIZES = {"text_docs": 20_000, "pairs": 5_000, "instructions": 2_000, "eval_items": 200,
                  "shards": 4}
 
@@ -94,7 +100,7 @@ def _write_instructions(out: Path, wd: WorldData, n: int, size: int, files: dict
 
 def _eval_record(task, item, tok, name: str, i: int, files: dict) -> dict:
     words = lambda ids: tok.decode([t for t in ids if t not in (tok.image_id, tok.user_id, tok.assistant_id)])
-    rec: dict = {}
+    rec: dict = {"metric": task.metric, "chance": task.chance}
     if item.image is not None:
         img = np.clip(np.round((np.moveaxis(item.image, 0, -1) + 1.0) * 127.5), 0, 255).astype(np.uint8)
         files[f"eval/images/{name}-{i:05d}.png"] = (_png(img), 1)
@@ -105,19 +111,19 @@ def _eval_record(task, item, tok, name: str, i: int, files: dict) -> dict:
     if task.kind == "generate":
         rec["answers"] = item.answers
     else:
-        rec["choices"], rec["label"] = [words(c) for c in item.choices], item.label
+        rec["choices"], rec["label"] = list(item.choice_texts), item.label
     return rec
 
 
 def _write_eval(out: Path, wd: WorldData, n: int, size: int, files: dict) -> dict:
-    """Each task's file; returns {task: (reader kind, chance)} for the manifest's sources."""
+    """Each task's file; returns {task: (reader kind, chance, group)} for the manifest's sources."""
     tok, formats = world_tokenizer(), {}
     for name in VL_TASKS + TEXT_TASKS:
         task = build_task(name, wd.world, tok, n=n, image_size=size, image_tokens=16, seed=0)
         records = [_eval_record(task, it, tok, name, i, files) for i, it in enumerate(task.items)]
         vqa = "question" in records[0]
         files[f"eval/{name}.jsonl"] = (_jsonl(records), len(records))
-        formats[name] = ("vqa_jsonl" if vqa else "mc_jsonl", task.chance)
+        formats[name] = ("vqa_jsonl" if vqa else "mc_jsonl", task.chance, task.group)
     return formats
 
 
@@ -133,6 +139,10 @@ def write_world(out_dir: str | Path, seed: int = 0, *, text_docs: int = DEFAULT_
     _write_pairs(out, wd, pairs, shards, image_size, files)
     _write_instructions(out, wd, instructions, image_size, files)
     formats = _write_eval(out, wd, eval_items, image_size, files)
+    tok = world_tokenizer()
+    files[TOKENIZER_FILE] = (json.dumps(tok.hf_json(), indent=1, sort_keys=True).encode(), tok.vocab_size)
+    files[STUDY_FILE] = (study_toml(seed=seed, n_kinds=n_kinds, eval_items=eval_items,
+                                    formats=formats).encode(), 1)
     for rel, (data, _) in sorted(files.items()):
         write_bytes(out / rel, data, durable=False)
     os.sync()  # every shard on disk before the manifest that says the world is complete
@@ -142,24 +152,42 @@ def write_world(out_dir: str | Path, seed: int = 0, *, text_docs: int = DEFAULT_
         "world_seed": seed, "n_kinds": n_kinds, "image_size": image_size,
         "counts": {"text_docs": text_docs, "pairs": pairs, "instructions": instructions,
                    "eval_items_per_task": eval_items, "shards": shards},
-        "sources": _sources(out, shards, formats), "shards": shards_meta,
+        "sources": _sources(formats), "shards": shards_meta,
         "images_sha256": hashlib.sha256(b"".join(
             hashlib.sha256(d).digest() for rel, (d, _) in sorted(files.items())
             if rel.startswith(("llava/images", "eval/images")))).hexdigest(),
     }
-    write_bytes(out / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
+    write_bytes(out / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1).encode())
     return manifest
 
 
-def _sources(out: Path, shards: int, formats: dict) -> dict:
-    a = out.resolve()
-    return {"text": {"kind": "jsonl", "paths": [str(a / "text" / "*.jsonl.zst")]},
-            "text_parquet": {"kind": "parquet", "paths": [str(a / "text_parquet" / "*.parquet")]},
-            "pairs": {"kind": "webdataset", "paths": [str(a / "pairs" / "*.tar")]},
-            "pairs_parquet": {"kind": "parquet_images", "paths": [str(a / "pairs_parquet" / "*.parquet")]},
-            "instructions": {"kind": "llava", "paths": [str(a / "llava" / "instructions.json")]},
-            **{f"eval_{t}": {"kind": k, "paths": [str(a / "eval" / f"{t}.jsonl")], "options": {"chance": c}}
-               for t, (k, c) in formats.items()}}
+def _sources(formats: dict) -> dict:
+    """The world's data sources, their paths relative to the manifest (POSIX separators)."""
+    tokenizer = {"tokenizer": TOKENIZER_FILE}
+    return {"text": {"kind": "jsonl", "paths": ["text/*.jsonl.zst"], "options": tokenizer},
+            "text_parquet": {"kind": "parquet", "paths": ["text_parquet/*.parquet"], "options": tokenizer},
+            "pairs": {"kind": "webdataset", "paths": ["pairs/*.tar"]},
+            "pairs_parquet": {"kind": "parquet_images", "paths": ["pairs_parquet/*.parquet"]},
+            "instructions": {"kind": "llava", "paths": ["llava/instructions.json"]},
+            **{f"eval_{t}": {"kind": k, "paths": [f"eval/{t}.jsonl"], "options": {"chance": c}}
+               for t, (k, c, _) in formats.items()}}
+
+
+def read_world_manifest(path: str | Path) -> dict:
+    """A world's manifest.json (or the folder holding it) with every source path made absolute,
+    resolved against the manifest's folder wherever the world now lies."""
+    path = Path(path)
+    path = path / MANIFEST if path.is_dir() else path
+    try:
+        manifest = json.loads(path.read_text())
+        sources = manifest["sources"]
+        for source in sources.values():
+            source["paths"] = [str((path.parent / p).resolve()) for p in source["paths"]]
+            if "tokenizer" in source.get("options", {}):
+                source["options"]["tokenizer"] = str((path.parent / source["options"]["tokenizer"]).resolve())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a world manifest ({type(exc).__name__}: {exc})") from None
+    return manifest
 
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,5 +210,6 @@ def run_world(args: argparse.Namespace) -> int:
                            instructions=args.instructions, eval_items=args.eval_items,
                            shards=args.shards, image_size=args.image_size, n_kinds=args.n_kinds)
     print(f"wrote world {args.seed} to {args.out}: {len(manifest['shards'])} files; "
-          f"manifest {Path(args.out) / 'manifest.json'}")
+          f"manifest {Path(args.out) / MANIFEST} (paths relative to it); run it with: vlmsweep run "
+          f"{Path(args.out) / STUDY_FILE}")
     return 0

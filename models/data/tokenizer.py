@@ -67,6 +67,18 @@ class WordTokenizer(Tokenizer):
     def words(self, text: str) -> list[str]:
         return _WORD_RE.findall(text.lower())
 
+    def hf_json(self) -> dict:
+        """This tokenizer as a Hugging Face `tokenizer.json`: a WordLevel model over the same ids,
+        lower-casing, then the same word pattern inside each whitespace-free piece. The specials
+        stay plain vocabulary words (not added tokens), so decoding keeps them, as `decode` does."""
+        split = {"type": "Split", "pattern": {"Regex": _WORD_RE.pattern}, "behavior": "Isolated",
+                 "invert": False}
+        return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+                "normalizer": {"type": "Lowercase"},
+                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, split]},
+                "post_processor": None, "decoder": None,
+                "model": {"type": "WordLevel", "vocab": dict(self.stoi), "unk_token": SPECIALS[5]}}
+
 
 class HFTokenizer(Tokenizer):
     """A local Hugging Face `tokenizer.json` (the optional `tokenizers` package)."""

@@ -33,13 +33,17 @@ class EvalItem:
     image: np.ndarray | None  # float32 [3, H, W]
     choices: list[list[int]] = field(default_factory=list)  # multiple choice continuations
     label: int = 0  # index of the right choice
-    answers: list[str] = field(default_factory=list)  # generate: accepted normalised answers
+    answers: list[str] = field(default_factory=list)  # generate: accepted answers, as annotated
     max_new_tokens: int = 0
+    choice_texts: list[str] = field(default_factory=list)  # the choices as written (acc_norm, POPE)
+    answerable: bool | None = None  # VizWiz: whether the annotators could answer
+    box: tuple[float, float, float, float] | None = None  # refexp: the true [x1, y1, x2, y2] in [0, 1]
 
 
 @dataclass(kw_only=True, slots=True)
 class EvalTask:
-    """A benchmark: its items and its chance level (stable score = accuracy − chance).
+    """A benchmark: its items, its metric family (`models.metrics.FAMILIES`) and its chance level
+    (stable score = the primary metric − chance).
 
     Chance is the mean of 1/len(choices) over items for multiple choice, and for generation the
     accuracy of always giving the most common answer among the items.
@@ -50,15 +54,7 @@ class EvalTask:
     chance: float
     kind: Literal["multiple_choice", "generate"]
     items: list[EvalItem]
-
-
-_ARTICLES = {"a", "an", "the"}
-
-
-def normalise_answer(text: str) -> str:
-    """Lowercase, punctuation and articles removed: VQAv2's answer normalisation, simplified."""
-    words = "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split()
-    return " ".join(w for w in words if w not in _ARTICLES)
+    metric: str = "multiple_choice"  # how items are scored and which evals rows the task writes
 
 
 def chance_level(kind: str, items: list[EvalItem]) -> float:
@@ -66,5 +62,7 @@ def chance_level(kind: str, items: list[EvalItem]) -> float:
         return 0.0
     if kind == "multiple_choice":
         return float(np.mean([1.0 / len(it.choices) for it in items]))
+    if not all(it.answers for it in items):  # boxes: no answer to guess
+        return 0.0
     firsts = [it.answers[0] for it in items]
     return max(firsts.count(a) for a in set(firsts)) / len(firsts)

@@ -13,6 +13,7 @@ import torch
 from models import checkpoint as ck
 from models import stepfiles as sf
 from models.config import LMConfig, ProjectorConfig, VisionConfig
+from models.data.evaltasks import gather
 from models.evaluate import evaluate
 from models.stages.context import Context, RunOutput
 from models.steps import load_step_config
@@ -55,11 +56,12 @@ def run_eval(ctx: Context) -> RunOutput:
     tok = ctx.data.get_tokenizer(tcfg.data)
     image_size = vision.image_size if vision is not None else 32
     n_image = projector.image_tokens(vision.n_patches) if vision is not None else 0
-    tasks = ctx.data.eval_tasks(cfg.data, tok, groups=cfg.groups, tasks=cfg.tasks,
-                                n_per_task=cfg.n_per_task, image_size=image_size, seed=cfg.seed,
-                                image_tokens=n_image)
+    tasks = gather([(bench, ctx.data.eval_tasks(bench, tok, groups=cfg.groups, tasks=cfg.tasks,
+                                                n_per_task=cfg.n_per_task, image_size=image_size,
+                                                seed=cfg.seed, image_tokens=n_image))
+                    for bench in cfg.data], cfg.chance)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         rows = evaluate(model, tasks, image_id=tok.image_id,
                         image_tokens=n_image, eos_id=tok.eos_id,
-                        decode=tok.decode, stop_ids=(tok.user_id,))
+                        decode=tok.decode, stop_ids=(tok.user_id,), stable_metric=dict(cfg.stable_metric))
     return RunOutput(tokens=0, flops=0, params=model.param_counts(), metrics=[], evals=rows)

@@ -3,11 +3,14 @@
 `select_steps` decides what a `run` submits (missing steps, failed ones when asked, never a done or
 in-flight one, nothing under a step that cannot run); `get_backend(name).run(plan, steps, ...)`
 runs or submits them and returns a `LaunchResult`. Each backend lives in its own module.
+`run_and_wait` is the same for callers that need the steps finished (adaptive search): it waits
+on `vlmsweep status`'s reconciliation for a backend that returns at once (SLURM).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Sequence
 
 from models.stepfiles import DONE, FAILED, IN_FLIGHT
 from models.steps import Step
@@ -16,7 +19,9 @@ from sweep.launch.backend import BACKENDS, Backend, JobFactory, LaunchResult, ru
 if TYPE_CHECKING:  # sweep.status imports this package's journal and queue modules
     from sweep.status import StepStatus
 
-__all__ = ["BACKENDS", "Backend", "JobFactory", "LaunchResult", "get_backend", "run_levels", "select_steps"]
+__all__ = ["BACKENDS", "Backend", "JobFactory", "LaunchResult", "get_backend", "run_and_wait", "run_levels",
+           "select_steps"]
+SETTLE_POLL_S = 5.0  # run_and_wait: seconds between reconciliations (one squeue + one sacct each)
 
 
 def get_backend(name: str) -> Backend:
@@ -58,3 +63,20 @@ def select_steps(plan: Any, retry_failed: bool, max_failures: int, *,
         will_finish[step.step_id] = True
         chosen.append(step)
     return chosen
+
+
+def run_and_wait(plan: Any, steps: Sequence[Step], backend: str, *, workers: int, progress: bool = True,
+                 poll_s: float = SETTLE_POLL_S) -> dict[str, StepStatus]:
+    """Run `steps` on a backend as `vlmsweep run` does (under the root's run lock, recorded in the
+    journal) and wait until none of them is queued or running; every step's status then."""
+    from sweep.locking import root_lock
+    from sweep.status import reconcile
+
+    with root_lock(plan.root):
+        get_backend(backend).run(plan, steps, workers=workers, progress=progress, statuses=reconcile(plan))
+    ids = [s.step_id for s in steps]
+    while True:
+        statuses = reconcile(plan)
+        if not any(statuses[i].state in IN_FLIGHT for i in ids):
+            return statuses
+        time.sleep(poll_s)

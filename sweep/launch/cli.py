@@ -22,7 +22,8 @@ from sweep.errors import UserError
 from sweep.launch import BACKENDS, LaunchResult, get_backend, select_steps
 from sweep.launch.journal import JournalError
 from sweep.launch.queue import QueueError
-from sweep.launch.slurm import SlurmSettingsError, group_steps, render_sbatch, sbatch_parameters
+from sweep.launch.slurm import SlurmSettingsError, group_steps, sbatch_parameters
+from sweep.launch.submitit_adapter import render_sbatch
 from sweep.locking import root_lock
 from sweep.status import StepStatus, reconcile, summary
 

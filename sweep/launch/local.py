@@ -1,26 +1,21 @@
-"""The local backend: N worker processes on this machine, DAG order respected.
+"""The local backend: N persistent worker processes on this machine, DAG order respected.
 
-By default the workers are persistent (`sweep.launch.pool`): each imports torch once and runs
-many steps. `LocalBackend(pool=False)` keeps the older path, one fresh process per step through
-submitit's LocalExecutor. Either way a step starts once all its parents have result.json, a step
-under a failed one is skipped as blocked, and `run` stays in the foreground, drawing the progress
-line and recording each job in the launch journal so `status` can see it. Ctrl-C or SIGTERM asks
-the running steps to checkpoint, ends the workers and raises KeyboardInterrupt.
+The workers (`sweep.launch.pool`) each import torch once and run many steps, one at a time. A
+step starts once all its parents are done, a step under a failed one is skipped as blocked, and
+`run` stays in the foreground, drawing the progress line and recording each job in the launch
+journal so `status` can see it. Ctrl-C or SIGTERM asks the running steps to checkpoint, ends the
+workers and raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shlex
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import submitit
-
-import sweep
 from models.stepfiles import step_done
 from models.steps import Step
 from sweep.estimate import critical_paths
@@ -33,50 +28,10 @@ from sweep.plan import step_cost
 from sweep.status import StepStatus
 
 POLL_S = 0.2
-WEEK_MIN = 7 * 24 * 60  # LocalExecutor kills a job after timeout_min (default 2): make it moot
-
-
-def source_setup() -> list[str]:
-    """A shell line putting this checkout first on PYTHONPATH, so jobs import the same code."""
-    src = Path(sweep.__file__).resolve().parent.parent
-    return [f"export PYTHONPATH={shlex.quote(str(src))}${{PYTHONPATH:+:$PYTHONPATH}}"]
-
-
-def _done(root: Path, step: Step) -> bool:
-    return step_done(step, root)
-
-
-class SubmititLocal:
-    """The per-process path: one fresh `python` per step through submitit's LocalExecutor."""
-
-    def __init__(self, root: str | Path, workers: int = 1):
-        self.executor = submitit.LocalExecutor(folder=Path(root) / "logs" / "%j")
-        # VLMSWEEP_WORKERS: steps split the cores (models.config.default_threads)
-        self.executor.update_parameters(timeout_min=WEEK_MIN, setup=source_setup() + [
-            f"export VLMSWEEP_WORKERS={max(1, workers)}"])
-        self.jobs: list[Any] = []
-
-    def submit(self, job: Any) -> Any:
-        self.jobs.append(self.executor.submit(job))
-        return self.jobs[-1]
-
-    def wait(self, timeout: float) -> None:
-        time.sleep(timeout)
-
-    def stop(self) -> None:
-        for job in self.jobs:
-            if not job.done():
-                job.cancel(check=False)
-
-    def close(self) -> None:
-        pass
 
 
 class LocalBackend:
     name = "local"
-
-    def __init__(self, *, pool: bool = True):
-        self.pool = pool
 
     def run(self, plan: Any, steps: Sequence[Step], *, workers: int = 2, progress: bool = True,
             job_factory: JobFactory | None = None, statuses: dict[str, StepStatus] | None = None,
@@ -84,7 +39,7 @@ class LocalBackend:
         """`expected`: seconds each step should take here (`sweep.estimate`), for the ETA from the
         start and the start order; `pool`: workers already running (the caller closes them)."""
         workers = max(1, workers)
-        executor = pool or (WorkerPool(plan.root, workers) if self.pool else SubmititLocal(plan.root, workers))
+        executor = pool or WorkerPool(plan.root, workers)
         line = ProgressLine(root=plan.root, total=len(steps), workers=workers,
                             expected=dict(expected or {})) if progress else None
         run = _LocalRun(plan, list(steps), executor, job_factory or StepJob, workers, line, expected)
@@ -125,7 +80,7 @@ def start_order(steps: Sequence[Step], expected: Mapping[str, float] | None = No
 
 
 class _LocalRun:
-    def __init__(self, plan: Any, steps: list[Step], executor: "WorkerPool | SubmititLocal",
+    def __init__(self, plan: Any, steps: list[Step], executor: WorkerPool,
                  factory: JobFactory, workers: int, line: ProgressLine | None,
                  expected: Mapping[str, float] | None = None):
         self.plan, self.root, self.waiting = plan, Path(plan.root), steps
@@ -157,7 +112,7 @@ class _LocalRun:
                 return "blocked"
             if pid in self.ours and pid not in self.done:
                 return "wait"
-            if pid not in self.ours and not _done(self.root, self.plan.by_id[pid]):
+            if pid not in self.ours and not step_done(self.plan.by_id[pid], self.root):
                 return "wait"  # in flight elsewhere (another run or study); it finishes there
         return "ready"
 
@@ -182,7 +137,7 @@ class _LocalRun:
             if not job.done():
                 continue
             del self.running[sid]
-            if _done(self.root, step):
+            if step_done(step, self.root):
                 self.done.add(sid)
                 self.finished.append((step, time.monotonic() - began))
             else:

@@ -2,7 +2,7 @@
 
 `squeue -r` lists every live job with array tasks expanded; `sacct` covers finished ones (and
 arrays whose unstarted tasks it still prints as `12_[3-5%2]`, which `expand_job_ids` expands).
-Local jobs are pids of submitit controllers, checked in /proc.
+Local jobs are worker-pool jobs ("pid.n"), checked by the lock their supervisor holds.
 """
 
 from __future__ import annotations
@@ -109,10 +109,8 @@ def query_slurm(job_ids: list[str]) -> dict[str, JobState]:
 
 
 def local_job_state(job_id: str, log: str) -> JobState:
-    """A local job's state: a pool job ("pid.n") by its supervisor's lock next to its log
-    (RUNNING, INTERRUPTED when the run was stopped mid-step, else ENDED); a submitit one by pid."""
-    if "." not in job_id:
-        return JobState(job_id=job_id, state="RUNNING" if local_job_alive(job_id) else "ENDED")
+    """A local pool job's state by its supervisor's lock next to its log: RUNNING, INTERRUPTED when
+    the run was stopped mid-step, else ENDED."""
     folder = Path(log).parent
     try:
         fd = os.open(folder / sf.RUNNING_LOCK, os.O_RDONLY)
@@ -126,12 +124,3 @@ def local_job_state(job_id: str, log: str) -> JobState:
         os.close(fd)
     state = "INTERRUPTED" if (folder / sf.INTERRUPTED).exists() else "ENDED"
     return JobState(job_id=job_id, state=state)
-
-
-def local_job_alive(pid: str) -> bool:
-    """Whether a local job's submitit controller (its pid is the job id) is still running."""
-    try:
-        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
-    return b"submitit" in cmdline

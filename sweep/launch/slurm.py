@@ -12,19 +12,19 @@ SLURM requeue stays off).
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import submitit
-from submitit.slurm.slurm import _make_sbatch_string
 
+import sweep
 from models.stepfiles import IN_FLIGHT
 from models.steps import Step
 from sweep.launch.backend import JobFactory, LaunchResult, run_levels
 from sweep.launch.journal import JobRecord, append_jobs
-from sweep.launch.local import source_setup
 from sweep.launch.worker import StepJob
 from sweep.status import StepStatus, reconcile
 
@@ -43,6 +43,12 @@ def parse_extra(extra: Sequence[str], *, where: str = "backend.slurm.extra") -> 
         key, has_value, value = option[2:].partition("=")
         out[key] = value if has_value else True
     return out
+
+
+def source_setup() -> list[str]:
+    """A shell line putting this checkout first on PYTHONPATH, so jobs import the same code."""
+    src = Path(sweep.__file__).resolve().parent.parent
+    return [f"export PYTHONPATH={shlex.quote(str(src))}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
 def signal_delay_s(time_min: int) -> int:
@@ -66,15 +72,6 @@ def sbatch_parameters(settings: Any, *, where: str = "backend.slurm") -> dict[st
     if settings.extra:
         params["additional_parameters"] = parse_extra(settings.extra, where=f"{where}.extra")
     return params
-
-
-def render_sbatch(params: dict[str, Any], *, folder: str | Path, job_name: str,
-                  array_size: int | None = None, command: str = "<COMMAND>") -> str:
-    """The sbatch script submitit writes for these parameters (for golden files and --dry-run)."""
-    kwargs = dict(params)
-    if array_size is not None and array_size > 1:
-        kwargs["map_count"] = array_size
-    return _make_sbatch_string(command=command, folder=folder, job_name=job_name, **kwargs)
 
 
 class SlurmBackend:

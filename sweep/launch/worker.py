@@ -18,19 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.job_environment import JobEnvironment
 
 from models import stepfiles as sf
 from models.steps import Step
 from sweep.launch.journal import append_failure
-
-
-def current_job_id() -> str:
-    """The submitit job id of this process ("12_3", a pid), or "inline" outside submitit."""
-    try:
-        return JobEnvironment().job_id
-    except (RuntimeError, KeyError):
-        return "inline"
+from sweep.launch.submitit_adapter import current_job_id, requeue_handler, requeue_signal
 
 
 def _cancelled() -> bool:
@@ -79,7 +71,7 @@ class StepJob(submitit.helpers.Checkpointable):
         except BaseException as error:
             if handover is not None and self.is_preempted(error) and not _cancelled():
                 try:  # submitit: checkpoint(), requeue and exit, or give up after max_num_timeout
-                    handover(self._signal or JobEnvironment._usr_sig(), None)
+                    handover(self._signal or requeue_signal(), None)
                 except Exception as final:
                     self._record_failure(final)
                     raise
@@ -90,7 +82,7 @@ class StepJob(submitit.helpers.Checkpointable):
             raise
         finally:
             if handover is not None:
-                signal.signal(JobEnvironment._usr_sig(), handover)
+                signal.signal(requeue_signal(), handover)
 
     def _record_failure(self, error: BaseException) -> None:
         append_failure(self.root, self.step.step_id, current_job_id(),
@@ -108,9 +100,8 @@ class StepJob(submitit.helpers.Checkpointable):
 
         Returns submitit's handler (to call once the step has saved), or None outside submitit.
         """
-        sig = JobEnvironment._usr_sig()
-        handler = signal.getsignal(sig)
-        if not callable(handler) or getattr(handler, "__name__", "") != "checkpoint_and_try_requeue":
+        handler = requeue_handler()
+        if handler is None:
             return None
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -119,5 +110,5 @@ class StepJob(submitit.helpers.Checkpointable):
             self._signal = signum
             self.request_checkpoint()
 
-        signal.signal(sig, on_signal)
+        signal.signal(requeue_signal(), on_signal)
         return handler

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data.types import EvalItem, EvalTask, chance_level, normalise_answer
+from models.data.types import EvalItem, EvalTask, chance_level
 from models.data.world import corpus, scenes
 from models.data.world.entities import World
 from models.data.world.render import normalise, render
@@ -49,15 +49,14 @@ class _Maker:
         prompt = [self.tok.image_id] * self.image_tokens + self.tok.encode(f"<user> {question} <assistant>")
         image = normalise(render(scene, self.world.kinds, self.image_size))
         if kind == "generate":
-            return EvalItem(prompt_tokens=prompt, image=image, answers=[normalise_answer(answer)],
-                            max_new_tokens=4)
+            return EvalItem(prompt_tokens=prompt, image=image, answers=[answer], max_new_tokens=4)
         return EvalItem(prompt_tokens=prompt, image=image, label=list(choices).index(answer),
-                        choices=[self.tok.encode(c) for c in choices])
+                        choices=[self.tok.encode(c) for c in choices], choice_texts=list(choices))
 
     def mc_text(self, prompt: str, answer: str, wrong: list[str]) -> EvalItem:
         choices = [answer] + list(wrong)
         return EvalItem(prompt_tokens=self.tok.encode(prompt), image=None, label=0,
-                        choices=[self.tok.encode(" " + c) for c in choices])
+                        choices=[self.tok.encode(" " + c) for c in choices], choice_texts=choices)
 
 
 def _vl_question(name: str, world: World, rng, i: int):
@@ -186,7 +185,8 @@ def _caption_item(m: _Maker, rng) -> EvalItem:
     captions = [([right] + wrong)[k] for k in order]
     prompt = [m.tok.image_id] * m.image_tokens
     return EvalItem(prompt_tokens=prompt, image=normalise(render(scene, world.kinds, m.image_size)),
-                    choices=[m.tok.encode(c) for c in captions], label=int(np.argmax(order == 0)))
+                    choices=[m.tok.encode(c) for c in captions], choice_texts=captions,
+                    label=int(np.argmax(order == 0)))
 
 
 def _text_item(name: str, m: _Maker, rng) -> EvalItem:
@@ -209,6 +209,7 @@ def _text_item(name: str, m: _Maker, rng) -> EvalItem:
 def _shuffle_choices(item: EvalItem, rng) -> EvalItem:
     order = rng.permutation(len(item.choices))
     item.choices = [item.choices[k] for k in order]
+    item.choice_texts = [item.choice_texts[k] for k in order]
     item.label = int(np.argmax(order == item.label))
     return item
 
@@ -226,7 +227,14 @@ def build_task(name: str, world: World, tok, *, n: int, image_size: int, image_t
         items.append(_one_item(name, m, rng, i, group, kind))
     chance = (answer_prior_rate(name, world) if name in VL_TASKS and name != "caption_matching"
               else chance_level(kind, items))
-    return EvalTask(name=name, group=group, chance=chance, kind=kind, items=items)
+    return EvalTask(name=name, group=group, chance=chance, kind=kind, items=items, metric=world_metric(name))
+
+
+def world_metric(name: str) -> str:
+    """The metric family of world task `name` (`models.metrics.FAMILIES`)."""
+    if name.startswith("pope_"):
+        return "pope"
+    return "exact_match" if name in GENERATE_TASKS else "multiple_choice"
 
 
 def _one_item(name: str, m: _Maker, rng, i: int, group: str, kind: str) -> EvalItem:
