@@ -16,7 +16,7 @@ import polars as pl
 
 from analysis.errors import AnalysisInputError
 from analysis.filters import FILTER_AXES, Filters
-from analysis.schema import AXES, CURVE_BUCKETS, CURVE_POINTS
+from analysis.schema import AXES, CURVE_BUCKETS, CURVE_POINTS, HELDOUT_LOSSES
 from models import stepfiles as sf
 
 TRAINING_KINDS = ("trunk", "branch", "finetune")
@@ -59,6 +59,22 @@ def load_stable_scores(con: duckdb.DuckDBPyConnection, study: str | None = None)
     """Per-task stable scores of done eval steps with the evaluated chain's axes."""
     where, params = _study_filter(study)
     return _frame(con, f"SELECT * FROM stable_scores s WHERE TRUE{where} ORDER BY step_id, task", params)
+
+
+def load_heldout_losses(con: duckdb.DuckDBPyConnection, study: str | None = None) -> pl.DataFrame:
+    """Per done eval step: its held-out losses, one column each (val_text_loss, val_caption_loss)."""
+    where, params = _study_filter(study)
+    cases = ", ".join(f"max(value) FILTER (WHERE task = '{task}') AS {col}" for task, col in HELDOUT_LOSSES.items())
+    return _frame(con, f"SELECT step_id, {cases} FROM heldout_losses s WHERE TRUE{where} "
+                       "GROUP BY step_id ORDER BY step_id", params)
+
+
+def trunk_tokens(con: duckdb.DuckDBPyConnection, study: str | None = None) -> pl.DataFrame:
+    """Per model size: the planned tokens of its text-only trunks (the D of a scaling law)."""
+    where, params = _study_filter(study)
+    return _frame(con, "SELECT params, CAST(median(planned_tokens) AS DOUBLE) AS tokens FROM steps s "
+                       f"WHERE kind = 'trunk' AND params IS NOT NULL{where} GROUP BY params ORDER BY params",
+                  params)
 
 
 def load_metrics(con: duckdb.DuckDBPyConnection, names: Sequence[str], study: str | None = None,

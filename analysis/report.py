@@ -11,6 +11,7 @@ fails unexpectedly is skipped the same way (with a warning), so one bad figure n
 
 from __future__ import annotations
 
+import json
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,17 @@ import polars as pl
 from analysis import findings, queries, scores, tables
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
-from analysis.report_figures import Built, StudyData, axis_figures, curve_figures, fit_figures, ratio_figure
+from analysis.predict_io import findings_markdown as prediction_markdown
+from analysis.predict_io import prediction_runs, report_json
+from analysis.report_figures import (
+    Built,
+    StudyData,
+    axis_figures,
+    curve_figures,
+    fit_figures,
+    prediction_figures,
+    ratio_figure,
+)
 from analysis.search_findings import SearchComparison, load_comparisons, search_markdown
 from analysis.store import connect
 
@@ -57,7 +68,7 @@ def load_study(con, study: str | None, average_tasks: Sequence[str] | None = Non
     return StudyData(task_scores=task_scores, steps=steps, main=scores.main_stage(steps), core=core,
                      lr=queries.load_metrics(con, ["lr"], study, kinds=("trunk", "branch")),
                      losses=queries.load_metrics(con, ["train_loss", "text_loss"], study, kinds=("trunk", "branch")),
-                     missing=queries.missing_cells(con, study))
+                     missing=queries.missing_cells(con, study), prediction_runs=prediction_runs(con, study)[0])
 
 
 def _guarded(builder: Callable[[StudyData, Built], None], data: StudyData, built: Built) -> None:
@@ -106,7 +117,7 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
                                  "curves to report")
     built = Built(bootstrap=bootstrap, seed=seed)
     built.notes += _data_notes(data)
-    for builder in (axis_figures, ratio_figure, curve_figures, fit_figures):
+    for builder in (axis_figures, ratio_figure, curve_figures, fit_figures, prediction_figures):
         _guarded(builder, data, built)
     exported = export_figures(built.figures, out / "figures", formats)
     written = [*exported.written, *_write_texts(out, data, built, name, search)]
@@ -185,6 +196,10 @@ def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
         skipped=built.skipped, bootstrap=built.bootstrap, notes=list(dict.fromkeys(built.notes)))
     if search:  # the adaptive search's comparison with the grid, when search wrote one
         texts[out / "findings.md"] += "\n" + "\n".join(search_markdown(search))
+    if built.fits["prediction"] is not None:  # the next rung's best mix, with its backtest
+        texts[out / "findings.md"] += "\n" + "\n".join(prediction_markdown(built.fits["prediction"]))
+        texts[out / "tables" / "prediction.json"] = json.dumps(report_json(built.fits["prediction"]), indent=1,
+                                                              default=float)
     for path, text in texts.items():
         path.write_text(text)
     paths = [*texts, out / "tables" / "main_results.csv", out / "missing_cells.csv"]

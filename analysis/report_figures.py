@@ -13,8 +13,11 @@ import polars as pl
 from analysis import figures, scores
 from analysis.errors import AnalysisInputError
 from analysis.frontier import fit_frontier
+from analysis.predict import MIN_SCALES, next_scale
+from analysis.predict_figures import predicted_frontier_figure, prediction_figure
+from analysis.predict_io import run_prediction_on
 from analysis.scaling import fit_scaling_law
-from analysis.surface import fit_response_surface
+from analysis.surface import best_by_scale, fit_response_surface
 
 NO_VL_RUNS = "no branch or fine-tuned model has an evaluation"
 
@@ -30,6 +33,7 @@ class StudyData:
     losses: pl.DataFrame  # train_loss and text_loss of trunks and branches
     missing: pl.DataFrame  # planned evaluations with no result
     core: pl.DataFrame  # per scale and task: whether it is a core task (analysis.findings.core_tasks)
+    prediction_runs: pl.DataFrame  # one row per final model with held-out losses and D (analysis.predict)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -41,7 +45,7 @@ class Built:
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    fits: dict = field(default_factory=lambda: {"surfaces": {}, "fixed": {}})
+    fits: dict = field(default_factory=lambda: {"surfaces": {}, "fixed": {}, "prediction": None})
 
 
 def axis_figures(data: StudyData, built: Built) -> None:
@@ -196,3 +200,22 @@ def _scaling_figure(data: StudyData, built: Built) -> None:
     n, d, l_ = (points[c].to_numpy().astype(float) for c in ("params", "tokens", "value"))
     fit = fit_scaling_law(n, d, l_)
     built.figures.append(("scaling_law_text_loss", figures.scaling_fit_figure(n, d, l_, fit, title="Trunk text loss")))
+
+
+def prediction_figures(data: StudyData, built: Built) -> None:
+    """The Predictions section: the best f and ratio at the next rung, with the backtest."""
+    sizes = data.prediction_runs.filter(pl.col("vl_score").is_not_null())["params"].drop_nulls().unique().to_list()
+    try:
+        if len(sizes) < MIN_SCALES:
+            raise AnalysisInputError(f"prediction needs at least {MIN_SCALES} scales with evaluated runs "
+                                     f"(has {len(sizes)})")
+        report = run_prediction_on(data.prediction_runs, params=next_scale(sizes), bootstrap=built.bootstrap,
+                                   seed=built.seed)
+    except AnalysisInputError as exc:
+        built.skipped += [(name, str(exc)) for name in ("prediction_best_mix", "prediction_frontier")]
+        return
+    built.fits["prediction"] = report
+    observed = best_by_scale(fit_response_surface(report.runs, score="vl_score", bootstrap=built.bootstrap,
+                                                  seed=built.seed))
+    built.figures.append(("prediction_best_mix", prediction_figure(report.prediction, observed)))
+    built.figures.append(("prediction_frontier", predicted_frontier_figure(report.prediction)))

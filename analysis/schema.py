@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SCHEMA_VERSION = 4  # 2: the curves table; 3: the curve_points table; 4: evals.primary_metric
+from models import stepfiles as sf
+
+SCHEMA_VERSION = 5  # 2: the curves table; 3: the curve_points table; 4: evals.primary_metric; 5: heldout_losses
+
+# Held-out validation losses travel in `evals` under their own metric (models.stepfiles names it) and
+# are never a task's primary metric, so that no stable-score average counts them. Each becomes a
+# column of the prediction's runs: task -> column.
+LOSS_METRIC = sf.LOSS_METRIC
+HELDOUT_LOSSES = {"heldout_text": "val_text_loss", "heldout_caption": "val_caption_loss"}
 
 # Buckets per curve in `curve_points`; changing it changes that table: bump SCHEMA_VERSION with it.
 CURVE_BUCKETS = 200
@@ -155,10 +163,11 @@ EVALS = Table(name="evals", doc="zero-shot evaluation results: one row per (task
         ("step_id", "VARCHAR", "the eval step"),
         ("task", "VARCHAR", "task name"),
         ("group", "VARCHAR", "vl | text"),
-        ("metric", "VARCHAR", "acc, acc_norm, vqa_accuracy, exact_match, f1, ... (models.metrics)"),
-        ("value", "DOUBLE", "the metric's value"),
+        ("metric", "VARCHAR", "acc, acc_norm, vqa_accuracy, exact_match, f1, ... (models.metrics), or "
+                              f"{LOSS_METRIC} (held-out loss: tasks {', '.join(HELDOUT_LOSSES)})"),
+        ("value", "DOUBLE", f"the metric's value ({LOSS_METRIC}: nats per token)"),
         ("chance", "DOUBLE", "the task's chance level (null where none applies)"),
-        ("n", "BIGINT", "examples evaluated")),
+        ("n", "BIGINT", f"examples evaluated (tokens scored for {LOSS_METRIC})")),
     # Files from before this column held one `accuracy` row per task: that row was the score.
     Column(name="primary_metric", dtype="BOOLEAN", legacy="p.\"metric\" = 'accuracy'",
            doc="the row the task's stable score (value - chance) is taken from; one per task"),
@@ -194,7 +203,8 @@ def _config_aggregates() -> str:
     return ", ".join(parts)
 
 
-# Stable score = primary metric - chance (DESIGN §1), joined with the evaluated chain's axes; per eval
+# Stable score = primary metric - chance (DESIGN §1), never a held-out loss row, joined with the
+# evaluated chain's axes (heldout_losses: those rows, likewise joined); per eval
 # step the VL, text and all-task averages; per configuration (all axes but seed) mean, stderr, n.
 # analysis.scores computes the same in polars (with a configurable k-task average); a test
 # checks the two agree.
@@ -203,7 +213,12 @@ VIEWS: dict[str, str] = {
         "CREATE VIEW stable_scores AS SELECT e.step_id, e.task, e.\"group\", e.metric, e.value, "
         "e.chance, e.n, e.value - e.chance AS stable_score, "
         + ", ".join(f"s.\"{a}\"" for a in AXES)
-        + " FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.primary_metric"),
+        + " FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.primary_metric"
+        + f" AND e.metric <> '{LOSS_METRIC}'"),
+    "heldout_losses": (
+        "CREATE VIEW heldout_losses AS SELECT e.step_id, e.task, e.\"group\", e.value, e.n, "
+        + ", ".join(f"s.\"{a}\"" for a in AXES)
+        + f" FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.metric = '{LOSS_METRIC}'"),
     "step_scores": (
         f"CREATE VIEW step_scores AS SELECT step_id, {_quoted(AXES)}, "
         "avg(stable_score) FILTER (WHERE \"group\" = 'vl') AS vl_score, "

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import polars as pl
 
 from analysis.errors import AnalysisInputError
-from analysis.schema import AXES
+from analysis.schema import AXES, LOSS_METRIC
 
 SCORES = ("vl_score", "text_score", "avg_score")  # per-step aggregates, in display order
 CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # a configuration = every axis but the seed
@@ -24,12 +24,15 @@ SCORE_LABELS = {"vl_score": "VL stable score (score − chance)",
 
 def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:
     """The primary rows of eval rows (columns task, group, value, chance; `primary_metric` where a
-    task reports several metrics) with `stable_score` = value − chance."""
+    task reports several metrics) with `stable_score` = value − chance; held-out loss rows are no
+    task's score, whatever their primary_metric says."""
     for col in ("task", "group", "value", "chance"):
         if col not in evals.columns:
             raise AnalysisInputError(f"eval rows: missing column {col!r}")
     if "primary_metric" in evals.columns:
         evals = evals.filter(pl.col("primary_metric"))
+    if "metric" in evals.columns:
+        evals = evals.filter(pl.col("metric") != LOSS_METRIC)
     return evals.with_columns((pl.col("value") - pl.col("chance")).alias("stable_score"))
 
 

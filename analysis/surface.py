@@ -45,7 +45,7 @@ def _design(f: np.ndarray, u: np.ndarray, terms: Sequence[str]) -> np.ndarray:
     return np.column_stack([_TERMS[t](f, u) for t in terms])
 
 
-def _identifiable_terms(f: np.ndarray, u: np.ndarray) -> tuple[str, ...]:
+def identifiable_terms(f: np.ndarray, u: np.ndarray) -> tuple[str, ...]:
     """The quadratic's terms the runs pin down, lowest order first.
 
     A term is kept only if it raises the design's rank: with one value of an axis its terms drop,
@@ -89,7 +89,7 @@ def _fit_scale(runs: pl.DataFrame, scale: str, score: str, n_boot: int, rng: np.
                confidence: float, grid_size: int) -> SurfaceFit:
     f, ratio, s = (runs[c].to_numpy().astype(float) for c in ("intro_fraction", "image_ratio", score))
     u = np.log(ratio)
-    terms = _identifiable_terms(f, u)
+    terms = identifiable_terms(f, u)
     gf1 = np.linspace(f.min(), f.max(), grid_size if len(np.unique(f)) > 1 else 1)
     gu1 = np.linspace(u.min(), u.max(), grid_size if len(np.unique(u)) > 1 else 1)
     gf, gu = (a.ravel() for a in np.meshgrid(gf1, gu1, indexing="ij"))
@@ -108,6 +108,13 @@ def _fit_scale(runs: pl.DataFrame, scale: str, score: str, n_boot: int, rng: np.
                       best_intro_fraction=bf, best_image_ratio=float(np.exp(bu)), best_score=bs,
                       intervals=intervals, n_runs=len(s), terms=terms, coefficients=tuple(map(float, coef)),
                       grid=pl.DataFrame({"intro_fraction": gf, "image_ratio": np.exp(gu), "predicted": pred}))
+
+
+def surface_value(fit: SurfaceFit, intro_fraction, image_ratio) -> np.ndarray:
+    """The fitted surface at given points: a scale's smoothed observation of the score there."""
+    f = np.atleast_1d(np.asarray(intro_fraction, dtype=float))
+    u = np.log(np.atleast_1d(np.asarray(image_ratio, dtype=float)))
+    return _design(f, u, fit.terms) @ np.asarray(fit.coefficients)
 
 
 def best_by_scale(fits: list[SurfaceFit]) -> pl.DataFrame:

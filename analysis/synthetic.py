@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.schema import LOSS_METRIC
+from analysis.synthetic_law import KnownLaw
 from models import stepfiles as sf
 
 # Approximate LM totals of the paper's presets (analysis never imports models).
@@ -56,6 +58,9 @@ class SyntheticSpec:
     trunk_evals: str = "final"
     pretrained_evals: bool = False  # also evaluate each branch before fine-tuning (stage "branch")
     failed_branches: int = 0  # the last N branches fail; their finetune and evals are planned only
+    # Draw the final models' scores from this law instead of the paper-like shapes (held-out losses
+    # always come from a KnownLaw: this one, or the default).
+    law: KnownLaw | None = None
 
     def __post_init__(self) -> None:
         if self.trunk_evals not in ("final", "checkpoints", "none"):
@@ -164,18 +169,25 @@ class _Writer:
                          "value": np.concatenate(list(names_values.values())).astype(np.float64)},
                         schema=METRICS_SCHEMA)
 
-    def eval_table(self, vl: float | None, text: float) -> pa.Table:
+    def eval_table(self, sid: str, vl: float | None, text: float, losses: tuple[float, ...]) -> pa.Table:
         rows = [(t, "text", text, c) for t, c in TEXT_TASKS.items()]
         if vl is not None:
             rows += [(t, "vl", vl, c) for t, c in VL_TASKS.items()]
         value = [float(np.clip(c + s * (1 - c) + self.rng.normal(0, 0.01), 0, 1)) for _, _, s, c in rows]
         # Each task also reports a second metric (as multiple choice does, acc and acc_norm): only
         # the primary row may feed a stable score, so a reader that ignores the flag is caught.
+        # Then the held-out losses (text, then caption when the model has images), from their own
+        # noise stream so that adding them left every score of the default studies as it was.
         n = len(rows)
-        return pa.table({"task": [r[0] for r in rows] * 2, "group": [r[1] for r in rows] * 2,
-                         "metric": ["acc"] * n + ["acc_norm"] * n, "value": value + [0.0] * n,
-                         "chance": [r[3] for r in rows] * 2, "n": [500] * 2 * n,
-                         "primary_metric": [True] * n + [False] * n})
+        noise = np.random.default_rng([self.spec.seed, int(sid, 16)]).normal(0, 0.003, len(losses))
+        tasks = list(sf.HELDOUT_TASKS)[:len(losses)]
+        return pa.table({"task": [r[0] for r in rows] * 2 + tasks,
+                         "group": [r[1] for r in rows] * 2 + [sf.HELDOUT_TASKS[t] for t in tasks],
+                         "metric": ["acc"] * n + ["acc_norm"] * n + [LOSS_METRIC] * len(losses),
+                         "value": value + [0.0] * n + [float(v + e) for v, e in zip(losses, noise)],
+                         "chance": [r[3] for r in rows] * 2 + [None] * len(losses),
+                         "n": [500] * 2 * n + [16_384] * len(losses),
+                         "primary_metric": [True] * n + [False] * n + [False] * len(losses)})
 
 
 def _size(scale: str) -> float:
@@ -261,9 +273,8 @@ def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: 
            w.metrics({"train_loss": loss, "text_loss": loss - 0.05, "caption_loss": caption, "lr": lr,
                       "grad_norm": 1 / (1 + 5 * frac)}, toks), flops=6.0 * n * stage_tokens)
     if spec.pretrained_evals:
-        pre = vl_shape(size, f, meta["image_ratio"], meta["instruction_share"], 0) - 0.05
         w.evals.append((_sid("eval", branch), {**meta, "stage": "branch", "checkpoint": None,
-                                                       "_scores": (pre, text_shape(size, f, meta["image_ratio"], 0))},
+                                               "_scores": _model_scores(spec, meta, size, None)},
                         [["branch", branch]]))
     for epochs in spec.finetune_epochs:
         ft = _sid("finetune", branch, epochs)
@@ -273,10 +284,20 @@ def _write_branch(w: _Writer, spec: SyntheticSpec, meta: dict, trunk: str, enc: 
                w.metrics({"train_loss": 1.5 - 0.3 * steps, "instruction_loss": 1.5 - 0.3 * steps,
                           "lr": lr_curve(steps, peak=1e-4)}, steps * 1_000_000))
         w.evals.append((_sid("eval", ft), {**ft_meta, "stage": "finetune", "checkpoint": None,
-                                               "_scores": (vl_shape(size, f, meta["image_ratio"],
-                                                                    meta["instruction_share"], epochs),
-                                                           text_shape(size, f, meta["image_ratio"], epochs))},
+                                           "_scores": _model_scores(spec, meta, size, epochs)},
                         [["finetune", ft]]))
+
+
+def _model_scores(spec: SyntheticSpec, meta: dict, size: float, epochs: int | None) -> tuple[float, ...]:
+    """(VL, text, held-out text loss, caption loss) of a branch (epochs None: before fine-tuning)."""
+    n, f, ratio, share = meta["params"], meta["intro_fraction"], meta["image_ratio"], meta["instruction_share"]
+    law = spec.law or KnownLaw()
+    losses = (law.text_loss(n, f, ratio), law.caption_loss(n, f, ratio))
+    if spec.law is not None:
+        return (law.vl(n, f, ratio), law.text(n, f, ratio), *losses)
+    if epochs is None:
+        return (vl_shape(size, f, ratio, share, 0) - 0.05, text_shape(size, f, ratio, 0), *losses)
+    return (vl_shape(size, f, ratio, share, epochs), text_shape(size, f, ratio, epochs), *losses)
 
 
 def _trunk_text(scale: str, checkpoint: float | None) -> float:
@@ -290,8 +311,12 @@ def _write_evals(w: _Writer, spec: SyntheticSpec) -> None:
     n_evals = len(w.evals)
     for i, (sid, meta, parents) in enumerate(w.evals):
         scores = meta.pop("_scores", None)
-        vl, text = scores if scores else (None, _trunk_text(meta["scale"], meta.get("checkpoint")))
+        if scores is None:  # the text-only trunk: its held-out text loss falls as it trains
+            checkpoint = meta.get("checkpoint")
+            loss = (spec.law or KnownLaw()).text_loss(meta["params"], None, 0.0) + 0.3 * (1 - (checkpoint or 1.0))
+            scores = (None, _trunk_text(meta["scale"], checkpoint), loss)
         status = (sf.RUNNING if i >= n_evals - spec.unfinished else
                   sf.FAILED if i >= n_evals - spec.unfinished - spec.failed else sf.DONE)
         w.step("eval", sid, parents, {**meta, "tokens": 0},
-               evals=None if status != sf.DONE else w.eval_table(vl, text), status=status)
+               evals=None if status != sf.DONE else w.eval_table(sid, scores[0], scores[1], scores[2:]),
+               status=status)

@@ -13,6 +13,7 @@ import streamlit as st
 from analysis import queries, scores
 from analysis.filters import Filters
 from analysis.frontier import FrontierFit, fit_frontier
+from analysis.predict_io import PredictionReport, assemble_runs, run_prediction_on
 from analysis.scaling import ScalingFit, coarse_grid, fit_scaling_law
 from app.catalog import CatalogVersion, cursor
 
@@ -120,3 +121,19 @@ def scaling(version: CatalogVersion, filters: Filters, metric: str, kinds: tuple
                           starts=None if full_grid else coarse_grid())
     return pts.select("step_id", "scale", "params", "tokens", "value"), fit
 
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def prediction(version: CatalogVersion, filters: Filters, params: float, bootstrap: int) -> PredictionReport:
+    """The prediction at `params` from the filtered final models, with its backtest (seconds: cached)."""
+    with cursor(version) as cur:
+        losses, tokens = queries.load_heldout_losses(cur, filters.study), queries.trunk_tokens(cur, filters.study)
+    runs, fixed = assemble_runs(step_scores(version, filters), losses, tokens)
+    return run_prediction_on(runs, params=params, bootstrap=bootstrap, seed=0, fixed=fixed)
+
+
+@st.cache_data(**_CACHE)
+def trained_sizes(version: CatalogVersion, filters: Filters) -> list[int]:
+    """Parameters of the scales with evaluated final models, smallest first."""
+    final = scores.main_stage(step_scores(version, filters)).filter(pl.col("vl_score").is_not_null())
+    return sorted(final["params"].drop_nulls().unique().to_list())

@@ -20,6 +20,7 @@ PAGES = (("overview.py", "Overview", ":material/grid_view:"),
          ("scores.py", "Scores", ":material/bar_chart:"),
          ("tradeoff.py", "Trade-off", ":material/scatter_plot:"),
          ("scaling.py", "Scaling", ":material/trending_down:"),
+         ("predict.py", "Predictions", ":material/query_stats:"),
          ("runs.py", "Runs", ":material/table_rows:"),
          ("export.py", "Export", ":material/download:"))
 

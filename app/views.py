@@ -16,7 +16,12 @@ import polars as pl
 from analysis import browse_figures as bfig
 from analysis import figures as afig
 from analysis import scores
+from analysis.errors import AnalysisInputError
 from analysis.filters import Filters, format_value
+from analysis.predict import MIN_SCALES, next_scale
+from analysis.predict_figures import predicted_frontier_figure, prediction_figure
+from analysis.predict_io import backtest_table, report_text
+from analysis.surface import best_by_scale, fit_response_surface
 from app import loaders
 from app.catalog import CatalogVersion
 
@@ -148,9 +153,9 @@ def build_tradeoff(version: CatalogVersion, filters: Filters, opts: TradeoffOpti
         fit = replace(fit, points=fit.points.with_columns(pl.lit(values[0] if len(values) == 1 else None)
                                                           .alias(opts.color)))
     fig = afig.tradeoff_figure(fit, color=opts.color)  # its hover names each point's configuration
-    coef = ", ".join(f"{c:.3g}" for c in fit.coefficients)
+    curve = f"; fitted frontier: the least-squares {fit.shape} curve through them" if fit.shape else ""
     notes = (f"{len(fit.points)} configurations (means over seeds), {int(fit.points['on_frontier'].sum())} "
-             f"on the frontier; fitted frontier y = Σ cₖ xᵏ with c = ({coef})",)
+             f"on the frontier{curve}",)
     return Built(figure=fig, notes=notes, table=fit.points)
 
 
@@ -173,6 +178,37 @@ def build_scaling(version: CatalogVersion, filters: Filters, opts: ScalingOption
     return Built(figure=fig, notes=notes, table=pl.DataFrame(rows, schema=schema))
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PredictionOptions:
+    params: float | None = None  # the target's LM parameters; None: the study's next rung
+    bootstrap: int = 200  # resamples of the runs within each scale
+
+
+def prediction_target(version: CatalogVersion, filters: Filters, opts: PredictionOptions) -> float:
+    sizes = loaders.trained_sizes(version, filters)
+    if len(sizes) < MIN_SCALES:
+        raise NothingToPlot(f"prediction needs at least {MIN_SCALES} scales with evaluated runs "
+                            f"(these filters leave {len(sizes)})")
+    return opts.params or next_scale(sizes)
+
+
+def build_prediction(version: CatalogVersion, filters: Filters, opts: PredictionOptions) -> Built:
+    try:
+        report = loaders.prediction(version, filters, prediction_target(version, filters, opts), opts.bootstrap)
+    except AnalysisInputError as exc:  # a target inside the trained range, too few runs: say so
+        raise NothingToPlot(str(exc)) from exc
+    observed = best_by_scale(fit_response_surface(report.runs, score="vl_score", bootstrap=opts.bootstrap))
+    fig = prediction_figure(report.prediction, observed)
+    return Built(figure=fig, notes=tuple(report_text(report).splitlines()), table=backtest_table(report.backtest))
+
+
+def build_predicted_frontier(version: CatalogVersion, filters: Filters, opts: PredictionOptions) -> Built:
+    report = loaders.prediction(version, filters, prediction_target(version, filters, opts), opts.bootstrap)
+    return Built(figure=predicted_frontier_figure(report.prediction), notes=(
+        f"the VL/text frontier the models predict at {report.prediction.params:.3g} parameters; band: "
+        f"{report.prediction.bootstrap} bootstrap refits",))
+
+
 # name -> (builder, default options); the Export page lists these, pages store their last options.
 FIGURES: dict[str, tuple[Callable, object]] = {
     "coverage": (build_coverage, CoverageOptions()),
@@ -180,4 +216,6 @@ FIGURES: dict[str, tuple[Callable, object]] = {
     "scores": (build_scores, ScoresOptions()),
     "tradeoff": (build_tradeoff, TradeoffOptions()),
     "scaling": (build_scaling, ScalingOptions()),
+    "prediction": (build_prediction, PredictionOptions()),
+    "prediction_frontier": (build_predicted_frontier, PredictionOptions()),
 }

@@ -47,6 +47,10 @@ METRICS_COLUMNS = (("step", "int64"), ("tokens", "int64"), ("name", "string"), (
 EVALS_COLUMNS = (("task", "string"), ("group", "string"), ("metric", "string"),
                  ("value", "float64"), ("chance", "float64"), ("n", "int64"), ("primary_metric", "bool_"))
 TABLE_COLUMNS = {METRICS: METRICS_COLUMNS, EVALS: EVALS_COLUMNS}
+# evals rows of the held-out validation losses (models.heldout writes them): their own metric, so
+# that no average of task scores ever counts them; task -> group
+LOSS_METRIC = "val_loss"
+HELDOUT_TASKS = {"heldout_text": "text", "heldout_caption": "vl"}
 
 # -- status words ---------------------------------------------------------------------------------
 # What a step's files say on their own (`file_state`): result.json = done, failure.json = failed,

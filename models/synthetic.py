@@ -135,6 +135,19 @@ def caption_pairs(source, tok, *, batch_size, image_size, max_caption_len, seed)
     return Stream(make, seed)
 
 
+_HELDOUT_SEED = 10_007  # batch seeds no training stream of these tests reaches
+
+
+def heldout_text(source, tok, *, seq_len) -> list[Batch]:
+    rng = np.random.default_rng(_HELDOUT_SEED)
+    return [_rows(rng, 8, seq_len, 0.0, 1, 0, 0)]
+
+
+def heldout_captions(source, tok, *, seq_len, image_size, image_tokens) -> list[Batch]:
+    rng = np.random.default_rng(_HELDOUT_SEED + 1)
+    return [_rows(rng, 8, seq_len, 1.0, image_size, image_tokens, 1)]
+
+
 @dataclass
 class EvalItem:
     prompt_tokens: list[int]

@@ -1,4 +1,4 @@
-"""`vlmsweep ingest`, `report` and `fit-scaling`: the study side of the wiring into `analysis`.
+"""`vlmsweep ingest`, `report`, `predict` and `fit-scaling`: the study side of the wiring into `analysis`.
 
 The study's manifest (which steps belong to it) is written here, since only `sweep` knows how a
 study expands; `analysis` then reads step files and manifests under the root. Bad input found by
@@ -60,6 +60,54 @@ def run_report(args) -> int:
         summary = write_report(root, args.out, study=study.name, average_tasks=tasks,
                                bootstrap=args.bootstrap, seed=args.seed)
     print(summary)
+    return 0
+
+
+def _only_study(root: Path) -> str | None:
+    from analysis.queries import study_names
+    from analysis.store import connect
+
+    with connect(root) as con:
+        names = study_names(con)
+    if len(names) > 1:
+        raise UserError(f"{root} holds studies {', '.join(names)}: name one with --name")
+    return names[0] if names else None
+
+
+def _target_params(scale: str | None, params: float | None) -> float:
+    """--params as given, or the LM parameters of preset --scale (as the planner counts them)."""
+    if scale is None:
+        return float(params)
+    from models.accounting import param_counts
+    from models.presets import PRESETS
+
+    if scale not in PRESETS:
+        raise UserError(f"--scale {scale!r} is not a preset; known presets: {', '.join(PRESETS)}")
+    return float(param_counts(PRESETS[scale].model)["lm_total"])
+
+
+def run_predict(args) -> int:
+    import json
+
+    from analysis.predict_io import report_json, report_text, run_prediction
+    from analysis.store import ingest
+
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    params = _target_params(args.scale, args.params)
+    if args.study.is_dir():  # a results folder: its catalog, and its only study unless --name says
+        root, name = args.study, args.name
+    else:
+        study, root = _root_of(args)
+        name = study.name
+    with _as_user_errors():
+        ingest(root, progress=_progress)
+        report = run_prediction(root, name if name is not None else _only_study(root), params=params,
+                                tokens=args.tokens, bootstrap=args.bootstrap, seed=args.seed)
+    if args.json:  # the text output states its warnings first; JSON carries them in a field
+        for warning in report.prediction.warnings:
+            print(f"vlmsweep predict: warning: {warning}", file=sys.stderr)
+    print(json.dumps(report_json(report), indent=1, default=float) if args.json else report_text(report))
     return 0
 
 

@@ -90,6 +90,27 @@ def _add_report(sub) -> None:
     p.set_defaults(handler="sweep.analysiscli:run_report")
 
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict the best f and ratio at a scale not trained, with a backtest",
+                       description="Fit cross-scale models of the VL and text scores and held-out losses "
+                       "over (N, D, intro_fraction, image_ratio), predict the best intro_fraction and "
+                       "image_ratio at a larger scale with bootstrap intervals, and backtest the method "
+                       "on the largest trained scale. Needs at least 3 trained scales.")
+    p.add_argument("study", type=Path, help="the study file (TOML), or a results folder holding results.duckdb")
+    p.add_argument("--root", type=Path, default=None,
+                   help="results root of a study file (default: [study].root, relative to the study file)")
+    p.add_argument("--name", default=None, help="a results folder's study (default: its only one)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--scale", help="a preset name to predict (e.g. 1.4b)")
+    target.add_argument("--params", type=float, help="LM parameters N to predict at")
+    p.add_argument("--tokens", type=float, default=None,
+                   help="trunk tokens D at the target (default: the study's tokens per parameter × N)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--json", action="store_true", help="print the prediction and backtest as JSON")
+    p.set_defaults(handler="sweep.analysiscli:run_predict")
+
+
 def _add_app(sub) -> None:
     p = sub.add_parser("app", help="browse results in a Streamlit app (read-only)")
     p.add_argument("target", type=Path, help="a study file or a results folder")
@@ -167,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmsweep", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_app,
+    for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_predict, _add_app,
                 _add_search, _add_demo, _add_world, _add_convert, _add_fit_scaling):
         add(sub)
     return parser

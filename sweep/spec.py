@@ -47,11 +47,12 @@ SOURCE_KINDS = tuple(dict.fromkeys(TEXT_KINDS + IMAGE_KINDS + FINETUNE_KINDS + E
 # Options each kind of source accepts besides `kind` and `paths`.
 SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "world": {"seed": int, "image_size": int, "n_kinds": int},
-    "jsonl": {"tokenizer": str, "text_field": str},
-    "parquet": {"tokenizer": str, "text_field": str},
+    # `heldout`: a path or glob of held-out shards, the fixed set every eval's validation loss uses
+    "jsonl": {"tokenizer": str, "text_field": str, "heldout": str},
+    "parquet": {"tokenizer": str, "text_field": str, "heldout": str},
     # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
-    "webdataset": {"image_ext": str, "tokenizer": str},
-    "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str},
+    "webdataset": {"image_ext": str, "tokenizer": str, "heldout": str},
+    "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str},
     "llava": {"image_root": str},
     # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
     # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored
@@ -290,7 +291,7 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
             if t.has(key):
                 value = (t.int(key, lo=0) if typ is int else t.float(key, lo=0.0, hi=1.0)
                          if typ is float else t.str(key, choices=OPTION_CHOICES.get(key)))
-                if key in ("tokenizer", "image_root"):
+                if key in ("tokenizer", "image_root", "heldout"):
                     value = str((base / value).resolve())
                 options.append((key, value))
         if kind == "world":

@@ -34,7 +34,8 @@ def test_report_writes_every_promised_file(root: Path, tmp_path: Path) -> None:
     names = {p.name for p in summary.written}
     figures = ["scores_vs_intro_fraction", "scores_vs_intro_fraction_per_task", "scores_vs_image_ratio",
                "lr_schedules", "training_loss_by_intro_fraction", "training_loss_by_scale",
-               "vl_vs_text_tradeoff", "response_surface_79m", "response_surface_411m", "scaling_law_text_loss"]
+               "vl_vs_text_tradeoff", "response_surface_79m", "response_surface_411m", "scaling_law_text_loss",
+               "prediction_best_mix", "prediction_frontier"]
     for fig in figures:
         assert {f"{fig}.{ext}" for ext in ("png", "svg", "pdf", "csv")} <= names, fig
     assert {"main_results.tex", "late_vs_full.tex", "text_cost.tex", "findings.md", "missing_cells.csv"} <= names
@@ -45,6 +46,10 @@ def test_report_writes_every_promised_file(root: Path, tmp_path: Path) -> None:
     assert "| 79m | vl_score |" in findings and "| 411m | avg_score |" in findings
     assert "80% vs at 100%" in findings and "1 planned evaluations have no result" in findings
     assert "scores_vs_instruction_share" in findings
+    # three scales: the next rung (411m x its mean step) predicted, with the backtest of 411m
+    assert "## Predictions" in findings and "backtest: 411m" in findings and "decision accuracy" in findings
+    prediction = json.loads((tmp_path / "tables" / "prediction.json").read_text())
+    assert prediction["prediction"]["params"] > 411_000_000 and prediction["backtest"]["scale"] == "411m"
     tex = (tmp_path / "tables" / "main_results.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex
     assert (tmp_path / "figures" / "lr_schedules.png").read_bytes()[:4] == b"\x89PNG"

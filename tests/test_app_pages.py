@@ -222,3 +222,26 @@ def test_every_page_opens_on_a_catalog_ingested_before_any_step_finished(tmp_pat
         open_page(plan.root, page)
     finally:
         catalog.close()
+
+
+def test_predict_page_says_two_scales_are_too_few(results):
+    at = open_page(results, "predict")
+    assert any("needs at least 3 scales" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_predict_page_shows_the_trend_the_frontier_and_the_backtest(tmp_path):
+    from analysis.synthetic_law import KnownLaw
+
+    write_synthetic_study(tmp_path, SyntheticSpec(scales=("1m", "5m", "79m"), image_ratios=(0.05, 0.2),
+                                                  finetune_epochs=(1,), metric_rows=2, law=KnownLaw()))
+    ingest(tmp_path)
+    try:
+        at = open_page(tmp_path, "predict")
+        trend, front = figure(at, 0), figure(at, 1)
+        assert any(t.get("name", "").startswith("predicted at") for t in trend["data"])
+        assert any(t.get("name", "").startswith("predicted frontier") for t in front["data"])
+        assert len(at.dataframe) == 1 and any("backtest: 79m" in c.value for c in at.caption)
+        at.text_input(key="predict_params").input("5e7").run()  # inside the trained range: said plainly
+        assert any("not beyond the fitted range" in i.value for i in at.info)
+    finally:
+        catalog.close()

@@ -76,10 +76,14 @@ def test_done_step_is_skipped_and_eval_writes_evals(tmp_path) -> None:
     assert e.schema == pl.Schema({"task": pl.String, "group": pl.String, "metric": pl.String,
                                   "value": pl.Float64, "chance": pl.Float64, "n": pl.Int64,
                                   "primary_metric": pl.Boolean})
-    # a multiple-choice task reports acc (its primary metric) and acc_norm
+    # a multiple-choice task reports acc (its primary metric) and acc_norm; a text LM's held-out
+    # loss follows (no captions: it has no image side)
     common = {"task": "progression", "group": "text", "chance": 0.5, "n": 6}
     assert e.to_dicts() == [common | {"metric": "acc", "value": e["value"][0], "primary_metric": True},
-                            common | {"metric": "acc_norm", "value": e["value"][1], "primary_metric": False}]
+                            common | {"metric": "acc_norm", "value": e["value"][1], "primary_metric": False},
+                            {"task": "heldout_text", "group": "text", "metric": "val_loss", "value": e["value"][2],
+                             "chance": None, "n": 8 * 32, "primary_metric": False}]
+    assert 0 < e["value"][2] < 10
     with pytest.raises(ValueError, match="no vision side"):
         run_step(eval_step(step), tmp_path, data=syn)
 

@@ -60,9 +60,11 @@ def test_world_chain_runs_and_resumes_to_the_bit(tmp_path) -> None:
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
     for step in steps.values():
         run_step(step, clean, data=data)
-    evals = pl.read_parquet(step_dir(clean, "eval", steps["eval"].step_id) / "evals.parquet")
+    rows = pl.read_parquet(step_dir(clean, "eval", steps["eval"].step_id) / "evals.parquet")
+    evals, losses = rows.filter(pl.col("metric") == "accuracy"), rows.filter(pl.col("metric") == "val_loss")
     assert set(evals["group"]) == {"vl", "text"} and (evals["n"] == 3).all()
     assert ((evals["value"] >= 0) & (evals["value"] <= 1)).all()
+    assert losses["task"].to_list() == ["heldout_text", "heldout_caption"] and (losses["value"] > 0).all()
     branch_names = set(pl.read_parquet(step_dir(clean, "branch", steps["branch"].step_id)
                                        / "metrics.parquet")["name"])
     assert {"text_loss", "caption_loss", "instruction_loss"} <= branch_names

@@ -164,3 +164,11 @@ def test_unimplemented_command_exits_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "_resolve", lambda spec: None)
     assert cli.main(["search", "x.toml", "--trials", "1"]) == 2
     assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_a_heldout_shard_option_resolves_against_the_study_file(tmp_path):
+    from sweep.spec import load_study
+
+    study = tmp_path / "study.toml"
+    study.write_text(GOOD.replace('paths = ["shards/a.tar"]', 'paths = ["shards/a.tar"]\nheldout = "val/*.tar"'))
+    assert load_study(study).data["shards"].option("heldout") == str((tmp_path / "val" / "*.tar").resolve())

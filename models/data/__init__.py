@@ -11,6 +11,7 @@ from __future__ import annotations
 from models.data.errors import BadRecordError, DataError, EmptySourceError
 from models.data.evaltasks import file_tasks, world_tasks
 from models.data.finetune import FinetuneStream, InstructionSet
+from models.data.heldout import heldout_captions, heldout_text
 from models.data.packing import TextPacker
 from models.data.sources import open_source
 from models.data.streams import BatchStream, CaptionPairStream, MixedStream, TextStream
@@ -107,4 +108,4 @@ def eval_tasks(source, tokenizer, *, groups=("vl", "text"), tasks=(), n_per_task
 
 __all__ = ["Batch", "BatchStream", "BadRecordError", "DataError", "EmptySourceError", "EvalItem",
            "EvalTask", "Tokenizer", "caption_pairs", "eval_tasks", "finetune_epochs", "prepare_eval_source",
-           "get_tokenizer", "mixed_stream", "text_stream"]
+           "get_tokenizer", "heldout_captions", "heldout_text", "mixed_stream", "text_stream"]

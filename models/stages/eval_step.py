@@ -15,6 +15,7 @@ from models import stepfiles as sf
 from models.config import LMConfig, ProjectorConfig, VisionConfig
 from models.data.evaltasks import gather
 from models.evaluate import evaluate
+from models.heldout import heldout_rows
 from models.stages.context import Context, RunOutput
 from models.steps import load_step_config
 from models.vlm import VLM
@@ -64,4 +65,6 @@ def run_eval(ctx: Context) -> RunOutput:
         rows = evaluate(model, tasks, image_id=tok.image_id,
                         image_tokens=n_image, eos_id=tok.eos_id,
                         decode=tok.decode, stop_ids=(tok.user_id,), stable_metric=dict(cfg.stable_metric))
+        rows += heldout_rows(model, ctx.data, tok, root=ctx.root, kind=kind, parent_id=parent_id,
+                             image_tokens=n_image, device=device)
     return RunOutput(tokens=0, flops=0, params=model.param_counts(), metrics=[], evals=rows)

@@ -13,8 +13,10 @@ from models.data.world import corpus, scenes
 from models.data.world.entities import DEFAULT_KINDS, World, make_world
 from models.data.world.render import render
 
-# Stream codes keep the random streams of one world apart.
+# Stream codes keep the random streams of one world apart. The held-out streams draw from the
+# training distributions but are read by no training stream: validation sets never trained on.
 _TEXT, _PAIRS, _INSTRUCTIONS = 1, 2, 3
+_HELDOUT_TEXT, _HELDOUT_PAIRS = 4, 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,16 @@ class WorldData:
         """(uint8 [H, W, 3] image, caption) of training pair i."""
         scene, text = self.pair_scene(i)
         return render(scene, self.world.kinds, image_size), text
+
+    def heldout_text(self, i: int) -> str:
+        """Held-out document i (the training distribution, never a training document's draw)."""
+        return corpus.document(self.world, self._rng(_HELDOUT_TEXT, i))
+
+    def heldout_pair(self, i: int, image_size: int = 32) -> tuple[np.ndarray, str]:
+        """(image, caption) of held-out pair i, drawn as training pairs are."""
+        rng = self._rng(_HELDOUT_PAIRS, i)
+        scene = scenes.sample_scene(self.world, rng)
+        return render(scene, self.world.kinds, image_size), scenes.caption(self.world, scene, rng)
 
     def instruction(self, i: int, image_size: int = 32) -> tuple[np.ndarray, list[tuple[str, str]]]:
         """(image, [(question, answer), …]) of instruction sample i."""
