@@ -78,8 +78,15 @@ def _schema_version(con: duckdb.DuckDBPyConnection, prefix: str = "") -> int | N
     return int(rows[0][0]) if rows else None
 
 
-def ingest(root: str | Path, *, progress: Callable[[int, int], None] | None = None) -> IngestSummary:
-    """Build the catalog from every step under root and swap it in; see the module docstring."""
+def ingest(root: str | Path, *, progress: Callable[[int, int], None] | None = None,
+           skip_unreadable: bool = False) -> IngestSummary:
+    """Build the catalog from every step under root and swap it in; see the module docstring.
+
+    A step file that cannot be read (garbled JSON, a truncated Parquet file) is an error naming it,
+    and the previous catalog stays as it was: ingest never drops rows it held. With
+    `skip_unreadable` the rest is ingested and such a step keeps the rows the previous catalog had
+    for it (or, if it had none, whatever of it can be read, with the skipped files listed).
+    """
     start = time.perf_counter()
     root = Path(root)
     if not (root / sf.STEPS_DIR).is_dir() and not (root / "studies").is_dir():
@@ -89,7 +96,7 @@ def ingest(root: str | Path, *, progress: Callable[[int, int], None] | None = No
         _remove_stale_temporaries(root)
         tmp = sf.temp_path(target)
         try:
-            summary = _build(root, target, tmp, progress)
+            summary = _build(root, target, tmp, progress, skip_unreadable)
             if tmp.exists():  # else nothing changed: the old catalog is already this one
                 sf.publish(tmp, target)
         finally:
@@ -141,7 +148,8 @@ def _manifests_signature(root: Path) -> str:
     return "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
-def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], None] | None) -> dict:
+def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], None] | None,
+           skip_unreadable: bool) -> dict:
     steps = steprows.scan_steps(root)
     old, old_manifests = _reusable(target)
     manifests = _manifests_signature(root)
@@ -166,12 +174,44 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
             _copy_reused(con, target, [s.step_id for s in reuse])
         rows, corrupt = _read_fresh(fresh, len(reuse), len(steps), progress)
         corrupt += _insert_fresh(con, rows, fresh)
+        if corrupt and not skip_unreadable:
+            raise _unreadable_error(corrupt, target)
+        for sid, file, err in corrupt:  # skipped knowingly: say which
+            _warn_corrupt(sid, file, err)
         studies = _insert_manifests(con, root)
         _insert_derived(con, [s.step_id for s in fresh])
+        _keep_previous_rows(con, target, sorted({sid for sid, _, _ in corrupt}))
         con.execute("CHECKPOINT")
     finally:
         con.close()
     return {**result, "ingested": len(rows), "skipped_corrupt": tuple(corrupt), "studies": tuple(studies)}
+
+
+def _unreadable_error(corrupt: list[tuple[str, str, str]], target: Path) -> AnalysisInputError:
+    """One line: the first unreadable file, how many more, and the two ways on."""
+    _, _, first = corrupt[0]
+    more = f" (and {len(corrupt) - 1} more unreadable file(s))" if len(corrupt) > 1 else ""
+    return AnalysisInputError(f"{first}{more}; {target} is left as it was: repair or delete the file "
+                              "(deleting result.json makes `run` recompute the step), or ingest the "
+                              "rest with --skip-unreadable")
+
+
+def _keep_previous_rows(con: duckdb.DuckDBPyConnection, target: Path, ids: list[str]) -> None:
+    """Give the steps whose files could not be read the rows the previous catalog had for them."""
+    if not ids or not target.is_file():
+        return
+    with duckdb.connect(str(target), read_only=True) as old:
+        if _schema_version(old) != SCHEMA_VERSION:
+            return
+        held = {r[0] for r in old.execute("SELECT step_id FROM steps").fetchall()}
+    kept = [sid for sid in ids if sid in held]
+    if not kept:
+        return
+    con.register("kept_ids", pl.DataFrame({"step_id": kept}))
+    for name in ("steps", "metrics", "evals", "curves", "curve_points"):
+        con.execute(f"DELETE FROM {name} WHERE step_id IN (SELECT step_id FROM kept_ids)")
+    con.unregister("kept_ids")
+    _copy_reused(con, target, kept)
 
 
 def _copy_reused(con: duckdb.DuckDBPyConnection, target: Path, ids: list[str]) -> None:
@@ -218,7 +258,6 @@ def _read_fresh(fresh: list[steprows.StepDir], done_before: int, total: int,
         except AnalysisInputError as exc:
             bad = sf.FAILURE if step.status == sf.FAILED and sf.FAILURE in str(exc) else (
                 sf.RESULT if sf.RESULT in str(exc) else sf.CONFIG)
-            _warn_corrupt(step.step_id, bad, str(exc))
             corrupt.append((step.step_id, bad, str(exc)))
         if progress is not None:
             progress(done_before + i + 1, total)
@@ -226,7 +265,7 @@ def _read_fresh(fresh: list[steprows.StepDir], done_before: int, total: int,
 
 
 def _warn_corrupt(step_id: str, file: str, error: str) -> None:
-    warnings.warn(f"step {step_id}: skipped {file}: {error}", AnalysisWarning, stacklevel=4)
+    warnings.warn(f"step {step_id}: skipped {file}: {error}", AnalysisWarning, stacklevel=5)
 
 
 def _insert_fresh(con: duckdb.DuckDBPyConnection, rows: list[dict],
@@ -246,8 +285,7 @@ def _insert_fresh(con: duckdb.DuckDBPyConnection, rows: list[dict],
             except AnalysisInputError as exc:
                 corrupt.append((step.step_id, file, str(exc)))
         corrupt += _insert_parquet(con, table.name, good)
-    for sid, file, err in corrupt:
-        _warn_corrupt(sid, file, err)
+    for sid, file, _ in corrupt:
         by_id[sid]["skipped_files"] = ",".join(filter(None, [by_id[sid]["skipped_files"], file]))
     if rows:
         frame = pl.DataFrame(rows, schema=STEPS.polars_schema())

@@ -94,7 +94,7 @@ def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, c
     options = RunOptions(checkpoint_every_s=float("inf"), compile=compile_,
                          accelerator="cpu" if cpu else "auto")
     factory = base.make_trainer
-    base.make_trainer = lambda o, m, cbs: factory(o, m, cbs + extra)
+    base.make_trainer = lambda o, m, cbs, **kw: factory(o, m, cbs + extra, **kw)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Checkpointer(latest=Path(tmp) / "latest.pt", total_steps=steps, options=options)

@@ -38,8 +38,8 @@ def main() -> int:
         study = load_study(REPO / "studies" / "paper.toml")
         # The dev cluster has one CPU partition and no GPUs: submit with resources it accepts
         # (backend settings never change a step id, so the plan is the paper's).
-        study = replace(study, backend=replace(study.backend, slurm_per_kind=(), slurm=replace(
-            study.backend.slurm, partition="", gpus=0, cpus=1, mem_gb=1)))
+        study = replace(study, backend=replace(study.backend, slurm_layers=(
+            ("", "", (("cpus", 1), ("mem_gb", 1))),)))
         plan = plan_study(study, root=root)
         steps = select_steps(plan, retry_failed=False, max_failures=3)
         t_plan = time.perf_counter() - t0

@@ -98,7 +98,7 @@ def lightning_loop(model: VLM, batches: list[Batch], schedule, optim: OptimConfi
     ckpt = Checkpointer(latest=root / "latest.pt", total_steps=steps, options=options)
     from models.stages import trainer as base
     trainer_factory = base.make_trainer
-    base.make_trainer = lambda o, m, cbs: trainer_factory(o, m, cbs + [timer])
+    base.make_trainer = lambda o, m, cbs, **kw: trainer_factory(o, m, cbs + [timer], **kw)
     try:
         fit(module, ListStream(batches), options=options, total_steps=steps, checkpointer=ckpt)
     finally:

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from models.distributed import STRATEGIES, ranks_from_env
+
 VisionKind = Literal["patch", "vit", "hf"]
 ProjectorKind = Literal["mlp2", "linear"]
 
@@ -183,19 +185,23 @@ class OptimConfig:
 
 
 def default_threads() -> int:
-    """Intra-op threads for one step: $VLMSWEEP_THREADS, else the cores shared among the local
-    workers ($VLMSWEEP_WORKERS, set by the local launcher), else every core.
+    """Intra-op threads for one rank of one step: $VLMSWEEP_THREADS, else the cores shared among
+    the local workers ($VLMSWEEP_WORKERS, set by the local launcher) and a step's ranks on this
+    node, else every core.
 
     On a small shared CPU more threads than cores per process is ruinous: with two workers of two
     threads each on two cores, a 32-wide linear takes ~2 ms instead of ~10 µs (spinning OpenMP
-    threads fight over the cores), so workers split the cores rather than share them.
+    threads fight over the cores), so workers split the cores rather than share them. A SLURM
+    task pinned to its CPUs sees only those; unpinned ranks of one node split the node's cores.
     """
-    cores = os.cpu_count() or 1
     threads = _positive_env("VLMSWEEP_THREADS")
     if threads is not None:
         return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores == os.cpu_count():
+        cores //= ranks_from_env().per_node
     workers = _positive_env("VLMSWEEP_WORKERS")
-    return max(1, cores // workers) if workers is not None else cores
+    return max(1, cores // workers) if workers is not None else max(1, cores)
 
 
 def _positive_env(name: str) -> int | None:
@@ -215,8 +221,11 @@ def _positive_env(name: str) -> int | None:
 class RunOptions:
     """How a step runs, never what it computes (none of this is in the step id)."""
 
-    devices: int = 1  # >1: DDP through Lightning; each rank takes a slice of every global batch
+    # The ranks a step trains on come from the environment that started it (srun, or the local
+    # launcher; models.distributed), never from here: a step resumes on any rank count.
     accelerator: str = "auto"  # auto = CUDA when present, else CPU
+    strategy: str = "ddp"  # with several ranks: ddp (replicas) | fsdp (sharded, CUDA only)
+    collective_timeout_s: float = 1800.0  # a collective waiting longer (a rank died) fails the step
     compile: bool = False  # torch.compile the model (CUDA)
     micro_batch: int = 0  # LM stages: rows per forward/backward (0 = whole batch), gradients accumulate
     checkpoint_every_steps: int = 0  # periodic resumable checkpoint; 0 = time-based only
@@ -229,3 +238,7 @@ class RunOptions:
             raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
         if self.micro_batch < 0:
             raise ValueError(f"RunOptions.micro_batch must be >= 0, got {self.micro_batch}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"RunOptions.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"RunOptions.collective_timeout_s must be > 0, got {self.collective_timeout_s}")

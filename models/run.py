@@ -13,6 +13,7 @@ import math
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -20,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from models import stepfiles as sf
-from models.checkpoint import Preempted, clear_checkpoint_request, request_checkpoint
+from models.checkpoint import CheckpointError, Preempted, clear_checkpoint_request, request_checkpoint
 from models.config import RunOptions
+from models.distributed import MULTI_RANK_KINDS, Ranks, ranks_from_env
 from models.steps import CODE_SALT, Step
 
-__all__ = ["run_step", "request_checkpoint", "Preempted", "RunOptions"]
+__all__ = ["run_step", "request_checkpoint", "failure_reason", "Preempted", "RunOptions"]
 
 
 def _git_commit() -> str | None:
@@ -51,15 +53,31 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _failure(directory: Path, step: Step, exc: BaseException) -> None:
+def failure_reason(exc: BaseException) -> str:
+    """The failure.json reason of `exc` (one of models.stepfiles.REASONS)."""
     import torch
 
-    reason = ("preempted" if isinstance(exc, Preempted)
-              else "oom" if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) else "exception")
-    sf.write_failure(directory, sf.Failure(
-        step_id=step.step_id, kind=step.kind, reason=reason,
-        error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
-        traceback=traceback.format_exc(), finished_at=sf.now_iso()))
+    from models.data.errors import DataError
+
+    if isinstance(exc, Preempted):
+        return "preempted"
+    if sf.disk_error(exc):
+        return "disk"
+    if isinstance(exc, (DataError, CheckpointError, sf.StepFileError)):
+        return "input"  # the user's to fix: the message names the file and record
+    return "oom" if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) else "exception"
+
+
+def _failure(directory: Path, step: Step, exc: BaseException, ranks: Ranks) -> None:
+    where = f"rank 0 of {ranks.world}: " if ranks.world > 1 else ""
+    failure = sf.Failure(step_id=step.step_id, kind=step.kind, reason=failure_reason(exc),
+                         error=f"{where}{type(exc).__name__}: {exc}".splitlines()[0][:500],
+                         traceback=traceback.format_exc(), finished_at=sf.now_iso())
+    try:
+        sf.write_failure(directory, failure)
+    except OSError as error:  # a full disk may not take failure.json either: say so, keep `exc`
+        print(f"vlmsweep: could not record the failure of {step.kind} {step.step_id} in "
+              f"{directory / sf.FAILURE}: {error.strerror or error}", file=sys.stderr, flush=True)
 
 
 def run_step(step: Step, root: str | Path, options: RunOptions | None = None,
@@ -70,25 +88,32 @@ def run_step(step: Step, root: str | Path, options: RunOptions | None = None,
     """
     # How the step runs: the caller's options, else the study's (`meta["run"]`, see sweep.plan).
     options = options or RunOptions(**step.meta.get("run", {}))
+    ranks = ranks_from_env()
+    if ranks.world > 1 and step.kind not in MULTI_RANK_KINDS:
+        raise ValueError(f"a {step.kind} step trains on one rank, not {ranks.world}: only "
+                         f"{', '.join(MULTI_RANK_KINDS)} steps split their batches over ranks")
     paths = sf.paths_of(root, step)
-    paths.dir.mkdir(parents=True, exist_ok=True)
     if data is None:
         import models.data as data
     if sf.step_done(step, root):
         return sf.read_result(paths.dir)
-    sf.write_json(paths.config, step.to_json())
     clear_checkpoint_request()
     with _Signals():
         try:
-            return _execute(step, Path(root), paths, options, data)
+            if ranks.writes_files:  # rank 0 alone writes the step's files
+                sf.remove_temp_files(paths.dir)  # of an attempt killed mid-write; this job alone writes here
+                sf.write_json(paths.config, step.to_json())
+            return _execute(step, Path(root), paths, options, data, ranks)
         except BaseException as exc:
-            _failure(paths.dir, step, exc)
+            if ranks.writes_files:  # one failure.json: rank 0's (the others' tracebacks are in their logs)
+                _failure(paths.dir, step, exc, ranks)
             raise
         finally:
             clear_checkpoint_request()
 
 
-def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: Any) -> dict[str, Any]:
+def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: Any,
+             ranks: Ranks) -> dict[str, Any]:
     import torch
 
     from models.stages import runners
@@ -98,15 +123,18 @@ def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: An
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     ctx = runners.Context(step=step, root=root, dir=paths.dir, options=options, data=data,
-                          progress=_progress_writer(paths))
+                          progress=_progress_writer(paths), writes_files=ranks.writes_files)
     result = sf.read_result(paths.dir)
     if result is not None:  # a done trunk asked for a new fraction
         runners.replay_trunk_fractions(ctx)
         result["checkpoint_fractions"] = sorted(set(result.get("checkpoint_fractions", []))
                                                 | set(step.meta.get("checkpoint_fractions", [])))
-        sf.write_result(paths.dir, result)
+        if ranks.writes_files:
+            sf.write_result(paths.dir, result)
         return result
     out = runners.RUNNERS[step.kind](ctx)
+    if not ranks.writes_files:
+        return {}
     if out.metrics is not None:
         sf.write_table(paths.metrics, out.metrics, sf.METRICS_COLUMNS)
     if out.evals is not None:
@@ -115,7 +143,8 @@ def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: An
               "flops": out.flops, "params": out.params,
               "wall_time_s": time.perf_counter() - t0, "peak_memory_bytes": _peak_memory(),
               "code_salt": CODE_SALT, "git_commit": _git_commit(), "started_at": started,
-              "finished_at": sf.now_iso(), "hostname": socket.gethostname(), "device": _device_name()}
+              "finished_at": sf.now_iso(), "hostname": socket.gethostname(), "device": _device_name(),
+              "ranks": ranks.world}
     if step.kind == "trunk":
         result["checkpoint_fractions"] = sorted(float(f) for f in step.meta.get("checkpoint_fractions", ()))
     sf.write_result(paths.dir, result)

@@ -5,7 +5,7 @@ step file's name.
 
     <root>/steps/<kind>/<step_id>/  config.json  progress.json  metrics.parquet  evals.parquet
                                     model.pt  result.json | failure.json  ckpt/latest.pt  ckpt/frac-<f>.pt
-    <root>/logs/<job_id>/           <job_id>_0_log.out|err  running.lock  interrupted
+    <root>/logs/<job_id>/           <job_id>_0_log.out|err  running.lock  stopped
 
 The lowest layer of the project: it imports nothing from it, and neither torch nor pyarrow at
 import time (the planner, `vlmsweep status` and the app read step files in milliseconds).
@@ -14,6 +14,7 @@ import time (the planner, `vlmsweep status` and the app read step files in milli
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -37,7 +38,7 @@ CKPT_DIR = "ckpt"
 LATEST = "latest.pt"  # periodic / preemption checkpoint, removed once the step is done
 LOGS_DIR = "logs"
 RUNNING_LOCK = "running.lock"  # in a job's log folder, flock-held while the job is in flight
-INTERRUPTED = "interrupted"  # in a job's log folder: the run was stopped while the job ran
+STOPPED_MARK = "stopped"  # in a job's log folder: the run was stopped (Ctrl-C) while the job ran
 # What ingest signs (name:size:mtime) to tell a changed step from an unchanged one.
 SIGNED_FILES = (CONFIG, RESULT, FAILURE, METRICS, EVALS)
 
@@ -55,16 +56,24 @@ HELDOUT_TASKS = {"heldout_text": "text", "heldout_caption": "vl"}
 # -- status words ---------------------------------------------------------------------------------
 # What a step's files say on their own (`file_state`): result.json = done, failure.json = failed,
 # neither = missing (never started, running, or stopped without a trace: only the launch journal
-# and the scheduler can tell those apart).
-DONE, FAILED, MISSING = "done", "failed", "missing"
-FILE_STATES = (DONE, FAILED, MISSING)
+# and the scheduler can tell those apart), and corrupt: a result.json, or a table beside it, that
+# cannot be read (a done step must never be read as done when its files are damaged).
+DONE, FAILED, MISSING, CORRUPT = "done", "failed", "missing", "corrupt"
+FILE_STATES = (DONE, FAILED, MISSING, CORRUPT)
 # What `vlmsweep status` reconciles from the files, the launch journal and the scheduler: a missing
-# step is running, pending (queued), blocked (under a failed or blocked step) or not submitted.
-RUNNING, PENDING, BLOCKED, NOT_SUBMITTED = "running", "pending", "blocked", "not submitted"
-STATES = (DONE, RUNNING, PENDING, FAILED, BLOCKED, NOT_SUBMITTED)
+# step is running, pending (queued), interrupted (its job ended without a trace because the process
+# running it died with its runner: kill -9 of `run`, a host crash, a lost SLURM node; a plain `run`
+# resumes it without counting a failure), blocked (under a failed, corrupt or blocked step) or not
+# submitted.
+RUNNING, PENDING, INTERRUPTED = "running", "pending", "interrupted"
+BLOCKED, NOT_SUBMITTED = "blocked", "not submitted"
+STATES = (DONE, RUNNING, PENDING, INTERRUPTED, FAILED, CORRUPT, BLOCKED, NOT_SUBMITTED)
 IN_FLIGHT = (RUNNING, PENDING)  # states whose step a new run must not submit again
-# Why an attempt failed (failure.json "reason").
-REASONS = ("exception", "oom", "preempted", "crash")
+# Why an attempt failed (failure.json "reason"): `input` is bad input the user must fix (a data
+# record, a tokenizer, a refused checkpoint file) and `disk` a results root that cannot be written
+# (full, read-only, no permission); `run` exits 2 when a step failed for either.
+REASONS = ("exception", "oom", "preempted", "crash", "input", "disk")
+USER_REASONS = ("input", "disk")
 
 # -- intro fractions ------------------------------------------------------------------------------
 # Fractions (intro_fraction, image_ratio, instruction_share) are kept to this many decimals
@@ -176,10 +185,38 @@ def step_done(step: Any, root: str | Path) -> bool:
 
 
 def file_state(step: Any, root: str | Path) -> str:
-    """done | failed | missing, from the step's files only (see FILE_STATES)."""
-    if step_done(step, root):
-        return DONE
-    return FAILED if paths_of(root, step).failure.exists() else MISSING
+    """done | failed | missing | corrupt, from the step's files only (see FILE_STATES)."""
+    paths = paths_of(root, step)
+    if paths.result.exists():
+        if result_problem(paths) is not None:
+            return CORRUPT
+        if not missing_fractions(step, root):
+            return DONE
+    return FAILED if paths.failure.exists() else MISSING
+
+
+def _parquet_framed(path: Path) -> bool:
+    """Whether a Parquet file starts and ends with its magic "PAR1": a truncated or overwritten one
+    does not (a cheap check for `status`; ingest reads every page and finds damage inside)."""
+    try:
+        with open(path, "rb") as fh:
+            head, size = fh.read(4), os.fstat(fh.fileno()).st_size
+            fh.seek(max(size - 4, 0))
+            return size >= 12 and head == b"PAR1" and fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def result_problem(paths: StepPaths) -> str | None:
+    """Why a step with result.json cannot be read as done (the file and what is wrong), or None."""
+    try:
+        read_json(paths.result)
+    except StepFileError as exc:
+        return str(exc)
+    for table in (paths.metrics, paths.evals):
+        if table.exists() and not _parquet_framed(table):
+            return f"{table}: not a complete Parquet file (truncated or overwritten)"
+    return None
 
 
 def dir_state(directory: Path) -> str:
@@ -215,17 +252,62 @@ def publish(tmp: Path, path: Path, *, durable: bool = True) -> None:
             os.close(fd)
 
 
+_TEMP_FILE = re.compile(r"\..+\.[0-9]+\.[0-9a-f]{8}\.tmp")
+
+
+def remove_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files writers left in a step directory and its ckpt/ when they were killed
+    mid-write (a writer that fails removes its own). Call it only where no other process can be
+    writing: a step's job, before it runs the step."""
+    removed = []
+    for folder in (Path(directory), Path(directory) / CKPT_DIR):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+            if _TEMP_FILE.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+# errno values that say the results root cannot take a write: full, over quota, read-only, denied.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class StorageError(OSError):
+    """A step file could not be written: `StorageError(errno, path)` reads "path: cannot write
+    (No space left on device)", one line naming the file."""
+
+    def __init__(self, code: int, path: str | Path) -> None:
+        super().__init__(code, os.strerror(code), str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: cannot write ({self.strerror})"
+
+
+def disk_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the file system refused a write."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return True
+        exc = exc.__cause__
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
     """A temp path to write `path`'s new content to; published on success, removed on error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         publish(tmp, path, durable=durable)
+    except OSError as exc:
+        if isinstance(exc, StorageError) or exc.errno not in DISK_ERRNOS:
+            raise
+        raise StorageError(exc.errno, path) from exc  # name the file, not its temp name
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:

@@ -44,7 +44,7 @@ def run_ingest(args) -> int:
 
     _, root = _root_of(args)
     with _as_user_errors():
-        summary = ingest(root, progress=_progress)
+        summary = ingest(root, progress=_progress, skip_unreadable=args.skip_unreadable)
     print(summary)
     return 0
 
@@ -55,7 +55,8 @@ def run_report(args) -> int:
 
     study, root = _root_of(args)
     with _as_user_errors():
-        print(ingest(root, progress=_progress))  # incremental: cheap when nothing changed
+        # incremental: cheap when nothing changed
+        print(ingest(root, progress=_progress, skip_unreadable=args.skip_unreadable))
         tasks = [t.strip() for t in args.average_tasks.split(",")] if args.average_tasks else None
         summary = write_report(root, args.out, study=study.name, average_tasks=tasks,
                                bootstrap=args.bootstrap, seed=args.seed)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sweep.errors import UserError
+from models.stepfiles import disk_error
+from sweep.errors import DEBUG_ENV, UserError
+from sweep.gpuhours import GPUS
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process that SIGPIPE ended (128 + 13)
 
 DESCRIPTION = """\
 vlmsweep: scaling studies of when, and how much, image data to put into LM pre-training.
@@ -43,6 +47,14 @@ def _add_plan(sub) -> None:
                    help="print one JSON object: study, totals, savings and a `steps` list")
     p.add_argument("--explain", action="store_true",
                    help="say why each step that is not done must run")
+    p.add_argument("--gpu", choices=GPUS, default="h100",
+                   help="the card GPU-hours are priced on, at the MFU measured there (default h100)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs the cluster gives the study at once, for the makespan (default: no limit)")
+    p.add_argument("--no-data-check", action="store_true",
+                   help="plan without opening the data (a study for a cluster whose data this "
+                   "machine does not have); by default every path, glob, tokenizer and eval file "
+                   "is checked and a problem is an error")
     p.set_defaults(handler="sweep.plancli:run_plan")
 
 
@@ -50,11 +62,13 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run every step of a study that is not done",
                        description="Run the study's missing steps in dependency order. inline: "
                        "in this process; local: N worker processes; slurm: job arrays per DAG "
-                       "level with afterok dependencies (submits and returns).")
+                       "level with afterany dependencies and a parent check in each task (submits "
+                       "and returns).")
     _study_arg(p)
     p.add_argument("--backend", choices=("inline", "local", "slurm"), default=None,
                    help="where steps run (default: [backend].default of the study)")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: the study's [backend].workers, else one per GPU group)")
     p.add_argument("--retry-failed", action="store_true",
                    help="also rerun failed steps (each at most [backend].max_failures times)")
     p.add_argument("--dry-run", action="store_true", help="print what would run; run nothing")
@@ -76,7 +90,15 @@ def _add_ingest(sub) -> None:
                        description="Build the DuckDB catalog from every finished step's files: "
                        "idempotent, incremental, and swapped in atomically.")
     _study_arg(p)
+    _skip_unreadable_arg(p)
     p.set_defaults(handler="sweep.analysiscli:run_ingest")
+
+
+def _skip_unreadable_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="ingest the rest when a step file cannot be read (without it: an error "
+                   "naming the file, and the previous catalog stays); such a step keeps the rows "
+                   "the previous catalog had for it")
 
 
 def _add_report(sub) -> None:
@@ -87,6 +109,7 @@ def _add_report(sub) -> None:
     from analysis.cli import add_report_arguments  # adds --out, --average-tasks, --bootstrap, --seed
 
     add_report_arguments(p)
+    _skip_unreadable_arg(p)
     p.set_defaults(handler="sweep.analysiscli:run_report")
 
 
@@ -146,7 +169,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("vlmsweep-demo"),
                    help="results root (default ./vlmsweep-demo; `vlmsweep app DIR` opens it)")
     p.add_argument("--workers", type=int, default=None,
-                   help="local worker processes (default: the study's [backend].workers)")
+                   help="local worker processes (default: the study's [backend].workers, else one per GPU group)")
     p.add_argument("--study", type=Path, default=None,
                    help="run another study the demo way (default: studies/demo.toml)")
     p.set_defaults(handler="sweep.demo:run_demo")
@@ -191,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_predict, _add_app,
                 _add_search, _add_demo, _add_world, _add_convert, _add_fit_scaling):
         add(sub)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="print the traceback of a failure (bad input included), here and "
+                             "in every step's log, instead of one line")
     return parser
 
 
@@ -213,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         print(f"vlmsweep {args.command}: not implemented yet", file=sys.stderr)
         return EXIT_USAGE
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # inherited by workers and SLURM jobs
     try:
         return int(handler(args) or 0)
     except UserError as exc:
@@ -221,6 +250,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vlmsweep {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`vlmsweep status ... | head`): stop quietly, as `cat` would, and
+        # point stdout at /dev/null so that the interpreter's last flush raises nothing either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        if not disk_error(exc) or args.debug:
+            raise
+        # A full disk or an unwritable root: the file and why, not a traceback.
+        print(f"vlmsweep {args.command}: error: {exc.filename or 'the results root'}: cannot write "
+              f"({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

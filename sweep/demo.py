@@ -18,6 +18,7 @@ from pathlib import Path
 
 from models import stepfiles as sf
 from sweep.errors import UserError
+from sweep.launch.devices import local_workers
 from sweep.plan import plan_study, write_study_manifest
 from sweep.plancli import plan_table
 from sweep.spec import load_study
@@ -112,7 +113,7 @@ def run_demo(args) -> int:
     print(plan_table(plan), flush=True)
     write_study_manifest(plan)
     todo = select_steps(plan, retry_failed=True, max_failures=study.backend.max_failures)
-    workers = args.workers or study.backend.workers
+    workers = local_workers(args.workers, study.backend)
     if todo:
         with _as_user_errors():
             ingest(out)  # an empty catalog now, so the app opens at once and fills as steps finish

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+# Set by `vlmsweep --debug` for this process and every job it starts (workers and SLURM jobs
+# inherit the environment): a step's bad-input failure prints its traceback, not one line.
+DEBUG_ENV = "VLMSWEEP_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
 
 class UserError(Exception):
     """Bad input from the user (a study file, a path, an option): message, exit 2, nothing written."""

@@ -107,12 +107,10 @@ class _Builder:
         trunk_seed = cell.seed if st.train.trunk_seed is None else st.train.trunk_seed
         trunk_axes = {k: axes[k] for k in ("scale", "text_data", "params")} | {"seed": trunk_seed}
         trunk_tokens = int(round(st.train.trunk_tokens_per_param * lm_total))
-        run = st.backend.run_options(cell.scale)  # how LM steps run (meta: not in their ids)
-        run = {"run": run} if any(run.values()) else {}
         trunk = Step(kind="trunk", config=TrunkConfig(
             lm=preset.model.lm, train=train, data=st.data[cell.text_data], tokens=trunk_tokens,
             seed=trunk_seed, on_bad_record=st.train.on_bad_record),
-            meta=_meta(trunk_axes, "trunk", trunk_tokens, **run))
+            meta=_meta(trunk_axes, "trunk", trunk_tokens, **self._run(cell.scale, "trunk")))
         trunk_id = self._add(trunk)
         fractions = self.trunk_fractions.setdefault(trunk_id, set(self.extra_fractions))
         fractions.add(cell.intro_fraction)
@@ -133,7 +131,8 @@ class _Builder:
             projector=st.projector_config(cell.scale), train=train,
             loss_on_image_positions=st.train.loss_on_image_positions,
             on_bad_record=st.train.on_bad_record, seed=cell.seed),
-            parents=tuple(parents), meta=_meta(axes, "branch", image_tokens, schedule_policy=policy, **run))
+            parents=tuple(parents),
+            meta=_meta(axes, "branch", image_tokens, schedule_policy=policy, **self._run(cell.scale, "branch")))
         ids["branch"] = self._add(branch)
 
         ft = st.finetune
@@ -144,7 +143,7 @@ class _Builder:
             replay_data=st.data[cell.text_data] if ft.text_replay > 0 else None),
             parents=(("branch", ids["branch"]),),
             meta=_meta(axes, "finetune", _finetune_tokens(ft, cell.finetune_epochs, train),
-                       schedule_policy=policy, **run))
+                       schedule_policy=policy, **self._run(cell.scale, "finetune")))
         ids["finetune"] = self._add(finetune)
         ids["eval"] = self._add(self._eval("finetune", ids["finetune"], ("vl", "text"), cell.seed,
                                            _meta(axes, "eval", 0, schedule_policy=policy, stage="finetune")))
@@ -159,6 +158,11 @@ class _Builder:
                 _meta(trunk_axes, "eval", 0, stage="trunk", checkpoint=cell.intro_fraction),
                 checkpoint=cell.intro_fraction))
         return ids
+
+    def _run(self, scale: str, kind: str) -> dict[str, Any]:
+        """meta["run"]: how an LM step runs (RunOptions fields), never part of its id."""
+        run = self.study.backend.run_options(scale, kind)
+        return {"run": run} if any(run.values()) else {}
 
     def _encoder(self, vision) -> Step:
         enc = self.study.encoder

@@ -1,4 +1,5 @@
-"""`vlmsweep plan`: the study's steps per kind and scale, their cost, status and trunk savings."""
+"""`vlmsweep plan`: the study's steps per kind and scale, their cost, status and trunk savings, and
+their GPU-hours and makespan (`sweep.gpuhours`)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,28 @@ from typing import Any
 
 from models import stepfiles as sf
 from models.presets import PRESETS
+from sweep.datacheck import check_plan
+from sweep.gpuhours import SOURCES, study_gpu_hours
 from sweep.plan import Plan, plan_study, sharing_savings, step_cost
 from sweep.spec import load_study
 
 
 def run_plan(args) -> int:
     plan = plan_study(load_study(args.study), root=args.root)
+    gpu, capacity = getattr(args, "gpu", "h100"), getattr(args, "gpus", None)
+    if not getattr(args, "no_data_check", False):
+        check_plan(plan)
     if args.json:
-        print(json.dumps(plan_json(plan), sort_keys=True, indent=1))
+        print(json.dumps(plan_json(plan, gpu, capacity), sort_keys=True, indent=1))
         return 0
-    print(plan_table(plan))
+    print(plan_table(plan, gpu, capacity))
     if args.explain:
         print()
         print(explain(plan))
     return 0
 
 
-def plan_json(plan: Plan) -> dict[str, Any]:
+def plan_json(plan: Plan, gpu: str = "h100", capacity: int | None = None) -> dict[str, Any]:
     """Identical across runs and roots for the same study and the same files under the root."""
     steps = []
     for s in plan.steps:
@@ -35,7 +41,36 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                       "tokens": cost.tokens, "flops": cost.flops, "status": plan.status(s)})
     return {"study": plan.study.name, "n_cells": len(plan.study.cells), "n_steps": len(steps),
             "levels": [len(level) for level in plan.levels()],
-            "savings": sharing_savings(plan), "steps": steps}
+            "savings": sharing_savings(plan), "gpu_hours": _gpu_hours(plan, gpu, capacity),
+            "steps": steps}
+
+
+def _gpu_hours(plan: Plan, gpu: str, capacity: int | None) -> dict[str, Any]:
+    return study_gpu_hours(plan, {s.step_id: step_cost(s) for s in plan.steps}, gpu, capacity)
+
+
+def _gpu_lines(plan: Plan, gpu: str, capacity: int | None) -> list[str]:
+    """The GPU-hours table's rows (kind, scale) and the study's total and makespan."""
+    cost = _gpu_hours(plan, gpu, capacity)
+    priced = [r for r in cost["rows"] if r["kind"] != "eval" and r["mfu"] is not None]
+    if not priced:
+        return ["GPU-hours: no scale of this study was measured on a GPU (CPU presets)"]
+    lines = [f"GPU-hours on {gpu.upper()} at the MFU each scale was measured at "
+             f"(peak {cost['peak_flops'] / 1e12:.0f} TFLOP/s bf16; evals not priced):",
+             f"{'kind':<9} {'scale':<6} {'GPUs/step':>9} {'MFU':>6} {'on':>4} {'GPU-hours':>10}"]
+    for r in priced:
+        hours = "?" if r["gpu_hours"] is None else f"{r['gpu_hours']:,.0f}"
+        lines.append(f"{r['kind']:<9} {r['scale']:<6} {r['gpus_per_step']:>9} {100 * r['mfu']:>5.1f}% "
+                     f"{r['measured_on'].upper():>4} {hours:>10}")
+    for card in sorted({r["measured_on"] for r in priced}):
+        lines.append(f"  MFU measured on {card.upper()}: {SOURCES[card]}")
+    where = f"at most {capacity} GPUs at once" if capacity else "every ready step starting at once"
+    lines.append(f"total {cost['total_gpu_hours']:,.0f} GPU-hours ({cost['total_gpu_hours'] / 24:,.0f} "
+                 f"GPU-days); makespan {cost['makespan_hours'] / 24:,.1f} days on the configured "
+                 f"nodes × GPUs per step, {where}")
+    if cost["unpriced_steps"]:
+        lines.append(f"({cost['unpriced_steps']} step(s) not priced: an unmeasured scale or unknown tokens)")
+    return lines
 
 
 def _fmt(n: float | None) -> str:
@@ -48,7 +83,7 @@ def _fmt(n: float | None) -> str:
     return f"{n:.3g}"
 
 
-def plan_table(plan: Plan) -> str:
+def plan_table(plan: Plan, gpu: str = "h100", capacity: int | None = None) -> str:
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"steps": 0, "done": 0, "failed": 0, "tokens": 0, "flops": 0, "unknown": False})
     for s in plan.steps:
@@ -90,11 +125,12 @@ def plan_table(plan: Plan) -> str:
     if any(r["unknown"] for r in rows.values()):
         lines.append("+ some steps' tokens are unknown until their data is read "
                      "([finetune].samples = 0); totals leave them out")
+    lines += _gpu_lines(plan, gpu, capacity)
     missing = sorted({p for src in plan.study.data.values() for p in src.paths
                       if "*" not in p and not Path(p).exists()})
     if missing:
         lines.append(f"note: {len(missing)} data path(s) do not exist on this machine "
-                     f"(fine when planning for a cluster), e.g. {missing[0]}")
+                     f"(planned with --no-data-check), e.g. {missing[0]}")
     return "\n".join(lines)
 
 
@@ -130,6 +166,10 @@ def explain(plan: Plan) -> str:
         if status == sf.FAILED:
             reason = _failure_reason(plan.dir(s))
             lines.append(f"{label}: failed before ({reason}); `run --retry-failed` reruns it")
+            continue
+        if status == sf.CORRUPT:
+            problem = sf.result_problem(sf.StepPaths(plan.dir(s)))
+            lines.append(f"{label}: corrupt ({problem}); delete it and `run` recomputes the step")
             continue
         done = cache.setdefault(s.kind, _done_configs(plan.root, s.kind))
         if not done:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from models import stepfiles as sf
 from models.steps import Step
 from sweep.errors import UserError
+from sweep.launch.devices import local_workers
 from sweep.plan import Plan, plan_cells, plan_study, write_study_manifest
 from sweep.spec import Cell, Study, load_study
 
@@ -315,7 +316,7 @@ def run_search(args) -> int:
     lo, hi = (float(x) for x in args.ratio_range.split(","))
     settings = SearchSettings(trials=args.trials, objectives=tuple(args.objectives.split(",")),
                               sampler=args.sampler, lattice=args.lattice, ratio_range=(lo, hi),
-                              workers=args.workers or study.backend.workers, backend=args.backend,
+                              workers=local_workers(args.workers, study.backend), backend=args.backend,
                               seed=args.seed)
     if len(settings.objectives) != 2 and args.compare_grid:
         raise UserError("--compare-grid needs exactly two objectives")

@@ -1,13 +1,13 @@
-"""The fixed (non-axis) sections of a study: [train], [encoder], [finetune], [eval], [backend].
+"""The fixed (non-axis) sections of a study that shape what steps compute: [train], [encoder],
+[finetune], [eval] ([backend], which never does, is `sweep.backendsettings`).
 
 Each is a frozen dataclass with documented defaults and a `read_*` function that validates its
-TOML table. Backend settings never change a step's id; the others do, through the step configs.
+TOML table; they reach the step ids through the step configs.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from models.config import TrainDefaults
@@ -189,104 +189,3 @@ def _source(t: Table, key: str, data: dict[str, DataSource], kinds: tuple[str, .
         raise t.error(key, f"data source {name!r} is of kind {data[name].kind!r}; "
                            f"allowed here: {', '.join(kinds)}")
     return name
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SlurmSettings:
-    partition: str = ""  # empty = the cluster's default partition
-    time_min: int = 60  # wall-clock limit per job; a step past it is checkpointed and requeued
-    cpus: int = 2  # cpus per task
-    gpus: int = 0  # gpus per node
-    mem_gb: int = 8
-    account: str = ""
-    qos: str = ""
-    array_parallelism: int = 64  # most array tasks of one level running at once
-    extra: tuple[str, ...] = ()  # further sbatch options, e.g. "--constraint=a100"
-
-
-_SLURM_FIELDS = tuple(f.name for f in fields(SlurmSettings))
-STEP_KINDS_WITH_OVERRIDES = ("encoder", "trunk", "branch", "finetune", "eval")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class BackendSettings:
-    default: str = "local"  # inline | local | slurm, when `vlmsweep run` is not told
-    workers: int = 2  # local worker processes
-    max_failures: int = 3  # a step that failed this often is not retried automatically
-    max_num_timeout: int = 3  # requeues after a timeout or preemption
-    slurm: SlurmSettings = field(default_factory=SlurmSettings)
-    slurm_per_kind: tuple[tuple[str, SlurmSettings], ...] = ()
-    # How LM training steps run, never what they compute (not in any step id): sequences per
-    # forward/backward pass (0 = the whole batch; gradients accumulate over a batch's micro-batches),
-    # for every scale or per scale; and torch.compile on CUDA.
-    micro_batch: int = 0
-    micro_batch_per_scale: tuple[tuple[str, int], ...] = ()
-    compile: bool = False
-
-    def slurm_for(self, kind: str) -> SlurmSettings:
-        return dict(self.slurm_per_kind).get(kind, self.slurm)
-
-    def run_options(self, scale: str) -> dict[str, Any]:
-        """The `models.config.RunOptions` fields a scale's training steps run with."""
-        return {"micro_batch": dict(self.micro_batch_per_scale).get(scale, self.micro_batch),
-                "compile": self.compile}
-
-
-def _parse_time(value: Any, t: Table, key: str) -> int:
-    """Minutes, from an integer or "HH:MM:SS" / "D-HH:MM:SS"."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)", str(value)) if isinstance(value, str) else None
-    if not m:
-        raise t.error(key, f"expected minutes (a positive integer) or \"HH:MM:SS\", got {value!r}")
-    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
-    return max(1, days * 1440 + hours * 60 + minutes + (1 if seconds else 0))
-
-
-def _read_slurm(t: Table, base: SlurmSettings) -> SlurmSettings:
-    values: dict[str, Any] = {}
-    for key in ("partition", "account", "qos"):
-        if t.has(key):
-            values[key] = t.str(key)
-    if t.has("time"):
-        values["time_min"] = _parse_time(t.raw("time"), t, "time")
-    for key, lo in (("cpus", 1), ("gpus", 0), ("mem_gb", 1), ("array_parallelism", 1)):
-        if t.has(key):
-            values[key] = t.int(key, lo=lo)
-    if t.has("extra"):
-        values["extra"] = tuple(t.list("extra", lambda v, k: check_str(v, t.error, k), nonempty=False))
-    return replace(base, **values)
-
-
-def _read_micro_batch(t: Table, scales: tuple[str, ...]) -> tuple[int, tuple[tuple[str, int], ...]]:
-    """`micro_batch = N` for every scale, or a table of scale = N (unnamed scales: whole batches)."""
-    if not t.has("micro_batch") or not isinstance(t.raw("micro_batch"), dict):
-        return t.int("micro_batch", 0, lo=0), ()
-    sub = t.table("micro_batch")
-    per_scale = []
-    for name in list(sub.data):
-        if name not in scales:
-            raise sub.error(name, f"is not on the scale axis ({', '.join(scales)})")
-        per_scale.append((name, sub.int(name, lo=0)))
-    sub.finish()
-    return 0, tuple(per_scale)
-
-
-def read_backend(t: Table, scales: tuple[str, ...] = ()) -> BackendSettings:
-    slurm_t = t.table("slurm")
-    slurm = _read_slurm(slurm_t, SlurmSettings())
-    per_kind = []
-    for kind in STEP_KINDS_WITH_OVERRIDES:
-        if slurm_t.has(kind):
-            sub = slurm_t.table(kind)
-            per_kind.append((kind, _read_slurm(sub, slurm)))
-            sub.finish()
-    slurm_t.finish()
-    micro_batch, per_scale = _read_micro_batch(t, scales)
-    s = BackendSettings(default=t.str("default", "local", choices=("inline", "local", "slurm")),
-                        workers=t.int("workers", 2, lo=1), max_failures=t.int("max_failures", 3, lo=1),
-                        max_num_timeout=t.int("max_num_timeout", 3, lo=0), slurm=slurm,
-                        slurm_per_kind=tuple(per_kind), micro_batch=micro_batch,
-                        micro_batch_per_scale=per_scale, compile=t.bool("compile", False))
-    t.finish()
-    return s

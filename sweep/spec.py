@@ -21,15 +21,14 @@ from models.metrics import FAMILIES
 from models.presets import PRESETS
 from models.stepfiles import round_fraction
 from models.steps import DataSource
+from sweep.backendsettings import BackendSettings, check_rank_split, read_backend
 from sweep.errors import StudyError
 from sweep.reader import REQUIRED, Table, check_float, check_int, check_str
 from sweep.settings import (
-    BackendSettings,
     EncoderSettings,
     EvalSettings,
     FinetuneSettings,
     TrainSettings,
-    read_backend,
     read_encoder,
     read_eval,
     read_finetune,
@@ -170,6 +169,7 @@ def load_study(path: str | Path) -> Study:
                   finetune=finetune, eval=evaluation, backend=backend)
     study = replace(study, cells=expand_cells(study))
     _check_one_world(study)
+    check_rank_split(study)
     return study
 
 

@@ -28,6 +28,21 @@ time = {time_min}
 """
 
 
+# Settings for debug studies that start at the trunk (a patch projection: no encoder step to
+# pre-train) with tiny budgets: a step trains in seconds.
+QUICK_TRUNK_FIRST = """
+[model.vision]
+kind = "patch"
+frozen = false
+pretrain = false
+[train]
+trunk_tokens_per_param = 0.2
+image_tokens_per_param = 0.05
+[finetune]
+samples = 8
+"""
+
+
 def small_plan(tmp_path: Path, *, name: str = "small", root: Path | None = None,
                max_failures: int = 3, time_min: int = 10, extra: str = ""):
     path = tmp_path / f"{name}.toml"

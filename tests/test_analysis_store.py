@@ -19,6 +19,7 @@ from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.schema import SCHEMA_VERSION, TABLES, create_all
 from analysis.store import catalog_path, connect, ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
+from models.stepfiles import LOSS_METRIC
 
 SMALL = SyntheticSpec(scales=("79m",), intro_fractions=(0.0, 0.5, 1.0), image_ratios=(0.1,),
                       finetune_epochs=(1,), metric_rows=10, unfinished=1, failed=1)
@@ -95,15 +96,18 @@ def test_missing_and_failed_steps_are_listed(root: Path) -> None:
     assert "1 missing" in str(summary) and sid in str(summary)
 
 
-def test_corrupt_parquet_is_named_and_skipped(root: Path) -> None:
+def test_corrupt_parquet_is_an_error_or_named_and_skipped(root: Path) -> None:
     branches = sorted((root / "steps" / "branch").iterdir())
     (branches[0] / "metrics.parquet").write_bytes(b"not parquet at all")
     damaged = branches[1] / "metrics.parquet"
     data = bytearray(damaged.read_bytes())
     data[4:200] = bytes(196)  # data pages zeroed, footer intact
     damaged.write_bytes(bytes(data))
+    with pytest.raises(AnalysisInputError, match=r"metrics\.parquet.*and 1 more.*--skip-unreadable"):
+        ingest(root)
+    assert not catalog_path(root).exists()  # nothing half-written
     with pytest.warns(AnalysisWarning, match="metrics.parquet"):
-        summary = ingest(root)
+        summary = ingest(root, skip_unreadable=True)
     skipped = {(sid, file) for sid, file, _ in summary.skipped_corrupt}
     assert (branches[0].name, "metrics.parquet") in skipped
     assert (branches[1].name, "metrics.parquet") in skipped
@@ -115,7 +119,7 @@ def test_corrupt_parquet_is_named_and_skipped(root: Path) -> None:
     assert flagged[branches[0].name] == "metrics.parquet"
     # a step with a skipped file is re-read (and warned about) next time, never silently reused
     with pytest.warns(AnalysisWarning):
-        again = ingest(root)
+        again = ingest(root, skip_unreadable=True)
     assert again.ingested == 2
 
 
@@ -124,10 +128,34 @@ def test_unreadable_config_skips_that_step_only(root: Path) -> None:
     cfg = json.loads((trunk / "config.json").read_text())
     cfg["meta"]["params"] = "seventy-nine million"
     (trunk / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AnalysisInputError, match="meta.params"):
+        ingest(root)
     with pytest.warns(AnalysisWarning, match="meta.params"):
-        summary = ingest(root)
+        summary = ingest(root, skip_unreadable=True)
     assert summary.skipped_corrupt[0][:2] == (trunk.name, "config.json")
     assert "meta.params" in summary.skipped_corrupt[0][2]
+
+
+def test_ingest_never_drops_rows_it_held(root: Path) -> None:
+    ingest(root)
+    before = table_contents(root)
+    trunk = next((root / "steps" / "trunk").iterdir())
+    (trunk / "result.json").write_text('{"step_id": "garbled')
+    branch = sorted((root / "steps" / "branch").iterdir())[0]
+    metrics = branch / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:40])
+    with pytest.raises(AnalysisInputError, match=f"{trunk / 'result.json'}.*cannot read JSON") as err:
+        ingest(root)
+    assert "\n" not in str(err.value) and "and 1 more" in str(err.value)
+    for name, frame in table_contents(root).items():  # the previous catalog, untouched
+        assert frame.equals(before[name]), name
+    with pytest.warns(AnalysisWarning):
+        summary = ingest(root, skip_unreadable=True)
+    assert {(sid, file) for sid, file, _ in summary.skipped_corrupt} == {
+        (trunk.name, "result.json"), (branch.name, "metrics.parquet")}
+    after = table_contents(root)
+    for name in ("steps", "metrics", "evals", "curves", "curve_points"):  # their old rows kept
+        assert after[name].equals(before[name]), name
 
 
 def test_bad_manifest_and_missing_catalog_raise_naming_the_file(root: Path) -> None:
@@ -185,7 +213,8 @@ def test_sigkill_mid_ingest_leaves_previous_catalog(root: Path, tmp_path_factory
 
 def test_stable_scores_take_each_tasks_primary_row_and_read_older_eval_files(root: Path) -> None:
     """Every task of the synthetic study writes a primary `acc` row and a non-primary `acc_norm`
-    row of 0: only the first may reach a stable score. A file from before `primary_metric` existed
+    row of 0 (and each eval its held-out `val_loss` rows, never primary): only the first may reach
+    a stable score. A file from before `primary_metric` existed
     (one `accuracy` row per task) still ingests, its rows primary, in the same bulk read."""
     import pyarrow.parquet as pq
 
@@ -203,6 +232,6 @@ def test_stable_scores_take_each_tasks_primary_row_and_read_older_eval_files(roo
                                "GROUP BY ALL)").fetchone()[0]
         legacy_rows = con.execute("SELECT count(*) FROM stable_scores WHERE step_id = ?",
                                   [legacy.parent.name]).fetchone()[0]
-    assert flags == {"acc": True, "acc_norm": False, "accuracy": True}
+    assert flags == {"acc": True, "acc_norm": False, "accuracy": True, LOSS_METRIC: False}
     assert sorted(m for (m,) in scored) == ["acc", "accuracy"] and per_task == 1
     assert legacy_rows == len(old)

@@ -180,6 +180,16 @@ def test_bad_eval_records(tmp_path):
                    image_size=32, seed=0)
 
 
+def test_eval_files_are_validated_whole_not_only_the_sampled_records(tmp_path):
+    p = tmp_path / "vqa.jsonl"
+    records = [{"question": f"q{i}", "answers": ["a"]} for i in range(12)]
+    del records[9]["answers"]
+    write_jsonl(p, [json.dumps(r) for r in records])
+    source = DataSource(name="v", kind="vqa_jsonl", paths=(str(p),))
+    with pytest.raises(BadRecordError, match=r"vqa\.jsonl: record 9: field 'answers' is missing"):
+        eval_tasks(source, TOK, groups=("text",), n_per_task=4, image_size=32, seed=0)
+
+
 def test_on_bad_record_value_is_checked(tmp_path):
     p = tmp_path / "a.jsonl"
     write_jsonl(p, good(3))

@@ -150,3 +150,24 @@ def test_cli_pair_writes_a_world(tmp_path, capsys):
                               "5", "--instructions", "3", "--eval-items", "2", "--shards", "1"])
     assert run_world(args) == 0 and (tmp_path / "manifest.json").exists()
     assert "wrote world 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("role", ["pairs", "pairs_parquet", "instructions"])
+def test_a_rank_decodes_images_lazily_only_where_no_record_can_be_skipped(world_dir, role):
+    """After `make_lazy` (a multi-rank step's stream) a file source defers decoding to the rank
+    that trains on the image, with the same pixels; with on_bad_record = "skip" it must not: an
+    undecodable image is skipped, and every rank has to see that."""
+    from models.data.types import LazyImage
+
+    _, manifest = world_dir
+    kind = "instructions" if role == "instructions" else "pairs"
+    eager, lazy, skipping = (open_source(src(manifest, role), kind, image_size=32, on_bad_record=bad)
+                             for bad in ("error", "error", "skip"))
+    lazy.make_lazy()
+    skipping.make_lazy()
+    for _ in range(5):
+        (image, text), _ = eager.next()
+        (deferred, lazy_text), _ = lazy.next()
+        (skipped, _), _ = skipping.next()
+        assert isinstance(deferred, LazyImage) and not isinstance(skipped, LazyImage)
+        assert np.array_equal(deferred(), image) and lazy_text == text

@@ -209,3 +209,46 @@ def test_finetune_text_replay_rows_are_packed_text_and_resume_exactly():
     resumed = make()
     resumed.load_state_dict(state)
     assert all(same(x, y) for x, y in zip(resumed, batches[3:]))
+
+
+def _rank_batches(make, world: int, n: int) -> list[list]:
+    """n batches of each rank's stream (`select_rows`), and the streams' states after them."""
+    out = []
+    for rank in range(world):
+        stream = make()
+        stream.select_rows(rank, world)
+        out.append(([next(stream) for _ in range(n)], stream.state_dict()))
+    return out
+
+
+@pytest.mark.parametrize(("kind", "world"), [("text", 3), ("mixed", 2), ("finetune", 4)])
+def test_each_rank_gets_its_rows_and_renders_only_their_images(kind, world, monkeypatch):
+    """Ranks' rows, in rank order, are the global batch (padded to a multiple of the ranks with
+    rows that score nothing); every rank's stream state is the global stream's; a rank renders
+    only its own rows' images."""
+    import models.data.world as world_module
+
+    rendered = []
+    render = world_module.render
+    monkeypatch.setattr(world_module, "render", lambda *a: rendered.append(1) or render(*a))
+    make = {"text": lambda: text_stream(WORLD, TOK, batch_size=4, seq_len=40, seed=0),
+            "mixed": lambda: mixed(ratio=0.6, share=0.3, batch_size=4),
+            # 18 conversations in groups cut 4, 4, 4, 3, 3 (+1 text row each): 5 or 4 rows
+            "finetune": lambda: finetune_epochs(WORLD, TOK, batch_size=4, seq_len=64, image_size=32,
+                                                image_tokens=4, epochs=1, seed=0, max_samples=18,
+                                                replay_source=WORLD, replay_share=0.2)}[kind]
+    whole_stream = make()
+    whole = [next(whole_stream) for _ in range(5)]
+    rendered.clear()
+    ranks = _rank_batches(make, world, 5)
+    assert all(state == whole_stream.state_dict() for _, state in ranks)
+    for k, batch in enumerate(whole):
+        parts = [batches[k] for batches, _ in ranks]
+        rows = batch.tokens.shape[0]
+        assert [p.tokens.shape[0] for p in parts] == [-(-rows // world)] * world
+        tokens = np.concatenate([p.tokens for p in parts])
+        targets = np.concatenate([p.targets for p in parts])
+        assert np.array_equal(tokens[:rows], batch.tokens) and np.array_equal(targets[:rows], batch.targets)
+        assert (targets[rows:] == IGNORE).all() and TOK.image_id not in tokens[rows:]
+        assert np.array_equal(np.concatenate([p.images for p in parts]), batch.images)
+    assert len(rendered) == sum(b.images.shape[0] for b in whole)  # each image once, by its rank

@@ -50,7 +50,8 @@ def test_inline_failure_blocks_dependents_and_retry_resumes(tmp_path):
     assert statuses[trunk.step_id].state == "failed"
     assert "NoopFailure" in statuses[trunk.step_id].reason
     assert summary(statuses) | {} == {"done": 1, "running": 0, "pending": 0, "failed": 1,
-                                      "blocked": 10, "not submitted": 0}
+                                      "blocked": 10, "not submitted": 0, "interrupted": 0,
+                                      "corrupt": 0}
     assert select_steps(plan, False, 3) == []  # nothing runnable without --retry-failed
     retry = select_steps(plan, True, 3)
     assert len(retry) == 11

@@ -144,3 +144,14 @@ def test_root_lock_excludes_a_second_process(tmp_path):
         holder.wait()
     with root_lock(tmp_path, wait_s=5):  # released by the kernel when the holder died
         pass
+
+
+def test_a_lost_node_interrupts_its_step_and_a_plain_run_resumes_it(tmp_path):
+    plan = small_plan(tmp_path, max_failures=1)
+    trunk = _trunk(plan)
+    _record(plan, trunk, "7_0")
+    states = parse_sacct("7_0|NODE_FAIL|None|2026-01-01T00:00:00|node1\n")
+    status = reconcile(plan, states=states)[trunk.step_id]
+    assert (status.state, status.failures) == ("interrupted", 0)
+    assert "NODE_FAIL" in status.reason
+    assert trunk in select_steps(plan, False, 1, statuses=reconcile(plan, states=states))

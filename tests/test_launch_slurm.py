@@ -1,6 +1,6 @@
 """The SLURM backend against a real single-node cluster (scripts/slurm-dev-cluster up).
 
-Job arrays per DAG level and trunk family with afterok dependencies (a slow family holds back
+Job arrays per DAG level and trunk family with afterany dependencies (a slow family holds back
 only itself), failures blocking dependents, scancel and resume from a checkpoint, requeue on the
 time-limit signal, idempotent reruns, the run lock, two studies sharing a trunk, and adaptive
 search on SLURM. Most steps are `NoopStepJob`s; two tests train real debug steps.
@@ -61,7 +61,7 @@ def test_three_level_dag_runs_through_job_arrays(tmp_path):
     assert len(records) == 12 and len({r.array_job_id for r in records}) == 4
     statuses = wait_settled(plan)
     assert {s.state for s in statuses.values()} == {"done"}
-    for step in plan.steps:  # afterok: every parent finished before its child
+    for step in plan.steps:  # every parent finished before its child
         for _, pid in step.parents:
             assert _result(plan, plan.by_id[pid])["finished_at"] < _result(plan, step)["finished_at"]
     again = backend.run(plan, select_steps(plan, False, 3), job_factory=noop())
@@ -85,7 +85,7 @@ def test_a_slow_trunk_family_does_not_hold_back_another(tmp_path):
     statuses = wait_settled(plan, timeout_s=180)
     assert {s.state for s in statuses.values()} == {"done"}
     assert _result(plan, quick)["finished_at"] < _result(plan, slow)["finished_at"]
-    for step in plan.steps:  # afterok still orders every parent before its child
+    for step in plan.steps:  # the dependency still orders every parent before its child
         for _, pid in step.parents:
             assert _result(plan, plan.by_id[pid])["finished_at"] < _result(plan, step)["finished_at"]
 
@@ -187,6 +187,8 @@ def test_two_concurrent_cli_runs_submit_each_real_step_once(tmp_path):
     outputs = [p.communicate(timeout=120)[0] for p in runs]
     assert [p.returncode for p in runs] == [0, 0], outputs
     assert sum("to run: 0 steps" in out for out in outputs) == 1, outputs
+    submitted = next(out for out in outputs if "submitted" in out)  # its hint: the whole command
+    assert f"vlmsweep status {study} --root {tmp_path / 'root'}`" in submitted
     records = read_jobs(tmp_path / "root")
     assert len(records) == len({r.step_id for r in records}) == 7
     from sweep.plan import plan_study
@@ -233,3 +235,29 @@ def test_search_trains_its_trunk_and_trials_as_slurm_jobs(tmp_path):
     assert set(states()) == {"COMPLETED"}, states()
     trunk = next(s for s in plan_study(study).steps if s.kind == "trunk")
     assert any(r.step_id == trunk.step_id for r in records)  # trunk went through sbatch
+
+
+def test_scancel_of_one_array_task_spares_its_siblings_children(tmp_path):
+    """One array holds both branches; cancelling one task stops only that branch's chain. With
+    `afterok` on the whole array its sibling's fine-tune and evals were cancelled too."""
+    plan = small_plan(tmp_path)
+    victim, sibling = (s for s in plan.steps if s.kind == "branch")
+    get_backend("slurm").run(plan, select_steps(plan, False, 3),
+                             job_factory=noop(0.2, slow=[(victim.step_id, 30.0)]))
+    records = {r.step_id: r for r in read_jobs(plan.root)}
+    assert records[victim.step_id].array_job_id == records[sibling.step_id].array_job_id
+    wait_for(lambda: _tick(plan, victim) >= 10, timeout_s=120, what="the slow branch to tick")
+    subprocess.run(["scancel", records[victim.step_id].job_id], check=True)
+    statuses = wait_settled(plan, timeout_s=180)
+    assert statuses[victim.step_id].state == "failed"
+    assert statuses[victim.step_id].reason.startswith("CANCELLED")
+
+    def chain(step):  # the step's descendants
+        below = plan.children(step.step_id)
+        return below + [d for child in below for d in chain(child)]
+    assert chain(sibling) and {statuses[s.step_id].state for s in chain(sibling)} == {"done"}
+    assert {statuses[s.step_id].state for s in chain(victim)} == {"blocked"}
+    finetune = next(s for s in plan.children(victim.step_id) if s.kind == "finetune")
+    log = Path(statuses[finetune.step_id].log).read_text()
+    assert f"not run: parent branch {victim.step_id} has no result" in log
+    assert select_steps(plan, False, 3) == []  # the cancelled branch waits for --retry-failed

@@ -165,7 +165,7 @@ def test_patch_kind_and_tied_embeddings_match_accounting() -> None:
         assert model.param_counts() == param_counts(VLMConfig(lm=lm, vision=vision, projector=projector))
 
 
-def test_ddp_split_gives_each_rank_its_rows_and_their_images() -> None:
+def test_ddp_split_gives_each_rank_its_rows_and_their_images_padding_the_last() -> None:
     from models.stages.batches import split_rows
 
     image_id, k = 2, 2
@@ -178,5 +178,10 @@ def test_ddp_split_gives_each_rank_its_rows_and_their_images() -> None:
     assert first["tokens"].tolist() == tokens[:2].tolist()
     assert first["images"][:, 0, 0, 0].tolist() == [0.0]
     assert second["images"][:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0]
-    with pytest.raises(ValueError, match="divisible"):
-        split_rows(batch, 0, 3, image_id, k)
+    # Over 3 ranks the 4 rows are padded to 6 with two rows that score nothing and hold no image.
+    parts = [split_rows(batch, r, 3, image_id, k) for r in range(3)]
+    assert [p["tokens"].shape[0] for p in parts] == [2, 2, 2]
+    assert parts[1]["tokens"].tolist() == tokens[2:].tolist()
+    assert parts[2]["tokens"].tolist() == [[0, 0, 0, 0]] * 2
+    assert (parts[2]["targets"] == -100).all() and (parts[2]["loss_kind"] == -1).all()
+    assert [p["images"].shape[0] for p in parts] == [1, 3, 0]

@@ -33,7 +33,7 @@ from tests.models_helpers import (
 
 RESULT_KEYS = {"step_id", "kind", "status", "tokens", "flops", "params", "wall_time_s",
                "peak_memory_bytes", "code_salt", "git_commit", "started_at", "finished_at",
-               "hostname", "device"}
+               "hostname", "device", "ranks"}
 
 
 def test_trunk_writes_every_file_with_the_contracted_columns(tmp_path) -> None:

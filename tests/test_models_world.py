@@ -12,7 +12,7 @@ import models.data as data
 from models.config import ProjectorConfig
 from models.presets import get_preset
 from models.run import run_step
-from models.stepfiles import step_dir
+from models.stepfiles import LOSS_METRIC, step_dir
 from models.steps import (
     BranchConfig,
     DataSource,
@@ -61,8 +61,10 @@ def test_world_chain_runs_and_resumes_to_the_bit(tmp_path) -> None:
     for step in steps.values():
         run_step(step, clean, data=data)
     rows = pl.read_parquet(step_dir(clean, "eval", steps["eval"].step_id) / "evals.parquet")
-    evals, losses = rows.filter(pl.col("metric") == "accuracy"), rows.filter(pl.col("metric") == "val_loss")
+    evals, losses = rows.filter(pl.col("primary_metric")), rows.filter(pl.col("metric") == LOSS_METRIC)
     assert set(evals["group"]) == {"vl", "text"} and (evals["n"] == 3).all()
+    assert set(evals["task"]) == set(rows.filter(pl.col("metric") != LOSS_METRIC)["task"])  # one primary each
+    assert not losses["primary_metric"].any()
     assert ((evals["value"] >= 0) & (evals["value"] <= 1)).all()
     assert losses["task"].to_list() == ["heldout_text", "heldout_caption"] and (losses["value"] > 0).all()
     branch_names = set(pl.read_parquet(step_dir(clean, "branch", steps["branch"].step_id)

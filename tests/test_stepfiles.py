@@ -95,3 +95,17 @@ def test_importing_stepfiles_loads_neither_torch_nor_pyarrow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          check=True).stdout.strip()
     assert out == "[]"  # ingest's reader: pyarrow yes, torch never
+
+
+def test_a_rerun_clears_the_temp_files_a_killed_writer_left(tmp_path):
+    step = trunk_step(4, fractions=(1.0,))
+    paths = sf.paths_of(tmp_path, step)
+    paths.ckpt.mkdir(parents=True)
+    left = [sf.temp_path(paths.latest), sf.temp_path(paths.weights), sf.temp_path(paths.failure)]
+    for path in left:
+        path.write_bytes(b"half a file")
+    kept = paths.dir / ".notes.tmp"  # not a name the writer makes: not ours to delete
+    kept.write_text("x")
+    run_step(step, tmp_path, data=syn)
+    assert not any(p.exists() for p in left) and kept.exists()
+    assert sf.file_state(step, tmp_path) == sf.DONE

@@ -133,40 +133,74 @@ def _family(rec, path, idx, default: str, kind: str) -> str:
     return family
 
 
-def vqa_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, str]:
+def _vqa_fields(rec, path, idx) -> tuple[str, dict, str]:
+    """A VQA record's question, its scoring fields (EvalItem's keywords) and its metric family,
+    checked without reading its image."""
     question = rd.field(rec, "question", path, idx)
-    image = _image(rec, path, idx, image_size)
-    # With an image, the instruction format; without, the question is a completion prompt as is.
-    prompt = ([tok.image_id] * image_tokens + [tok.user_id] + tok.encode(question) + [tok.assistant_id]
-              if image is not None else tok.encode(question))
     if "choices" in rec:
         choices, label = _choices(rec, path, idx)
-        return EvalItem(prompt_tokens=prompt, image=image, choices=[tok.encode(c) for c in choices],
-                        label=label, choice_texts=choices), \
+        return question, {"choice_texts": choices, "label": label}, \
             _family(rec, path, idx, "multiple_choice", "multiple_choice")
     if "box" in rec:
         family = _family(rec, path, idx, "refexp", "generate")
-        return EvalItem(prompt_tokens=prompt, image=image, box=_box(rec, path, idx),
-                        max_new_tokens=int(rec.get("max_new_tokens", DEFAULT_NEW_TOKENS[family]))), family
+        return question, {"box": _box(rec, path, idx),
+                          "max_new_tokens": int(rec.get("max_new_tokens", DEFAULT_NEW_TOKENS[family]))}, family
     answers = rd.field(rec, "answers", path, idx, (list, str))
     answers = [answers] if isinstance(answers, str) else answers
     if not answers or not all(isinstance(a, str) for a in answers):
         raise BadRecordError(path, idx, "field 'answers' must be a non-empty list of strings")
     family = _family(rec, path, idx, "exact_match", "generate")
     answerable = rec.get("answerable")
-    return EvalItem(prompt_tokens=prompt, image=image, answers=list(answers),
-                    answerable=None if answerable is None else bool(answerable),
-                    max_new_tokens=int(rec.get("max_new_tokens", DEFAULT_NEW_TOKENS.get(family, 8)))), family
+    return question, {"answers": list(answers), "answerable": None if answerable is None else bool(answerable),
+                      "max_new_tokens": int(rec.get("max_new_tokens", DEFAULT_NEW_TOKENS.get(family, 8)))}, family
+
+
+def _mc_fields(rec, path, idx) -> tuple[str, dict, str]:
+    """A multiple-choice record's context, scoring fields and metric family, checked."""
+    context = rd.field(rec, "context", path, idx)
+    choices, label = _choices(rec, path, idx)
+    return context, {"choice_texts": choices, "label": label}, \
+        _family(rec, path, idx, "multiple_choice", "multiple_choice")
+
+
+def vqa_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, str]:
+    question, fields, family = _vqa_fields(rec, path, idx)
+    image = _image(rec, path, idx, image_size)
+    # With an image, the instruction format; without, the question is a completion prompt as is.
+    prompt = ([tok.image_id] * image_tokens + [tok.user_id] + tok.encode(question) + [tok.assistant_id]
+              if image is not None else tok.encode(question))
+    if "choice_texts" in fields:
+        fields["choices"] = [tok.encode(c) for c in fields["choice_texts"]]
+    return EvalItem(prompt_tokens=prompt, image=image, **fields), family
 
 
 def mc_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, str]:
-    context = rd.field(rec, "context", path, idx)
-    choices, label = _choices(rec, path, idx)
+    context, fields, family = _mc_fields(rec, path, idx)
     image = _image(rec, path, idx, image_size)
     prompt = ([tok.image_id] * image_tokens if image is not None else []) + tok.encode(context)
-    return EvalItem(prompt_tokens=prompt, image=image, label=label, choice_texts=choices,
-                    choices=[tok.encode(" " + c) for c in choices]), \
-        _family(rec, path, idx, "multiple_choice", "multiple_choice")
+    fields["choices"] = [tok.encode(" " + c) for c in fields["choice_texts"]]
+    return EvalItem(prompt_tokens=prompt, image=image, **fields), family
+
+
+def check_eval_file(path: str, kind: str, records: list[tuple[int, dict]] | None = None) -> int:
+    """Check every record of a `vqa_jsonl` / `mc_jsonl` file, not only the ones a step samples: the
+    same field rules the items are built with, one metric and chance per file, and that each image
+    file exists (images are decoded only when an item is built). Returns the record count; raises
+    BadRecordError naming file and record."""
+    records = _records(path) if records is None else records
+    _agreed(records, "metric", path)
+    _agreed(records, "chance", path)
+    fields = _vqa_fields if kind == "vqa_jsonl" else _mc_fields
+    families = set()
+    for idx, rec in records:
+        families.add(fields(rec, path, idx)[2])
+        if rec.get("image") is not None:
+            image = rd.image_path(path, rd.field(rec, "image", path, idx))
+            if not image.is_file():
+                raise BadRecordError(path, idx, f"image {str(image)!r} does not exist")
+    if len(families) > 1:
+        raise DataError(f"{path}: mixes records scored as {sorted(families)}; split the file")
+    return len(records)
 
 
 def _agreed(records, key: str, path: str):
@@ -212,6 +246,7 @@ def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_toke
         if source.option("group") and source.option("group") not in groups:
             continue  # known without reading: a trunk's text-only eval skips a VL source's files
         records = _records(path)
+        check_eval_file(path, source.kind, records)  # every record, not only the sampled ones
         if n_per_task and n_per_task < len(records):
             pick = np.sort(np.random.default_rng(seed).choice(len(records), n_per_task, replace=False))
             records = [records[i] for i in pick]

@@ -35,13 +35,13 @@ class InstructionSet:
     """Random access to a source's conversations: the world's, or LLaVA JSON files."""
 
     def __init__(self, source, image_size: int, max_samples: int = 0) -> None:
-        self.image_size = image_size
+        self.image_size, self.lazy = image_size, False
         if source.kind == "world":
             wd = world_data(source)
             # The world generates any number: as many as asked for, else its default size.
             n = int(source.option("finetune_samples", max_samples or WORLD_FINETUNE_SAMPLES))
             # A stream of its own (offset indices), apart from the image stage's instruction mix.
-            self._get = lambda i: wd.instruction(10**9 + i, image_size)
+            self._get = lambda i: wd.instruction(10**9 + i, image_size, lazy=self.lazy)
             self._n = n
         elif source.kind == "llava":
             self._records = [(path, idx, rec) for path in resolve_paths(source)
@@ -54,11 +54,15 @@ class InstructionSet:
         if self._n == 0:
             raise DataError(f"data source {source.name!r} holds no fine-tune records")
 
+    def make_lazy(self) -> None:
+        """Decode (or render) a conversation's image only when a rank trains on its row."""
+        self.lazy = True
+
     def _parse(self, i: int):
         path, idx, rec = self._records[i]
         if isinstance(rec, BadRecordError):
             raise rec
-        return parse_llava(rec, path, idx, image_size=self.image_size)
+        return parse_llava(rec, path, idx, image_size=self.image_size, lazy=self.lazy)
 
     def __len__(self) -> int:
         return self._n
@@ -92,6 +96,10 @@ class FinetuneStream(BatchStream):
 
     def __len__(self) -> int:
         return self.per_epoch * self.epochs
+
+    def _image_sources(self) -> list:
+        # A bad record skipped on one rank must be skipped on all: only "error" defers decoding.
+        return [self.data] if self.on_bad == "error" else []
 
     def _megabatch(self, epoch: int, j: int) -> tuple[list[list[tuple]], int]:
         """Megabatch j of `epoch`: its conversations sorted by length into batches, in a seeded
@@ -137,6 +145,8 @@ class FinetuneStream(BatchStream):
         rows = [(ids + [self.tok.pad_id] * (width - len(ids)), kinds + [LOSS_NONE] * (width - len(ids)))
                 for ids, kinds in rows]
         rows += [text_row(self.replay, width - 1) for _ in range(self.n_replay)]
+        row_images = [[image] for image in images] + [[] for _ in range(self.n_replay)]
+        rows, images, _ = self._mine(rows, row_images, self.tok.pad_id)
         batch = rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=[],
                               image_size=self.data.image_size, skipped=skipped)
         batch.n_image_tokens = conversation_tokens

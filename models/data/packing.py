@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.data.types import IGNORE, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE, LOSS_TEXT, Batch
+from models.data.types import IGNORE, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE, LOSS_TEXT, Batch, materialise
 
 
 def encode_caption(tok, caption: str, image_tokens: int, max_len: int) -> tuple[list[int], list[int]]:
@@ -83,11 +83,27 @@ def rows_to_batch(rows: list[tuple[list[int], list[int]]], images: list[np.ndarr
     kinds = np.array([r[1] for r in rows], np.int8)
     tokens, targets, loss_kind = ids[:, :-1], ids[:, 1:].copy(), kinds[:, 1:].copy()
     targets[loss_kind == LOSS_NONE] = IGNORE
-    imgs = (normalise(np.stack(images)) if images
+    imgs = (normalise(np.stack([materialise(i) for i in images])) if images
             else np.zeros((0, 3, image_size, image_size), np.float32))
     return Batch(tokens=np.ascontiguousarray(tokens), targets=targets, loss_kind=loss_kind,
                  images=imgs, n_tokens=int((tokens != pad_id).sum()),
                  n_image_tokens=int(sum(image_counts)), skipped_records=skipped)
+
+
+def rank_rows(rows: list, row_images: list[list], rank: int, world: int, pad_id: int,
+              counts: list[int] | None = None) -> tuple[list, list, list[int]]:
+    """Rank `rank`'s share of a global batch's rows (of `world`), the images those rows hold, and
+    their image-token counts. A batch of fewer rows than a multiple of the ranks (a fine-tune's
+    last length-sorted group) is padded with rows that score nothing and hold no image."""
+    counts = list(counts) if counts is not None else [0] * len(rows)
+    pad = -len(rows) % world
+    if pad:
+        width = len(rows[0][0])
+        rows = rows + [([pad_id] * width, [LOSS_NONE] * width)] * pad
+        row_images, counts = row_images + [[]] * pad, counts + [0] * pad
+    per = len(rows) // world
+    mine = slice(rank * per, (rank + 1) * per)
+    return rows[mine], [image for images in row_images[mine] for image in images], counts[mine]
 
 
 def text_row(packer: TextPacker, seq_len: int) -> tuple[list[int], list[int]]:

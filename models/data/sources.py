@@ -15,6 +15,7 @@ import numpy as np
 
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, EmptySourceError, check_on_bad_record
+from models.data.types import LazyImage
 from models.data.world import WorldData
 from models.data.world.entities import world_identity
 
@@ -45,8 +46,12 @@ def world_data(source) -> WorldData:
 class WorldSource:
     """Sample i of a world stream; the state is just i."""
 
-    def __init__(self, fn: Callable[[int], Any]) -> None:
-        self.fn, self.index, self.skipped = fn, 0, 0
+    def __init__(self, fn: Callable[[int], Any], lazy_fn: Callable[[int], Any] | None = None) -> None:
+        self.fn, self.lazy_fn, self.index, self.skipped = fn, lazy_fn, 0, 0
+
+    def make_lazy(self) -> None:
+        """Render images only when asked (a world sample is never bad: nothing else changes)."""
+        self.fn = self.lazy_fn or self.fn
 
     def next(self) -> tuple[Any, dict]:
         before = {"index": self.index}
@@ -64,14 +69,21 @@ class ShardSource:
     """Records of sharded files, parsed into samples, forever (epoch after epoch)."""
 
     def __init__(self, paths: list[str], iter_shard: Callable, parse: Callable, *, seed: int,
-                 on_bad_record: str = "error", shuffle_shards: bool = True) -> None:
-        self.paths, self.iter_shard, self.parse = paths, iter_shard, parse
+                 on_bad_record: str = "error", shuffle_shards: bool = True,
+                 lazy_parse: Callable | None = None) -> None:
+        self.paths, self.iter_shard, self.parse, self.lazy_parse = paths, iter_shard, parse, lazy_parse
         self.seed, self.shuffle = seed, shuffle_shards
         self.on_bad = check_on_bad_record(on_bad_record)
         self.epoch = self.shard = self.record = self.skipped = 0
         self.resume: int | None = None  # where record `record` starts in the shard, if the reader says
         self._it = None
         self._good_in_epoch = 0
+
+    def make_lazy(self) -> None:
+        """Decode images only when asked, where that cannot change the stream: with on_bad_record
+        = "skip" an undecodable image is skipped, which every rank must see, so they all decode."""
+        if self.on_bad == "error" and self.lazy_parse is not None:
+            self.parse = self.lazy_parse
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:
@@ -139,7 +151,14 @@ def parse_text(rec: dict, shard: str, idx: int, *, key: str = "text") -> str:
     return rd.field(rec, key, shard, idx)
 
 
-def parse_wds(rec: dict, shard: str, idx: int, *, image_size: int) -> tuple[np.ndarray, str]:
+def _image(data: bytes, image_size: int, shard: str, idx: int, lazy: bool) -> np.ndarray | LazyImage:
+    if lazy:
+        return LazyImage(rd.decode_image, data, image_size, shard, idx)
+    return rd.decode_image(data, image_size, shard, idx)
+
+
+def parse_wds(rec: dict, shard: str, idx: int, *, image_size: int,
+              lazy: bool = False) -> tuple[np.ndarray | LazyImage, str]:
     img_key = rd.first_image_key(rec)
     if img_key is None:
         raise BadRecordError(shard, idx, f"sample {rec.get('__key__')!r} has no image file")
@@ -149,19 +168,28 @@ def parse_wds(rec: dict, shard: str, idx: int, *, image_size: int) -> tuple[np.n
         caption = rec["txt"].decode("utf-8")
     except UnicodeDecodeError:
         raise BadRecordError(shard, idx, "caption .txt is not UTF-8") from None
-    return rd.decode_image(rec[img_key], image_size, shard, idx), caption.strip()
+    return _image(rec[img_key], image_size, shard, idx, lazy), caption.strip()
 
 
 def parse_parquet_image(rec: dict, shard: str, idx: int, *, image_size: int, image_key: str = "image",
-                        caption_key: str = "caption") -> tuple[np.ndarray, str]:
+                        caption_key: str = "caption", lazy: bool = False) -> tuple[np.ndarray | LazyImage, str]:
     data = rd.field(rec, image_key, shard, idx, (bytes, dict))
     if isinstance(data, dict):  # Hugging Face datasets store {"bytes": …, "path": …}
         data = rd.field(data, "bytes", shard, idx, (bytes,))
     caption = rd.field(rec, caption_key, shard, idx)
-    return rd.decode_image(data, image_size, shard, idx), caption
+    return _image(data, image_size, shard, idx, lazy), caption
 
 
-def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int) -> tuple[np.ndarray, Turns]:
+def _read_image(path: Path, image_size: int, shard: str, idx: int) -> np.ndarray:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadRecordError(shard, idx, f"image {str(path)!r} unreadable ({exc.strerror})") from None
+    return rd.decode_image(data, image_size, shard, idx)
+
+
+def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
+                lazy: bool = False) -> tuple[np.ndarray | LazyImage, Turns]:
     rel = rd.field(rec, "image", shard, idx)
     convs = rd.field(rec, "conversations", shard, idx, (list,))
     turns: Turns = []
@@ -176,32 +204,63 @@ def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int) -> tuple[np
     if not turns:
         raise BadRecordError(shard, idx, "conversations holds no human/gpt turn")
     path = rd.image_path(shard, rel)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadRecordError(shard, idx, f"image {str(path)!r} unreadable ({exc.strerror})") from None
-    return rd.decode_image(data, image_size, shard, idx), turns
+    if lazy:
+        return LazyImage(_read_image, path, image_size, shard, idx), turns
+    return _read_image(path, image_size, shard, idx), turns
 
 
-def open_source(source, role: str, *, image_size: int = 32, seed: int = 0,
-                on_bad_record: str = "error"):
-    """A resumable sample stream for `role` of `source`."""
-    if source.kind not in KINDS_BY_ROLE[role]:
-        raise DataError(f"data source {source.name!r}: kind {source.kind!r} cannot serve as "
-                        f"{role}; use one of {KINDS_BY_ROLE[role]}")
-    if source.kind == "world":
-        wd = world_data(source)
-        fn = {"text": wd.text, "pairs": partial(wd.pair, image_size=image_size),
-              "instructions": partial(wd.instruction, image_size=image_size)}[role]
-        return WorldSource(fn)
-    readers = {"jsonl": (rd.iter_jsonl, partial(parse_text, key=source.option("text_field", "text"))),
-               "parquet": (rd.iter_parquet, partial(parse_text, key=source.option("text_field", "text"))),
+def _reader(source, image_size: int) -> tuple[Callable, Callable]:
+    """(iterate a shard, parse a record) for a shard-backed source kind."""
+    text = partial(parse_text, key=source.option("text_field", "text"))
+    readers = {"jsonl": (rd.iter_jsonl, text), "parquet": (rd.iter_parquet, text),
                "webdataset": (rd.iter_webdataset, partial(parse_wds, image_size=image_size)),
                "parquet_images": (rd.iter_parquet, partial(
                    parse_parquet_image, image_size=image_size,
                    image_key=source.option("image_field", "image"),
                    caption_key=source.option("caption_field", "caption"))),
                "llava": (rd.iter_llava, partial(parse_llava, image_size=image_size))}
-    it, parse = readers[source.kind]
+    return readers[source.kind]
+
+
+def _check_role(source, role: str) -> None:
+    if source.kind not in KINDS_BY_ROLE[role]:
+        raise DataError(f"data source {source.name!r}: kind {source.kind!r} cannot serve as "
+                        f"{role}; use one of {KINDS_BY_ROLE[role]}")
+
+
+def open_source(source, role: str, *, image_size: int = 32, seed: int = 0,
+                on_bad_record: str = "error"):
+    """A resumable sample stream for `role` of `source`."""
+    _check_role(source, role)
+    if source.kind == "world":
+        wd = world_data(source)
+        if role == "text":
+            return WorldSource(wd.text)
+        fn = wd.pair if role == "pairs" else wd.instruction
+        return WorldSource(partial(fn, image_size=image_size), partial(fn, image_size=image_size, lazy=True))
+    it, parse = _reader(source, image_size)
+    lazy = partial(parse, lazy=True) if role != "text" else None
     return ShardSource(resolve_paths(source), it, parse, seed=seed, on_bad_record=on_bad_record,
-                       shuffle_shards=bool(source.option("shuffle_shards", True)))
+                       shuffle_shards=bool(source.option("shuffle_shards", True)), lazy_parse=lazy)
+
+
+def check_first_records(source, role: str, path: str, *, records: int = 2, image_size: int = 32) -> None:
+    """Read and parse the first `records` records of one shard of `source` (images decoded): the
+    BadRecordError a step would meet there (invalid JSON, a cut-off tar, an empty shard), raised
+    before anything trains. The world and a shard that reads are silent."""
+    _check_role(source, role)
+    if source.kind == "world":
+        return
+    it, parse = _reader(source, image_size)
+    seen = 0
+    for index, rec in it(path):
+        if isinstance(rec, BadRecordError):
+            raise rec
+        if isinstance(rec, dict):
+            rec.pop(rd.RESUME, None)
+        parse(rec, path, index)
+        seen += 1
+        if seen >= records:
+            return
+    if seen == 0:
+        raise BadRecordError(path, -1, "empty shard: no records")

@@ -14,15 +14,44 @@ on counters kept in the state, so a resumed stream yields exactly the uninterrup
 from __future__ import annotations
 
 from models.data.errors import DataError
-from models.data.packing import TextPacker, encode_caption, encode_conversation, rows_to_batch, text_row
+from models.data.packing import (
+    TextPacker,
+    encode_caption,
+    encode_conversation,
+    rank_rows,
+    rows_to_batch,
+    text_row,
+)
 from models.data.types import LOSS_NONE, Batch
 
 
 class BatchStream:
-    """An iterator of Batch with `state_dict`/`load_state_dict` for exact resume."""
+    """An iterator of Batch with `state_dict`/`load_state_dict` for exact resume.
+
+    `select_rows(rank, world)`: each batch holds only rank `rank`'s share of the global batch's
+    rows. The stream still walks every row (packing and mixing decide row by row, so its state is
+    the global batch's, whatever the rank count), but it turns only its own rows into arrays, and
+    its sources skip decoding or rendering the other rows' images where they can
+    (`models.data.sources`: `make_lazy`).
+    """
+
+    rank, world = 0, 1
 
     def __iter__(self) -> "BatchStream":
         return self
+
+    def select_rows(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        if world > 1:
+            for source in self._image_sources():
+                source.make_lazy()
+
+    def _image_sources(self) -> list:
+        return []
+
+    def _mine(self, rows: list, row_images: list[list], pad_id: int,
+              counts: list[int] | None = None) -> tuple[list, list, list[int]]:
+        return rank_rows(rows, row_images, self.rank, self.world, pad_id, counts)
 
     def __next__(self) -> Batch:
         raise NotImplementedError
@@ -51,6 +80,7 @@ class TextStream(BatchStream):
         before = self.source.skipped
         rows = [text_row(self.packer, self.seq_len) for _ in range(self.batch_size)]
         self.batches += 1
+        rows, _, _ = self._mine(rows, [[] for _ in rows], self.tok.pad_id)
         return rows_to_batch(rows, [], pad_id=self.tok.pad_id, image_counts=[0], image_size=1,
                              skipped=self.source.skipped - before)
 
@@ -79,18 +109,24 @@ class MixedStream(BatchStream):
 
     def __next__(self) -> Batch:
         before = _skipped(self.text, self.pairs, self.instructions)
-        rows, images, counts = [], [], []
+        rows, row_images, counts = [], [], []
         for _ in range(self.B):
+            images: list = []
             row, n_image = self._image_row(images) if self._wants_image_row() else (
                 text_row(self.packer, self.L), 0)
             rows.append(row)
+            row_images.append(images)
             counts.append(n_image)
             self.counts["image"] += n_image
             self.counts["total"] += sum(1 for t in row[0][:self.L] if t != self.tok.pad_id)
         self.counts["batches"] += 1
+        rows, images, counts = self._mine(rows, row_images, self.tok.pad_id, counts)
         return rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=counts,
                              image_size=self.image_size,
                              skipped=_skipped(self.text, self.pairs, self.instructions) - before)
+
+    def _image_sources(self) -> list:
+        return [s for s in (self.pairs, self.instructions) if s is not None]
 
     def _deviation(self) -> float:
         return self.counts["image"] - self.ratio * self.counts["total"]

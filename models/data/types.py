@@ -14,6 +14,23 @@ IGNORE = -100  # target value where no loss is taken (pad, image positions, prom
 LOSS_TEXT, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE = 0, 1, 2, -1
 
 
+class LazyImage:
+    """An image made only when a rank trains on its row: `fn(*args)` (the world renders, a file
+    source decodes), so a rank of a multi-rank step leaves the other ranks' images undone."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args = fn, args
+
+    def __call__(self) -> np.ndarray:
+        return self.fn(*self.args)
+
+
+def materialise(image: "np.ndarray | LazyImage") -> np.ndarray:
+    return image() if isinstance(image, LazyImage) else image
+
+
 @dataclass(kw_only=True, slots=True)
 class Batch:
     """One training batch. `loss_kind[b, t]` describes the target at `targets[b, t]`."""

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from models.data.types import IGNORE, LOSS_NONE
+
 
 def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
     """A data-layer Batch (numpy arrays) as tensors; images may be empty."""
@@ -46,14 +48,30 @@ def _take_rows(batch: dict[str, Any], spans: list[slice], image_id: int,
     return out
 
 
+def _pad_rows(batch: dict[str, Any], rows: int, image_id: int) -> dict[str, Any]:
+    """The batch with `rows` more rows that score nothing (targets IGNORE, no image)."""
+    tokens = batch["tokens"]
+    filler = 0 if image_id != 0 else 1  # any token but the image placeholder
+    extra = {"tokens": torch.full((rows, tokens.shape[1]), filler, dtype=tokens.dtype),
+             "targets": torch.full((rows, tokens.shape[1]), IGNORE, dtype=batch["targets"].dtype),
+             "loss_kind": torch.full((rows, tokens.shape[1]), LOSS_NONE, dtype=batch["loss_kind"].dtype)}
+    return batch | {k: torch.cat([batch[k], v]) for k, v in extra.items()}
+
+
 def split_rows(batch: dict[str, Any], rank: int, world: int, image_id: int,
                image_tokens: int) -> dict[str, Any]:
-    """Rank `rank`'s rows of a global batch (DDP), with the images those rows hold."""
+    """Rank `rank`'s rows of a global batch (DDP), with the images those rows hold.
+
+    A batch of fewer rows than a multiple of the ranks (a fine-tune's last length-sorted group,
+    bad records skipped) is padded with rows that score nothing: the loss is normalised by the
+    global count of scored positions, so they change neither the loss nor the gradient.
+    """
     if world == 1:
         return batch
     n = batch["tokens"].shape[0]
     if n % world:
-        raise ValueError(f"batch_size {n} is not divisible by {world} devices")
+        batch = _pad_rows(batch, world - n % world, image_id)
+        n += world - n % world
     return _take_rows(batch, [slice(rank * n // world, (rank + 1) * n // world)], image_id,
                       image_tokens)[0]
 

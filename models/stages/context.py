@@ -21,6 +21,7 @@ class Context:
     options: RunOptions
     data: Any  # the data provider module (models.data, or models.synthetic in tests)
     progress: Callable[[int, int, float], None]
+    writes_files: bool = True  # global rank 0: the one rank that writes the step's files
 
 
 @dataclass(kw_only=True)

@@ -6,6 +6,7 @@ they are saved with every checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import nn
 from models import checkpoint as ck
 from models.config import OptimConfig
 from models.schedules import Schedule
+from models.stages.sharding import clip_sharded, is_sharded, load_optimizer_state, optimizer_state, weights_state
 from models.vlm import part_means
 
 
@@ -61,6 +63,7 @@ class StageModule(L.LightningModule):
         self.data_state: dict | None = None  # the stream's position after the last trained batch
         self.resume: dict[str, Any] | None = None  # optimizer / RNG state to restore at start
         self._last_time: float | None = None
+        self.final_weights: dict[str, torch.Tensor] | None = None  # FSDP: gathered at train end
 
     # -- subclasses ---------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -93,11 +96,12 @@ class StageModule(L.LightningModule):
         self._last_time = time.perf_counter()  # the first step's tokens/s includes warm-up
         if self.resume is None:
             return
-        optimizer = self.optimizers().optimizer
+        optimizer, strategy = self.optimizers().optimizer, self.trainer.strategy
         if self.resume.get("optimizer"):
-            optimizer.load_state_dict(self.resume["optimizer"])
+            load_optimizer_state(strategy, optimizer, self.resume["optimizer"])
         if self.resume.get("optimizer_prefix"):
-            optimizer.load_state_dict(_with_prefix_state(optimizer, self.resume["optimizer_prefix"]))
+            load_optimizer_state(strategy, optimizer,
+                                 _with_prefix_state(optimizer, self.resume["optimizer_prefix"]))
         if self.resume.get("rng"):
             ck.set_rng_state(self.resume["rng"])
         self.resume = None
@@ -108,31 +112,60 @@ class StageModule(L.LightningModule):
         lr = self.schedule.lr_at(self.step_count)
         for group in opt.optimizer.param_groups:
             group["lr"] = lr
-        if "micro" in batch:
-            loss, parts = self._accumulate(batch["micro"])
+        if "micro" in batch or self.world > 1:
+            loss, parts = self._accumulate(batch.get("micro") or [batch])
         else:
             loss, parts = self.compute_loss(batch)
             self.manual_backward(loss)
-        params = [p for g in opt.optimizer.param_groups for p in g["params"]]
         clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        grad_norm = self._clip_gradients(opt.optimizer, clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.step_count += 1
         self.data_state = data_state
         self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)))
 
+    @property
+    def world(self) -> int:
+        """Ranks this module trains on (1 before it is attached to a trainer)."""
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the ranks hold shards of the state (FSDP), so gathering it is a collective."""
+        return self._trainer is not None and is_sharded(self.trainer.strategy)
+
     def _accumulate(self, chunks: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Backward through each micro-batch in turn: the whole batch's loss and gradient."""
-        denominator = sum(self.scored_positions(c) for c in chunks).clamp(min=1)
+        """Backward through each micro-batch in turn: the whole global batch's loss and gradient.
+
+        Each chunk's loss sum is divided by the scored positions of the global batch (every rank's:
+        one all-reduce of a count, left on the device) and, as DDP averages gradients over ranks,
+        multiplied by the rank count. Gradients are synchronised once, in the last backward.
+        """
+        denominator, world = sum(self.scored_positions(c) for c in chunks), self.world
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(denominator)
+        denominator = denominator.clamp(min=1)
         total, parts = None, {}
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
             loss_sum, chunk_parts = self.loss_sum(chunk)
-            self.manual_backward(loss_sum / denominator)
+            last = i == len(chunks) - 1
+            with contextlib.nullcontext() if last or world == 1 else self.trainer.strategy.block_backward_sync():
+                self.manual_backward(loss_sum / denominator if world == 1 else loss_sum * world / denominator)
             total = loss_sum.detach() if total is None else total + loss_sum.detach()
             for name, value in chunk_parts.items():
                 parts[name] = value if name not in parts else parts[name] + value
-        return total / denominator, parts
+        # Per rank: its share of the global mean, times the ranks (the metrics average over ranks).
+        return (total / denominator if world == 1 else total * world / denominator), parts
+
+    def _clip_gradients(self, optimizer: torch.optim.Optimizer, clip: float) -> torch.Tensor:
+        """Clip to the global gradient norm (the norm before clipping is returned and logged)."""
+        if self.sharded:
+            return clip_sharded(self.trainer.strategy, clip)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
 
     def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float,
                 grad_norm: torch.Tensor, skipped: int) -> None:
@@ -184,9 +217,9 @@ class StageModule(L.LightningModule):
 
     def full_state(self) -> dict[str, Any]:
         """Everything a bit-exact resume needs (see models.checkpoint)."""
-        opt = self.optimizers().optimizer
+        strategy = self.trainer.strategy
         return {"step": self.step_count, "tokens": self.step_count * self.tokens_per_step,
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": opt.state_dict(),
+                "model": weights_state(strategy, self.model),
+                "optimizer": optimizer_state(strategy, self.optimizers().optimizer),
                 "data": self.data_state, "rng": ck.rng_state(), "metrics": list(self.rows),
                 "lr": self.schedule.lr_at(self.step_count)}

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
-
-import torch
 
 from models import checkpoint as ck
 from models import stepfiles as sf
 from models.accounting import train_flops
 from models.config import LMConfig, OptimConfig, ProjectorConfig, RunOptions, TrainDefaults, VisionConfig
+from models.distributed import ranks_from_env
 from models.schedules import Schedule, branch_schedule, finetune_schedule, steps_for, trunk_schedule
 from models.stages.batches import micro_batches, split_rows
 from models.stages.checkpointer import Checkpointer
@@ -65,21 +65,30 @@ def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
         checkpointer=checkpointer, split=split)
 
 
-def _save_weights(ctx: Context, model: torch.nn.Module) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def _save_weights(ctx: Context, module: StageModule) -> None:
+    """The final weights (model.pt), from rank 0; under FSDP as gathered when training ended."""
+    if not ctx.writes_files:
+        return
+    state = module.final_weights or {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
     ck.save_torch(sf.paths_of(ctx.root, ctx.step).weights, {"model": state})
 
 
-def _splitter(ctx: Context, image_id: int, image_tokens: int) -> Callable | None:
-    """What the loader does to each global batch: this rank's rows (DDP), then micro-batches."""
-    devices, micro = ctx.options.devices, ctx.options.micro_batch
-    if devices <= 1 and micro <= 0:
+def _splitter(stream: Any, options: RunOptions, image_id: int, image_tokens: int) -> Callable | None:
+    """What the loader does to each global batch: this rank's rows (DDP), then micro-batches.
+
+    A data-layer stream gives this rank only its rows (`select_rows`: the other rows' images are
+    never decoded where the source allows); another (the tests' synthetic one) is split here.
+    """
+    ranks, micro = ranks_from_env(), options.micro_batch
+    world = ranks.world
+    if world > 1 and hasattr(stream, "select_rows"):
+        stream.select_rows(ranks.rank, world)
+        world = 1
+    if world <= 1 and micro <= 0:
         return None
-    import torch.distributed as dist
 
     def split(batch: dict) -> dict:
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        batch = split_rows(batch, rank, devices, image_id, image_tokens)
+        batch = split_rows(batch, ranks.rank, world, image_id, image_tokens)
         return micro_batches(batch, micro, image_id, image_tokens)
     return split
 
@@ -112,17 +121,52 @@ def _saved_trunk_states(ctx: Context) -> list[tuple[int, Path]]:
                   for f, path in sf.paths_of(ctx.root, ctx.step).fraction_checkpoints())
 
 
+def _resume_payload(ctx: Context, saved: list[tuple[int, Path]] = ()) -> dict | None:
+    """The furthest readable checkpoint of this step: ckpt/latest.pt, or (a trunk) one of its
+    fraction checkpoints `saved` as (step, path), whichever is further; None to start afresh.
+
+    A damaged one is passed over, saying so on stderr, for the next furthest; when none loads, the
+    error names the file to delete (a damaged latest.pt must not fail every retry).
+    """
+    latest = sf.paths_of(ctx.root, ctx.step).latest
+    loaded: list[tuple[int, Path, dict]] = []
+    errors: list[ck.CheckpointError] = []
+    if latest.exists():
+        try:
+            payload = ck.load_torch(latest)
+            loaded.append((int(payload["step"]), latest, payload))
+        except ck.CheckpointError as exc:
+            errors.append(exc)
+    reached = loaded[0][0] if loaded else -1
+    for step, path in sorted(saved, reverse=True):  # furthest first; stop at latest.pt's step
+        if step <= reached:
+            break
+        try:
+            loaded.append((step, path, ck.load_torch(path)))
+            break
+        except ck.CheckpointError as exc:
+            errors.append(exc)
+    if not loaded:
+        if errors:
+            first = errors[0]
+            raise ck.CheckpointError(first.path, f"{str(first).split(': ', 1)[1]}; delete it to "
+                                     "restart the step from its beginning")
+        return None
+    step, path, payload = max(loaded, key=lambda c: c[0])
+    for exc in errors:
+        print(f"vlmsweep: {exc}; resuming from {path} (step {step}) instead", file=sys.stderr, flush=True)
+    return payload
+
+
 def run_trunk(ctx: Context) -> RunOutput:
     cfg = ctx.step.config
     module, stream, total, fractions = _trunk_parts(ctx)
-    candidates = _saved_trunk_states(ctx)
-    latest = sf.paths_of(ctx.root, ctx.step).latest
-    if latest.exists():
-        candidates.append((int(ck.load_torch(latest)["step"]), latest))
-    if candidates:
-        _restore(module, stream, ck.load_torch(max(candidates, key=lambda c: c[0])[1]))
-    _train(ctx, module, stream, total, fractions=fractions, split=_splitter(ctx, module.image_id, 1))
-    _save_weights(ctx, module.model)
+    payload = _resume_payload(ctx, _saved_trunk_states(ctx))
+    if payload is not None:
+        _restore(module, stream, payload)
+    _train(ctx, module, stream, total, fractions=fractions,
+           split=_splitter(stream, ctx.options, module.image_id, 1))
+    _save_weights(ctx, module)
     tokens = total * module.tokens_per_step
     return RunOutput(tokens=tokens, flops=train_flops(cfg.lm, tokens, cfg.train.seq_len),
                      params=module.model.param_counts(), metrics=module.rows, evals=[])
@@ -140,7 +184,7 @@ def replay_trunk_fractions(ctx: Context) -> None:
         _restore(module, stream, ck.load_torch(max(earlier, key=lambda c: c[0])[1]))
     quiet = dataclasses.replace(ctx.options, checkpoint_every_steps=0, checkpoint_every_s=math.inf)
     _train(ctx, module, stream, total, fractions=missing, stop_at=max(missing), options=quiet,
-           split=_splitter(ctx, module.image_id, 1))
+           split=_splitter(stream, quiet, module.image_id, 1))
 
 
 # -- encoder ----------------------------------------------------------------------------------
@@ -159,9 +203,9 @@ def run_encoder(ctx: Context) -> RunOutput:
                                     image_size=cfg.vision.image_size,
                                     max_caption_len=MAX_CAPTION_LEN, seed=cfg.seed)
     module.data_state = stream.state_dict()
-    latest = sf.paths_of(ctx.root, ctx.step).latest
-    if latest.exists():
-        _restore(module, stream, ck.load_torch(latest))
+    payload = _resume_payload(ctx)
+    if payload is not None:
+        _restore(module, stream, payload)
     _train(ctx, module, stream, total)
     ck.save_torch(sf.paths_of(ctx.root, ctx.step).weights,
                   {"model": {k: v.detach().cpu() for k, v in model.vision.state_dict().items()}})
@@ -218,14 +262,13 @@ def run_branch(ctx: Context) -> RunOutput:
         image_size=cfg.vision.image_size, image_tokens=n_image, seed=cfg.seed,
         on_bad_record=cfg.on_bad_record)
     module.data_state = stream.state_dict()
-    latest = sf.paths_of(ctx.root, step).latest
-    if latest.exists():
-        _restore(module, stream, ck.load_torch(latest))
+    payload = _resume_payload(ctx)
+    if payload is not None:
+        _restore(module, stream, payload)
     else:
         _start_from_trunk(ctx, module, trunk_id, cfg.intro_fraction)
-    _train(ctx, module, stream, total,
-           split=_splitter(ctx, tok.image_id, n_image))
-    _save_weights(ctx, model)
+    _train(ctx, module, stream, total, split=_splitter(stream, ctx.options, tok.image_id, n_image))
+    _save_weights(ctx, module)
     tokens = total * batch * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
                      params=model.param_counts(), metrics=module.rows, evals=[])
@@ -263,11 +306,11 @@ def run_finetune(ctx: Context) -> RunOutput:
     module = FinetuneModule(model, finetune_schedule(cfg.lr, total), optim=_optim(bcfg.train),
                             tokens_per_step=rows * seq, image_id=tok.image_id)
     module.data_state = stream.state_dict()
-    latest = sf.paths_of(ctx.root, step).latest
-    if latest.exists():
-        _restore(module, stream, ck.load_torch(latest))
-    _train(ctx, module, stream, total, split=_splitter(ctx, tok.image_id, n_image))
-    _save_weights(ctx, model)
+    payload = _resume_payload(ctx)
+    if payload is not None:
+        _restore(module, stream, payload)
+    _train(ctx, module, stream, total, split=_splitter(stream, ctx.options, tok.image_id, n_image))
+    _save_weights(ctx, module)
     tokens = total * rows * seq
     return RunOutput(tokens=tokens, flops=train_flops(tcfg.lm, tokens, seq),
                      params=model.param_counts(), metrics=module.rows, evals=[])

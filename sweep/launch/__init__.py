@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from models.stepfiles import DONE, FAILED, IN_FLIGHT
+from models.stepfiles import CORRUPT, DONE, FAILED, IN_FLIGHT
 from models.steps import Step
 from sweep.launch.backend import BACKENDS, Backend, JobFactory, LaunchResult, run_levels
 
@@ -41,8 +41,10 @@ def select_steps(plan: Any, retry_failed: bool, max_failures: int, *,
                  statuses: dict[str, StepStatus] | None = None) -> list[Step]:
     """The steps a `run` should submit, parents first.
 
-    Missing steps, and failed ones when `retry_failed` unless they failed `max_failures` times;
-    never a done step or one queued/running already; never a step under one that cannot run.
+    Missing and interrupted steps (an interrupted one resumes from its checkpoint and counts no
+    failure), failed ones when `retry_failed` or when the last attempt crashed (its process was
+    killed: the OOM killer, kill -9; often transient) unless they failed `max_failures` times;
+    never a done, corrupt, queued or running step; never a step under one that cannot run.
     """
     from sweep.status import reconcile
 
@@ -57,7 +59,8 @@ def select_steps(plan: Any, retry_failed: bool, max_failures: int, *,
         if not all(will_finish.get(pid, False) for _, pid in step.parents):
             will_finish[step.step_id] = False
             continue
-        if status.state == FAILED and (not retry_failed or status.failures >= max_failures):
+        retry = retry_failed or status.cause == "crash"
+        if status.state == CORRUPT or (status.state == FAILED and (not retry or status.failures >= max_failures)):
             will_finish[step.step_id] = False
             continue
         will_finish[step.step_id] = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 import time
 from collections import Counter
@@ -17,12 +18,14 @@ from typing import Any
 
 import submitit
 
-from models.stepfiles import DONE, FAILED, IN_FLIGHT
+from models.stepfiles import CORRUPT, DONE, FAILED, IN_FLIGHT, INTERRUPTED, USER_REASONS
+from sweep.datacheck import check_plan, check_shards
 from sweep.errors import UserError
 from sweep.launch import BACKENDS, LaunchResult, get_backend, select_steps
+from sweep.launch.devices import local_workers
 from sweep.launch.journal import JournalError
 from sweep.launch.queue import QueueError
-from sweep.launch.slurm import SlurmSettingsError, group_steps, sbatch_parameters
+from sweep.launch.slurm import SlurmSettingsError, group_steps, sbatch_parameters, slurm_settings
 from sweep.launch.submitit_adapter import render_sbatch
 from sweep.locking import root_lock
 from sweep.status import StepStatus, reconcile, summary
@@ -67,22 +70,54 @@ def _by_kind(steps: list[Any]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing"
 
 
+def study_command(plan: Any, command: str, *extra: str) -> str:
+    """The full command line that runs `command` on this study and root (what hints print)."""
+    return " ".join(["vlmsweep", command, shlex.quote(str(plan.study.path)),
+                     "--root", shlex.quote(str(plan.root)), *extra])
+
+
 def _explain(plan: Any, statuses: dict[str, StepStatus], chosen: list[Any], max_failures: int,
              retry_failed: bool) -> None:
     counts = summary(statuses)
     print(f"{plan.study.name}: {len(plan.steps)} steps under {plan.root}: "
           + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    picked = {s.step_id for s in chosen}
     for s in statuses.values():
-        if s.state == FAILED and (s.failures >= max_failures or not retry_failed):
+        if s.state == CORRUPT:
+            print(f"  not run: {s.kind} {s.step_id}: corrupt: {s.reason}")
+        elif s.state == FAILED and s.step_id not in picked:
             why = (f"failed {s.failures} times (max_failures = {max_failures})"
                    if s.failures >= max_failures else "failed; rerun with --retry-failed")
             print(f"  not retried: {s.kind} {s.step_id}: {why}: {s.reason}")
+        elif s.state == INTERRUPTED and s.step_id in picked:
+            print(f"  resumed: {s.kind} {s.step_id}: {s.reason}")
     print(f"to run: {len(chosen)} steps ({_by_kind(chosen)})")
+
+
+def what_is_left(plan: Any, statuses: dict[str, StepStatus]) -> tuple[int, list[str]]:
+    """(exit status, lines) for the end of a run: 0 when every step is done; else 2 when a step
+    failed for bad input or an unwritable root, or is corrupt (the user must fix a file), else 1;
+    the lines say what is left and the command that continues."""
+    left = [s for s in statuses.values() if s.state != DONE]
+    if not left:
+        return 0, [f"{plan.study.name}: all {len(statuses)} steps done"]
+    counts = Counter(s.state for s in left)
+    lines = [f"{plan.study.name}: not complete: {len(left)} of {len(statuses)} steps left ("
+             + ", ".join(f"{n} {state}" for state, n in counts.items()) + ")"]
+    for s in left:
+        if s.state in (FAILED, CORRUPT, INTERRUPTED):
+            lines.append(f"  {s.state:<11} {s.kind:<8} {s.step_id}  {s.reason}")
+    user = any(s.state == CORRUPT or (s.state == FAILED and s.cause in USER_REASONS) for s in left)
+    if counts.get(FAILED):
+        lines.append(f"fix the cause, then `{study_command(plan, 'run', '--retry-failed')}`")
+    elif not counts.get(CORRUPT):
+        lines.append(f"continue with `{study_command(plan, 'run')}`")
+    return (2 if user else 1), lines
 
 
 def _dry_run_slurm(plan: Any, chosen: list[Any]) -> None:
     for (level, family), members in group_steps(plan, chosen):
-        params = sbatch_parameters(plan.study.backend.slurm_for(members[0].kind))
+        params = sbatch_parameters(slurm_settings(plan, members[0]))
         trunk = f", trunk {family} ({plan.by_id[family].meta.get('scale', '?')})" if family else ""
         print(f"\n# level {level}{trunk}: array of {len(members)} ({_by_kind(members)})")
         print(render_sbatch(params, folder=Path(plan.root) / "logs" / "%j",
@@ -92,11 +127,17 @@ def _dry_run_slurm(plan: Any, chosen: list[Any]) -> None:
 def _launch(args: argparse.Namespace, plan: Any) -> LaunchResult | None:
     settings = plan.study.backend
     name = getattr(args, "backend", None) or settings.default
-    workers = getattr(args, "workers", None) or settings.workers
+    workers = local_workers(getattr(args, "workers", None), settings)
     retry = bool(getattr(args, "retry_failed", False))
     # The lock spans reconcile → submit, so a concurrent run sees our jobs in the journal;
     # a dry run writes nothing, not even the lock file.
     dry = bool(getattr(args, "dry_run", False))
+    # Before anything is written or trains: the root, paths, tokenizers and eval files of every
+    # step not done, and (a real run) the first records of each shard those steps read.
+    todo = [s for s in plan.steps if plan.status(s) != DONE]
+    check_plan(plan, todo)
+    if not dry:
+        check_shards(todo)
     with contextlib.nullcontext() if dry else root_lock(plan.root):
         statuses = reconcile(plan)
         chosen = select_steps(plan, retry, settings.max_failures, statuses=statuses)
@@ -118,6 +159,7 @@ def run_run(args: argparse.Namespace, plan: Any = None) -> int:
     plan = plan if plan is not None else _plan_from_args(args)
     try:
         result = _launch(args, plan)
+        statuses = reconcile(plan) if result is not None else {}
     except (QueueError, JournalError, SlurmSettingsError, submitit.core.utils.FailedJobError,
             submitit.core.utils.FailedSubmissionError) as exc:
         raise LaunchError(str(exc)) from None
@@ -126,11 +168,17 @@ def run_run(args: argparse.Namespace, plan: Any = None) -> int:
     if result.sbatch_calls:
         print(f"submitted {result.submitted} steps in {result.sbatch_calls} job arrays "
               f"(jobs recorded in {Path(plan.root) / 'launch' / 'jobs.jsonl'}); "
-              f"follow with `vlmsweep status {plan.study.path}`")
-    else:
+              f"follow with `{study_command(plan, 'status')}`")
+        return 0
+    if result.submitted:
         print(f"ran {result.submitted} steps: {result.completed} done, {result.failed} failed, "
               f"{result.blocked} blocked")
-    return 1 if result.failed or result.blocked else 0
+    if any(s.state in IN_FLIGHT for s in statuses.values()):  # another run or SLURM has them
+        print(f"steps are still running elsewhere; follow with `{study_command(plan, 'status')}`")
+        return 0
+    code, lines = what_is_left(plan, statuses)
+    print("\n".join(lines))
+    return code
 
 
 def format_table(plan: Any, statuses: dict[str, StepStatus]) -> str:

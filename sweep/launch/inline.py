@@ -7,12 +7,16 @@ progress line while a step trains.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Sequence
 
+from models import stepfiles as sf
 from models.steps import Step
 from sweep.launch.backend import JobFactory, LaunchResult
+from sweep.launch.journal import JobRecord, append_jobs
+from sweep.launch.pool import JobLock
 from sweep.launch.progress import ProgressLine
 from sweep.launch.worker import StepJob
 from sweep.status import StepStatus
@@ -42,12 +46,18 @@ class InlineBackend:
                     continue
                 state["current"] = [step]
                 began = time.monotonic()
+                lock = _record(plan, step, f"inline-{os.getpid()}.{i}")
+                stopped = True  # unless the step returns or raises: Ctrl-C stops it mid-step
                 try:
                     factory(step, plan.root)()
                     state["finished"] = state["finished"] + [(step, time.monotonic() - began)]
+                    stopped = False
                 except Exception:
                     state["failed"] += 1
                     bad.add(step.step_id)
+                    stopped = False
+                finally:
+                    lock.release(stopped=stopped)
                 state["current"] = []
         finally:
             stop.set()
@@ -56,6 +66,16 @@ class InlineBackend:
             line.show(state["failed"], [], state["finished"], [], final=True)
         return LaunchResult(submitted=len(steps), completed=len(state["finished"]), failed=state["failed"],
                             blocked=blocked)
+
+
+def _record(plan: Any, step: Step, job_id: str) -> JobLock:
+    """Journal the step's attempt and hold its job lock, so that `status` tells a step running
+    here from one whose run died (interrupted) in any other process."""
+    lock = JobLock(sf.job_log_dir(plan.root, job_id))
+    append_jobs(plan.root, [JobRecord(step_id=step.step_id, kind=step.kind, job_id=job_id,
+                                      backend="inline", study=plan.study.name, log="",
+                                      submitted_at=time.time())])
+    return lock
 
 
 def _tick(line: ProgressLine | None, state: dict, stop: threading.Event) -> None:

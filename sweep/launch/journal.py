@@ -55,6 +55,8 @@ def _append(path: Path, rows: list[dict]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, text.encode())
+    except OSError as exc:  # os.write names no file: a full disk's message must
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         os.close(fd)
 

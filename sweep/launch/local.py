@@ -1,28 +1,33 @@
 """The local backend: N persistent worker processes on this machine, DAG order respected.
 
-The workers (`sweep.launch.pool`) each import torch once and run many steps, one at a time. A
-step starts once all its parents are done, a step under a failed one is skipped as blocked, and
-`run` stays in the foreground, drawing the progress line and recording each job in the launch
-journal so `status` can see it. Ctrl-C or SIGTERM asks the running steps to checkpoint, ends the
-workers and raises KeyboardInterrupt.
+The workers (`sweep.launch.pool`) each import torch once and run many steps, one at a time, on GPUs
+of their own when the machine has any (`sweep.launch.devices`); an LM step runs on `gpus_per_step`
+local ranks (`sweep.launch.ranks`). A step starts once all its parents are done, a step under a
+failed one is skipped as blocked, and `run` stays in the foreground, drawing the progress line and
+recording each job in the launch journal so `status` can see it. Ctrl-C or SIGTERM asks the running
+steps to checkpoint, ends the workers and raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from models.distributed import MULTI_RANK_KINDS
 from models.stepfiles import step_done
 from models.steps import Step
 from sweep.estimate import critical_paths
 from sweep.launch.backend import JobFactory, LaunchResult
+from sweep.launch.devices import visible_gpus, worker_devices
 from sweep.launch.journal import JobRecord, append_jobs
 from sweep.launch.pool import WorkerPool
-from sweep.launch.progress import ProgressLine
+from sweep.launch.progress import ProgressLine, failure_line
+from sweep.launch.ranks import LocalRanks
 from sweep.launch.worker import StepJob
 from sweep.plan import step_cost
 from sweep.status import StepStatus
@@ -39,10 +44,12 @@ class LocalBackend:
         """`expected`: seconds each step should take here (`sweep.estimate`), for the ETA from the
         start and the start order; `pool`: workers already running (the caller closes them)."""
         workers = max(1, workers)
-        executor = pool or WorkerPool(plan.root, workers)
+        per_step = plan.study.backend.gpus_per_step
+        executor = pool or WorkerPool(plan.root, workers, devices=worker_devices(visible_gpus(), per_step, workers))
         line = ProgressLine(root=plan.root, total=len(steps), workers=workers,
                             expected=dict(expected or {})) if progress else None
-        run = _LocalRun(plan, list(steps), executor, job_factory or StepJob, workers, line, expected)
+        run = _LocalRun(plan, list(steps), executor, with_local_ranks(job_factory or StepJob, per_step),
+                        workers, line, expected)
         with _sigterm_interrupts():
             try:
                 run.loop()
@@ -53,6 +60,14 @@ class LocalBackend:
                 if pool is None:
                     executor.close()
         return run.result()
+
+
+def with_local_ranks(factory: JobFactory, ranks: int) -> JobFactory:
+    """`factory`'s jobs, each LM step's run by `ranks` local processes (gpus_per_step > 1)."""
+    if ranks <= 1:
+        return factory
+    return lambda step, root: (LocalRanks(factory(step, root), ranks) if step.kind in MULTI_RANK_KINDS
+                               else factory(step, root))
 
 
 @contextlib.contextmanager
@@ -77,6 +92,13 @@ def start_order(steps: Sequence[Step], expected: Mapping[str, float] | None = No
             return expected[step.step_id]
         return float(step_cost(step).flops or 0) / 1e10  # ~ seconds at 10 GFLOP/s: only the order matters
     return critical_paths(list(steps), cost)
+
+
+def _say(line: ProgressLine | None, text: str) -> None:
+    if line is not None:
+        line.note(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 class _LocalRun:
@@ -125,12 +147,13 @@ class _LocalRun:
                 self.blocked += 1
             elif state == "ready" and len(self.running) < self.workers:
                 self.waiting.remove(step)
+                submitted = time.time()  # before: a job may fail inside submit (pickling)
                 job = self.executor.submit(self.factory(step, self.root))
                 self.running[step.step_id] = (step, job, time.monotonic())
                 self.job_ids.append(job.job_id)
                 append_jobs(self.root, [JobRecord(
                     step_id=step.step_id, kind=step.kind, job_id=job.job_id, backend="local",
-                    study=self.plan.study.name, log=str(job.paths.stderr), submitted_at=time.time())])
+                    study=self.plan.study.name, log=str(job.paths.stderr), submitted_at=submitted)])
 
     def _collect(self) -> None:
         for sid, (step, job, began) in list(self.running.items()):
@@ -140,9 +163,12 @@ class _LocalRun:
             if step_done(step, self.root):
                 self.done.add(sid)
                 self.finished.append((step, time.monotonic() - began))
+            elif getattr(job, "outcome", None) == "interrupted":  # stopped mid-step: run resumes it
+                self.bad.add(sid)
             else:
                 self.failed += 1
                 self.bad.add(sid)
+                _say(self.line, failure_line(self.root, step, str(job.paths.stderr)))
 
     def result(self) -> LaunchResult:
         return LaunchResult(submitted=len(self.job_ids), completed=len(self.done),

@@ -48,6 +48,9 @@ class NoopStepJob(StepJob):
     def is_preempted(self, error: BaseException) -> bool:
         return isinstance(error, NoopPreempted)
 
+    def failure_reason(self, error: BaseException) -> str:
+        return "exception"  # without importing models.run (torch) in a step that trains nothing
+
     def run(self) -> dict[str, Any]:
         # Like models.run.run_step: SIGTERM and SIGUSR2 ask for a checkpoint while the step runs.
         old = {sig: signal.signal(sig, lambda *_: self.request_checkpoint())
@@ -60,6 +63,7 @@ class NoopStepJob(StepJob):
 
     def _ticks(self) -> dict[str, Any]:
         paths = sf.paths_of(self.root, self.step)
+        sf.write_json(paths.config, self.step.to_json())  # as run_step does: ingest reads it
         ckpt = paths.ckpt / "noop.json"
         start = sf.read_json(ckpt)["tick"] if ckpt.exists() else 0
         total = round(self.seconds / TICK_S)

@@ -41,6 +41,30 @@ def job_paths(root: str | Path, job_id: str) -> JobPaths:
     return JobPaths(stdout=folder / f"{job_id}_0_log.out", stderr=folder / f"{job_id}_0_log.err")
 
 
+class JobLock:
+    """`<root>/logs/<job_id>/running.lock`, flock-held while a local or inline job is in flight.
+
+    It says "in flight" to `vlmsweep status` in any process; the kernel drops it when this
+    process dies, so a killed run never shows a step running forever, and a job whose lock is free
+    with neither a result nor a failure died with its runner (status: interrupted).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(folder / sf.RUNNING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self, *, stopped: bool = False) -> None:
+        """Drop the lock; `stopped`: the run was stopped mid-step (Ctrl-C), `run` resumes it."""
+        if stopped:
+            with contextlib.suppress(OSError):
+                (self.folder / sf.STOPPED_MARK).touch()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class PoolJob:
     """One step handed to one worker; `done()` once the worker reported or died."""
 
@@ -48,24 +72,18 @@ class PoolJob:
         self.job_id, self.paths, self.job = job_id, paths, job
         self.outcome: str | None = None  # "returned" | "raised" | "died" | "interrupted"
         self.began = time.time()
-        self.paths.stderr.parent.mkdir(parents=True, exist_ok=True)
-        # The lock says "in flight" to `vlmsweep status` in any process; the kernel drops it if
-        # this supervisor dies, so a killed run never shows a step running forever.
-        self._lock = os.open(self.paths.stderr.parent / sf.RUNNING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock = JobLock(self.paths.stderr.parent)
 
     def done(self) -> bool:
         return self.outcome is not None
 
     def finish(self, outcome: str) -> None:
         self.outcome = outcome
-        if outcome == "interrupted":
-            (self.paths.stderr.parent / sf.INTERRUPTED).touch()
-        os.close(self._lock)
+        self._lock.release(stopped=outcome == "interrupted")
 
 
 @contextlib.contextmanager
-def _bare_main() -> Iterator[None]:
+def bare_main() -> Iterator[None]:
     """Hide the parent's __main__ while a worker is spawned.
 
     `spawn` re-runs the parent's main script (by path or module name) in every child. Workers only
@@ -81,24 +99,32 @@ def _bare_main() -> Iterator[None]:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, workers: int):
+    def __init__(self, ctx: Any, workers: int, slot: int, devices: str | None):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, workers), daemon=True,
+        # Not a daemon: a step on several ranks starts their processes from the worker.
+        self.process = ctx.Process(target=worker_main, args=(child, workers, devices),
                                    name="vlmsweep-worker")
-        with _bare_main():
+        with bare_main():
             self.process.start()
         child.close()
         self.job: PoolJob | None = None
         self.seq = 0
+        self.slot = slot  # which of the pool's device sets it holds
 
 
 class WorkerPool:
-    """Up to `workers` persistent processes; the caller never submits more jobs than that."""
+    """Up to `workers` persistent processes; the caller never submits more jobs than that.
 
-    def __init__(self, root: str | Path, workers: int, *, start_method: str = "spawn"):
+    `devices[i]`, when given, is the CUDA_VISIBLE_DEVICES of the worker in slot i (a worker that
+    died is replaced in its slot), so concurrent steps train on distinct GPUs.
+    """
+
+    def __init__(self, root: str | Path, workers: int, *, start_method: str = "spawn",
+                 devices: list[str] | None = None):
         self.root, self.size = Path(root), max(1, workers)
         self.ctx = multiprocessing.get_context(start_method)
         self.workers: list[_Worker] = []
+        self.devices = devices
 
     def submit(self, job: Any) -> PoolJob:
         worker = self._idle_worker()
@@ -124,7 +150,8 @@ class WorkerPool:
         self.workers = [w for w in self.workers if w.job is not None]
         if len(self.workers) >= self.size:
             raise RuntimeError(f"all {self.size} workers are busy; wait for one to finish first")
-        worker = _Worker(self.ctx, self.size)
+        slot = min(set(range(self.size)) - {w.slot for w in self.workers})
+        worker = _Worker(self.ctx, self.size, slot, self.devices[slot] if self.devices else None)
         self.workers.append(worker)
         return worker
 
@@ -203,21 +230,28 @@ def _death_reason(exitcode: int | None) -> str:
 
 
 def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) -> None:
-    """failure.json (unless the step wrote one in this attempt) and the journal's failure entry."""
+    """failure.json (unless the step wrote one in this attempt) and the journal's failure entry.
+
+    A disk that takes neither (full) gets one line on stderr; the run goes on.
+    """
     paths = sf.paths_of(root, step)
     try:
         fresh = paths.failure.stat().st_mtime >= began
     except FileNotFoundError:
         fresh = False
-    if not fresh:
-        sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason="crash",
-                                               error=reason, job_id=job_id, finished_at=sf.now_iso()))
-    append_failure(root, step.step_id, job_id, reason)
+    try:
+        if not fresh:
+            sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason="crash",
+                                                   error=reason, job_id=job_id, finished_at=sf.now_iso()))
+        append_failure(root, step.step_id, job_id, reason)
+    except OSError as exc:
+        print(f"vlmsweep: could not record that {step.kind} {step.step_id} failed ({reason}): "
+              f"{exc.filename or root}: {exc.strerror or exc}", file=sys.stderr, flush=True)
 
 
 # ---- inside a worker process -------------------------------------------------------------------
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """SIGTERM this worker when the supervisor dies (even by SIGKILL): no orphan keeps training."""
     with contextlib.suppress(Exception):
         import ctypes
@@ -247,13 +281,15 @@ def _redirected(stdout: str, stderr: str) -> Iterator[None]:
             os.close(saved[1])
 
 
-def worker_main(conn: Connection, workers: int) -> None:
+def worker_main(conn: Connection, workers: int, devices: str | None = None) -> None:
     """Run jobs from `conn` until told to stop (None) or the supervisor's pipe closes."""
     # Ctrl-C reaches the whole process group: the supervisor alone decides, then sends SIGTERM,
     # which a running step turns into a checkpoint (models.run.run_step installs that handler).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["VLMSWEEP_WORKERS"] = str(workers)  # before torch is imported: it sizes threads
-    _die_with_parent()
+    if devices is not None:  # before CUDA is initialised: this worker's GPUs, and only those
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    die_with_parent()
     stopping = False
 
     def on_term(signum: int, frame: Any) -> None:  # between steps: finish, take no more
@@ -290,7 +326,8 @@ def _run_one(payload: bytes) -> str:
         if isinstance(error, Exception) and getattr(job, "is_preempted", None) \
                 and _safe(job.is_preempted, error):
             return "interrupted"
-        traceback.print_exc()
+        if not hasattr(job, "failure_reason"):  # a StepJob has said it: one line or its traceback
+            traceback.print_exc()
         return "raised"
     finally:
         signal.signal(signal.SIGTERM, term)

@@ -140,7 +140,8 @@ class ProgressLine:
     root: Path
     total: int
     workers: int = 1
-    stream: TextIO = sys.stderr
+    # looked up when the line is made, not when this module was imported (tests swap sys.stderr)
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
     interval_s: float = 10.0  # between lines when the stream is not a terminal
     started: float = 0.0
     expected: dict[str, float] = field(default_factory=dict)  # step id → seconds measured up front
@@ -174,3 +175,16 @@ class ProgressLine:
         end = "\n" if final or not tty else ""
         self.stream.write(("\r\033[K" if tty else "") + line + end)
         self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own (a failed step) above the progress line, which is redrawn after it."""
+        self.stream.write(("\r\033[K" if self.stream.isatty() else "") + text + "\n")
+        self.stream.flush()
+        self._last = 0.0
+
+
+def failure_line(root: str | Path, step: Step, log: str = "") -> str:
+    """One line on a failed step: its failure.json summary and where its log is."""
+    failure = sf.failure_or_none(sf.paths_of(root, step).dir)
+    what = failure.summary if failure is not None else "ended without a result"
+    return f"failed: {step.kind} {step.step_id}: {what}" + (f"  (log: {log})" if log else "")

@@ -24,6 +24,9 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OU
 FAILURE_REASONS = {"FAILED": "exception", "OUT_OF_MEMORY": "OOM", "TIMEOUT": "TIMEOUT",
                    "NODE_FAIL": "NODE_FAIL", "CANCELLED": "CANCELLED", "PREEMPTED": "PREEMPTED",
                    "BOOT_FAIL": "BOOT_FAIL", "DEADLINE": "DEADLINE"}
+# sacct states of a job that died with its node, not of its own doing: the step is interrupted
+# (resumed by a plain `run`, no failure counted), like a local step whose runner was killed.
+INTERRUPTING = {"NODE_FAIL", "BOOT_FAIL"}
 
 
 class QueueError(RuntimeError):
@@ -108,10 +111,10 @@ def query_slurm(job_ids: list[str]) -> dict[str, JobState]:
             for j in job_ids}
 
 
-def local_job_state(job_id: str, log: str) -> JobState:
-    """A local pool job's state by its supervisor's lock next to its log: RUNNING, INTERRUPTED when
-    the run was stopped mid-step, else ENDED."""
-    folder = Path(log).parent
+def local_job_state(root: str | Path, job_id: str) -> JobState:
+    """A local or inline job's state: a job that held a lock ("pid.n") by that lock in its log
+    folder (RUNNING while held, STOPPED when the run was stopped mid-step, else ENDED)."""
+    folder = sf.job_log_dir(root, job_id)
     try:
         fd = os.open(folder / sf.RUNNING_LOCK, os.O_RDONLY)
     except OSError:
@@ -122,5 +125,5 @@ def local_job_state(job_id: str, log: str) -> JobState:
         return JobState(job_id=job_id, state="RUNNING")
     finally:
         os.close(fd)
-    state = "INTERRUPTED" if (folder / sf.INTERRUPTED).exists() else "ENDED"
+    state = "STOPPED" if (folder / sf.STOPPED_MARK).exists() else "ENDED"
     return JobState(job_id=job_id, state=state)

@@ -1,13 +1,18 @@
-"""The SLURM backend: one job array per DAG level and trunk family, `afterok` between levels.
+"""The SLURM backend: one job array per DAG level and trunk family, `afterany` between levels.
 
 `run` submits and returns at once, recording every job in the launch journal. Resources per step
-kind come from the study's [backend.slurm] (and [backend.slurm.<kind>]) through
-`sbatch_parameters`; steps of one level that need the same resources and descend from the same
-trunk share one array. An array's `afterok` waits for every task of its parents' arrays, so arrays
-that mixed families would hold a 79m model's fine-tunes until the 1.4b branches of that level
-finished. A study costs one sbatch call per level and trunk (scale × seed × text data). Jobs get
-SIGUSR2 before their time limit and are checkpointed and requeued by the worker (Lightning's own
-SLURM requeue stays off).
+kind and scale come from the study's [backend.slurm…] layers through `sbatch_parameters`: an LM
+step's job spans `nodes` with one task (rank) per GPU, which srun starts. Steps of one level that
+need the same resources and descend from the same trunk share one array. An array's dependency
+waits for every task of its parents' arrays, so arrays that mixed families would hold a 79m
+model's fine-tunes until the 1.4b branches of that level finished. A study costs one sbatch call
+per level and trunk (scale × seed × text data). Jobs get SIGUSR2 before their time limit and are
+checkpointed and requeued by the worker (Lightning's own SLURM requeue stays off).
+
+The dependency is `afterany`, not `afterok`: a dependency names whole arrays, so with `afterok` one
+cancelled or failed task would cancel the children of all its siblings too. Each task checks its
+own parents instead (`StepJob` runs nothing when a parent has no result.json), so only the
+children of the task that failed stand still (status: blocked).
 """
 
 from __future__ import annotations
@@ -67,8 +72,10 @@ def sbatch_parameters(settings: Any, *, where: str = "backend.slurm") -> dict[st
     for key in ("partition", "account", "qos"):
         if getattr(settings, key):
             params[key] = getattr(settings, key)
-    if settings.gpus:
-        params["gpus_per_node"] = settings.gpus
+    # One task per rank: srun starts them and Lightning's SLURM environment reads their ranks.
+    params["nodes"], params["ntasks_per_node"] = settings.nodes, settings.ranks_per_node
+    if settings.gpus_per_node:
+        params["gpus_per_node"] = settings.gpus_per_node
     if settings.extra:
         params["additional_parameters"] = parse_extra(settings.extra, where=f"{where}.extra")
     return params
@@ -101,11 +108,11 @@ class SlurmBackend:
         backend = plan.study.backend
         executor = submitit.SlurmExecutor(folder=Path(plan.root) / "logs" / "%j",
                                           max_num_timeout=backend.max_num_timeout)
-        params = sbatch_parameters(backend.slurm_for(members[0].kind),
+        params = sbatch_parameters(slurm_settings(plan, members[0]),
                                    where=f"{plan.study.path}: backend.slurm")
         params["job_name"] = f"{plan.study.name}.L{level}"
-        if deps:
-            params["dependency"] = "afterok:" + ":".join(deps)
+        if deps:  # afterany + the task's own parent check (see the module docstring)
+            params["dependency"] = "afterany:" + ":".join(deps)
         executor.update_parameters(**params)
         with executor.batch():
             jobs = [executor.submit(factory(step, plan.root)) for step in members]
@@ -126,10 +133,15 @@ def group_steps(plan: Any, steps: Sequence[Step]) -> list[tuple[tuple[int, str],
     levels = run_levels(steps)
     groups: dict[tuple[int, str, str], list[Step]] = defaultdict(list)
     for step in steps:
-        settings = plan.study.backend.slurm_for(step.kind)
+        settings = slurm_settings(plan, step)
         groups[(levels[step.step_id], trunk_family(step, plan.by_id), repr(settings))].append(step)
     ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[1][0].kind, item[0][1]))
     return [((level, family), members) for (level, family, _), members in ordered]
+
+
+def slurm_settings(plan: Any, step: Step) -> Any:
+    """The resources of one step: its kind's and its scale's [backend.slurm…] layers."""
+    return plan.study.backend.slurm_for(step.kind, str(step.meta.get("scale", "")))
 
 
 def trunk_family(step: Step, by_id: dict[str, Step]) -> str:
@@ -145,7 +157,7 @@ def trunk_family(step: Step, by_id: dict[str, Step]) -> str:
 
 def _dependencies(members: list[Step], array_of: dict[str, str],
                   statuses: dict[str, StepStatus]) -> list[str]:
-    """afterok targets: arrays of this submission holding a parent, and parents' queued jobs."""
+    """afterany targets: arrays of this submission holding a parent, and parents' queued jobs."""
     deps: set[str] = set()
     for step in members:
         for _, pid in step.parents:

@@ -11,6 +11,7 @@
 #SBATCH --job-name=golden.trunk
 #SBATCH --mem=64GB
 #SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
 #SBATCH --open-mode=append
 #SBATCH --output=/ROOT/logs/%A_%a/%A_%a_0_log.out
 #SBATCH --partition=gpu

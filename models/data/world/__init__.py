@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.data.types import LazyImage
 from models.data.world import corpus, scenes
 from models.data.world.entities import DEFAULT_KINDS, World, make_world
 from models.data.world.render import render
@@ -40,10 +41,15 @@ class WorldData:
         scene = scenes.sample_scene(self.world, rng)
         return scene, scenes.caption(self.world, scene, rng)
 
-    def pair(self, i: int, image_size: int = 32) -> tuple[np.ndarray, str]:
-        """(uint8 [H, W, 3] image, caption) of training pair i."""
+    def _image(self, scene: scenes.Scene, image_size: int, lazy: bool) -> np.ndarray | LazyImage:
+        if lazy:  # the scene (and so the text) is drawn now; only the pixels wait
+            return LazyImage(render, scene, self.world.kinds, image_size)
+        return render(scene, self.world.kinds, image_size)
+
+    def pair(self, i: int, image_size: int = 32, lazy: bool = False) -> tuple[np.ndarray | LazyImage, str]:
+        """(uint8 [H, W, 3] image, caption) of training pair i (the image rendered on demand if lazy)."""
         scene, text = self.pair_scene(i)
-        return render(scene, self.world.kinds, image_size), text
+        return self._image(scene, image_size, lazy), text
 
     def heldout_text(self, i: int) -> str:
         """Held-out document i (the training distribution, never a training document's draw)."""
@@ -55,12 +61,13 @@ class WorldData:
         scene = scenes.sample_scene(self.world, rng)
         return render(scene, self.world.kinds, image_size), scenes.caption(self.world, scene, rng)
 
-    def instruction(self, i: int, image_size: int = 32) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    def instruction(self, i: int, image_size: int = 32,
+                    lazy: bool = False) -> tuple[np.ndarray | LazyImage, list[tuple[str, str]]]:
         """(image, [(question, answer), …]) of instruction sample i."""
         rng = self._rng(_INSTRUCTIONS, i)
         scene = scenes.sample_scene(self.world, rng)
         turns = scenes.instruction_turns(self.world, scene, rng)
-        return render(scene, self.world.kinds, image_size), turns
+        return self._image(scene, image_size, lazy), turns
 
 
 __all__ = ["WorldData", "World", "make_world"]
