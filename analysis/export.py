@@ -1,12 +1,16 @@
-"""Export of figures: PNG, SVG and PDF through kaleido (one browser for the whole batch) and the
-CSV of exactly what each figure plots, read back from its traces.
+"""Export of figures: always the CSV of exactly what each figure plots (read back from its traces)
+and an interactive HTML page; PNG, SVG and PDF through kaleido (one browser for the whole batch)
+when a Chrome/Chromium is found.
 
-Kaleido 1.x drives a Chrome/Chromium; on Debian `apt-get install -y chromium` provides one.
+Kaleido 1.x drives a Chrome/Chromium; on Debian `apt-get install -y chromium` provides one, and
+plotly's `plotly_get_chrome` downloads one. Without a browser the images are skipped with one line
+saying so (`Exported.note`), never an error: a report must not fail for lack of a browser.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -14,7 +18,11 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-FORMATS = ("png", "svg", "pdf")
+FORMATS = ("png", "svg", "pdf")  # image formats: rendered by a browser through kaleido
+PLOTLY_JS = "plotly.min.js"  # written once beside the HTML pages, which load it from there
+NO_BROWSER = ("no Chrome/Chromium found, so figures are CSV and interactive HTML only; for {formats} "
+              "install one (Debian: `apt-get install chromium`, or run `plotly_get_chrome`) and re-run "
+              "`vlmsweep report`, which adds them")
 
 
 SCHEMA = {"trace": pl.String, "panel": pl.String, "x": pl.String, "y": pl.Float64, "y_category": pl.String,
@@ -84,27 +92,60 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def find_browser() -> str | None:
+    """The Chrome/Chromium kaleido would drive (its own lookup: $BROWSER_PATH, plotly_get_chrome's
+    download, the PATH, the usual install paths), or None when there is none."""
+    try:
+        from choreographer.browsers import Chromium
+    except ImportError:  # kaleido's browser bridge missing: no image export either way
+        return None
+    path = Chromium.find_browser(skip_local=False)
+    return str(path) if path and Path(path).is_file() else None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Exported:
+    written: tuple[Path, ...]  # every file written (CSV, HTML, plotly.js, images)
+    note: str | None = None  # why image formats were skipped, when they were
+
+
 def export_figures(figures: Iterable[tuple[str, go.Figure]], out_dir: str | Path,
-                   formats: Iterable[str] = FORMATS) -> list[Path]:
-    """Write <name>.<fmt> for each format and <name>.csv for each figure; returns the paths written."""
+                   formats: Iterable[str] = FORMATS) -> Exported:
+    """Write <name>.csv and <name>.html for each figure, and <name>.<fmt> for each image format when
+    a browser is found (else `note` says how to get one)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs, written = [], []
+    figures, formats = list(figures), tuple(formats)
+    written: list[Path] = []
     for name, fig in figures:
-        csv = out / f"{name}.csv"
+        csv, html = out / f"{name}.csv", out / f"{name}.html"
         figure_data(fig).write_csv(csv)
-        written.append(csv)
-        for fmt in formats:
-            path = out / f"{name}.{fmt}"
-            jobs.append({"fig": fig, "path": str(path), "opts": {"format": fmt}})
-            written.append(path)
-    if jobs:
-        import kaleido  # imported here: only image export needs the browser bridge
+        # plotly.js once in the folder, not 4.6 MB inside every page; works offline from disk
+        fig.write_html(html, include_plotlyjs="directory", full_html=True)
+        written += [csv, html]
+    if figures:
+        written.append(out / PLOTLY_JS)
+    note = None
+    if figures and formats:
+        browser = find_browser()
+        if browser is None:
+            note = NO_BROWSER.format(formats="/".join(f.upper() for f in formats))
+        else:
+            written += _render_images(figures, out, formats, browser)
+    return Exported(written=tuple(written), note=note)
 
-        # one browser for the whole batch; no MathJax: it would be fetched from a CDN (no internet)
-        kaleido.write_fig_from_object_sync(jobs, kopts={"mathjax": False, "n": 2})
-    missing = [p for p in written if not p.is_file() or p.stat().st_size == 0]
+
+def _render_images(figures: list[tuple[str, go.Figure]], out: Path, formats: tuple[str, ...],
+                   browser: str) -> list[Path]:
+    import kaleido  # imported here: only image export needs the browser bridge
+
+    jobs = [{"fig": fig, "path": str(out / f"{name}.{fmt}"), "opts": {"format": fmt}}
+            for name, fig in figures for fmt in formats]
+    # one browser for the whole batch; no MathJax: it would be fetched from a CDN (no internet)
+    kaleido.write_fig_from_object_sync(jobs, kopts={"mathjax": False, "n": 2})
+    paths = [Path(j["path"]) for j in jobs]
+    missing = [p for p in paths if not p.is_file() or p.stat().st_size == 0]
     if missing:
-        raise RuntimeError(f"figure export wrote nothing to {', '.join(map(str, missing))} "
-                           "(kaleido needs Chrome/Chromium: apt-get install -y chromium)")
-    return written
+        raise RuntimeError(f"figure export through {browser} wrote nothing to "
+                           f"{', '.join(map(str, missing))}")
+    return paths

@@ -1,6 +1,7 @@
-"""`vlmsweep report`: every figure a study's results support (PNG, SVG, PDF and the CSV of the
-plotted data), booktabs LaTeX tables of the main results, and findings.md (with the adaptive
-search's comparison with the grid when `vlmsweep search --compare-grid` wrote one).
+"""`vlmsweep report`: every figure a study's results support (the CSV of the plotted data and an
+interactive HTML page; PNG, SVG and PDF where a browser is found), booktabs LaTeX tables of the
+main results, and findings.md (with the adaptive search's comparison with the grid when
+`vlmsweep search --compare-grid` wrote one).
 
 Real studies are often thin (one scale, one seed, a single ratio, failed steps, only trunk
 evaluations): a figure the data cannot support is skipped and the reason is listed in the summary
@@ -19,7 +20,7 @@ from typing import Callable, Sequence
 
 import polars as pl
 
-from analysis import queries, scores, tables
+from analysis import findings, queries, scores, tables
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
 from analysis.predict_io import findings_markdown as prediction_markdown
@@ -36,6 +37,9 @@ from analysis.report_figures import (
 from analysis.search_findings import SearchComparison, load_comparisons, search_markdown
 from analysis.store import connect
 
+CORE_SCORES = ("vl_core", "text_core")  # averages over the tasks each scale learns (analysis.findings)
+ITEM_BOOTSTRAP = 1000  # resamples of the eval items behind every finding
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ReportSummary:
@@ -44,10 +48,13 @@ class ReportSummary:
     written: tuple[Path, ...]  # every file written
     skipped: tuple[tuple[str, str], ...]  # (figure, why it was not drawn)
     notes: tuple[str, ...] = ()  # limits of the data (one seed, no intervals, ...)
+    export_note: str | None = None  # image formats skipped (no browser) and how to add them
 
     def __str__(self) -> str:
         lines = [f"report for {self.study or 'all studies'} in {self.out_dir}: {len(self.written)} files"]
         lines += [f"  note: {n}" for n in self.notes]
+        if self.export_note:
+            lines.append(f"  figures: {self.export_note}")
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
 
@@ -55,7 +62,10 @@ class ReportSummary:
 def load_study(con, study: str | None, average_tasks: Sequence[str] | None = None) -> StudyData:
     task_scores = queries.load_stable_scores(con, study)
     steps = scores.step_scores(task_scores, average_tasks=average_tasks)
-    return StudyData(task_scores=task_scores, steps=steps, main=scores.main_stage(steps),
+    main = scores.main_stage(steps)
+    core = findings.core_tasks(task_scores, main)
+    steps = findings.with_core_scores(steps, task_scores, core)
+    return StudyData(task_scores=task_scores, steps=steps, main=scores.main_stage(steps), core=core,
                      lr=queries.load_metrics(con, ["lr"], study, kinds=("trunk", "branch")),
                      losses=queries.load_metrics(con, ["train_loss", "text_loss"], study, kinds=("trunk", "branch")),
                      missing=queries.missing_cells(con, study), prediction_runs=prediction_runs(con, study)[0])
@@ -95,7 +105,7 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
                  bootstrap: int = 200, seed: int = 0, formats: Sequence[str] = FORMATS) -> ReportSummary:
     """Write the study's report into out_dir (figures/, tables/, findings.md, missing_cells.csv).
 
-    `formats` are the image formats of each figure (its CSV is always written; () for CSV only).
+    `formats` are the image formats of each figure (its CSV and HTML are always written; () for none).
     """
     out = Path(out_dir)
     with connect(root) as con:
@@ -109,27 +119,26 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
     built.notes += _data_notes(data)
     for builder in (axis_figures, ratio_figure, curve_figures, fit_figures, prediction_figures):
         _guarded(builder, data, built)
-    written = export_figures(built.figures, out / "figures", formats)
-    written += _write_texts(out, data, built, name, search)
+    exported = export_figures(built.figures, out / "figures", formats)
+    written = [*exported.written, *_write_texts(out, data, built, name, search)]
     return ReportSummary(out_dir=out, study=name, written=tuple(written), skipped=tuple(built.skipped),
-                         notes=tuple(dict.fromkeys(built.notes)))
+                         notes=tuple(dict.fromkeys(built.notes)), export_note=exported.note)
 
 
-def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | None, str]:
-    """(late vs full per scale and ratio, text cost per scale, the comparison's label).
+def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """(late vs full per scale and ratio, text cost per scale): the LaTeX tables' frames.
 
     "Late" is the paper's f = 0.8 where the study has it, else the f in (0, 1) closest to it.
     """
     if len(data.main) == 0:
-        return None, None, "80% vs at 100%"
+        return None, None
     rows, _ = scores.fix_other_axes(data.main, ["intro_fraction", "image_ratio", "scale", "seed"])
     agg = scores.aggregate_over_seeds(rows)
     full = agg.filter(pl.col("intro_fraction") == 1.0)
     partial = [f for f in agg["intro_fraction"].drop_nulls().unique().to_list() if 0 < f < 1]
-    late, label = None, "80% vs at 100%"
+    late = None
     if len(full) and partial:
         f_late = min(partial, key=lambda f: (abs(f - 0.8), -f))
-        label = f"{100 * f_late:g}% vs at 100%"
         both = agg.filter(pl.col("intro_fraction") == f_late).join(full, on=["scale", "image_ratio"], suffix="_full")
         late = both.select("scale", "image_ratio", *[
             e for s in scores.SCORES for e in (
@@ -144,7 +153,7 @@ def _comparisons(data: StudyData) -> tuple[pl.DataFrame | None, pl.DataFrame | N
             "scale", pl.col("text_score_mean").alias("text_only"),
             pl.col("text_score_mean_vl").alias("text_at_best_vl"), "intro_fraction", "image_ratio",
             (pl.col("text_score_mean") - pl.col("text_score_mean_vl")).alias("text_cost"))
-    return late, cost, label
+    return late, cost
 
 
 def _trunk_scores(data: StudyData) -> pl.DataFrame:
@@ -154,16 +163,27 @@ def _trunk_scores(data: StudyData) -> pl.DataFrame:
     return agg.select("scale", "checkpoint", "n_runs", "text_score_mean", "text_score_stderr")
 
 
+def _uncertain_sections(data: StudyData, seed: int) -> list[str]:
+    """findings.md's effects, trends, text cost and trunk scores, each with its uncertainties."""
+    kw = {"bootstrap": ITEM_BOOTSTRAP, "seed": seed}
+    return findings.markdown(
+        effects=findings.axis_effects(data.main, data.task_scores, data.core, **kw),
+        trends=findings.fraction_trends(data.main, data.task_scores, data.core, **kw),
+        costs=findings.text_costs(data.steps, data.main, data.task_scores, data.core, **kw),
+        trunk=findings.trunk_levels(data.steps, data.task_scores, data.core, **kw),
+        core=data.core, bootstrap=ITEM_BOOTSTRAP)
+
+
 def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
                  search: list[SearchComparison]) -> list[Path]:
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    agg = scores.aggregate_over_seeds(data.main)
+    agg = scores.aggregate_over_seeds(data.main, scores=(*scores.SCORES, *CORE_SCORES))
     cols = [(a, a.replace("_", " ")) for a in ("scale", *scores.varied_axes(data.main)) if a != "params"]
     texts = {out / "tables" / "main_results.tex": tables.latex_table(
         agg, [*dict.fromkeys(cols), ("n_runs", "runs")], scores=scores.SCORES, label="tab:main-results",
         caption="Stable scores (each task's primary metric minus its chance level), "
                 "mean ± standard error over seeds.")}
-    late, cost, label = _comparisons(data)
+    late, cost = _comparisons(data)
     for fname, frame in (("late_vs_full.tex", late), ("text_cost.tex", cost)):
         if frame is not None and len(frame):
             texts[out / "tables" / fname] = tables.latex_table(
@@ -172,9 +192,8 @@ def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
     trunk = _trunk_scores(data)
     texts[out / "findings.md"] = tables.findings_markdown(
         study=name, n_runs=len(data.main), missing=data.missing, fits=built.fits["surfaces"],
-        trend=built.fits["trend"], late_vs_full=late, text_cost=cost, fixed=built.fits["fixed"],
-        skipped=built.skipped, bootstrap=built.bootstrap, notes=list(dict.fromkeys(built.notes)),
-        late_label=label, trunk_scores=trunk)
+        fixed=built.fits["fixed"], uncertain=_uncertain_sections(data, built.seed),
+        skipped=built.skipped, bootstrap=built.bootstrap, notes=list(dict.fromkeys(built.notes)))
     if search:  # the adaptive search's comparison with the grid, when search wrote one
         texts[out / "findings.md"] += "\n" + "\n".join(search_markdown(search))
     if built.fits["prediction"] is not None:  # the next rung's best mix, with its backtest

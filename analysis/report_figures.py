@@ -17,7 +17,7 @@ from analysis.predict import MIN_SCALES, next_scale
 from analysis.predict_figures import predicted_frontier_figure, prediction_figure
 from analysis.predict_io import run_prediction_on
 from analysis.scaling import fit_scaling_law
-from analysis.surface import best_by_scale, best_fraction_trend, fit_response_surface
+from analysis.surface import best_by_scale, fit_response_surface
 
 NO_VL_RUNS = "no branch or fine-tuned model has an evaluation"
 
@@ -32,6 +32,7 @@ class StudyData:
     lr: pl.DataFrame  # lr metric of trunks and branches
     losses: pl.DataFrame  # train_loss and text_loss of trunks and branches
     missing: pl.DataFrame  # planned evaluations with no result
+    core: pl.DataFrame  # per scale and task: whether it is a core task (analysis.findings.core_tasks)
     prediction_runs: pl.DataFrame  # one row per final model with held-out losses and D (analysis.predict)
 
 
@@ -44,7 +45,7 @@ class Built:
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    fits: dict = field(default_factory=lambda: {"surfaces": {}, "trend": {}, "fixed": {}, "prediction": None})
+    fits: dict = field(default_factory=lambda: {"surfaces": {}, "fixed": {}, "prediction": None})
 
 
 def axis_figures(data: StudyData, built: Built) -> None:
@@ -170,7 +171,7 @@ def _surfaces(data: StudyData, built: Built) -> None:
         except AnalysisInputError as exc:
             built.skipped.append((f"response_surface ({score})", str(exc)))
             continue
-        built.fits["surfaces"][score], built.fits["trend"][score] = surface, best_fraction_trend(surface)
+        built.fits["surfaces"][score] = surface
         if any(not fit.intervals for fit in surface):
             built.notes.append(f"response surface ({score}): no bootstrap interval where a scale has no "
                                "more runs than the surface has terms")

@@ -10,7 +10,8 @@ from typing import Sequence
 
 import polars as pl
 
-from analysis.surface import SurfaceFit
+from analysis.findings import best_fraction_verdict
+from analysis.surface import SurfaceFit, best_fraction_trend
 
 
 def _tex(text: str) -> str:
@@ -71,11 +72,11 @@ def best_table_rows(fits: list[SurfaceFit]) -> list[str]:
 
 
 def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, fits: dict[str, list[SurfaceFit]],
-                      trend: dict[str, float | None], late_vs_full: pl.DataFrame | None,
-                      text_cost: pl.DataFrame | None, fixed: dict, skipped: Sequence[tuple[str, str]],
-                      bootstrap: int, notes: Sequence[str] = (), late_label: str = "80% vs at 100%",
-                      trunk_scores: pl.DataFrame | None = None) -> str:
-    """findings.md: best f and ratio per scale, 80% vs 100%, the text cost, and what is missing."""
+                      fixed: dict, skipped: Sequence[tuple[str, str]], bootstrap: int, notes: Sequence[str] = (),
+                      uncertain: Sequence[str] = ()) -> str:
+    """findings.md: what the data allow, the effects, trends, text cost and trunk scores with their
+    uncertainties (`uncertain`: analysis.findings' sections), best f and ratio per scale, and what
+    is missing."""
     out = [f"# Findings: {study or 'all studies under the root'}", "",
            f"{n_runs} evaluated runs of the final models; {len(missing)} planned evaluations have no result"
            + (" (listed in `missing_cells.csv`)." if len(missing) else "."), ""]
@@ -84,6 +85,7 @@ def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, 
                 + ", ".join(f"{k} = {v}" for k, v in fixed.items()) + ".", ""]
     if notes:
         out += ["## Limits of this study's data", ""] + [f"- {n}" for n in notes] + [""]
+    out += list(uncertain)
     out += ["## Best introduction fraction and image ratio per scale", ""]
     if any(fits.values()):
         out += [f"Quadratic response surface in (f, log ratio) per scale, with the terms the runs identify; "
@@ -93,27 +95,9 @@ def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, 
             out += best_table_rows(score_fits)
     else:
         out.append("Not fitted: see the figures not drawn below.")
-    for score, slope in trend.items():
-        if slope is not None:
-            out.append(f"\nBest f moves by {slope:+.3f} per tenfold increase in parameters ({score}).")
-    out += ["", f"## Images at {late_label} of pre-training", ""]
-    out += _frame_md(late_vs_full) if late_vs_full is not None and len(late_vs_full) else \
-        ["Not measured: the study has no runs at both some f in (0, 1) and f = 1.0 with the same scale and ratio."]
-    out += ["", "## Text cost", "", "Text score of the text-only trunk minus the text score of the best VL "
-            "configuration (positive = images cost text performance).", ""]
-    out += _frame_md(text_cost) if text_cost is not None and len(text_cost) else \
-        ["Not measured: the study has no evaluation of a fully trained text-only trunk "
-         "(checkpoint 1.0) together with a VL run at the same scale."]
-    if trunk_scores is not None and len(trunk_scores):
-        out += ["", "## Text-only trunk", "", "Text stable score of the trunk at each evaluated checkpoint "
-                "(mean over seeds).", ""] + _frame_md(trunk_scores)
+    for score, score_fits in fits.items():
+        best = [(f.scale, f.params, f.best_intro_fraction, f.intervals.get("intro_fraction")) for f in score_fits]
+        out.append(f"\n{best_fraction_verdict(best, best_fraction_trend(score_fits))} ({score})")
     if skipped:
         out += ["", "## Figures not drawn", ""] + [f"- `{name}`: {why}" for name, why in skipped]
     return "\n".join(out) + "\n"
-
-
-def _frame_md(frame: pl.DataFrame) -> list[str]:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    for row in frame.iter_rows():
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else _fmt(v) for v in row) + " |")
-    return lines

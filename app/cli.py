@@ -40,7 +40,8 @@ def resolve_root(target: Path) -> Path:
 
 
 def streamlit_command(root: Path, *, port: int, host: str) -> list[str]:
-    """The `streamlit run` command line serving root read-only, headless, with no usage stats."""
+    """The `streamlit run` command line serving root read-only, headless, with no usage stats and the
+    viewer's toolbar (no "Deploy", rerun or clear-cache: this is a local results browser)."""
     if not 0 < port < 65536:
         from sweep.errors import UserError
 
@@ -48,7 +49,7 @@ def streamlit_command(root: Path, *, port: int, host: str) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(MAIN_SCRIPT),
             "--server.port", str(port), "--server.address", host, "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--server.runOnSave", "false", "--", str(root)]
+            "--server.runOnSave", "false", "--client.toolbarMode", "viewer", "--", str(root)]
 
 
 def run_app(args) -> int:

@@ -84,6 +84,7 @@ class BranchConfig:
     train: TrainDefaults  # lr / warmup used by rewarm; batch and image_stage_seq_len
     loss_on_image_positions: bool = False  # the paper puts loss on text tokens only
     on_bad_record: Literal["error", "skip"] = "error"
+    seed: int = 0  # the image stage's data order and new weights (the cell's seed; the trunk's may differ)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

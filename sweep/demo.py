@@ -1,15 +1,22 @@
-"""`vlmsweep demo`: the demo study end to end on this machine — plan, run, ingest, report.
+"""`vlmsweep demo`: the demo study end to end on this machine — time, plan, run, ingest, report.
 
 Runs `studies/demo.toml` on local worker processes under `--out` (default ./vlmsweep-demo), so a
-re-run finds every step done and finishes in seconds. Ends with where the figures are, the
-findings table and the command that opens the app.
+re-run finds every step done and finishes in seconds. Before training it times a short slice of
+each kind of step on these workers (`sweep.estimate`) and says how long the whole run will take
+here; the progress line's ETA starts from that. The catalog is re-ingested as steps finish, so
+`vlmsweep app DIR` in another terminal shows what is done. Ends with where the figures are, the
+findings and the command that opens the app.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from models import stepfiles as sf
 from sweep.errors import UserError
 from sweep.launch.devices import local_workers
 from sweep.plan import plan_study, write_study_manifest
@@ -17,13 +24,84 @@ from sweep.plancli import plan_table
 from sweep.spec import load_study
 
 DEMO_STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.toml"
+CALIBRATION = "calibration"  # under --out: the timed slice's own results root
+INGEST_EVERY_S = 30.0  # how often the catalog is refreshed while steps finish (~1 s of CPU each)
+
+
+def _minutes(seconds: float) -> str:
+    return f"about {max(1, round(seconds / 60))} min" if seconds >= 90 else f"about {seconds:.0f} s"
+
+
+def calibrate(plan, todo, pool, workers: int) -> dict[str, float]:
+    """Expected seconds of every step in `todo`, from a timed slice run on `pool` (printed)."""
+    from sweep.estimate import calibration_slice, expected_seconds, measured_rates, project
+    from sweep.launch import get_backend
+
+    began = time.monotonic()
+    chain = calibration_slice(list(plan.steps))
+    print(f"demo: timing {len(chain)} short steps (a few optimizer steps of each kind) on {workers} "
+          "worker(s) to estimate the run ...", flush=True)
+    # Meanwhile this process works out what every evaluation shares, once per machine (the world's
+    # blind-answer floors: ~40 s of CPU); the slice's evals come last and find it done.
+    with ThreadPoolExecutor(1) as side:
+        floors = side.submit(_prepare_evals, todo)
+        timing = dataclasses.replace(plan, root=plan.root / CALIBRATION, steps=tuple(chain))
+        get_backend("local").run(timing, chain, workers=workers, progress=False, pool=pool)
+        floors.result()  # its error, if any, is the demo's
+    expected = expected_seconds(todo, measured_rates(timing.root, chain))
+    if len(expected) < len(todo):
+        print("demo: some kinds of step could not be timed; the ETA starts once they finish", flush=True)
+        return expected
+    total = project(todo, expected, workers)
+    print(f"demo: {_minutes(total)} on this machine for {len(todo)} steps on {workers} worker(s) "
+          f"(timed in {time.monotonic() - began:.0f} s)", flush=True)
+    return expected
+
+
+def _prepare_evals(todo) -> None:
+    import models.data
+
+    for source in {src for s in todo if s.kind == "eval" for src in s.config.data}:
+        models.data.prepare_eval_source(source)
+
+
+class LiveIngest:
+    """Re-ingest the catalog in a background thread whenever more steps have finished."""
+
+    def __init__(self, root: Path, every_s: float = INGEST_EVERY_S) -> None:
+        self.root, self.every_s, self.stop = root, every_s, threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _finished(self) -> int:
+        return sum(1 for _ in (self.root / sf.STEPS_DIR).glob(f"*/*/{sf.RESULT}"))
+
+    def _loop(self) -> None:
+        from analysis.store import ingest
+
+        seen = -1
+        while not self.stop.wait(self.every_s):
+            done = self._finished()
+            if done != seen:
+                try:
+                    ingest(self.root)
+                    seen = done
+                except Exception:  # noqa: BLE001 - a failed refresh only delays the app's view
+                    pass
+
+    def __enter__(self) -> "LiveIngest":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def run_demo(args) -> int:
     from analysis.report import write_report
     from analysis.store import ingest
     from sweep.analysiscli import _as_user_errors, _progress
-    from sweep.launch import get_backend, select_steps
+    from sweep.launch import select_steps
 
     study_path = Path(args.study) if getattr(args, "study", None) else DEMO_STUDY
     if not study_path.exists():
@@ -37,11 +115,10 @@ def run_demo(args) -> int:
     todo = select_steps(plan, retry_failed=True, max_failures=study.backend.max_failures)
     workers = local_workers(args.workers, study.backend)
     if todo:
-        print(f"\ndemo: running {len(todo)} step(s) on {workers} local worker(s)", flush=True)
-        result = get_backend("local").run(plan, todo, workers=workers, progress=True)
-        if result.failed or result.blocked:
-            raise UserError(f"demo: {result.failed} step(s) failed and {result.blocked} were blocked; "
-                            f"`vlmsweep status {study_path} --root {out}` shows why")
+        with _as_user_errors():
+            ingest(out)  # an empty catalog now, so the app opens at once and fills as steps finish
+        print(f"\ndemo: results appear as steps finish; watch them now with  vlmsweep app {out}", flush=True)
+        _train(plan, todo, workers, study_path, out)
     else:
         print("\ndemo: every step is already done (cached)")
     with _as_user_errors():
@@ -54,3 +131,21 @@ def run_demo(args) -> int:
     print(f"demo: finished in {time.monotonic() - started:.0f} s; figures in {out / 'report'}")
     print(f"open the results browser with:  vlmsweep app {out}")
     return 0
+
+
+def _train(plan, todo, workers: int, study_path: Path, out: Path) -> None:
+    from sweep.launch import get_backend
+    from sweep.launch.pool import WorkerPool
+
+    pool = WorkerPool(out, workers)  # one pool: its workers import torch once for both runs
+    try:
+        expected = calibrate(plan, todo, pool, workers)
+        print(f"demo: running {len(todo)} step(s) on {workers} local worker(s)", flush=True)
+        with LiveIngest(out):
+            result = get_backend("local").run(plan, todo, workers=workers, progress=True, expected=expected,
+                                              pool=pool)
+    finally:
+        pool.close()
+    if result.failed or result.blocked:
+        raise UserError(f"demo: {result.failed} step(s) failed and {result.blocked} were blocked; "
+                        f"`vlmsweep status {study_path} --root {out}` shows why")

@@ -104,11 +104,13 @@ class _Builder:
         train = st.train_defaults(cell.scale)
         lm_total = param_counts(preset.model)["lm_total"]
         axes = cell.as_dict() | {"params": lm_total}
+        trunk_seed = cell.seed if st.train.trunk_seed is None else st.train.trunk_seed
+        trunk_axes = {k: axes[k] for k in ("scale", "text_data", "params")} | {"seed": trunk_seed}
         trunk_tokens = int(round(st.train.trunk_tokens_per_param * lm_total))
         trunk = Step(kind="trunk", config=TrunkConfig(
             lm=preset.model.lm, train=train, data=st.data[cell.text_data], tokens=trunk_tokens,
-            seed=cell.seed, on_bad_record=st.train.on_bad_record),
-            meta=_meta(axes, "trunk", trunk_tokens, **self._run(cell.scale, "trunk")))
+            seed=trunk_seed, on_bad_record=st.train.on_bad_record),
+            meta=_meta(trunk_axes, "trunk", trunk_tokens, **self._run(cell.scale, "trunk")))
         trunk_id = self._add(trunk)
         fractions = self.trunk_fractions.setdefault(trunk_id, set(self.extra_fractions))
         fractions.add(cell.intro_fraction)
@@ -128,7 +130,7 @@ class _Builder:
             instruction_share=cell.instruction_share, tokens=image_tokens, vision=vision,
             projector=st.projector_config(cell.scale), train=train,
             loss_on_image_positions=st.train.loss_on_image_positions,
-            on_bad_record=st.train.on_bad_record),
+            on_bad_record=st.train.on_bad_record, seed=cell.seed),
             parents=tuple(parents),
             meta=_meta(axes, "branch", image_tokens, schedule_policy=policy, **self._run(cell.scale, "branch")))
         ids["branch"] = self._add(branch)
@@ -151,9 +153,8 @@ class _Builder:
                 "branch", ids["branch"], ("vl", "text"), cell.seed,
                 _meta(pre_axes, "eval", 0, schedule_policy=policy, stage="branch")))
         if st.eval.trunk_checkpoints:
-            trunk_axes = {k: axes[k] for k in ("scale", "text_data", "seed", "params")}
             ids["eval_trunk"] = self._add(self._eval(
-                "trunk", trunk_id, ("text",), cell.seed,
+                "trunk", trunk_id, ("text",), trunk_seed,
                 _meta(trunk_axes, "eval", 0, stage="trunk", checkpoint=cell.intro_fraction),
                 checkpoint=cell.intro_fraction))
         return ids

@@ -28,6 +28,10 @@ class TrainSettings:
     instruction_data: str = "world"  # instruction source mixed into the image part (instruction_share)
     on_bad_record: str = "error"  # error | skip (counted in the step's metrics)
     loss_on_image_positions: bool = False  # the paper puts loss on text tokens only
+    # One text-only trunk per scale for every seed (its seed): the seed axis then varies the image
+    # stage, the fine-tune and the eval items, as the paper's branches share one trunk. None: each
+    # seed trains its own trunk.
+    trunk_seed: int | None = None
     overrides: tuple[tuple[str, Any], ...] = ()  # [train] lr, warmup_steps, … for every scale
     per_scale: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # [train.scale.NAME]
 
@@ -66,6 +70,7 @@ def read_train(t: Table, scales: tuple[str, ...], data: dict[str, DataSource]) -
         instruction_data=_source(t, "instruction_data", data, ("world", "llava")),
         on_bad_record=t.str("on_bad_record", "error", choices=("error", "skip")),
         loss_on_image_positions=t.bool("loss_on_image_positions", False),
+        trunk_seed=t.int("trunk_seed", lo=0) if t.has("trunk_seed") else None,
         overrides=_read_overrides(t), per_scale=tuple(per_scale))
     t.finish()
     return settings

@@ -147,8 +147,10 @@ def test_export_really_renders(tmp_path: Path) -> None:
         "scale": ["a", "a"], "intro_fraction": [0.0, 1.0], "vl_score_mean": [0.1, 0.2],
         "vl_score_stderr": [0.01, None], "text_score_mean": [0.3, 0.2], "text_score_stderr": [None, None]}),
         "intro_fraction")
-    written = export_figures([("tiny", fig)], tmp_path)
-    assert sorted(p.name for p in written) == ["tiny.csv", "tiny.pdf", "tiny.png", "tiny.svg"]
+    exported = export_figures([("tiny", fig)], tmp_path)
+    assert exported.note is None
+    assert sorted(p.name for p in exported.written) == ["plotly.min.js", "tiny.csv", "tiny.html", "tiny.pdf",
+                                                        "tiny.png", "tiny.svg"]
     assert (tmp_path / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "tiny.pdf").read_bytes()[:5] == b"%PDF-"
     assert b"<svg" in (tmp_path / "tiny.svg").read_bytes()[:500]

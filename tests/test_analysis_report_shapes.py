@@ -6,6 +6,7 @@ named with its reason in the summary and in findings.md."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +15,7 @@ import pytest
 from analysis.report import ReportSummary, write_report
 from analysis.store import ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
+from tests.test_report_no_browser import VLMSWEEP, no_browser_env
 
 BASE = {"metric_rows": 12, "finetune_epochs": (1,)}
 DEMO_SWEEP = tuple((f, 0.2, 0) for f in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))  # studies/demo.toml at 170k
@@ -118,12 +120,12 @@ def test_thin_data_is_said_not_hidden(shaped) -> None:
         trunk = pl.read_csv(out / "tables" / "trunk_text_scores.csv")
         assert sorted(set(trunk["checkpoint"])) == [0.5, 1.0] and set(trunk["scale"]) == {"79m", "411m"}
     if shape == "demo":
-        assert "## Images at 80% vs at 100%" in findings and (out / "tables" / "late_vs_full.tex").is_file()
+        assert "### Images at 80% vs at 100%" in findings and (out / "tables" / "late_vs_full.tex").is_file()
         assert (out / "tables" / "text_cost.tex").is_file()  # trunk evaluated at checkpoint 1.0
         plotted = pl.read_csv(out / "figures" / "scores_vs_intro_fraction.csv")
         with_bars = plotted.filter(pl.col("y_error").is_not_null())["x"].unique().sort().to_list()
         assert with_bars == [0.8, 1.0]  # two seeds only there
-        late = findings.split("## Images at 80% vs at 100%")[1].split("\n## ")[0]
+        late = findings.split("### Images at 80% vs at 100%")[1].split("\n## ")[0]
         rows = {line.split("|")[1].strip(): line for line in late.splitlines() if line.startswith("| 1")}
         assert "—" in rows["170k"] and "—" not in rows["1m"]  # one seed at 170k: no error bars
         hollow = plotted.filter(pl.col("symbol") == "circle-open")["x"].unique().sort().to_list()
@@ -147,7 +149,7 @@ REAL = Path(__file__).parent / "data" / "real_tiny_run"  # files of a real tiny 
 def check_real_report(out: Path) -> None:
     """What a report of the real tiny study (debug, f = 0.5 and 1.0, one ratio, one seed) must say."""
     findings = (out / "findings.md").read_text()
-    assert "## Images at 50% vs at 100%" in findings  # the nearest to 0.8 the study has
+    assert "### Images at 50% vs at 100%" in findings  # the nearest to 0.8 the study has
     assert "single run (one seed)" in findings and "| debug |" in findings
     assert "## Text-only trunk" in findings and "## Text cost" in findings
     figs = {p.stem for p in (out / "figures").glob("*.csv")}
@@ -198,3 +200,26 @@ def test_vlmsweep_report_on_a_fresh_real_run(real_run: Path, tmp_path: Path) -> 
     assert main(["report", str(real_run / "tiny.toml"), "--root", str(root), "--out", str(tmp_path / "rep")]) == 0
     check_real_report(tmp_path / "rep")
     assert (tmp_path / "rep" / "figures" / "lr_schedules.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_vlmsweep_report_without_a_browser_writes_csv_and_html_and_says_how_to_add_images(
+        real_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    run = subprocess.run([str(VLMSWEEP), "report", str(real_run / "tiny.toml"), "--root", str(real_run / "runs"),
+                          "--out", str(out)],
+                         env=no_browser_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = out / "figures"
+    stems = {p.stem for p in figures.glob("*.csv")}
+    assert {"lr_schedules", "scores_vs_intro_fraction", "vl_vs_text_tradeoff"} <= stems
+    assert stems == {p.stem for p in figures.glob("*.html")}
+    page = (figures / "lr_schedules.html").read_text()
+    assert 'src="plotly.min.js"' in page and "Plotly.newPlot" in page  # interactive, offline
+    assert (figures / "plotly.min.js").stat().st_size > 1_000_000
+    assert not [p for ext in ("png", "svg", "pdf") for p in figures.glob(f"*.{ext}")]
+    told = [line for line in run.stdout.splitlines() if "Chrome/Chromium" in line]
+    assert len(told) == 1, run.stdout
+    for hint in ("apt-get install chromium", "plotly_get_chrome", "re-run `vlmsweep report`", "PNG/SVG/PDF"):
+        assert hint in told[0], hint
+    assert (out / "findings.md").is_file()

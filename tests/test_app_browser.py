@@ -1,5 +1,6 @@
 """End to end: `vlmsweep app` serves a synthetic results set and a real headless Chromium visits
-every page, waits for plotly to draw, saves a screenshot and fails on any Streamlit exception."""
+every page, waits for plotly to draw, saves a screenshot and fails on any Streamlit exception or
+on a developer's "Deploy" button (the app is a local results browser: viewer toolbar)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,9 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
             page.wait_for_selector('[data-testid="stDataFrame"]', timeout=30_000)
         _no_exception(page, path or "overview")
         assert page.get_by_text("Page not found").count() == 0, path
+        assert page.locator('[data-testid="stToolbar"]').count() == 1, path  # the toolbar is drawn ...
+        deploy = page.locator('[data-testid="stAppDeployButton"]').or_(page.get_by_role("button", name="Deploy"))
+        assert deploy.count() == 0, f"{path or 'overview'}: a Deploy button"  # ... in viewer mode
         shot = tmp_path / f"{path or 'overview'}.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000

@@ -69,6 +69,7 @@ def test_streamlit_command_is_headless_local_and_read_only_root(results):
     flags = dict(zip(cmd[5:-2:2], cmd[6:-2:2]))
     assert flags["--server.port"] == "8765" and flags["--server.address"] == "127.0.0.1"
     assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
+    assert flags["--client.toolbarMode"] == "viewer"  # no "Deploy" button
     assert cmd[-2:] == ["--", str(results)]
     with pytest.raises(UserError, match="--port 0"):
         streamlit_command(results, port=0, host="127.0.0.1")

@@ -209,6 +209,21 @@ def test_the_app_writes_nothing(results):
     assert snapshot() == before
 
 
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_on_a_catalog_ingested_before_any_step_finished(tmp_path: Path, page: str) -> None:
+    """`vlmsweep demo` ingests its study's manifest before training so the app can be opened at once."""
+    from sweep.plan import write_study_manifest
+    from tests.launch_helpers import small_plan
+
+    plan = small_plan(tmp_path)
+    write_study_manifest(plan)
+    ingest(plan.root)
+    try:
+        open_page(plan.root, page)
+    finally:
+        catalog.close()
+
+
 def test_predict_page_says_two_scales_are_too_few(results):
     at = open_page(results, "predict")
     assert any("needs at least 3 scales" in i.value for i in at.info), [i.value for i in at.info]

@@ -207,6 +207,26 @@ def test_corpus_states_knowledge_that_captions_never_do():
     assert corpus.fact_question(wd.world.kinds[0], "edible")[1] in ("yes", "no")
 
 
+def test_blind_rate_is_computed_once_per_machine_and_read_back(tmp_path, monkeypatch) -> None:
+    """The ~5 s blind-answer rate is written to the cache directory and read back by a later process
+    (lru_cache cleared here) without drawing a single question."""
+    from models.data.world import bench
+
+    monkeypatch.setenv("VLMSWEEP_CACHE", str(tmp_path))
+    world = make_world(0, 8)
+    bench.answer_prior_rate.cache_clear()
+    first = bench.answer_prior_rate("counting", world, 50)
+    assert [p.name.split("-")[1] for p in tmp_path.glob("chance-*.json")] == ["counting"]
+    bench.answer_prior_rate.cache_clear()
+    monkeypatch.setattr(bench, "_draw_vl_question", lambda *a: (_ for _ in ()).throw(AssertionError("drew")))
+    assert bench.answer_prior_rate("counting", world, 50) == first
+    bench.answer_prior_rate.cache_clear()
+    monkeypatch.setenv("VLMSWEEP_CACHE", str(tmp_path / "other"))  # another cache: computed again
+    with pytest.raises(AssertionError, match="drew"):
+        bench.answer_prior_rate("counting", world, 50)
+    bench.answer_prior_rate.cache_clear()
+
+
 def test_every_instruction_conversation_has_a_turn():
     """`vlmsweep world --seed 1` wrote record 00001469 with "conversations": [] (eight redraws of
     scene-dependent questions all failed); the fine-tune set and the image stage's instruction

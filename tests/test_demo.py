@@ -18,10 +18,14 @@ def test_demo_smoke_runs_end_to_end_and_reruns_from_cache(tmp_path, capsys):
     assert main(["demo", "--study", str(SMOKE), "--out", str(out), "--workers", "2"]) == 0
     text = capsys.readouterr().out
     assert "open the results browser with:  vlmsweep app" in text
+    first = text.split("demo: running")[0]  # before training: where to watch, and how long it will take
+    assert f"watch them now with  vlmsweep app {out}" in first
+    assert "on this machine for 14 steps on 2 worker(s)" in first
+    assert (out / "calibration" / "steps").is_dir() and not list((out / "calibration").glob("results.duckdb"))
     assert (out / "results.duckdb").is_file()
     report = out / "report"
     assert (report / "findings.md").is_file()
-    for ext in ("png", "svg", "pdf", "csv"):
+    for ext in ("png", "svg", "pdf", "csv", "html"):
         assert list(report.rglob(f"*.{ext}")), f"no .{ext} written"
     assert len(list((out / "steps").glob("*/*/result.json"))) >= 10
     # fine-tuning replays text (text_replay = 0.25): both losses are logged, and both are finite

@@ -104,3 +104,23 @@ def test_world_tasks_name_their_metric_families():
     assert tasks["fact_recall"].metric == "multiple_choice"
     assert all(len(it.choice_texts) == len(it.choices) for t in tasks.values() for it in t.items
                if t.kind == "multiple_choice")
+
+
+def test_world_tasks_are_drawn_once_per_process_and_each_eval_gets_its_own_copy(monkeypatch):
+    """The demo's evals of one seed ask the same items: a worker draws them once (~3 s of a VL
+    eval's ~10 s). Another seed draws again; one eval's chance override never reaches the next."""
+    import models.data.evaltasks as et
+
+    drawn = []
+    build = et.build_task
+    monkeypatch.setattr(et, "build_task", lambda name, *a, **kw: drawn.append(name) or build(name, *a, **kw))
+    monkeypatch.setattr(et, "_WORLD_TASKS", {})
+    world = DataSource(name="world", kind="world", options=(("n_kinds", 8), ("seed", 5)))
+    kw = dict(tasks=("counting", "fact_recall"), n_per_task=3, image_size=32)
+    first = gather([(world, eval_tasks(world, TOK, seed=0, **kw))], {"counting": 0.5})
+    again = eval_tasks(world, TOK, seed=0, **kw)
+    assert drawn == ["counting", "fact_recall"]
+    assert [t.items for t in again] == [t.items for t in first]
+    assert first[0].chance == 0.5 and again[0].chance != 0.5
+    eval_tasks(world, TOK, seed=1, **kw)
+    assert drawn == ["counting", "fact_recall"] * 2

@@ -83,6 +83,16 @@ def finetune_epochs(source, tokenizer, *, batch_size: int, seq_len: int, image_s
                           replay_share=replay_share)
 
 
+def prepare_eval_source(source) -> None:
+    """Work every evaluation of `source` shares, done once per machine before steps run: the built-in
+    world's blind-answer floors (tens of seconds of CPU; `world.bench.answer_prior_rate`)."""
+    if source.kind == "world":
+        from models.data.world.bench import blind_rates
+        from models.data.world.entities import make_world, world_identity
+
+        blind_rates(make_world(*world_identity(source)))
+
+
 def eval_tasks(source, tokenizer, *, groups=("vl", "text"), tasks=(), n_per_task: int,
                image_size: int, seed: int, image_tokens: int = DEFAULT_IMAGE_TOKENS) -> list[EvalTask]:
     """Benchmarks of a source (world: every VL and text task; files: one task per file)."""
@@ -97,5 +107,5 @@ def eval_tasks(source, tokenizer, *, groups=("vl", "text"), tasks=(), n_per_task
 
 
 __all__ = ["Batch", "BatchStream", "BadRecordError", "DataError", "EmptySourceError", "EvalItem",
-           "EvalTask", "Tokenizer", "caption_pairs", "eval_tasks", "finetune_epochs",
+           "EvalTask", "Tokenizer", "caption_pairs", "eval_tasks", "finetune_epochs", "prepare_eval_source",
            "get_tokenizer", "heldout_captions", "heldout_text", "mixed_stream", "text_stream"]

@@ -16,6 +16,7 @@ else a uniform guess over the choices, or for open answers the share of the most
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 from pathlib import Path
 
@@ -23,9 +24,10 @@ import numpy as np
 
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError
-from models.data.sources import resolve_paths, world_data
+from models.data.sources import resolve_paths
 from models.data.types import EvalItem, EvalTask, chance_level
 from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
+from models.data.world.entities import make_world, world_identity
 from models.data.world.render import normalise
 from models.metrics import FAMILIES
 
@@ -41,9 +43,26 @@ def world_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_tok
         raise DataError(f"unknown world task(s) {unknown}; known: {', '.join(known)}")
     names = [t for t in (VL_TASKS if "vl" in groups else ()) + (TEXT_TASKS if "text" in groups else ())
              if not tasks or t in tasks]
-    world = world_data(source).world
-    return [build_task(t, world, tok, n=n_per_task or WORLD_DEFAULT_ITEMS, image_size=image_size,
-                       image_tokens=image_tokens, seed=seed) for t in names]
+    key = (world_identity(source), type(tok).__name__, tok.vocab_size, n_per_task or WORLD_DEFAULT_ITEMS,
+           image_size, image_tokens, seed)
+    # A copy of each task (the study's chance override is set on it); its items are only read.
+    return [dataclasses.replace(_world_task(t, key, tok)) for t in names]
+
+
+_WORLD_TASKS: dict[tuple, EvalTask] = {}
+WORLD_TASKS_KEPT = 64  # tasks kept per process (~13 per eval step)
+
+
+def _world_task(name: str, key: tuple, tok) -> EvalTask:
+    """World task `name`, built once per worker process: the demo's evals of one seed all ask the
+    same items, and drawing them is ~3 s of a VL eval's ~10 s of CPU. `key` identifies `tok`."""
+    if (name, key) not in _WORLD_TASKS:
+        if len(_WORLD_TASKS) >= WORLD_TASKS_KEPT:
+            _WORLD_TASKS.clear()
+        identity, _, _, n, image_size, image_tokens, seed = key
+        _WORLD_TASKS[name, key] = build_task(name, make_world(*identity), tok, n=n, image_size=image_size,
+                                             image_tokens=image_tokens, seed=seed)
+    return _WORLD_TASKS[name, key]
 
 
 def task_name(source, path: str, n_paths: int) -> str:

@@ -250,7 +250,7 @@ def run_branch(ctx: Context) -> RunOutput:
     f_step = fraction_step(cfg.intro_fraction, tcfg.tokens, t_batch * t_seq)
     trunk_sched = trunk_schedule(tcfg.train, steps_for(tcfg.tokens, t_batch, t_seq))
     schedule = branch_schedule(cfg.schedule, cfg.train, total, trunk_sched, f_step)
-    ck.seed_everything(tcfg.seed)
+    ck.seed_everything(cfg.seed)
     encoder_id = dict(step.parents).get("encoder")
     model = _vlm_for(ctx, tcfg.lm, cfg.vision, cfg.projector, encoder_id)
     n_image = cfg.projector.image_tokens(cfg.vision.n_patches)
@@ -259,7 +259,7 @@ def run_branch(ctx: Context) -> RunOutput:
     stream = ctx.data.mixed_stream(
         tcfg.data, cfg.image_data, cfg.instruction_data, tok, batch_size=batch, seq_len=seq,
         image_ratio=cfg.image_ratio, instruction_share=cfg.instruction_share,
-        image_size=cfg.vision.image_size, image_tokens=n_image, seed=tcfg.seed,
+        image_size=cfg.vision.image_size, image_tokens=n_image, seed=cfg.seed,
         on_bad_record=cfg.on_bad_record)
     module.data_state = stream.state_dict()
     payload = _resume_payload(ctx)

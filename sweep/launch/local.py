@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from models.distributed import MULTI_RANK_KINDS
 from models.stepfiles import step_done
 from models.steps import Step
+from sweep.estimate import critical_paths
 from sweep.launch.backend import JobFactory, LaunchResult
 from sweep.launch.devices import visible_gpus, worker_devices
 from sweep.launch.journal import JobRecord, append_jobs
@@ -28,6 +29,7 @@ from sweep.launch.pool import WorkerPool
 from sweep.launch.progress import ProgressLine, failure_line
 from sweep.launch.ranks import LocalRanks
 from sweep.launch.worker import StepJob
+from sweep.plan import step_cost
 from sweep.status import StepStatus
 
 POLL_S = 0.2
@@ -37,14 +39,17 @@ class LocalBackend:
     name = "local"
 
     def run(self, plan: Any, steps: Sequence[Step], *, workers: int = 2, progress: bool = True,
-            job_factory: JobFactory | None = None,
-            statuses: dict[str, StepStatus] | None = None) -> LaunchResult:
+            job_factory: JobFactory | None = None, statuses: dict[str, StepStatus] | None = None,
+            expected: Mapping[str, float] | None = None, pool: WorkerPool | None = None) -> LaunchResult:
+        """`expected`: seconds each step should take here (`sweep.estimate`), for the ETA from the
+        start and the start order; `pool`: workers already running (the caller closes them)."""
         workers = max(1, workers)
         per_step = plan.study.backend.gpus_per_step
-        executor = WorkerPool(plan.root, workers, devices=worker_devices(visible_gpus(), per_step, workers))
-        line = ProgressLine(root=plan.root, total=len(steps), workers=workers) if progress else None
+        executor = pool or WorkerPool(plan.root, workers, devices=worker_devices(visible_gpus(), per_step, workers))
+        line = ProgressLine(root=plan.root, total=len(steps), workers=workers,
+                            expected=dict(expected or {})) if progress else None
         run = _LocalRun(plan, list(steps), executor, with_local_ranks(job_factory or StepJob, per_step),
-                        workers, line)
+                        workers, line, expected)
         with _sigterm_interrupts():
             try:
                 run.loop()
@@ -52,7 +57,8 @@ class LocalBackend:
                 executor.stop()
                 raise
             finally:
-                executor.close()
+                if pool is None:
+                    executor.close()
         return run.result()
 
 
@@ -77,6 +83,17 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def start_order(steps: Sequence[Step], expected: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each step's priority: its longest chain of descendants (itself included), in expected seconds
+    where known, else in planned FLOPs (evals count nothing). Starting the ready step with the longest
+    chain first keeps workers from idling while one long chain finishes at the end."""
+    def cost(step: Step) -> float:
+        if expected and step.step_id in expected:
+            return expected[step.step_id]
+        return float(step_cost(step).flops or 0) / 1e10  # ~ seconds at 10 GFLOP/s: only the order matters
+    return critical_paths(list(steps), cost)
+
+
 def _say(line: ProgressLine | None, text: str) -> None:
     if line is not None:
         line.note(text)
@@ -86,8 +103,10 @@ def _say(line: ProgressLine | None, text: str) -> None:
 
 class _LocalRun:
     def __init__(self, plan: Any, steps: list[Step], executor: WorkerPool,
-                 factory: JobFactory, workers: int, line: ProgressLine | None):
+                 factory: JobFactory, workers: int, line: ProgressLine | None,
+                 expected: Mapping[str, float] | None = None):
         self.plan, self.root, self.waiting = plan, Path(plan.root), steps
+        self.priority = start_order(steps, expected)
         self.ours = {s.step_id for s in steps}
         self.executor, self.factory, self.workers, self.line = executor, factory, workers, line
         self.running: dict[str, tuple[Step, Any, float]] = {}
@@ -120,7 +139,7 @@ class _LocalRun:
         return "ready"
 
     def _start_ready(self) -> None:
-        for step in list(self.waiting):
+        for step in sorted(self.waiting, key=lambda s: -self.priority[s.step_id]):
             state = self._parents_state(step)
             if state == "blocked":
                 self.waiting.remove(step)

@@ -296,6 +296,8 @@ def worker_main(conn: Connection, workers: int, devices: str | None = None) -> N
         nonlocal stopping
         stopping = True
     signal.signal(signal.SIGTERM, on_term)
+    with contextlib.suppress(Exception):  # import torch and Lightning now, not in the first step's time
+        import models.stages.runners  # noqa: F401
     while not stopping:
         try:
             message = conn.recv()

@@ -9,6 +9,11 @@ steps of its kind and scale took (else the LM steps of its scale, else its kind,
 a small model trains fewer FLOPs per second than a larger one); evals at the mean time of finished
 evals, and as free until one has finished. A mean over all finished steps priced the demo's thirty
 2-second evals like its 130-second trunks: half-way it said 8 minutes were left with 4 to go.
+
+Given `expected` seconds per step (measured on this machine before the run, `sweep.estimate`), the
+ETA is known from the start: each step costs its expected seconds, scaled by how long the finished
+steps of its kind took against theirs, and the rest of the DAG is scheduled over the workers
+(`sweep.estimate.project`), so the last chain's idle workers are counted too.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Mapping, TextIO
 
 from models import stepfiles as sf
 from models.steps import Step
+from sweep.estimate import project
 from sweep.plan import step_cost
 
 
@@ -84,9 +90,13 @@ def _flops(step: Step) -> int | None:
 
 
 def estimate_eta(running: list[tuple[Step, dict[str, Any] | None]], waiting: list[Step],
-                 finished: list[tuple[Step, float]], workers: int) -> float | None:
+                 finished: list[tuple[Step, float]], workers: int,
+                 expected: Mapping[str, float] | None = None) -> float | None:
     """Seconds left: the slowest running step, plus the waiting steps' expected time spread over the
-    workers; None while some step cannot be priced yet."""
+    workers (with `expected`: the DAG scheduled over the workers); None while some step cannot be
+    priced yet."""
+    if expected:
+        return _scheduled_eta(running, waiting, finished, workers, expected)
     head = 0.0
     for step, progress in running:
         left = step_remaining_s(progress)
@@ -101,6 +111,30 @@ def estimate_eta(running: list[tuple[Step, dict[str, Any] | None]], waiting: lis
     return head + sum(rest) / max(workers, 1)
 
 
+def _scheduled_eta(running: list[tuple[Step, dict[str, Any] | None]], waiting: list[Step],
+                   finished: list[tuple[Step, float]], workers: int, expected: Mapping[str, float]) -> float | None:
+    """The ETA from measured expectations, corrected by how the finished steps compare with theirs."""
+    def ratio(kind: str | None) -> float:
+        pairs = [(t, expected[s.step_id]) for s, t in finished if s.step_id in expected
+                 and (kind is None or s.kind == kind) and expected[s.step_id] > 0]
+        return sum(t for t, _ in pairs) / sum(e for _, e in pairs) if pairs else 1.0
+
+    def seconds(step: Step) -> float | None:
+        if step.step_id in expected:
+            kind = step.kind if any(s.kind == step.kind and s.step_id in expected for s, _ in finished) else None
+            return expected[step.step_id] * ratio(kind)
+        return expected_step_s(step, finished)
+
+    busy = {}
+    for step, progress in running:
+        left = step_remaining_s(progress)
+        busy[step.step_id] = left if left is not None else seconds(step)
+    rest = {s.step_id: seconds(s) for s in waiting}
+    if any(v is None for v in [*busy.values(), *rest.values()]):
+        return None
+    return project(waiting, rest, workers, busy)
+
+
 @dataclass(kw_only=True, slots=True)
 class ProgressLine:
     root: Path
@@ -110,6 +144,7 @@ class ProgressLine:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     interval_s: float = 10.0  # between lines when the stream is not a terminal
     started: float = 0.0
+    expected: dict[str, float] = field(default_factory=dict)  # step id → seconds measured up front
     _last: float = 0.0
 
     def render(self, failed: int, running: list[Step], finished: list[tuple[Step, float]],
@@ -123,7 +158,7 @@ class ProgressLine:
                              f"{_human(float(p.get('tokens_per_s', 0)))} tok/s")
             else:
                 parts.append(f"{step.kind} {step.step_id} starting")
-        eta = estimate_eta(list(zip(running, progress)), waiting, finished, self.workers)
+        eta = estimate_eta(list(zip(running, progress)), waiting, finished, self.workers, self.expected)
         parts.append(f"ETA {_clock(eta)}" if eta is not None else "ETA ?")
         return " | ".join(parts)
 

@@ -14,8 +14,14 @@ keep the uniform rate (arithmetic, an open answer: the share of the most common 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
 from collections import Counter, defaultdict
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +29,7 @@ from models.data.types import EvalItem, EvalTask, chance_level
 from models.data.world import corpus, scenes
 from models.data.world.entities import World
 from models.data.world.render import normalise, render
+from models.stepfiles import write_json
 
 VL_TASKS = ("attribute_vqa", "attribute_vqa_novel", "counting", "spatial_relation", "pope_random",
             "pope_popular", "pope_adversarial", "knowledge_vqa", "caption_matching")
@@ -87,7 +94,66 @@ def _draw_vl_question(name: str, world: World, rng, i: int):
 @lru_cache(maxsize=64)
 def answer_prior_rate(name: str, world: World, draws: int = PRIOR_DRAWS) -> float:
     """The accuracy of answering each question of VL task `name` with the answer most common among
-    questions with the same choices, over `draws` questions of its own stream (not the items)."""
+    questions with the same choices, over `draws` questions of its own stream (not the items).
+
+    About 5 s of CPU per task (rejection-sampled evaluation scenes), so it is computed once per
+    machine: kept on disk under `chance_cache_dir()` by (task, world, draws, the world code's
+    hash), one worker computing while the others wait for its file.
+    """
+    key = f"chance-{name}-w{world.seed}-k{world.n}-d{draws}-{_world_code_hash()}.json"
+    with _cache_entry(key) as cached:
+        if cached.get("value") is None:
+            cached["value"] = _blind_rate(name, world, draws)
+        return float(cached["value"])
+
+
+@lru_cache(maxsize=1)
+def _world_code_hash() -> str:
+    """A hash of the world's generator code: any edit to it makes cached values stale."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def blind_rates(world: World) -> dict[str, float]:
+    """Every VL task's blind-answer rate but caption matching's (uniform): computed once per machine."""
+    return {name: answer_prior_rate(name, world) for name in VL_TASKS if name != "caption_matching"}
+
+
+def chance_cache_dir() -> Path:
+    """$VLMSWEEP_CACHE, else $XDG_CACHE_HOME/vlmsweep, else ~/.cache/vlmsweep."""
+    if os.environ.get("VLMSWEEP_CACHE"):
+        return Path(os.environ["VLMSWEEP_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vlmsweep"
+
+
+@contextlib.contextmanager
+def _cache_entry(key: str):
+    """A dict read from the cache file `key` (empty if absent) and written back if it gained a value;
+    the file is locked meanwhile. An unusable cache directory just means computing every time."""
+    path = chance_cache_dir() / key
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield {}
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entry = {}
+        had = entry.get("value") is not None
+        yield entry
+        if not had and entry.get("value") is not None:
+            write_json(path, entry, durable=False)
+    finally:
+        os.close(lock)
+
+
+def _blind_rate(name: str, world: World, draws: int) -> float:
     answers: dict[tuple[str, ...], Counter] = defaultdict(Counter)
     for i in range(draws):
         _, (_, answer, choices) = _draw_vl_question(
