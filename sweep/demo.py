@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 from models import stepfiles as sf
 from sweep.errors import UserError
@@ -43,11 +43,10 @@ def calibrate(plan, todo, pool, workers: int) -> dict[str, float]:
           "worker(s) to estimate the run ...", flush=True)
     # Meanwhile this process works out what every evaluation shares, once per machine (the world's
     # blind-answer floors: ~40 s of CPU); the slice's evals come last and find it done.
-    with ThreadPoolExecutor(1) as side:
-        floors = side.submit(_prepare_evals, todo)
-        timing = dataclasses.replace(plan, root=plan.root / CALIBRATION, steps=tuple(chain))
-        get_backend("local").run(timing, chain, workers=workers, progress=False, pool=pool)
-        floors.result()  # its error, if any, is the demo's
+    floors = _Background(_prepare_evals, todo)
+    timing = dataclasses.replace(plan, root=plan.root / CALIBRATION, steps=tuple(chain))
+    get_backend("local").run(timing, chain, workers=workers, progress=False, pool=pool)
+    floors.result()  # its error, if any, is the demo's
     expected = expected_seconds(todo, measured_rates(timing.root, chain))
     if len(expected) < len(todo):
         print("demo: some kinds of step could not be timed; the ETA starts once they finish", flush=True)
@@ -56,6 +55,28 @@ def calibrate(plan, todo, pool, workers: int) -> dict[str, float]:
     print(f"demo: {_minutes(total)} on this machine for {len(todo)} steps on {workers} worker(s) "
           f"(timed in {time.monotonic() - began:.0f} s)", flush=True)
     return expected
+
+
+class _Background:
+    """`fn(*args)` in a daemon thread: Ctrl-C or SIGTERM of the demo does not wait for it (a
+    ThreadPoolExecutor joins its thread on the way out: ~40 s of eval floors); `result()` waits
+    and raises its error."""
+
+    def __init__(self, fn: Callable[..., None], *args: Any) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[..., None], args: tuple) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self.error = exc
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _prepare_evals(todo) -> None:

@@ -36,3 +36,44 @@ def test_demo_smoke_runs_end_to_end_and_reruns_from_cache(tmp_path, capsys):
 
     assert main(["demo", "--study", str(SMOKE), "--out", str(out)]) == 0
     assert "every step is already done (cached)" in capsys.readouterr().out
+
+
+def test_an_interrupted_calibration_does_not_wait_for_the_eval_floors(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while the timing slice runs ends the demo at once: the eval floors
+    computed beside it (~40 s of CPU) are not waited for (a ThreadPoolExecutor joined them)."""
+    import dataclasses
+    import threading
+
+    import sweep.demo as demo
+    import sweep.estimate
+    import sweep.launch
+
+    release = threading.Event()
+
+    class Interrupted:
+        def run(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    @dataclasses.dataclass(frozen=True)
+    class Plan:
+        root: Path
+        steps: tuple = ()
+
+    monkeypatch.setattr(demo, "_prepare_evals", lambda todo: release.wait())
+    monkeypatch.setattr(sweep.estimate, "calibration_slice", lambda steps: [])
+    monkeypatch.setattr(sweep.launch, "get_backend", lambda name: Interrupted())
+    raised: list[BaseException] = []
+
+    def calibrate() -> None:
+        try:
+            demo.calibrate(Plan(root=tmp_path), [], None, 1)
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            raised.append(exc)
+
+    caller = threading.Thread(target=calibrate, daemon=True)
+    caller.start()
+    caller.join(60)  # a guard against hanging, not a speed limit: the floors never finish here
+    finished = not caller.is_alive()
+    release.set()
+    assert finished, "calibrate waited for the eval floors after an interrupt"
+    assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
