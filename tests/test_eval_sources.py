@@ -95,6 +95,13 @@ def test_records_carry_metric_and_chance_and_must_agree(tmp_path):
     wrong = _jsonl(tmp_path / "wrong.jsonl", [{"context": "q", "choices": ["a", "b"], "label": 0, "metric": "vqa"}])
     with pytest.raises(BadRecordError, match="record 0: field 'metric' 'vqa' does not fit"):
         eval_tasks(DataSource(name="w", kind="mc_jsonl", paths=(wrong,)), TOK, n_per_task=0, image_size=32, seed=0)
+    both = _jsonl(tmp_path / "both.jsonl", [{"question": "q", "answers": ["a"]}] * 9
+                  + [{"question": "q", "choices": ["a", "b"], "label": 0}])
+    mixes = r"both.jsonl: mixes records scored as \['exact_match', 'multiple_choice'\]"
+    for n in (0, 2):  # a sample of open answers alone must not hide the file's choice record
+        with pytest.raises(DataError, match=mixes):
+            eval_tasks(DataSource(name="b", kind="vqa_jsonl", paths=(both,)), TOK, n_per_task=n, image_size=32,
+                       seed=0)
 
 
 def test_world_tasks_name_their_metric_families():
