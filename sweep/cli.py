@@ -166,12 +166,16 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the demo study end to end on this machine's CPU",
                        description="Plan studies/demo.toml, run it on local workers, ingest, "
                        "write the report and print the findings.")
-    p.add_argument("--out", type=Path, default=Path("vlmsweep-demo"),
-                   help="results root (default ./vlmsweep-demo; `vlmsweep app DIR` opens it)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results root (default ./vlmsweep-demo, or ./vlmsweep-demo-seeds+K with "
+                   "--seed-offset K; `vlmsweep app DIR` opens it)")
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: the study's [backend].workers, else one per GPU group)")
     p.add_argument("--study", type=Path, default=None,
                    help="run another study the demo way (default: studies/demo.toml)")
+    p.add_argument("--seed-offset", type=int, default=0, metavar="K",
+                   help="replicate: move every training seed (the seed axis, the shared trunk's and the "
+                   "encoder's) by K, so the findings can be checked against an independent run")
     p.set_defaults(handler="sweep.demo:run_demo")
 
 

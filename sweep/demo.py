@@ -5,7 +5,9 @@ re-run finds every step done and finishes in seconds. Before training it times a
 each kind of step on these workers (`sweep.estimate`) and says how long the whole run will take
 here; the progress line's ETA starts from that. The catalog is re-ingested as steps finish, so
 `vlmsweep app DIR` in another terminal shows what is done. Ends with where the figures are, the
-findings and the command that opens the app.
+findings and the command that opens the app. `--seed-offset K` runs the same study with every
+training seed moved by K (`sweep.spec.shift_seeds`) under its own root: an independent replication
+of the findings, as another machine's float order would give.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sweep.errors import UserError
 from sweep.launch.devices import local_workers
 from sweep.plan import plan_study, write_study_manifest
 from sweep.plancli import plan_table
-from sweep.spec import load_study
+from sweep.spec import load_study, shift_seeds
 
 DEMO_STUDY = Path(__file__).resolve().parents[1] / "studies" / "demo.toml"
 CALIBRATION = "calibration"  # under --out: the timed slice's own results root
@@ -128,8 +130,10 @@ def run_demo(args) -> int:
     if not study_path.exists():
         raise UserError(f"{study_path}: the demo study is missing (vlmsweep runs from its source checkout)")
     started = time.monotonic()
-    study = load_study(study_path)
-    out = Path(args.out).resolve()
+    offset = getattr(args, "seed_offset", 0) or 0
+    study = shift_seeds(load_study(study_path), offset)
+    default_out = "vlmsweep-demo" + (f"-seeds+{offset}" if offset else "")
+    out = Path(getattr(args, "out", None) or default_out).resolve()
     plan = plan_study(study, root=out)
     print(plan_table(plan), flush=True)
     write_study_manifest(plan)

@@ -173,6 +173,28 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
+def shift_seeds(study: Study, offset: int) -> Study:
+    """The same study with every training seed moved by `offset`: the seed axis and the seeds its
+    rules name, the shared trunk's seed (`[train].trunk_seed`) and the encoder's. A replication:
+    another machine's float order trains another seed, so findings that hold only for these seeds
+    would not hold there either. The data (the built-in world's seed included) stays the same."""
+    if offset == 0:
+        return study
+    if offset < 0:
+        raise StudyError(str(study.path), "seed", f"a seed offset must be ≥ 0 (got {offset})")
+
+    def rules(rs: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        return tuple(Rule(where=tuple((a, tuple(v + offset for v in vs) if a == "seed" else vs)
+                                      for a, vs in r.where), key=r.key) for r in rs)
+
+    trunk_seed = study.train.trunk_seed
+    shifted = replace(study, axes=study.axes | {"seed": tuple(s + offset for s in study.axes["seed"])},
+                      exclude=rules(study.exclude), include=rules(study.include),
+                      train=replace(study.train, trunk_seed=None if trunk_seed is None else trunk_seed + offset),
+                      encoder=replace(study.encoder, seed=study.encoder.seed + offset))
+    return replace(shifted, cells=expand_cells(shifted))
+
+
 def _check_one_world(study: Study) -> None:
     """A study whose cells train on one built-in world must encode, fine-tune and evaluate on that
     world too: another seed or kind count is another world (other kinds, other facts)."""

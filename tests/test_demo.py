@@ -77,3 +77,11 @@ def test_an_interrupted_calibration_does_not_wait_for_the_eval_floors(tmp_path, 
     release.set()
     assert finished, "calibrate waited for the eval floors after an interrupt"
     assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
+
+
+def test_a_negative_seed_offset_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--study", str(SMOKE), "--seed-offset", "-1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "seed offset must be ≥ 0 (got -1)" in err and str(SMOKE) in err
+    assert not out.exists()

@@ -235,3 +235,27 @@ def test_plan_json_is_identical_across_processes_and_roots(tmp_path):
     assert a == b
     assert {"step_id", "kind", "parents", "config", "tokens", "flops", "status"} <= set(a["steps"][0])
     assert all(s["status"] == "missing" for s in a["steps"])
+
+
+def test_a_seed_offset_replicates_the_demo_with_every_training_seed_moved():
+    """`vlmsweep demo --seed-offset K`: the same cells with seeds + K, no step shared with the
+    original (trunk, encoder, branches, fine-tunes, evals all retrain), the world unchanged."""
+    from sweep.spec import shift_seeds
+
+    study = load_study(REPO / "studies" / "demo.toml")
+    again = shift_seeds(study, 10)
+    assert shift_seeds(study, 0) is study
+    assert sorted((c.scale, c.intro_fraction, c.image_ratio, c.finetune_epochs, c.instruction_share,
+                   c.seed + 10) for c in study.cells) == \
+        sorted((c.scale, c.intro_fraction, c.image_ratio, c.finetune_epochs, c.instruction_share, c.seed)
+               for c in again.cells)
+    assert again.train.trunk_seed == study.train.trunk_seed + 10
+    assert again.encoder.seed == study.encoder.seed + 10
+    assert again.data == study.data
+    one, two = plan_study(study), plan_study(again)
+    assert [s.kind for s in one.steps] == [s.kind for s in two.steps]
+    assert not {s.step_id for s in one.steps} & {s.step_id for s in two.steps}
+    for kind in ("encoder", "trunk", "branch", "finetune", "eval"):
+        before = {s.config.seed for s in one.steps if s.kind == kind}
+        after = {s.config.seed for s in two.steps if s.kind == kind}
+        assert after == {seed + 10 for seed in before}, kind
