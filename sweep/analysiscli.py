@@ -39,10 +39,21 @@ def _root_of(args) -> tuple[object, Path]:
     return study, plan.root
 
 
+def _target(args) -> tuple[str | None, Path]:
+    """(study name or None, results root) of a study file — planned, its manifest written — or of a
+    results folder (what `vlmsweep demo` writes, or a copy of one), taken as it is."""
+    if not args.study.is_dir():
+        study, root = _root_of(args)
+        return study.name, root
+    if args.root is not None:
+        raise UserError(f"--root names the results of a study file; {args.study} is itself a results folder")
+    return getattr(args, "name", None), args.study
+
+
 def run_ingest(args) -> int:
     from analysis.store import ingest
 
-    _, root = _root_of(args)
+    _, root = _target(args)
     with _as_user_errors():
         summary = ingest(root, progress=_progress, skip_unreadable=args.skip_unreadable)
     print(summary)
@@ -53,12 +64,13 @@ def run_report(args) -> int:
     from analysis.report import write_report
     from analysis.store import ingest
 
-    study, root = _root_of(args)
+    name, root = _target(args)
     with _as_user_errors():
         # incremental: cheap when nothing changed
         print(ingest(root, progress=_progress, skip_unreadable=args.skip_unreadable))
         tasks = [t.strip() for t in args.average_tasks.split(",")] if args.average_tasks else None
-        summary = write_report(root, args.out, study=study.name, average_tasks=tasks,
+        name = name if name is not None else _only_study(root)
+        summary = write_report(root, args.out, study=name, average_tasks=tasks,
                                bootstrap=args.bootstrap, seed=args.seed)
     print(summary)
     return 0
@@ -96,11 +108,7 @@ def run_predict(args) -> int:
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     params = _target_params(args.scale, args.params)
-    if args.study.is_dir():  # a results folder: its catalog, and its only study unless --name says
-        root, name = args.study, args.name
-    else:
-        study, root = _root_of(args)
-        name = study.name
+    name, root = _target(args)  # a results folder: its catalog, and its only study unless --name says
     with _as_user_errors():
         ingest(root, progress=_progress)
         report = run_prediction(root, name if name is not None else _only_study(root), params=params,

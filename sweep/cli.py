@@ -37,6 +37,15 @@ def _study_arg(p: argparse.ArgumentParser) -> None:
                    help="results root (default: [study].root, relative to the study file)")
 
 
+def _study_or_results_arg(p: argparse.ArgumentParser, name: bool = True) -> None:
+    p.add_argument("study", type=Path,
+                   help="the study file (TOML), or a results folder (e.g. ./vlmsweep-demo)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="results root of a study file (default: [study].root, relative to the study file)")
+    if name:
+        p.add_argument("--name", default=None, help="a results folder's study (default: its only one)")
+
+
 def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="show the steps a study expands to, their cost and status",
                        description="Expand a study into its DAG of steps and show, per kind and "
@@ -89,7 +98,7 @@ def _add_ingest(sub) -> None:
     p = sub.add_parser("ingest", help="collect finished steps into <root>/results.duckdb",
                        description="Build the DuckDB catalog from every finished step's files: "
                        "idempotent, incremental, and swapped in atomically.")
-    _study_arg(p)
+    _study_or_results_arg(p, name=False)
     _skip_unreadable_arg(p)
     p.set_defaults(handler="sweep.analysiscli:run_ingest")
 
@@ -103,9 +112,10 @@ def _skip_unreadable_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write the paper's figures, tables and findings",
-                       description="Write every figure the results support (PNG, SVG, PDF and "
-                       "the CSV of the plotted data), LaTeX tables and findings.md.")
-    _study_arg(p)
+                       description="Write every figure the results support (the CSV of the plotted "
+                       "data and interactive HTML; PNG, SVG and PDF where a Chrome/Chromium is found), "
+                       "LaTeX tables and findings.md.")
+    _study_or_results_arg(p)
     from analysis.cli import add_report_arguments  # adds --out, --average-tasks, --bootstrap, --seed
 
     add_report_arguments(p)
@@ -119,10 +129,7 @@ def _add_predict(sub) -> None:
                        "over (N, D, intro_fraction, image_ratio), predict the best intro_fraction and "
                        "image_ratio at a larger scale with bootstrap intervals, and backtest the method "
                        "on the largest trained scale. Needs at least 3 trained scales.")
-    p.add_argument("study", type=Path, help="the study file (TOML), or a results folder holding results.duckdb")
-    p.add_argument("--root", type=Path, default=None,
-                   help="results root of a study file (default: [study].root, relative to the study file)")
-    p.add_argument("--name", default=None, help="a results folder's study (default: its only one)")
+    _study_or_results_arg(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--scale", help="a preset name to predict (e.g. 1.4b)")
     target.add_argument("--params", type=float, help="LM parameters N to predict at")

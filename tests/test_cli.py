@@ -59,3 +59,24 @@ def test_fit_scaling_names_a_missing_column(tmp_path, capsys):
                  "--loss-col", "loss"]) == 2
     err = capsys.readouterr().err
     assert "runs.csv" in err and "params" in err
+
+
+def test_ingest_and_report_take_a_results_folder(tmp_path, capsys, monkeypatch):
+    """`vlmsweep ingest DIR` / `report DIR` on what the demo writes (a results folder, no study file
+    at hand): its own manifest says which steps belong to which study; --root is refused there."""
+    from analysis.synthetic import SyntheticSpec, write_synthetic_study
+
+    root = tmp_path / "results"
+    write_synthetic_study(root, SyntheticSpec(scales=("1m", "5m"), finetune_epochs=(1,), metric_rows=2))
+    assert main(["ingest", str(root)]) == 0
+    assert "studies: synthetic" in capsys.readouterr().out and (root / "results.duckdb").is_file()
+    assert main(["ingest", str(root), "--root", str(tmp_path)]) == 2
+    assert "is itself a results folder" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "nothing-here")]) == 2  # neither a file nor a folder
+    assert main(["report", str(root), "--out", str(tmp_path / "r"), "--name", "other"]) == 2
+    assert not (tmp_path / "r" / "findings.md").exists()
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chrome"))  # HTML and CSV only: quick
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["report", str(root), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "findings.md").is_file() and list((tmp_path / "r").rglob("*.html"))
