@@ -16,7 +16,7 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from models import stepfiles as sf
 from sweep.errors import UserError
@@ -43,12 +43,13 @@ def calibrate(plan, todo, pool, workers: int) -> dict[str, float]:
     chain = calibration_slice(list(plan.steps))
     print(f"demo: timing {len(chain)} short steps (a few optimizer steps of each kind) on {workers} "
           "worker(s) to estimate the run ...", flush=True)
-    # Meanwhile this process works out what every evaluation shares, once per machine (the world's
-    # blind-answer floors: ~40 s of CPU); the slice's evals come last and find it done.
-    floors = _Background(_prepare_evals, todo)
+    # First what every evaluation shares, once per machine (the world's blind-answer floors: ~40 s
+    # of CPU, cached on disk), split over the workers, so that the slice is timed on cores as busy
+    # as the run keeps them. Computed beside the slice instead, they made its training steps look
+    # 1.3-1.9x slower than they ran and its evals (which waited for them) 3-10x.
+    _prepare_evals(todo, pool)
     timing = dataclasses.replace(plan, root=plan.root / CALIBRATION, steps=tuple(chain))
     get_backend("local").run(timing, chain, workers=workers, progress=False, pool=pool)
-    floors.result()  # its error, if any, is the demo's
     expected = expected_seconds(todo, measured_rates(timing.root, chain))
     if len(expected) < len(todo):
         print("demo: some kinds of step could not be timed; the ETA starts once they finish", flush=True)
@@ -59,33 +60,37 @@ def calibrate(plan, todo, pool, workers: int) -> dict[str, float]:
     return expected
 
 
-class _Background:
-    """`fn(*args)` in a daemon thread: Ctrl-C or SIGTERM of the demo does not wait for it (a
-    ThreadPoolExecutor joins its thread on the way out: ~40 s of eval floors); `result()` waits
-    and raises its error."""
+@dataclasses.dataclass(frozen=True)
+class _PrepareEval:
+    """One share of an eval source's shared work, run on a pool worker (picklable)."""
 
-    def __init__(self, fn: Callable[..., None], *args: Any) -> None:
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-        self.thread.start()
+    source: Any
+    part: str
 
-    def _run(self, fn: Callable[..., None], args: tuple) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to result()
-            self.error = exc
+    def __call__(self) -> None:
+        import models.data
 
-    def result(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+        models.data.prepare_eval_source(self.source, (self.part,))
 
 
-def _prepare_evals(todo) -> None:
+def _prepare_evals(todo, pool) -> None:
+    """Every eval source's shared work, its shares run on the pool's workers, as many at once as it
+    has. A share that failed there is redone here, so its error (bad input: exit 2) is the demo's."""
     import models.data
 
-    for source in {src for s in todo if s.kind == "eval" for src in s.config.data}:
-        models.data.prepare_eval_source(source)
+    sources = list(dict.fromkeys(src for s in todo if s.kind == "eval" for src in s.config.data))
+    queue = [_PrepareEval(src, part) for src in sources for part in models.data.eval_source_parts(src)]
+    running: list[Any] = []
+    failed = False
+    while queue or running:
+        while queue and len(running) < pool.size:
+            running.append(pool.submit(queue.pop(0)))
+        pool.wait(0.2)
+        failed = failed or any(job.outcome not in (None, "returned") for job in running)
+        running = [job for job in running if not job.done()]
+    if failed:
+        for source in sources:
+            models.data.prepare_eval_source(source)
 
 
 class LiveIngest:

@@ -38,45 +38,45 @@ def test_demo_smoke_runs_end_to_end_and_reruns_from_cache(tmp_path, capsys):
     assert "every step is already done (cached)" in capsys.readouterr().out
 
 
-def test_an_interrupted_calibration_does_not_wait_for_the_eval_floors(tmp_path, monkeypatch):
-    """Ctrl-C or SIGTERM while the timing slice runs ends the demo at once: the eval floors
-    computed beside it (~40 s of CPU) are not waited for (a ThreadPoolExecutor joined them)."""
-    import dataclasses
-    import threading
+def test_ctrl_c_during_the_eval_floors_ends_the_demo_and_its_workers(tmp_path):
+    """The world's blind-answer floors (~40 s of CPU on a fresh machine) run on the pool's workers
+    before the timing slice; Ctrl-C meanwhile ends the demo (exit 130) and its workers without
+    waiting for the floors to finish, and the floors done so far stay cached for the next run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
 
-    import sweep.demo as demo
-    import sweep.estimate
-    import sweep.launch
+    from models.data.world.bench import BLIND_TASKS
 
-    release = threading.Event()
-
-    class Interrupted:
-        def run(self, *args, **kwargs):
-            raise KeyboardInterrupt
-
-    @dataclasses.dataclass(frozen=True)
-    class Plan:
-        root: Path
-        steps: tuple = ()
-
-    monkeypatch.setattr(demo, "_prepare_evals", lambda todo: release.wait())
-    monkeypatch.setattr(sweep.estimate, "calibration_slice", lambda steps: [])
-    monkeypatch.setattr(sweep.launch, "get_backend", lambda name: Interrupted())
-    raised: list[BaseException] = []
-
-    def calibrate() -> None:
+    cache, out = tmp_path / "cache", tmp_path / "demo"
+    env = os.environ | {"VLMSWEEP_CACHE": str(cache)}
+    demo = subprocess.Popen([sys.executable, "-m", "sweep.cli", "demo", "--study", str(SMOKE), "--out", str(out),
+                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300  # a guard against hanging, not a speed limit
+        while not list(cache.glob("chance-*.lock")) and demo.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert demo.poll() is None, demo.communicate()
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=120)
+    finally:
+        demo.kill()
+    assert demo.returncode == 130 and "vlmsweep demo: interrupted" in err, err[-2000:]
+    assert len(list(cache.glob("chance-*.json"))) < len(BLIND_TASKS)  # not waited for
+    assert not (out / "calibration").exists()  # the floors come first: the timing slice had not begun
+    logs = out / "logs"  # a pool job's log folder is named <worker pid>.<job number>
+    workers = {int(p.name.split(".")[0]) for p in logs.iterdir()} if logs.is_dir() else set()
+    assert workers, "the floors ran on no worker"
+    time.sleep(1)
+    for pid in workers:
         try:
-            demo.calibrate(Plan(root=tmp_path), [], None, 1)
-        except BaseException as exc:  # noqa: BLE001 - looked at below
-            raised.append(exc)
-
-    caller = threading.Thread(target=calibrate, daemon=True)
-    caller.start()
-    caller.join(60)  # a guard against hanging, not a speed limit: the floors never finish here
-    finished = not caller.is_alive()
-    release.set()
-    assert finished, "calibrate waited for the eval floors after an interrupt"
-    assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"worker {pid} outlived the interrupted demo")
+    assert not (out / "steps").exists() or not list((out / "steps").glob("*/*/result.json"))
 
 
 def test_a_negative_seed_offset_is_refused_before_anything_is_written(tmp_path, capsys):

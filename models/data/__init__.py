@@ -83,14 +83,25 @@ def finetune_epochs(source, tokenizer, *, batch_size: int, seq_len: int, image_s
                           replay_share=replay_share)
 
 
-def prepare_eval_source(source) -> None:
-    """Work every evaluation of `source` shares, done once per machine before steps run: the built-in
-    world's blind-answer floors (tens of seconds of CPU; `world.bench.answer_prior_rate`)."""
+def eval_source_parts(source) -> tuple[str, ...]:
+    """The independent shares of `prepare_eval_source(source)`, so workers can split it: the built-in
+    world's VL tasks with a blind-answer floor; nothing for other sources."""
     if source.kind == "world":
-        from models.data.world.bench import blind_rates
+        from models.data.world.bench import BLIND_TASKS
+
+        return BLIND_TASKS
+    return ()
+
+
+def prepare_eval_source(source, parts: tuple[str, ...] | None = None) -> None:
+    """Work every evaluation of `source` shares, done once per machine before steps run: the built-in
+    world's blind-answer floors (about 5 s of CPU per task; `world.bench.answer_prior_rate`), all of
+    them or those of `parts` (from `eval_source_parts`)."""
+    if source.kind == "world":
+        from models.data.world.bench import BLIND_TASKS, blind_rates
         from models.data.world.entities import make_world, world_identity
 
-        blind_rates(make_world(*world_identity(source)))
+        blind_rates(make_world(*world_identity(source)), BLIND_TASKS if parts is None else parts)
 
 
 def eval_tasks(source, tokenizer, *, groups=("vl", "text"), tasks=(), n_per_task: int,
@@ -107,5 +118,6 @@ def eval_tasks(source, tokenizer, *, groups=("vl", "text"), tasks=(), n_per_task
 
 
 __all__ = ["Batch", "BatchStream", "BadRecordError", "DataError", "EmptySourceError", "EvalItem",
-           "EvalTask", "Tokenizer", "caption_pairs", "eval_tasks", "finetune_epochs", "prepare_eval_source",
+           "EvalTask", "Tokenizer", "caption_pairs", "eval_source_parts", "eval_tasks", "finetune_epochs",
+           "prepare_eval_source",
            "get_tokenizer", "heldout_captions", "heldout_text", "mixed_stream", "text_stream"]

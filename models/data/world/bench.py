@@ -116,9 +116,12 @@ def _world_code_hash() -> str:
     return digest.hexdigest()[:12]
 
 
-def blind_rates(world: World) -> dict[str, float]:
-    """Every VL task's blind-answer rate but caption matching's (uniform): computed once per machine."""
-    return {name: answer_prior_rate(name, world) for name in VL_TASKS if name != "caption_matching"}
+BLIND_TASKS = tuple(name for name in VL_TASKS if name != "caption_matching")  # caption matching's is uniform
+
+
+def blind_rates(world: World, tasks: tuple[str, ...] = BLIND_TASKS) -> dict[str, float]:
+    """The blind-answer rates of VL `tasks` (default: every one that has one): computed once per machine."""
+    return {name: answer_prior_rate(name, world) for name in tasks}
 
 
 def chance_cache_dir() -> Path:
