@@ -325,6 +325,14 @@ def markdown(*, effects: Sequence[Effect], trends: Sequence[Trend], core: pl.Dat
            f"bootstrap over eval items ({bootstrap} resamples) with its 95% interval. An effect or trend is "
            "stated only when it exceeds t(95%, Welch's df) standard errors over seeds *and* the items' "
            f"interval excludes 0; otherwise it reads \"{NOT_RESOLVED}\". Stable scores: 0 is chance.", ""]
+    tests = sum(est.seed_se is not None for est in [e.estimate for e in effects] + [t.slope for t in trends]
+                + [c[3] for c in costs])
+    if tests:
+        out += [f"This file makes {tests} such test{'s' * (tests != 1)}, each at 95%: about {tests / 20:.2g} of them "
+                "may read "
+                "\"stated\" by chance alone where there is no effect. A stated effect is a candidate until an "
+                "independent run (other seeds, e.g. `vlmsweep demo --seed-offset 10`, or another machine) "
+                "states it too.", ""]
     out += _core_lines(core)
     out += ["## Effects", ""]
     if not effects:

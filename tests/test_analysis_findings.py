@@ -74,6 +74,20 @@ def test_an_effect_well_outside_the_noise_is_stated_with_both_uncertainties() ->
     text = "\n".join(findings.markdown(effects=[effect], trends=[], core=core, bootstrap=400))
     assert "**stated**" in text and "- 1m: images at 80% vs at 100%: VL core +0." in text
     assert "seeds, ±" in text and "items)" in text
+    # one test, and what a stated effect is worth before it is replicated
+    assert "This file makes 1 such test, each at 95%: about 0.05 of them may read" in text
+    assert "vlmsweep demo --seed-offset 10" in text
+
+
+def test_many_tests_are_counted_and_single_runs_are_not_tests() -> None:
+    task_scores = study(effect=0.0, seed_sd=0.01, n_items=200)
+    _, main, core = analysed(task_scores)
+    effects = findings.axis_effects(main, task_scores, core, bootstrap=100)
+    text = "\n".join(findings.markdown(effects=effects, trends=[], core=core, bootstrap=100))
+    assert len(effects) == 4 and "This file makes 4 such tests, each at 95%: about 0.2 of them" in text
+    one = late_vs_full(study(effect=0.3, seed_sd=0.001, n_items=500, seeds=1))
+    text = "\n".join(findings.markdown(effects=[one], trends=[], core=core, bootstrap=100))
+    assert "such test" not in text
 
 
 def test_items_alone_can_leave_an_effect_unresolved() -> None:
