@@ -174,7 +174,7 @@ def _add_demo(sub) -> None:
                        description="Plan studies/demo.toml, run it on local workers, ingest, "
                        "write the report and print the findings.")
     p.add_argument("--out", type=Path, default=None,
-                   help="results root (default ./vlmsweep-demo, or ./vlmsweep-demo-seeds+K with "
+                   help="results root (default ./vlmsweep-demo, or ./vlmsweep-demo-seed-offset-K with "
                    "--seed-offset K; `vlmsweep app DIR` opens it)")
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: the study's [backend].workers, else one per GPU group)")

@@ -137,8 +137,9 @@ def run_demo(args) -> int:
     started = time.monotonic()
     offset = getattr(args, "seed_offset", 0) or 0
     study = shift_seeds(load_study(study_path), offset)
-    default_out = "vlmsweep-demo" + (f"-seeds+{offset}" if offset else "")
+    default_out = "vlmsweep-demo" + (f"-seed-offset-{offset}" if offset else "")
     out = Path(getattr(args, "out", None) or default_out).resolve()
+    reports = out / ("report" + (f"-seed-offset-{offset}" if offset else ""))  # a shared root keeps both
     plan = plan_study(study, root=out)
     print(plan_table(plan), flush=True)
     write_study_manifest(plan)
@@ -153,12 +154,12 @@ def run_demo(args) -> int:
         print("\ndemo: every step is already done (cached)")
     with _as_user_errors():
         print(ingest(out, progress=_progress))
-        report = write_report(out, out / "report", study=study.name)
+        report = write_report(out, reports, study=study.name)
     print(report)
-    findings = out / "report" / "findings.md"
+    findings = reports / "findings.md"
     if findings.exists():
         print("\n" + findings.read_text())
-    print(f"demo: finished in {time.monotonic() - started:.0f} s; figures in {out / 'report'}")
+    print(f"demo: finished in {time.monotonic() - started:.0f} s; figures in {reports}")
     print(f"open the results browser with:  vlmsweep app {out}")
     return 0
 

@@ -177,7 +177,9 @@ def shift_seeds(study: Study, offset: int) -> Study:
     """The same study with every training seed moved by `offset`: the seed axis and the seeds its
     rules name, the shared trunk's seed (`[train].trunk_seed`) and the encoder's. A replication:
     another machine's float order trains another seed, so findings that hold only for these seeds
-    would not hold there either. The data (the built-in world's seed included) stays the same."""
+    would not hold there either. The data (the built-in world's seed included) stays the same. The
+    study is renamed `<name>-seed-offset-<K>`, so both runs can share one results root (each its own
+    manifest and findings) without one overwriting the other's list of steps."""
     if offset == 0:
         return study
     if offset < 0:
@@ -188,7 +190,8 @@ def shift_seeds(study: Study, offset: int) -> Study:
                                       for a, vs in r.where), key=r.key) for r in rs)
 
     trunk_seed = study.train.trunk_seed
-    shifted = replace(study, axes=study.axes | {"seed": tuple(s + offset for s in study.axes["seed"])},
+    shifted = replace(study, name=f"{study.name}-seed-offset-{offset}",
+                      axes=study.axes | {"seed": tuple(s + offset for s in study.axes["seed"])},
                       exclude=rules(study.exclude), include=rules(study.include),
                       train=replace(study.train, trunk_seed=None if trunk_seed is None else trunk_seed + offset),
                       encoder=replace(study.encoder, seed=study.encoder.seed + offset))

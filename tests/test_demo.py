@@ -37,6 +37,19 @@ def test_demo_smoke_runs_end_to_end_and_reruns_from_cache(tmp_path, capsys):
     assert main(["demo", "--study", str(SMOKE), "--out", str(out)]) == 0
     assert "every step is already done (cached)" in capsys.readouterr().out
 
+    # a replication with every seed moved, into the same root: its own study, manifest and report
+    steps = set((out / "steps").glob("*/*/result.json"))
+    assert main(["demo", "--study", str(SMOKE), "--out", str(out), "--seed-offset", "1", "--workers", "2"]) == 0
+    capsys.readouterr()
+    assert len(set((out / "steps").glob("*/*/result.json"))) == 2 * len(steps)  # no step shared
+    for name in ("demo-smoke", "demo-smoke-seed-offset-1"):
+        assert (out / "studies" / f"{name}.json").is_file()
+    assert (report / "findings.md").read_text().startswith("# Findings: demo-smoke\n")
+    assert (out / "report-seed-offset-1" / "findings.md").read_text().startswith(
+        "# Findings: demo-smoke-seed-offset-1\n")
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 2
+    assert "holds studies demo-smoke, demo-smoke-seed-offset-1: name one with --name" in capsys.readouterr().err
+
 
 def test_ctrl_c_during_the_eval_floors_ends_the_demo_and_its_workers(tmp_path):
     """The world's blind-answer floors (~40 s of CPU on a fresh machine) run on the pool's workers

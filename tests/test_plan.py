@@ -251,7 +251,7 @@ def test_a_seed_offset_replicates_the_demo_with_every_training_seed_moved():
                for c in again.cells)
     assert again.train.trunk_seed == study.train.trunk_seed + 10
     assert again.encoder.seed == study.encoder.seed + 10
-    assert again.data == study.data
+    assert again.data == study.data and again.name == "demo-seed-offset-10"
     one, two = plan_study(study), plan_study(again)
     assert [s.kind for s in one.steps] == [s.kind for s in two.steps]
     assert not {s.step_id for s in one.steps} & {s.step_id for s in two.steps}
