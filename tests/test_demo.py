@@ -65,8 +65,11 @@ def test_ctrl_c_during_the_eval_floors_ends_the_demo_and_its_workers(tmp_path):
 
     cache, out = tmp_path / "cache", tmp_path / "demo"
     env = os.environ | {"VLMSWEEP_CACHE": str(cache)}
+    # SIGINT as a terminal delivers it: a shell without job control (CI under `nohup ... &`) starts
+    # its background commands with SIGINT ignored, and Python then installs no KeyboardInterrupt
     demo = subprocess.Popen([sys.executable, "-m", "sweep.cli", "demo", "--study", str(SMOKE), "--out", str(out),
-                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300  # a guard against hanging, not a speed limit
         while not list(cache.glob("chance-*.lock")) and demo.poll() is None and time.monotonic() < deadline:
