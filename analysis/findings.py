@@ -328,11 +328,10 @@ def markdown(*, effects: Sequence[Effect], trends: Sequence[Trend], core: pl.Dat
     tests = sum(est.seed_se is not None for est in [e.estimate for e in effects] + [t.slope for t in trends]
                 + [c[3] for c in costs])
     if tests:
-        out += [f"This file makes {tests} such test{'s' * (tests != 1)}, each at 95%: about {tests / 20:.2g} of them "
-                "may read "
-                "\"stated\" by chance alone where there is no effect. A stated effect is a candidate until an "
-                "independent run (other seeds, e.g. `vlmsweep demo --seed-offset 10`, or another machine) "
-                "states it too.", ""]
+        out += [f"This file makes {tests} such test{'s' * (tests != 1)}, each at 95%: about {tests / 20:.2g} of "
+                "them may read \"stated\" by chance alone where there is no effect. A stated effect is a "
+                "candidate until an independent run (other seeds, e.g. `vlmsweep demo --seed-offset 10`, or "
+                "another machine) states it too.", ""]
     out += _core_lines(core)
     out += ["## Effects", ""]
     if not effects:

@@ -135,11 +135,11 @@ def run_demo(args) -> int:
     if not study_path.exists():
         raise UserError(f"{study_path}: the demo study is missing (vlmsweep runs from its source checkout)")
     started = time.monotonic()
-    offset = getattr(args, "seed_offset", 0) or 0
-    study = shift_seeds(load_study(study_path), offset)
-    default_out = "vlmsweep-demo" + (f"-seed-offset-{offset}" if offset else "")
-    out = Path(getattr(args, "out", None) or default_out).resolve()
-    reports = out / ("report" + (f"-seed-offset-{offset}" if offset else ""))  # a shared root keeps both
+    base = load_study(study_path)
+    study = shift_seeds(base, getattr(args, "seed_offset", 0) or 0)
+    suffix = study.name.removeprefix(base.name)  # "-seed-offset-K" for a replication, else ""
+    out = Path(getattr(args, "out", None) or f"vlmsweep-demo{suffix}").resolve()
+    reports = out / f"report{suffix}"  # a run and its replication can share one root
     plan = plan_study(study, root=out)
     print(plan_table(plan), flush=True)
     write_study_manifest(plan)
