@@ -6,13 +6,13 @@ JSON-able, and exact on resume. Bad records raise, or are counted and skipped on
 
 from __future__ import annotations
 
-import glob
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from models.data import files
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, EmptySourceError, check_on_bad_record
 from models.data.types import LazyImage
@@ -27,16 +27,11 @@ Turns = list[tuple[str, str]]
 
 
 def resolve_paths(source) -> list[str]:
-    """The source's shard files: globs expanded, sorted; a clear error when nothing matches."""
+    """The source's shard files: brace lists and globs expanded, sorted; a clear error naming the
+    pattern when it matches nothing or names missing files (`models.data.files.resolve`)."""
     if not source.paths:
         raise DataError(f"data source {source.name!r} ({source.kind}) names no paths")
-    found: list[str] = []
-    for p in source.paths:
-        matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else ([p] if Path(p).exists() else [])
-        if not matches:
-            raise DataError(f"data source {source.name!r}: no file matches {p!r}")
-        found += matches
-    return sorted(dict.fromkeys(found))
+    return files.resolve(source.name, source.paths)
 
 
 def world_data(source) -> WorldData:
