@@ -31,7 +31,7 @@ def resolve_paths(source) -> list[str]:
     pattern when it matches nothing or names missing files (`models.data.files.resolve`)."""
     if not source.paths:
         raise DataError(f"data source {source.name!r} ({source.kind}) names no paths")
-    return files.resolve(source.name, source.paths)
+    return files.resolve(source.name, source.paths, files.storage_of(source))
 
 
 def world_data(source) -> WorldData:
@@ -207,13 +207,15 @@ def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
 def _reader(source, image_size: int) -> tuple[Callable, Callable]:
     """(iterate a shard, parse a record) for a shard-backed source kind."""
     text = partial(parse_text, key=source.option("text_field", "text"))
-    readers = {"jsonl": (rd.iter_jsonl, text), "parquet": (rd.iter_parquet, text),
-               "webdataset": (rd.iter_webdataset, partial(parse_wds, image_size=image_size)),
-               "parquet_images": (rd.iter_parquet, partial(
+    store = files.storage_of(source)
+    jsonl, parquet = partial(rd.iter_jsonl, storage=store), partial(rd.iter_parquet, storage=store)
+    readers = {"jsonl": (jsonl, text), "parquet": (parquet, text),
+               "webdataset": (partial(rd.iter_webdataset, storage=store), partial(parse_wds, image_size=image_size)),
+               "parquet_images": (parquet, partial(
                    parse_parquet_image, image_size=image_size,
                    image_key=source.option("image_field", "image"),
                    caption_key=source.option("caption_field", "caption"))),
-               "llava": (rd.iter_llava, partial(parse_llava, image_size=image_size))}
+               "llava": (partial(rd.iter_llava, storage=store), partial(parse_llava, image_size=image_size))}
     return readers[source.kind]
 
 
