@@ -17,8 +17,8 @@ from typing import Any, Iterable, Iterator
 
 from models.data.errors import DataError
 from sweep.errors import UserError
+from sweep.spec import SHARD_KINDS
 
-SHARD_KINDS = ("jsonl", "parquet", "webdataset", "parquet_images", "llava")
 EVAL_KINDS = ("vqa_jsonl", "mc_jsonl")
 FIRST_RECORDS = 2  # records parsed per shard by check_shards
 SAY_SHARDS = 50  # check_shards says what it is doing when there are more shards than this

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data import files
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError
 from models.data.sources import resolve_paths
@@ -76,7 +77,8 @@ def declared_task_names(source) -> list[str] | None:
         return list(VL_TASKS + TEXT_TASKS)
     paths: list[str] = []
     for p in source.paths:
-        matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
+        matches = [m for n in files.expand(p)
+                   for m in (sorted(glob.glob(n)) if any(c in n for c in files.GLOB_CHARS) else [n])]
         if not matches:
             return None
         paths += matches

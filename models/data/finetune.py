@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from models.data import files
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, check_on_bad_record
 from models.data.packing import TextPacker, encode_conversation, rows_to_batch, text_row
@@ -44,8 +45,9 @@ class InstructionSet:
             self._get = lambda i: wd.instruction(10**9 + i, image_size, lazy=self.lazy)
             self._n = n
         elif source.kind == "llava":
+            store = files.storage_of(source)
             self._records = [(path, idx, rec) for path in resolve_paths(source)
-                             for idx, rec in rd.iter_llava(path)]
+                             for idx, rec in rd.iter_llava(path, storage=store)]
             self._n = len(self._records)
             self._get = self._parse
         else:

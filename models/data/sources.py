@@ -6,13 +6,13 @@ JSON-able, and exact on resume. Bad records raise, or are counted and skipped on
 
 from __future__ import annotations
 
-import glob
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from models.data import files
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, EmptySourceError, check_on_bad_record
 from models.data.types import LazyImage
@@ -27,16 +27,11 @@ Turns = list[tuple[str, str]]
 
 
 def resolve_paths(source) -> list[str]:
-    """The source's shard files: globs expanded, sorted; a clear error when nothing matches."""
+    """The source's shard files: brace lists and globs expanded, sorted; a clear error naming the
+    pattern when it matches nothing or names missing files (`models.data.files.resolve`)."""
     if not source.paths:
         raise DataError(f"data source {source.name!r} ({source.kind}) names no paths")
-    found: list[str] = []
-    for p in source.paths:
-        matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else ([p] if Path(p).exists() else [])
-        if not matches:
-            raise DataError(f"data source {source.name!r}: no file matches {p!r}")
-        found += matches
-    return sorted(dict.fromkeys(found))
+    return files.resolve(source.name, source.paths, files.storage_of(source))
 
 
 def world_data(source) -> WorldData:
@@ -212,13 +207,15 @@ def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
 def _reader(source, image_size: int) -> tuple[Callable, Callable]:
     """(iterate a shard, parse a record) for a shard-backed source kind."""
     text = partial(parse_text, key=source.option("text_field", "text"))
-    readers = {"jsonl": (rd.iter_jsonl, text), "parquet": (rd.iter_parquet, text),
-               "webdataset": (rd.iter_webdataset, partial(parse_wds, image_size=image_size)),
-               "parquet_images": (rd.iter_parquet, partial(
+    store = files.storage_of(source)
+    jsonl, parquet = partial(rd.iter_jsonl, storage=store), partial(rd.iter_parquet, storage=store)
+    readers = {"jsonl": (jsonl, text), "parquet": (parquet, text),
+               "webdataset": (partial(rd.iter_webdataset, storage=store), partial(parse_wds, image_size=image_size)),
+               "parquet_images": (parquet, partial(
                    parse_parquet_image, image_size=image_size,
                    image_key=source.option("image_field", "image"),
                    caption_key=source.option("caption_field", "caption"))),
-               "llava": (rd.iter_llava, partial(parse_llava, image_size=image_size))}
+               "llava": (partial(rd.iter_llava, storage=store), partial(parse_llava, image_size=image_size))}
     return readers[source.kind]
 
 
