@@ -5,7 +5,8 @@ one line, not a half-trained study and a traceback from inside a step.
 read has files (each path exists, each glob matches); its tokenizer loads and fits the model; eval
 files are read whole (every record's fields, not only the sampled ones). `check_shards` (by `run`,
 for the steps it will run): the first records of every shard parse, images decoded, so that a shard
-of invalid JSON or a cut-off tar ends the run before the first step. Sources read with
+of invalid JSON or a cut-off tar ends the run before the first step; a LLaVA file has every
+record's fields checked and the images of records spread over the whole file found. Sources read with
 `on_bad_record = "skip"` are not shard-checked (their bad records are skipped by choice).
 """
 
@@ -90,6 +91,7 @@ def _check_source(source: Any, role: str, vocab: int | None) -> None:
 
 def check_shards(steps: Iterable[Any], *, records: int = FIRST_RECORDS) -> None:
     """DataCheckError on the first shard whose first `records` records do not parse."""
+    from models.data.llavacheck import check_llava_file
     from models.data.sources import check_first_records, resolve_paths
 
     todo: list[tuple[Any, str, str]] = []
@@ -102,7 +104,10 @@ def check_shards(steps: Iterable[Any], *, records: int = FIRST_RECORDS) -> None:
     problems = []
     for source, role, path in todo:
         try:
-            check_first_records(source, role, path, records=records)
+            if source.kind == "llava":  # every record's fields, a spread sample's images
+                check_llava_file(source, path, decoded=records)
+            else:
+                check_first_records(source, role, path, records=records)
         except DataError as exc:
             problems.append(str(exc))
     _raise(problems)

@@ -6,8 +6,8 @@ JSON-able, and exact on resume. Bad records raise, or are counted and skipped on
 
 from __future__ import annotations
 
+import os
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -175,17 +175,18 @@ def parse_parquet_image(rec: dict, shard: str, idx: int, *, image_size: int, ima
     return _image(data, image_size, shard, idx, lazy), caption
 
 
-def _read_image(path: Path, image_size: int, shard: str, idx: int) -> np.ndarray:
+def _read_image(path: str, image_size: int, shard: str, idx: int, storage: files.Storage = ()) -> np.ndarray:
     try:
-        data = path.read_bytes()
+        data = files.read_bytes(path, storage)
     except OSError as exc:
-        raise BadRecordError(shard, idx, f"image {str(path)!r} unreadable ({exc.strerror})") from None
+        raise BadRecordError(shard, idx, f"image {str(path)!r} unreadable ({exc.strerror or exc})") from None
     return rd.decode_image(data, image_size, shard, idx)
 
 
-def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
-                lazy: bool = False) -> tuple[np.ndarray | LazyImage, Turns]:
-    rel = rd.field(rec, "image", shard, idx)
+def llava_fields(rec: dict, shard: str, idx: int) -> tuple[str | None, Turns]:
+    """A LLaVA record's image path (None: a text-only conversation, as ~40k of LLaVA-1.5's mix are)
+    and its human/gpt turns, every turn kept; BadRecordError naming the field otherwise."""
+    rel = rd.field(rec, "image", shard, idx) if rec.get("image") is not None else None
     convs = rd.field(rec, "conversations", shard, idx, (list,))
     turns: Turns = []
     for j in range(0, len(convs) - 1, 2):
@@ -193,15 +194,38 @@ def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
         if not (isinstance(q, dict) and isinstance(a, dict) and q.get("from") == "human"
                 and a.get("from") == "gpt" and isinstance(q.get("value"), str)
                 and isinstance(a.get("value"), str)):
-            raise BadRecordError(shard, idx, f"conversations[{j}:{j + 2}] is not a human/gpt pair "
-                                             "of {from, value}")
+            raise BadRecordError(shard, idx, f"field 'conversations': [{j}:{j + 2}] is not a "
+                                             "human/gpt pair of {from, value}")
         turns.append((q["value"].replace("<image>", "").strip(), a["value"].strip()))
     if not turns:
-        raise BadRecordError(shard, idx, "conversations holds no human/gpt turn")
-    path = rd.image_path(shard, rel)
+        raise BadRecordError(shard, idx, "field 'conversations' holds no human/gpt turn")
+    return rel, turns
+
+
+def llava_image_path(rel: str, shard: str, image_root: str | None) -> str:
+    """Where a record's image is: under the source's `image_root`, else beside the JSON file."""
+    if files.is_remote(rel) or os.path.isabs(rel):
+        return rel
+    return files.join(image_root or files.parent(shard), rel)
+
+
+def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int, lazy: bool = False,
+                image_root: str | None = None, storage: files.Storage = ()
+                ) -> tuple[np.ndarray | LazyImage | None, Turns]:
+    """(image or None for a text-only conversation, turns)."""
+    rel, turns = llava_fields(rec, shard, idx)
+    if rel is None:
+        return None, turns
+    path = llava_image_path(rel, shard, image_root)
     if lazy:
-        return LazyImage(_read_image, path, image_size, shard, idx), turns
-    return _read_image(path, image_size, shard, idx), turns
+        return LazyImage(_read_image, path, image_size, shard, idx, storage), turns
+    return _read_image(path, image_size, shard, idx, storage), turns
+
+
+def llava_parser(source, image_size: int) -> Callable:
+    """parse_llava bound to the source's image root and store."""
+    return partial(parse_llava, image_size=image_size, image_root=source.option("image_root"),
+                   storage=files.storage_of(source))
 
 
 def _reader(source, image_size: int) -> tuple[Callable, Callable]:
@@ -215,7 +239,7 @@ def _reader(source, image_size: int) -> tuple[Callable, Callable]:
                    parse_parquet_image, image_size=image_size,
                    image_key=source.option("image_field", "image"),
                    caption_key=source.option("caption_field", "caption"))),
-               "llava": (partial(rd.iter_llava, storage=store), partial(parse_llava, image_size=image_size))}
+               "llava": (partial(rd.iter_llava, storage=store), llava_parser(source, image_size))}
     return readers[source.kind]
 
 
