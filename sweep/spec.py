@@ -9,6 +9,7 @@ the key path and the bad value. See studies/demo.toml for a commented example.
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -54,7 +55,10 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "jsonl": {"tokenizer": str, "text_field": str, "heldout": str, "endpoint_url": str},
     "parquet": {"tokenizer": str, "text_field": str, "heldout": str, "endpoint_url": str},
     # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
-    "webdataset": {"image_ext": str, "tokenizer": str, "heldout": str, "endpoint_url": str},
+    # `image_ext`: the image member (`jpg`, or alternatives `jpg;png`); `caption_field`: the caption
+    # is this field of KEY.json (default: KEY.txt, else the JSON's `caption`)
+    "webdataset": {"image_ext": str, "caption_field": str, "tokenizer": str, "heldout": str,
+                   "endpoint_url": str},
     "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str,
                        "endpoint_url": str},
     "llava": {"image_root": str, "endpoint_url": str},
@@ -325,6 +329,8 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
                     value = _path(t, key, value, base, remote=kind in SHARD_KINDS and key != "tokenizer")
                 elif key == "endpoint_url" and files.scheme(value) not in ("http", "https"):
                     raise t.error(key, f"{value!r} is not an http:// or https:// address")
+                elif key == "image_ext" and not re.fullmatch(r"\w+(\.\w+)*(;\w+(\.\w+)*)*", value.lower()):
+                    raise t.error(key, f"{value!r} is not a member extension such as 'jpg' or 'jpg;png'")
                 options.append((key, value))
         if kind == "world":
             t.raw("paths", [])  # allowed but meaningless; refuse a non-empty one

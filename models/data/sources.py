@@ -6,6 +6,7 @@ JSON-able, and exact on resume. Bad records raise, or are counted and skipped on
 
 from __future__ import annotations
 
+import json
 import os
 from functools import partial
 from typing import Any, Callable
@@ -152,18 +153,42 @@ def _image(data: bytes, image_size: int, shard: str, idx: int, lazy: bool) -> np
     return rd.decode_image(data, image_size, shard, idx)
 
 
-def parse_wds(rec: dict, shard: str, idx: int, *, image_size: int,
-              lazy: bool = False) -> tuple[np.ndarray | LazyImage, str]:
-    img_key = rd.first_image_key(rec)
-    if img_key is None:
-        raise BadRecordError(shard, idx, f"sample {rec.get('__key__')!r} has no image file")
-    if "txt" not in rec:
-        raise BadRecordError(shard, idx, f"sample {rec.get('__key__')!r} has no .txt caption")
+def parse_wds(rec: dict, shard: str, idx: int, *, image_size: int, lazy: bool = False,
+              image_ext: str | None = None, caption_field: str | None = None
+              ) -> tuple[np.ndarray | LazyImage, str]:
+    """A WebDataset sample: the image member `image_ext` names (`jpg`, or alternatives `jpg;png`;
+    default: the first image member), and the caption from `.txt`, or from field `caption_field` of
+    `.json` (img2dataset writes KEY.json beside KEY.txt; some shards hold only the JSON). With
+    `caption_field` set, the JSON's field is the caption."""
+    key = rec.get("__key__")
+    if image_ext:
+        img_key = next((e for e in image_ext.lower().split(";") if e in rec), None)
+        if img_key is None:
+            raise BadRecordError(shard, idx, f"sample {key!r} has no .{image_ext} image (image_ext)")
+    else:
+        img_key = rd.first_image_key(rec)
+        if img_key is None:
+            raise BadRecordError(shard, idx, f"sample {key!r} has no image file")
+    return _image(rec[img_key], image_size, shard, idx, lazy), _wds_caption(rec, shard, idx, caption_field)
+
+
+def _wds_caption(rec: dict, shard: str, idx: int, caption_field: str | None) -> str:
+    key = rec.get("__key__")
+    if caption_field is None and "txt" in rec:
+        try:
+            return rec["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise BadRecordError(shard, idx, "caption .txt is not UTF-8") from None
+    if "json" not in rec:
+        what = f".json with field {caption_field!r}" if caption_field else ".txt or .json caption"
+        raise BadRecordError(shard, idx, f"sample {key!r} has no {what}")
     try:
-        caption = rec["txt"].decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRecordError(shard, idx, "caption .txt is not UTF-8") from None
-    return _image(rec[img_key], image_size, shard, idx, lazy), caption.strip()
+        meta = json.loads(rec["json"])
+    except ValueError as exc:
+        raise BadRecordError(shard, idx, f"sample {key!r}: .json is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise BadRecordError(shard, idx, f"sample {key!r}: .json is not an object")
+    return rd.field(meta, caption_field or "caption", shard, idx).strip()
 
 
 def parse_parquet_image(rec: dict, shard: str, idx: int, *, image_size: int, image_key: str = "image",
@@ -234,7 +259,9 @@ def _reader(source, image_size: int) -> tuple[Callable, Callable]:
     store = files.storage_of(source)
     jsonl, parquet = partial(rd.iter_jsonl, storage=store), partial(rd.iter_parquet, storage=store)
     readers = {"jsonl": (jsonl, text), "parquet": (parquet, text),
-               "webdataset": (partial(rd.iter_webdataset, storage=store), partial(parse_wds, image_size=image_size)),
+               "webdataset": (partial(rd.iter_webdataset, storage=store), partial(
+                   parse_wds, image_size=image_size, image_ext=source.option("image_ext"),
+                   caption_field=source.option("caption_field"))),
                "parquet_images": (parquet, partial(
                    parse_parquet_image, image_size=image_size,
                    image_key=source.option("image_field", "image"),
