@@ -78,7 +78,7 @@ def check_plan(plan: Any, steps: Iterable[Any] | None = None) -> None:
 
 def _check_source(source: Any, role: str, vocab: int | None) -> None:
     from models.data import get_tokenizer
-    from models.data.evaltasks import check_eval_file
+    from models.data.evaltasks import check_eval_file, image_roots
     from models.data.sources import resolve_paths
 
     paths = resolve_paths(source)  # every path exists, every glob matches
@@ -86,7 +86,7 @@ def _check_source(source: Any, role: str, vocab: int | None) -> None:
         get_tokenizer(source, vocab_limit=vocab)
     if source.kind in EVAL_KINDS:
         for path in paths:
-            check_eval_file(path, source.kind)
+            check_eval_file(path, source.kind, **image_roots(source))
 
 
 def check_shards(steps: Iterable[Any], *, records: int = FIRST_RECORDS) -> None:

@@ -61,11 +61,15 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
                    "endpoint_url": str},
     "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str,
                        "endpoint_url": str},
-    "llava": {"image_root": str, "endpoint_url": str},
+    # `image_root`: the folder images lie in (LLaVA: its paths are relative to it); a record's image
+    # outside it is refused unless `allow_outside_root = true`
+    "llava": {"image_root": str, "allow_outside_root": bool, "endpoint_url": str},
     # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
     # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored
-    "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
-    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
+    "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
+                  "allow_outside_root": bool},
+    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
+                 "allow_outside_root": bool},
 }
 OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES)}
 
@@ -324,7 +328,8 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
         for key, typ in SOURCE_OPTIONS[kind].items():
             if t.has(key):
                 value = (t.int(key, lo=0) if typ is int else t.float(key, lo=0.0, hi=1.0)
-                         if typ is float else t.str(key, choices=OPTION_CHOICES.get(key)))
+                         if typ is float else t.bool(key) if typ is bool
+                         else t.str(key, choices=OPTION_CHOICES.get(key)))
                 if key in PATH_OPTIONS:
                     value = _path(t, key, value, base, remote=kind in SHARD_KINDS and key != "tokenizer")
                 elif key == "endpoint_url" and files.scheme(value) not in ("http", "https"):

@@ -31,10 +31,12 @@ def check_llava_file(source, path: str, *, sample: int = IMAGE_SAMPLE, decoded: 
     with_image = [(idx, rel) for idx, rel in records if rel is not None]
     if with_image:
         picks = np.unique(np.linspace(0, len(with_image) - 1, min(sample, len(with_image))).astype(int))
-        root = source.option("image_root")
+        root, outside = source.option("image_root"), bool(source.option("allow_outside_root", False))
+        for idx, rel in with_image:  # every record's path is confined: names only, no file opened
+            llava_image_path(rel, path, idx, root, outside)
         for k in picks:
             idx, rel = with_image[int(k)]
-            image = llava_image_path(rel, path, root)
+            image = llava_image_path(rel, path, idx, root, outside)
             if not files.is_file(image, store):
                 raise BadRecordError(path, idx, f"field 'image': {image!r} does not exist")
     parse = llava_parser(source, image_size)

@@ -7,7 +7,6 @@ JSON-able, and exact on resume. Bad records raise, or are counted and skipped on
 from __future__ import annotations
 
 import json
-import os
 from functools import partial
 from typing import Any, Callable
 
@@ -227,21 +226,22 @@ def llava_fields(rec: dict, shard: str, idx: int) -> tuple[str | None, Turns]:
     return rel, turns
 
 
-def llava_image_path(rel: str, shard: str, image_root: str | None) -> str:
-    """Where a record's image is: under the source's `image_root`, else beside the JSON file."""
-    if files.is_remote(rel) or os.path.isabs(rel):
-        return rel
-    return files.join(image_root or files.parent(shard), rel)
+def llava_image_path(rel: str, shard: str, idx: int, image_root: str | None,
+                     allow_outside_root: bool = False) -> str:
+    """Where a record's image is: under the source's `image_root`, else beside the JSON file, and
+    confined there unless the study sets `allow_outside_root`."""
+    root = image_root or files.parent(shard)
+    return files.image_file(rel, shard, idx, base=root, root=root, allow_outside=allow_outside_root)
 
 
 def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int, lazy: bool = False,
-                image_root: str | None = None, storage: files.Storage = ()
-                ) -> tuple[np.ndarray | LazyImage | None, Turns]:
+                image_root: str | None = None, allow_outside_root: bool = False,
+                storage: files.Storage = ()) -> tuple[np.ndarray | LazyImage | None, Turns]:
     """(image or None for a text-only conversation, turns)."""
     rel, turns = llava_fields(rec, shard, idx)
     if rel is None:
         return None, turns
-    path = llava_image_path(rel, shard, image_root)
+    path = llava_image_path(rel, shard, idx, image_root, allow_outside_root)
     if lazy:
         return LazyImage(_read_image, path, image_size, shard, idx, storage), turns
     return _read_image(path, image_size, shard, idx, storage), turns
@@ -250,6 +250,7 @@ def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int, lazy: bool 
 def llava_parser(source, image_size: int) -> Callable:
     """parse_llava bound to the source's image root and store."""
     return partial(parse_llava, image_size=image_size, image_root=source.option("image_root"),
+                   allow_outside_root=bool(source.option("allow_outside_root", False)),
                    storage=files.storage_of(source))
 
 
