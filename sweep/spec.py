@@ -9,6 +9,7 @@ the key path and the bad value. See studies/demo.toml for a commented example.
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -54,14 +55,21 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "jsonl": {"tokenizer": str, "text_field": str, "heldout": str, "endpoint_url": str},
     "parquet": {"tokenizer": str, "text_field": str, "heldout": str, "endpoint_url": str},
     # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
-    "webdataset": {"image_ext": str, "tokenizer": str, "heldout": str, "endpoint_url": str},
+    # `image_ext`: the image member (`jpg`, or alternatives `jpg;png`); `caption_field`: the caption
+    # is this field of KEY.json (default: KEY.txt, else the JSON's `caption`)
+    "webdataset": {"image_ext": str, "caption_field": str, "tokenizer": str, "heldout": str,
+                   "endpoint_url": str},
     "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str,
                        "endpoint_url": str},
-    "llava": {"image_root": str, "endpoint_url": str},
+    # `image_root`: the folder images lie in (LLaVA: its paths are relative to it); a record's image
+    # outside it is refused unless `allow_outside_root = true`
+    "llava": {"image_root": str, "allow_outside_root": bool, "endpoint_url": str},
     # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
     # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored
-    "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
-    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
+    "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
+                  "allow_outside_root": bool},
+    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
+                 "allow_outside_root": bool},
 }
 OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES)}
 
@@ -320,11 +328,14 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
         for key, typ in SOURCE_OPTIONS[kind].items():
             if t.has(key):
                 value = (t.int(key, lo=0) if typ is int else t.float(key, lo=0.0, hi=1.0)
-                         if typ is float else t.str(key, choices=OPTION_CHOICES.get(key)))
+                         if typ is float else t.bool(key) if typ is bool
+                         else t.str(key, choices=OPTION_CHOICES.get(key)))
                 if key in PATH_OPTIONS:
                     value = _path(t, key, value, base, remote=kind in SHARD_KINDS and key != "tokenizer")
                 elif key == "endpoint_url" and files.scheme(value) not in ("http", "https"):
                     raise t.error(key, f"{value!r} is not an http:// or https:// address")
+                elif key == "image_ext" and not re.fullmatch(r"\w+(\.\w+)*(;\w+(\.\w+)*)*", value.lower()):
+                    raise t.error(key, f"{value!r} is not a member extension such as 'jpg' or 'jpg;png'")
                 options.append((key, value))
         if kind == "world":
             t.raw("paths", [])  # allowed but meaningless; refuse a non-empty one

@@ -170,3 +170,15 @@ def test_a_reader_without_the_extra_says_which_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "s3fs", None)
     with pytest.raises(DataError, match="optional extra 'remote'"):
         files.open_binary("s3://b/k.tar")
+
+
+def test_a_remote_llava_file_with_its_images_in_the_store(store):
+    from models.data import finetune_epochs
+    from models.data.llavacheck import check_llava_file
+
+    local, remote = _pair(store, "instructions", "llava/instructions.json")
+    assert check_llava_file(remote, remote.paths[0], sample=5) == 40
+    make = lambda s: finetune_epochs(s, TOK, batch_size=8, seq_len=96, image_size=32, image_tokens=16,
+                                     epochs=1, seed=3)
+    for a, b in zip(make(local), make(remote)):
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.images, b.images)

@@ -126,7 +126,8 @@ def test_plan_refuses_bad_inputs_before_anything_is_written(tmp_path, files, cap
         expect = f"no file matches '{tmp_path / 'shards' / '*.tar'}'"
     else:  # one record of 12 lacks its answers; only 4 are sampled
         vqa = tmp_path / "vqa.jsonl"
-        records = [json.loads(line) for line in open(out / "vqa.jsonl")]
+        records = [json.loads(line) | {"image": "red.png"} for line in open(out / "vqa.jsonl")]
+        (tmp_path / "red.png").write_bytes((out / "red.png").read_bytes())  # beside the file: its root
         records[9].pop("answers")
         vqa.write_text("".join(json.dumps(r) + "\n" for r in records))
         study, root = _study(tmp_path, files, vqa=str(vqa))

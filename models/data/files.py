@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from models.data.errors import DataError
+from models.data.errors import BadRecordError, DataError
 
 EXTRA = "remote"  # pip install 'vlmsweep[remote]'
 # Scheme → the packages fsspec needs to read it.
@@ -123,6 +123,27 @@ def parent(path: str) -> str:
     if is_remote(path):
         return path.rsplit("/", 1)[0]
     return str(Path(path).parent)
+
+
+def within(path: str, root: str) -> bool:
+    """Whether `path` lies inside folder `root`, judged on the names (`..` folded; a symlink
+    inside the root is the root owner's choice and is followed)."""
+    if is_remote(path) or is_remote(root):
+        return is_remote(path) and join(path, ".").startswith(join(root, ".").rstrip("/") + "/")
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def image_file(rel: str, shard: str, idx: int, *, base: str, root: str,
+               allow_outside: bool = False) -> str:
+    """A record's image path: relative to `base` (absolute or remote as is), and inside `root`
+    unless the study allows otherwise (`allow_outside_root`). BadRecordError names the file, the
+    record and the path: a record must not make a step open `/etc/passwd` or `../other/x.png`."""
+    path = rel if is_remote(rel) or os.path.isabs(rel) else join(base, rel)
+    if not allow_outside and not within(path, root):
+        raise BadRecordError(shard, idx, f"field 'image': {rel!r} lies outside the image root {root!r} "
+                                         "(set the source's image_root, or allow_outside_root = true)")
+    return path
 
 
 def expand(pattern: str) -> list[str]:

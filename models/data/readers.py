@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -200,8 +199,3 @@ def field(rec: dict, name: str, shard: str, index: int, types=(str,)) -> Any:
 
 def first_image_key(sample: dict) -> str | None:
     return next((k for k in sample if "." + k.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
-
-
-def image_path(base: str, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else Path(base).parent / p
