@@ -2,7 +2,8 @@
 
 Each record names its image relative to the output file (the images stay where they are), and
 carries the metric and chance its benchmark implies (`models.metrics`): VQAv2 and TextVQA soft
-accuracy over the ten annotators' answers, VizWiz the same plus answerability, GQA exact match,
+accuracy over the ten annotators' answers (each with its evaluator's normalisation), VizWiz the same
+plus answerability, GQA exact match,
 POPE yes/no as two choices, RefCOCO a box. Open-answer tasks have chance 0 (DCLM's convention for
 open answers); POPE's yes/no splits are balanced, so 0.5.
 """
@@ -54,7 +55,7 @@ def textvqa(*, annotations: str, images: str, out: str) -> list[dict]:
         answers = need(q, "answers", annotations, where, list)
         if not answers or not all(isinstance(a, str) for a in answers):
             raise ConvertError(annotations, where, "field 'answers' must be a non-empty list of strings")
-        records.append(_open_answer(q, f"{need(q, 'image_id', annotations, where)}.jpg", answers, "vqa",
+        records.append(_open_answer(q, f"{need(q, 'image_id', annotations, where)}.jpg", answers, "textvqa",
                                     images, out, annotations, where))
     return records
 
