@@ -269,6 +269,7 @@ def write_study_manifest(plan: Plan) -> Path:
         "name": plan.study.name, "study_file": str(plan.study.path),
         "written_at": stepfiles.now_iso(),
         "axes": {a: list(plan.study.axes[a]) for a in AXES},
+        "stable_score": plan.study.eval.stable_score,
         "steps": [{"step_id": s.step_id, "kind": s.kind, "parents": [list(p) for p in s.parents],
                    "meta": dict(s.meta)} for s in plan.steps],
     }

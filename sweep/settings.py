@@ -14,6 +14,7 @@ from models.config import TrainDefaults
 from models.data.evaltasks import declared_task_names
 from models.data.prompts import template_problem
 from models.metrics import METRIC_NAMES
+from models.stepfiles import STABLE_DEFINITIONS
 from models.steps import DataSource
 from sweep.reader import Table, check_str
 
@@ -129,6 +130,7 @@ class EvalSettings:
     chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
     prompt: tuple[tuple[str, str], ...] = ()  # task → template with {question} (default: its family's)
     max_new_tokens: tuple[tuple[str, int], ...] = ()  # task → greedy decoding limit (default 128)
+    stable_score: str = "difference"  # score − chance, or "centered": divided by 1 − chance (DCLM's)
 
 
 EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
@@ -150,7 +152,8 @@ def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
                                              lambda sub, k: sub.str(k, choices=METRIC_NAMES)),
                      chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)),
                      prompt=_per_task(t.table("prompt"), _template),
-                     max_new_tokens=_per_task(t.table("max_new_tokens"), lambda sub, k: sub.int(k, lo=1)))
+                     max_new_tokens=_per_task(t.table("max_new_tokens"), lambda sub, k: sub.int(k, lo=1)),
+                     stable_score=t.str("stable_score", "difference", choices=STABLE_DEFINITIONS))
     t.finish()
     _check_task_names(t, s, data)
     return s
