@@ -6,6 +6,7 @@ VizWiz evaluator it ships), quirks included: annotator answers kept as dicts and
 `re.UNICODE` passed where `re.sub` takes its count, `setdefault` on the number map, a dict of
 unique-answer scores. They share only the word tables with `models.vqa_scores`; those are pinned
 by the crafted cases. Crafted cases, then 5,000 random answer sets per scorer: no difference.
+Boxes likewise: 5,000 generated texts through ports of its `parse_bbox` and `compute_iou`.
 """
 
 from __future__ import annotations
@@ -158,3 +159,53 @@ def test_task_rows_use_each_benchmarks_scorer():
     values = {family: task_rows(task="t", group="vl", family=family, chance=0.0, items=items,
                                 outputs=["2"])[0]["value"] for family in ("vqa", "textvqa", "vizwiz")}
     assert values == {"vqa": 0.0, "textvqa": 1.0, "vizwiz": 0.0}
+
+
+def ref_parse_bbox(gen_bbox: str):
+    """vlm-evaluation's refcoco.parse_bbox."""
+    import ast
+
+    try:
+        bbox_xyxy = ast.literal_eval(gen_bbox)
+        assert isinstance(bbox_xyxy, list) and len(bbox_xyxy) == 4, "Invalid BBox"
+        assert all(0 <= coord <= 1 for coord in bbox_xyxy), "Invalid Normalized BBox"
+        assert (bbox_xyxy[0] < bbox_xyxy[2]) and (bbox_xyxy[1] < bbox_xyxy[3]), "Invalid BBox Format"
+        return bbox_xyxy
+    except (AssertionError, ValueError, SyntaxError, TypeError):
+        return None
+
+
+def ref_iou(pred, gt) -> float:
+    """vlm-evaluation's refcoco.compute_iou."""
+    int_x1, int_y1 = max(pred[0], gt[0]), max(pred[1], gt[1])
+    int_x2, int_y2 = min(pred[2], gt[2]), min(pred[3], gt[3])
+    pred_area = (pred[2] - pred[0]) * (pred[3] - pred[1])
+    gt_area = (gt[2] - gt[0]) * (gt[3] - gt[1])
+    intersection = max(0, int_x2 - int_x1) * max(0, int_y2 - int_y1)
+    return intersection / (pred_area + gt_area - intersection)
+
+
+def _random_box_text(rng: random.Random) -> str:
+    coords = [round(rng.random(), rng.choice([1, 2, 3])) for _ in range(4)]
+    if rng.random() < 0.8:  # mostly well-ordered boxes, so that IoUs get compared too
+        (coords[0], coords[2]), (coords[1], coords[3]) = sorted(coords[::2]), sorted(coords[1::2])
+    if rng.random() < 0.1:
+        coords[rng.randrange(4)] = rng.choice([0, 1, 1.5, -0.1, True])
+    body = ", ".join(str(c) for c in coords) if rng.random() < 0.8 else ",".join(str(c) for c in coords)
+    text = rng.choice(["[{}]", "[{}]", "[{}]", "({})", "[{}", "box: [{}]", " [{}]\n", "[[{}]]", "['{}']"]).format(body)
+    return text if rng.random() < 0.95 else rng.choice(["", "no box", "[0.1, 0.2, 0.3]", "[a, b, c, d]"])
+
+
+def test_boxes_parse_and_score_as_vlm_evaluation():
+    from models.metrics import box_iou, parse_box
+
+    rng = random.Random(28)
+    texts = [_random_box_text(rng) for _ in range(5000)]
+    assert sum(ref_parse_bbox(t) is not None for t in texts) > 1000  # many valid, many not
+    for text in texts:
+        ours, ref = parse_box(text), ref_parse_bbox(text)
+        assert (ours is None) == (ref is None), text
+        if ref is not None:
+            assert list(ours) == pytest.approx([float(v) for v in ref])
+            truth = (0.1, 0.2, 0.6, 0.7)
+            assert box_iou(ours, truth) == pytest.approx(ref_iou(ref, truth)), text
