@@ -13,7 +13,10 @@ and exactly one of them (the family's first unless the study picks another) is t
 - `textvqa` — the same soft accuracy, normalised as vlm-evaluation's TextVQA (M4C) evaluator does.
 - `vizwiz` — `vqa_accuracy` as Prismatic's VizWiz evaluator computes it, plus `unanswerable_f1`
   (answering "unanswerable" as a detector of the questions the annotators marked unanswerable).
-- `exact_match` — GQA: the answer equals an accepted one after lower-casing and removing punctuation.
+- `gqa` — GQA as vlm-evaluation scores it (`exact_match`): the prediction with punctuation removed
+  and lower-cased must equal the annotated answer as written (no stripping of spaces).
+- `exact_match` — a lenient exact match (the built-in world's, and the default for open answers):
+  both sides lower-cased, punctuation removed, spaces collapsed.
 - `refexp` — RefCOCO / RefCOCO+ / RefCOCOg: the generated text must be a Python list literal
   [x1, y1, x2, y2] in [0, 1] (vlm-evaluation's parser); `acc_iou50` counts it correct at IoU ≥ 0.5
   with the true box, anything else wrong. `ocid_ref` — OCID-Ref, the same at IoU ≥ 0.25 (`acc_iou25`).
@@ -44,6 +47,7 @@ FAMILIES: dict[str, Family] = {
     "textvqa": Family(kind="generate", metrics=("vqa_accuracy",)),
     "vizwiz": Family(kind="generate", metrics=("vqa_accuracy", "unanswerable_f1")),
     "exact_match": Family(kind="generate", metrics=("exact_match",)),
+    "gqa": Family(kind="generate", metrics=("exact_match",)),
     "refexp": Family(kind="generate", metrics=("acc_iou50",)),
     "ocid_ref": Family(kind="generate", metrics=("acc_iou25",)),
 }
@@ -61,6 +65,12 @@ def clean_exact(text: str) -> str:
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
     pred = clean_exact(prediction)
     return float(any(clean_exact(a) == pred for a in answers))
+
+
+def gqa_match(prediction: str, answers: Sequence[str]) -> float:
+    """vlm-evaluation's GQA rule: punctuation out of the prediction, lower case, equal to the answer."""
+    pred = prediction.translate(str.maketrans("", "", string.punctuation)).lower()
+    return float(any(a == pred for a in answers))
 
 
 def binary_scores(predicted: Sequence[bool], actual: Sequence[bool]) -> dict[str, float]:
@@ -137,8 +147,9 @@ def _score_generated(family: str, items: Sequence[Any], texts: Sequence[str]) ->
             truth = [getattr(it, "answerable", True) is False for it in items]
             out["unanswerable_f1"] = binary_scores(said, truth)["f1"]
         return out
-    if family == "exact_match":
-        return {"exact_match": float(np.mean([exact_match(t, it.answers) for t, it in zip(texts, items)]))}
+    if family in ("exact_match", "gqa"):
+        match = gqa_match if family == "gqa" else exact_match
+        return {"exact_match": float(np.mean([match(t, it.answers) for t, it in zip(texts, items)]))}
     metric, threshold = IOU_THRESHOLDS[family]
     hits = [(box := parse_box(t)) is not None and box_iou(box, it.box) >= threshold
             for t, it in zip(texts, items)]

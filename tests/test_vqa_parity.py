@@ -209,3 +209,20 @@ def test_boxes_parse_and_score_as_vlm_evaluation():
             assert list(ours) == pytest.approx([float(v) for v in ref])
             truth = (0.1, 0.2, 0.6, 0.7)
             assert box_iou(ours, truth) == pytest.approx(ref_iou(ref, truth)), text
+
+
+def ref_gqa(raw_prediction: str, gold: str) -> float:
+    """vlm-evaluation's GQA path: GQAScorer.convert_results' cleaning, then eval.py's `predicted == gold`."""
+    import string
+
+    predicted = raw_prediction.translate(str.maketrans("", "", string.punctuation)).lower()
+    return 1.0 if predicted == gold else 0.0
+
+
+@pytest.mark.parametrize("prediction, gold", [
+    ("Yes.", "yes"), ("T-shirt", "t-shirt"), ("yes\n", "yes"), (" left", "left"), ("Left side!", "left side"),
+    ("the table", "table"), ("2", "two")])
+def test_gqa_scores_as_vlm_evaluation(prediction, gold):
+    out = task_rows(task="gqa", group="vl", family="gqa", chance=0.0,
+                    items=[type("Item", (), {"answers": [gold]})()], outputs=[prediction])
+    assert out[0]["metric"] == "exact_match" and out[0]["value"] == ref_gqa(prediction, gold)

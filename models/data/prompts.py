@@ -18,7 +18,8 @@ VIZWIZ_PROMPT = (QUESTION + "\nWhen the provided information is insufficient, re
 REFEXP_PROMPT = 'Please provide the bounding box coordinate of the region this sentence describes: "{question}"'
 
 # metric family (models.metrics.FAMILIES) -> vlm-evaluation's template for that benchmark
-FAMILY_PROMPTS = {"vqa": VQA_PROMPT, "textvqa": VQA_PROMPT, "exact_match": VQA_PROMPT, "pope": VQA_PROMPT,
+FAMILY_PROMPTS = {"vqa": VQA_PROMPT, "textvqa": VQA_PROMPT, "gqa": VQA_PROMPT, "exact_match": VQA_PROMPT,
+                  "pope": VQA_PROMPT,
                   "vizwiz": VIZWIZ_PROMPT, "refexp": REFEXP_PROMPT, "ocid_ref": REFEXP_PROMPT}
 MAX_NEW_TOKENS = 128  # vlm-evaluation's generation limit (greedy: do_sample False)
 

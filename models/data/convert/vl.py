@@ -3,7 +3,7 @@
 Each record names its image relative to the output file (the images stay where they are), and
 carries the metric and chance its benchmark implies (`models.metrics`): VQAv2 and TextVQA soft
 accuracy over the ten annotators' answers (each with its evaluator's normalisation), VizWiz the same
-plus answerability, GQA exact match,
+plus answerability, GQA exact match (vlm-evaluation's rule),
 POPE yes/no as two choices, RefCOCO / RefCOCO+ / RefCOCOg and OCID-Ref a box. Questions and
 referring expressions are written bare: the evaluation wraps them in vlm-evaluation's prompt for the
 metric family (`models.data.prompts`). Open-answer tasks have chance 0 (DCLM's convention for open
@@ -94,7 +94,7 @@ def gqa(*, questions: str, images: str, out: str) -> list[dict]:
         image = f"{need(q, 'imageId', questions, where)}.jpg"
         records.append({"question_id": qid, "question": need(q, "question", questions, where),
                         "image": image_ref(images, image, out, questions, where),
-                        "answers": [need(q, "answer", questions, where)], "metric": "exact_match",
+                        "answers": [need(q, "answer", questions, where)], "metric": "gqa",
                         "chance": 0.0})
     return records
 
