@@ -80,3 +80,24 @@ def test_an_ocid_box_outside_its_scene_is_refused_by_record(tmp_path, capsys):
                  "--out", str(out)])
     assert code == 2 and not out.exists()
     assert "expression '1': field 'bbox' must be [x1, y1, x2, y2] inside a 640x480 scene" in capsys.readouterr().err
+
+
+def test_textvqa_questions_can_carry_llavas_ocr_tokens(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "abc.jpg")
+    release = tmp_path / "TextVQA_0.5.1_val.json"
+    release.write_text(json.dumps({"data": [{"question": "what brand?", "image_id": "abc", "question_id": 1,
+                                             "answers": ["coke"] * 10}]}))
+    ocr = tmp_path / "llava_textvqa_val_v051_ocr.jsonl"
+    ocr.write_text(json.dumps({"question_id": 7, "image": "abc.jpg",
+                               "text": "what brand?\nReference OCR token: Coca, Cola"}) + "\n")
+    base = ["convert", "textvqa", "--annotations", str(release), "--images", str(tmp_path / "img")]
+    assert main([*base, "--out", str(tmp_path / "pure.jsonl")]) == 0
+    assert main([*base, "--ocr_questions", str(ocr), "--out", str(tmp_path / "ocr.jsonl")]) == 0
+    pure, with_ocr = (json.loads((tmp_path / f"{n}.jsonl").read_text()) for n in ("pure", "ocr"))
+    assert pure["question"] == "what brand?" and with_ocr["question"].endswith("Reference OCR token: Coca, Cola")
+    ocr.write_text(ocr.read_text() * 2)
+    assert main([*base, "--ocr_questions", str(ocr), "--out", str(tmp_path / "bad.jsonl")]) == 2
+    assert "has 2 questions for 1" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()

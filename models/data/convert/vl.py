@@ -51,16 +51,26 @@ def vqav2(*, questions: str, annotations: str, images: str, out: str) -> list[di
     return records
 
 
-def textvqa(*, annotations: str, images: str, out: str) -> list[dict]:
-    """TextVQA: the release JSON ({"data": [...]}) and its image folder ({image_id}.jpg)."""
+def textvqa(*, annotations: str, images: str, out: str, ocr_questions: str | None = None) -> list[dict]:
+    """TextVQA: the release JSON ({"data": [...]}) and its image folder ({image_id}.jpg). With
+    `ocr_questions` (LLaVA's question lines, same order, each `text` the question followed by
+    "Reference OCR token: ..."), the questions carry the OCR tokens: vlm-evaluation's TextVQA-OCR;
+    without, its TextVQA-Pure."""
+    data = need(read_json(annotations), "data", annotations, "<file>", list)
+    ocr = None if ocr_questions is None else [need(q, "text", ocr_questions, f"line {n}")
+                                              for n, q in read_jsonl(ocr_questions)]
+    if ocr is not None and len(ocr) != len(data):
+        raise ConvertError(ocr_questions, "<file>", f"has {len(ocr)} questions for {len(data)} in {annotations}; "
+                                                    "the two files must list the same questions in one order")
     records = []
-    for i, q in enumerate(need(read_json(annotations), "data", annotations, "<file>", list)):
+    for i, q in enumerate(data):
         where = f"data[{i}]"
         answers = need(q, "answers", annotations, where, list)
         if not answers or not all(isinstance(a, str) for a in answers):
             raise ConvertError(annotations, where, "field 'answers' must be a non-empty list of strings")
-        records.append(_open_answer(q, f"{need(q, 'image_id', annotations, where)}.jpg", answers, "textvqa",
-                                    images, out, annotations, where))
+        rec = _open_answer(q, f"{need(q, 'image_id', annotations, where)}.jpg", answers, "textvqa",
+                           images, out, annotations, where)
+        records.append(rec if ocr is None else rec | {"question": ocr[i]})
     return records
 
 
