@@ -20,40 +20,50 @@ TOK = get_tokenizer(DataSource(name="world", kind="world"))
 
 
 def _source(tmp_path, name, records, kind="vqa_jsonl") -> DataSource:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "im.png")
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return DataSource(name=name, kind=kind, paths=(str(path),))
 
 
 def _task(source, **kw):
-    (task,) = eval_tasks(source, TOK, n_per_task=0, image_size=32, seed=0, **kw)
+    (task,) = eval_tasks(source, TOK, n_per_task=0, image_size=32, seed=0, image_tokens=2, **kw)
     return task
+
+
+def _text(item) -> list[int]:
+    """The prompt's text tokens: without the image placeholders, <user> and <assistant>."""
+    return [t for t in item.prompt_tokens if t not in (TOK.image_id, TOK.user_id, TOK.assistant_id)]
 
 
 @pytest.mark.parametrize("metric, template", [
     ("vqa", pr.VQA_PROMPT), ("textvqa", pr.VQA_PROMPT), ("exact_match", pr.VQA_PROMPT),
     ("vizwiz", pr.VIZWIZ_PROMPT)])
 def test_each_benchmark_gets_vlm_evaluations_prompt_and_128_new_tokens(tmp_path, metric, template):
-    task = _task(_source(tmp_path, "t", [{"question": "what colour is it?", "answers": ["red"] * 10,
-                                          "metric": metric}]))
-    (item,) = task.items
-    assert item.prompt_tokens == TOK.encode(pr.render(template, "what colour is it?"))
+    rec = {"question": "what colour is it?", "answers": ["red"] * 10, "metric": metric}
+    (item,) = _task(_source(tmp_path, "t", [rec | {"image": "im.png"}])).items
+    assert _text(item) == TOK.encode(pr.render(template, "what colour is it?"))
     assert item.max_new_tokens == pr.MAX_NEW_TOKENS == 128
+    (bare,) = _task(_source(tmp_path, "t", [rec])).items  # a text-only question stays as it is
+    assert bare.prompt_tokens == TOK.encode("what colour is it?")
 
 
 def test_referring_expressions_are_quoted_in_the_box_prompt(tmp_path):
-    task = _task(_source(tmp_path, "refcoco", [{"question": "the red cup", "box": [0.1, 0.1, 0.5, 0.5]}]))
+    task = _task(_source(tmp_path, "refcoco", [{"question": "the red cup", "box": [0.1, 0.1, 0.5, 0.5],
+                                                "image": "im.png"}]))
     assert pr.render(pr.REFEXP_PROMPT, "the red cup").endswith('describes: "the red cup"')
-    assert task.items[0].prompt_tokens == TOK.encode(pr.render(pr.REFEXP_PROMPT, "the red cup"))
+    assert _text(task.items[0]) == TOK.encode(pr.render(pr.REFEXP_PROMPT, "the red cup"))
 
 
 def test_the_studys_template_and_the_records_replace_the_familys(tmp_path):
-    rec = {"question": "what colour is it?", "answers": ["red"], "metric": "vqa"}
+    rec = {"question": "what colour is it?", "answers": ["red"], "metric": "vqa", "image": "im.png"}
     source = _source(tmp_path, "vqav2", [rec])
     task = _task(source, prompts=(("vqav2", "Q: {question} A:"),))
-    assert task.items[0].prompt_tokens == TOK.encode("Q: what colour is it? A:")
+    assert _text(task.items[0]) == TOK.encode("Q: what colour is it? A:")
     bare = _task(_source(tmp_path, "bare", [rec | {"prompt": "{question}", "max_new_tokens": 4}]))
-    assert bare.items[0].prompt_tokens == TOK.encode("what colour is it?") and bare.items[0].max_new_tokens == 4
+    assert _text(bare.items[0]) == TOK.encode("what colour is it?") and bare.items[0].max_new_tokens == 4
     mc = _task(_source(tmp_path, "arc", [{"context": "Question: sky? Answer:", "choices": ["blue", "red"],
                                           "label": 0}], kind="mc_jsonl"), prompts=(("arc", "Quiz. {question}"),))
     assert mc.items[0].prompt_tokens == TOK.encode("Quiz. Question: sky? Answer:")

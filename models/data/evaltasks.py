@@ -4,8 +4,9 @@ VQA JSONL records: `image` (a path relative to the file; optional for text-only 
 `question`, then either `answers` (the annotators' answers), `choices` + `label` (scored by
 log-likelihood), or `box` ([x1, y1, x2, y2] in [0, 1], a referring expression's target); with an
 image the prompt is `<image>… <user> template(question) <assistant>`, without one the templated
-question as is (`models.data.prompts`: the study's template for the task, else vlm-evaluation's for
-the record's metric family). Generated answers stop after the record's `max_new_tokens` (default 128).
+question as is (`models.data.prompts`: the study's template for the task, else the file's, else for
+a record with an image vlm-evaluation's template for its metric family). Generated answers stop after
+the record's `max_new_tokens` (default 128).
 Multiple-choice JSONL records: `context`, `choices`, `label` (each choice follows a space).
 
 Every record may carry `metric` (a family of `models.metrics.FAMILIES`; default `exact_match` for
@@ -167,9 +168,12 @@ def _mc_fields(rec, path, idx) -> tuple[str, dict, str]:
 
 
 def vqa_item(rec, path, idx, tok, image_size, image_tokens, template=None) -> tuple[EvalItem, str]:
-    """One VQA record's item; its question goes into `template` (None: its family's template)."""
+    """One VQA record's item; its question goes into `template` (None: its family's template when the
+    record has an image: vlm-evaluation's prompts are for VL questions; else the bare question)."""
     question, fields, family = _vqa_fields(rec, path, idx)
-    question = pr.render(pr.family_template(family) if template is None else template, question)
+    if template is None:
+        template = pr.family_template(family) if rec.get("image") is not None else pr.QUESTION
+    question = pr.render(template, question)
     image = _image(rec, path, idx, image_size)
     # With an image, the instruction format; without, the question is a completion prompt as is.
     prompt = ([tok.image_id] * image_tokens + [tok.user_id] + tok.encode(question) + [tok.assistant_id]
