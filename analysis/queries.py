@@ -61,6 +61,14 @@ def load_stable_scores(con: duckdb.DuckDBPyConnection, study: str | None = None)
     return _frame(con, f"SELECT * FROM stable_scores s WHERE TRUE{where} ORDER BY step_id, task", params)
 
 
+def stable_definition(con: duckdb.DuckDBPyConnection, study: str | None) -> str:
+    """How the study defines its stable scores (`[eval] stable_score`): `difference` (the catalog's
+    views) or `centered`; every study together, or none named, is `difference`."""
+    rows = [] if study is None else con.execute("SELECT stable_score FROM studies WHERE study = ?",
+                                                [study]).fetchall()
+    return rows[0][0] if rows and rows[0][0] else sf.STABLE_DEFINITIONS[0]
+
+
 def load_heldout_losses(con: duckdb.DuckDBPyConnection, study: str | None = None) -> pl.DataFrame:
     """Per done eval step: its held-out losses, one column each (val_text_loss, val_caption_loss)."""
     where, params = _study_filter(study)

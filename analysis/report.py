@@ -1,7 +1,8 @@
 """`vlmsweep report`: every figure a study's results support (the CSV of the plotted data and an
 interactive HTML page; PNG, SVG and PDF where a browser is found), booktabs LaTeX tables of the
 main results, and findings.md (with the adaptive search's comparison with the grid when
-`vlmsweep search --compare-grid` wrote one).
+`vlmsweep search --compare-grid` wrote one, and the paper's published numbers beside the cells they
+describe: `analysis.paper`, also tables/against_paper.csv).
 
 Real studies are often thin (one scale, one seed, a single ratio, failed steps, only trunk
 evaluations): a figure the data cannot support is skipped and the reason is listed in the summary
@@ -20,7 +21,7 @@ from typing import Callable, Sequence
 
 import polars as pl
 
-from analysis import findings, queries, scores, tables
+from analysis import findings, paper, queries, scores, tables
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
 from analysis.predict_io import findings_markdown as prediction_markdown
@@ -60,7 +61,7 @@ class ReportSummary:
 
 
 def load_study(con, study: str | None, average_tasks: Sequence[str] | None = None) -> StudyData:
-    task_scores = queries.load_stable_scores(con, study)
+    task_scores = scores.centered(queries.load_stable_scores(con, study), queries.stable_definition(con, study))
     steps = scores.step_scores(task_scores, average_tasks=average_tasks)
     main = scores.main_stage(steps)
     core = findings.core_tasks(task_scores, main)
@@ -111,12 +112,15 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
     with connect(root) as con:
         name = queries.resolve_study(con, study)
         data = load_study(con, name, average_tasks)
+        definition = queries.stable_definition(con, name)
     search = load_comparisons(root, name)  # read first: a malformed file fails before any rendering
     if len(data.steps) == 0 and len(data.lr) == 0 and len(data.losses) == 0:
         raise AnalysisInputError(f"{root}: study {name or '(all)'} has no evaluated runs and no training "
                                  "curves to report")
     built = Built(bootstrap=bootstrap, seed=seed)
     built.notes += _data_notes(data)
+    if definition == "centered":
+        built.notes.append("stable scores are centered as DCLM's: (score − chance) / (1 − chance)")
     for builder in (axis_figures, ratio_figure, curve_figures, fit_figures, prediction_figures):
         _guarded(builder, data, built)
     exported = export_figures(built.figures, out / "figures", formats)
@@ -196,6 +200,11 @@ def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
         skipped=built.skipped, bootstrap=built.bootstrap, notes=list(dict.fromkeys(built.notes)))
     if search:  # the adaptive search's comparison with the grid, when search wrote one
         texts[out / "findings.md"] += "\n" + "\n".join(search_markdown(search))
+    numbers = paper.load_paper_numbers()  # the published numbers this study's cells can be held against
+    against = paper.against_paper(agg, paper.task_levels(data.main, data.task_scores), numbers)
+    texts[out / "findings.md"] += "\n" + "\n".join(paper.markdown(against, len(numbers)))
+    if len(against):
+        texts[out / "tables" / "against_paper.csv"] = against.write_csv()
     if built.fits["prediction"] is not None:  # the next rung's best mix, with its backtest
         texts[out / "findings.md"] += "\n" + "\n".join(prediction_markdown(built.fits["prediction"]))
         texts[out / "tables" / "prediction.json"] = json.dumps(report_json(built.fits["prediction"]), indent=1,

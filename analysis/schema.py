@@ -12,7 +12,8 @@ import polars as pl
 
 from models import stepfiles as sf
 
-SCHEMA_VERSION = 5  # 2: the curves table; 3: the curve_points table; 4: evals.primary_metric; 5: heldout_losses
+SCHEMA_VERSION = 6  # 2: curves; 3: curve_points; 4: evals.primary_metric; 5: heldout_losses;
+# 6: studies.stable_score, step_scores averaging POPE's splits into one task
 
 # Held-out validation losses travel in `evals` under their own metric (models.stepfiles names it) and
 # are never a task's primary metric, so that no stable-score average counts them. Each becomes a
@@ -178,6 +179,7 @@ STUDIES = Table(name="studies", doc="one row per study manifest", columns=_cols(
     ("study_file", "VARCHAR", "the study file it was planned from"),
     ("written_at", "VARCHAR", "when the planner wrote the manifest"),
     ("axes_json", "VARCHAR", "the study's axes and their values"),
+    ("stable_score", "VARCHAR", "difference (score - chance) or centered ((score - chance) / (1 - chance))"),
 ))
 
 CATALOG_INFO = Table(name="catalog_info", doc="schema version and provenance", columns=_cols(
@@ -203,9 +205,21 @@ def _config_aggregates() -> str:
     return ", ".join(parts)
 
 
+# Benchmarks reported as one task in the averages, the mean of their splits (the paper's POPE):
+# tasks named `<suite>_<split>` fold into `<suite>` before the VL / text / all-task means.
+FOLDED_SUITES = ("pope",)
+
+
+def benchmark_sql(task: str = "task") -> str:
+    """SQL: the benchmark a task counts as in the averages (its suite, or itself)."""
+    cases = " ".join(f"WHEN starts_with({task}, '{suite}_') THEN '{suite}'" for suite in FOLDED_SUITES)
+    return f"CASE {cases} ELSE {task} END"
+
+
 # Stable score = primary metric - chance (DESIGN §1), never a held-out loss row, joined with the
 # evaluated chain's axes (heldout_losses: those rows, likewise joined); per eval
-# step the VL, text and all-task averages; per configuration (all axes but seed) mean, stderr, n.
+# step the VL, text and all-task averages over benchmarks (a folded suite's splits averaged first);
+# per configuration (all axes but seed) mean, stderr, n.
 # analysis.scores computes the same in polars (with a configurable k-task average); a test
 # checks the two agree.
 VIEWS: dict[str, str] = {
@@ -225,7 +239,9 @@ VIEWS: dict[str, str] = {
         "avg(stable_score) FILTER (WHERE \"group\" = 'text') AS text_score, "
         "avg(stable_score) AS avg_score, count(*) FILTER (WHERE \"group\" = 'vl') AS n_vl_tasks, "
         "count(*) FILTER (WHERE \"group\" = 'text') AS n_text_tasks, count(*) AS n_avg_tasks "
-        f"FROM stable_scores GROUP BY step_id, {_quoted(AXES)}"),
+        f"FROM (SELECT step_id, {_quoted(AXES)}, \"group\", {benchmark_sql()} AS benchmark, "
+        f"avg(stable_score) AS stable_score FROM stable_scores "
+        f"GROUP BY step_id, {_quoted(AXES)}, \"group\", benchmark) GROUP BY step_id, {_quoted(AXES)}"),
     "config_scores": (
         f"CREATE VIEW config_scores AS SELECT {_quoted(_CONFIG_AXES)}, {_config_aggregates()} "
         f"FROM step_scores GROUP BY {_quoted(_CONFIG_AXES)}"),

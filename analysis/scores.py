@@ -1,9 +1,12 @@
 """Stable scores and their aggregates: per task, per eval step, and per configuration over seeds.
 
-Stable score = the task's primary metric − its chance level (DESIGN §1); the evals rows mark which
-of a task's metrics is primary (`primary_metric`). Per step: the VL average, the text
-average and a configurable k-task average (the paper's 6-task average). Per configuration: mean,
-standard error and run count over seeds. Nothing is dropped silently: counts travel with means.
+Stable score = the task's primary metric − its chance level (DESIGN §1; `difference`), or DCLM's
+centered accuracy (score − chance) / (1 − chance) when the study says `[eval] stable_score =
+"centered"`; the evals rows mark which of a task's metrics is primary (`primary_metric`). Per step:
+the VL average, the text average and a configurable k-task average (the paper's 6-task average),
+each over benchmarks: the splits of a folded suite (POPE) count as one task, their mean. Per
+configuration: mean, standard error and run count over seeds. Nothing is dropped silently: counts
+travel with means.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any, Sequence
 import polars as pl
 
 from analysis.errors import AnalysisInputError
-from analysis.schema import AXES, LOSS_METRIC
+from analysis.schema import AXES, FOLDED_SUITES, LOSS_METRIC
+from models.stepfiles import STABLE_DEFINITIONS
 
 SCORES = ("vl_score", "text_score", "avg_score")  # per-step aggregates, in display order
 CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # a configuration = every axis but the seed
@@ -36,17 +40,47 @@ def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:
     return evals.with_columns((pl.col("value") - pl.col("chance")).alias("stable_score"))
 
 
+def centered(scores: pl.DataFrame, definition: str = "difference") -> pl.DataFrame:
+    """Stable scores under `definition`: `difference` leaves them; `centered` divides each by
+    1 − chance (DCLM's centered accuracy; null where chance is 1, which leaves nothing to score)."""
+    if definition not in STABLE_DEFINITIONS:
+        raise AnalysisInputError(f"stable score definition {definition!r}; known: {', '.join(STABLE_DEFINITIONS)}")
+    if "stable_score" not in scores.columns:
+        scores = stable_scores(scores)
+    if definition == "difference":
+        return scores
+    return scores.with_columns(pl.when(pl.col("chance") < 1).then(pl.col("stable_score") / (1 - pl.col("chance")))
+                               .otherwise(None).alias("stable_score"))
+
+
+def benchmark(task: str) -> str:
+    """The benchmark a task counts as in the averages: `pope_random` → `pope`, else itself."""
+    return next((suite for suite in FOLDED_SUITES if task.startswith(suite + "_")), task)
+
+
+def _benchmark_expr() -> pl.Expr:
+    expr = pl.col("task")
+    for suite in FOLDED_SUITES:
+        expr = pl.when(pl.col("task").str.starts_with(suite + "_")).then(pl.lit(suite)).otherwise(expr)
+    return expr.alias("benchmark")
+
+
 def step_scores(scores: pl.DataFrame, *, average_tasks: Sequence[str] | None = None) -> pl.DataFrame:
     """One row per eval step: its axes, vl_score, text_score, avg_score and the task counts behind them.
 
-    avg_score is the mean over `average_tasks` (every task of the step when None); a step that lacks
-    one of the listed tasks gets a null avg_score, and n_avg_tasks says how many it had.
+    Each average is over benchmarks: a folded suite's splits (POPE's) are averaged into one task
+    first, and the counts count benchmarks. avg_score is the mean over `average_tasks` (benchmarks,
+    or tasks of them; every benchmark of the step when None); a step that lacks one of the listed
+    benchmarks gets a null avg_score, and n_avg_tasks says how many it had.
     """
     if "stable_score" not in scores.columns:
         scores = stable_scores(scores)
     axes = [a for a in AXES if a in scores.columns]
-    in_avg = pl.lit(True) if average_tasks is None else pl.col("task").is_in(list(average_tasks))
-    wanted = None if average_tasks is None else len(set(average_tasks))
+    scores = scores.with_columns(_benchmark_expr()).group_by(
+        ["step_id", *axes, "group", "benchmark"], maintain_order=True).agg(pl.col("stable_score").mean())
+    listed = None if average_tasks is None else sorted({benchmark(t) for t in average_tasks})
+    in_avg = pl.lit(True) if listed is None else pl.col("benchmark").is_in(listed)
+    wanted = None if listed is None else len(listed)
     out = scores.group_by(["step_id", *axes], maintain_order=True).agg(
         pl.col("stable_score").filter(pl.col("group") == "vl").mean().alias("vl_score"),
         pl.col("stable_score").filter(pl.col("group") == "text").mean().alias("text_score"),

@@ -188,8 +188,16 @@ def manifest_rows(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                      **axis_values(s.get("meta"), path), "meta_json": json.dumps(s.get("meta") or {}, sort_keys=True)})
     study = {"study": name, "study_file": coerce(man.get("study_file"), "VARCHAR", path, "study_file"),
              "written_at": coerce(man.get("written_at"), "VARCHAR", path, "written_at"),
-             "axes_json": json.dumps(man.get("axes") or {}, sort_keys=True)}
+             "axes_json": json.dumps(man.get("axes") or {}, sort_keys=True),
+             "stable_score": _stable_definition(man.get("stable_score", sf.STABLE_DEFINITIONS[0]), path)}
     return study, rows
+
+
+def _stable_definition(value, path) -> str:
+    if value not in sf.STABLE_DEFINITIONS:  # manifests from before the option say nothing: difference
+        raise AnalysisInputError(f"{path}: field 'stable_score' must be one of {', '.join(sf.STABLE_DEFINITIONS)}, "
+                                 f"got {value!r}")
+    return value
 
 
 TABLE_FOR_FILE = {sf.METRICS: METRICS, sf.EVALS: EVALS}

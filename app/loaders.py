@@ -80,7 +80,8 @@ def curves(version: CatalogVersion, filters: Filters, names: tuple[str, ...], ki
 def task_scores(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
     """Per-task stable scores of done eval steps, with the evaluated chain's axes."""
     with cursor(version) as cur:
-        return filters.apply(queries.load_stable_scores(cur, filters.study))
+        return filters.apply(scores.centered(queries.load_stable_scores(cur, filters.study),
+                                             queries.stable_definition(cur, filters.study)))
 
 
 @st.cache_data(**_CACHE)

@@ -8,23 +8,30 @@ and exactly one of them (the family's first unless the study picks another) is t
   by the choice's length in characters), as lm-evaluation-harness computes them.
 - `pope` — yes/no as two choices scored by log-likelihood (as Prismatic's evaluation does):
   `acc`, then `f1`, `precision`, `recall` with "yes" the positive class, and `yes_ratio`.
-- `vqa` — VQAv2 / TextVQA soft accuracy (`vqa_accuracy`): min(#annotators who gave the answer / 3, 1)
-  averaged over the 10 choose 9 annotator subsets, after the official answer normalisation.
-- `vizwiz` — `vqa_accuracy`, plus `unanswerable_f1` (answering "unanswerable" as a detector of the
-  questions the annotators marked unanswerable).
-- `exact_match` — GQA: the answer equals an accepted one after lower-casing and removing punctuation.
-- `refexp` — RefCOCO / OCID-Ref: a box [x1, y1, x2, y2] (normalised to [0, 1]) written as text;
-  `acc_iou50` counts it correct at IoU ≥ 0.5 with the true box, anything unparsable wrong.
+- `vqa` — VQAv2 soft accuracy (`vqa_accuracy`): for each annotator left out, min(matches among the
+  others / 3, 1), averaged; normalised as vlm-evaluation's VQAv2 evaluator does (`models.vqa_scores`).
+- `textvqa` — the same soft accuracy, normalised as vlm-evaluation's TextVQA (M4C) evaluator does.
+- `vizwiz` — `vqa_accuracy` as Prismatic's VizWiz evaluator computes it, plus `unanswerable_f1`
+  (answering "unanswerable" as a detector of the questions the annotators marked unanswerable).
+- `gqa` — GQA as vlm-evaluation scores it (`exact_match`): the prediction with punctuation removed
+  and lower-cased must equal the annotated answer as written (no stripping of spaces).
+- `exact_match` — a lenient exact match (the built-in world's, and the default for open answers):
+  both sides lower-cased, punctuation removed, spaces collapsed.
+- `refexp` — RefCOCO / RefCOCO+ / RefCOCOg: the generated text must be a Python list literal
+  [x1, y1, x2, y2] in [0, 1] (vlm-evaluation's parser); `acc_iou50` counts it correct at IoU ≥ 0.5
+  with the true box, anything else wrong. `ocid_ref` — OCID-Ref, the same at IoU ≥ 0.25 (`acc_iou25`).
 """
 
 from __future__ import annotations
 
-import re
+import ast
 import string
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+
+from models.vqa_scores import normalize_vizwiz_answer, textvqa_accuracy, vizwiz_accuracy, vqav2_accuracy
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,80 +44,18 @@ FAMILIES: dict[str, Family] = {
     "multiple_choice": Family(kind="multiple_choice", metrics=("acc", "acc_norm")),
     "pope": Family(kind="multiple_choice", metrics=("acc", "f1", "precision", "recall", "yes_ratio")),
     "vqa": Family(kind="generate", metrics=("vqa_accuracy",)),
+    "textvqa": Family(kind="generate", metrics=("vqa_accuracy",)),
     "vizwiz": Family(kind="generate", metrics=("vqa_accuracy", "unanswerable_f1")),
     "exact_match": Family(kind="generate", metrics=("exact_match",)),
+    "gqa": Family(kind="generate", metrics=("exact_match",)),
     "refexp": Family(kind="generate", metrics=("acc_iou50",)),
+    "ocid_ref": Family(kind="generate", metrics=("acc_iou25",)),
 }
+VQA_SCORERS = {"vqa": vqav2_accuracy, "textvqa": textvqa_accuracy, "vizwiz": vizwiz_accuracy}
+IOU_THRESHOLDS = {"refexp": ("acc_iou50", 0.5), "ocid_ref": ("acc_iou25", 0.25)}
 METRIC_NAMES = tuple(dict.fromkeys(m for f in FAMILIES.values() for m in f.metrics))
 UNANSWERABLE = "unanswerable"  # VizWiz's answer for a question the picture cannot answer
-IOU_THRESHOLD = 0.5
-
-# --- the official VQA answer normalisation (GT-Vision-Lab vqaEval.py, also EvalAI's) ------------
-
-_CONTRACTIONS = dict(pair.split(":") for pair in """
-aint:ain't arent:aren't cant:can't couldve:could've couldnt:couldn't couldn'tve:couldn't've
-couldnt've:couldn't've didnt:didn't doesnt:doesn't dont:don't hadnt:hadn't hadnt've:hadn't've
-hadn'tve:hadn't've hasnt:hasn't havent:haven't hed:he'd hed've:he'd've he'dve:he'd've hes:he's
-howd:how'd howll:how'll hows:how's Id've:I'd've I'dve:I'd've Im:I'm Ive:I've isnt:isn't itd:it'd
-itd've:it'd've it'dve:it'd've itll:it'll let's:let's maam:ma'am mightnt:mightn't
-mightnt've:mightn't've mightn'tve:mightn't've mightve:might've mustnt:mustn't mustve:must've
-neednt:needn't notve:not've oclock:o'clock oughtnt:oughtn't ow's'at:'ow's'at 'ows'at:'ow's'at
-'ow'sat:'ow's'at shant:shan't shed've:she'd've she'dve:she'd've she's:she's shouldve:should've
-shouldnt:shouldn't shouldnt've:shouldn't've shouldn'tve:shouldn't've somebody'd:somebodyd
-somebodyd've:somebody'd've somebody'dve:somebody'd've somebodyll:somebody'll somebodys:somebody's
-someoned:someone'd someoned've:someone'd've someone'dve:someone'd've someonell:someone'll
-someones:someone's somethingd:something'd somethingd've:something'd've something'dve:something'd've
-somethingll:something'll thats:that's thered:there'd thered've:there'd've there'dve:there'd've
-therere:there're theres:there's theyd:they'd theyd've:they'd've they'dve:they'd've theyll:they'll
-theyre:they're theyve:they've twas:'twas wasnt:wasn't wed've:we'd've we'dve:we'd've weve:we've
-werent:weren't whatll:what'll whatre:what're whats:what's whatve:what've whens:when's whered:where'd
-wheres:where's whereve:where've whod:who'd whod've:who'd've who'dve:who'd've wholl:who'll whos:who's
-whove:who've whyll:why'll whyre:why're whys:why's wont:won't wouldve:would've wouldnt:wouldn't
-wouldnt've:wouldn't've wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll y'allll:y'all'll
-yall'd've:y'all'd've y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd youd've:you'd've
-you'dve:you'd've youll:you'll youre:you're youve:you've""".split())
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten".split())} | {"none": "0"}
-_ARTICLES = frozenset({"a", "an", "the"})
-_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
-          ",", "?", "!")
-_COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
-# The official pattern `(?!<=\d)(\.)(?!\d)` means to spare decimal points; its first group is a
-# lookahead, not a lookbehind, so in effect it drops every period not followed by a digit.
-_PERIOD = re.compile(r"\.(?!\d)")
-
-
-def _punctuation(text: str) -> str:
-    """Drop a mark where it touches a space (or the text has a 1,000-style number), else space it."""
-    out, joined_number = text, _COMMA_IN_NUMBER.search(text) is not None
-    for p in _PUNCT:
-        out = out.replace(p, "" if (p + " " in text or " " + p in text or joined_number) else " ")
-    return _PERIOD.sub("", out)
-
-
-def _digits_articles(text: str) -> str:
-    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
-
-
-def normalize_vqa_answer(text: str) -> str:
-    """The VQA evaluation's answer normalisation: punctuation, number words, articles, contractions."""
-    return _digits_articles(_punctuation(text.replace("\n", " ").replace("\t", " ").strip()))
-
-
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """VQA soft accuracy of one prediction against the annotators' answers (duplicates kept).
-
-    For each annotator left out in turn, min(matches among the others / 3, 1); the mean over them.
-    Both sides are normalised (EvalAI's evaluator; the released annotations are already normal).
-    """
-    if not answers:
-        raise ValueError("vqa_accuracy needs at least one annotator answer")
-    pred = normalize_vqa_answer(prediction)
-    same = [normalize_vqa_answer(a) == pred for a in answers]
-    hits = sum(same)
-    return float(np.mean([min(1.0, (hits - s) / 3.0) for s in same]))
-
+vqa_accuracy = vqav2_accuracy  # the VQAv2 scorer under its metric's name
 
 def clean_exact(text: str) -> str:
     """GQA's comparison form: punctuation removed, lower case, single spaces."""
@@ -120,6 +65,12 @@ def clean_exact(text: str) -> str:
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
     pred = clean_exact(prediction)
     return float(any(clean_exact(a) == pred for a in answers))
+
+
+def gqa_match(prediction: str, answers: Sequence[str]) -> float:
+    """vlm-evaluation's GQA rule: punctuation out of the prediction, lower case, equal to the answer."""
+    pred = prediction.translate(str.maketrans("", "", string.punctuation)).lower()
+    return float(any(a == pred for a in answers))
 
 
 def binary_scores(predicted: Sequence[bool], actual: Sequence[bool]) -> dict[str, float]:
@@ -136,22 +87,22 @@ def binary_scores(predicted: Sequence[bool], actual: Sequence[bool]) -> dict[str
 def mc_predictions(logliks: Sequence[float], lengths: Sequence[int]) -> tuple[int, int]:
     """(argmax of log-likelihood, argmax of log-likelihood per character); ties go to the first."""
     ll = np.asarray(logliks, dtype=np.float64)
-    return int(np.argmax(ll)), int(np.argmax(ll / np.maximum(np.asarray(lengths, dtype=np.float64), 1.0)))
-
-
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
-_BOX = re.compile(rf"\[({_NUMBER}),({_NUMBER}),({_NUMBER}),({_NUMBER})\]")
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty choice: ll / 0, as lm-eval divides
+        normed = ll / np.asarray(lengths, dtype=np.float64)
+    return int(np.argmax(ll)), int(np.argmax(normed))
 
 
 def parse_box(text: str) -> tuple[float, float, float, float] | None:
-    """`[x1, y1, x2, y2]` in [0, 1] with x1 < x2, y1 < y2 from generated text (spaces ignored), else None."""
-    m = _BOX.search("".join(text.split()))
-    if m is None:
+    """The box of generated text as vlm-evaluation parses it: the whole text a Python literal, a list
+    of four numbers in [0, 1] with x1 < x2 and y1 < y2; anything else is None (scored wrong)."""
+    try:
+        box = ast.literal_eval(text)
+        if not (isinstance(box, list) and len(box) == 4 and all(0 <= v <= 1 for v in box)
+                and box[0] < box[2] and box[1] < box[3]):
+            return None
+    except (ValueError, SyntaxError, TypeError):
         return None
-    x1, y1, x2, y2 = (float(g) for g in m.groups())
-    if not (all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)) and x1 < x2 and y1 < y2):
-        return None
-    return x1, y1, x2, y2
+    return tuple(float(v) for v in box)  # type: ignore[return-value]
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -188,18 +139,21 @@ def _score_mc(family: str, items: Sequence[Any], logliks: Sequence[Sequence[floa
 
 
 def _score_generated(family: str, items: Sequence[Any], texts: Sequence[str]) -> dict[str, float]:
-    if family in ("vqa", "vizwiz"):
-        out = {"vqa_accuracy": float(np.mean([vqa_accuracy(t, it.answers) for t, it in zip(texts, items)]))}
+    if family in VQA_SCORERS:
+        score = VQA_SCORERS[family]
+        out = {"vqa_accuracy": float(np.mean([score(t, it.answers) for t, it in zip(texts, items)]))}
         if family == "vizwiz":
-            said = [normalize_vqa_answer(t) == UNANSWERABLE for t in texts]
+            said = [normalize_vizwiz_answer(t) == UNANSWERABLE for t in texts]
             truth = [getattr(it, "answerable", True) is False for it in items]
             out["unanswerable_f1"] = binary_scores(said, truth)["f1"]
         return out
-    if family == "exact_match":
-        return {"exact_match": float(np.mean([exact_match(t, it.answers) for t, it in zip(texts, items)]))}
-    hits = [(box := parse_box(t)) is not None and box_iou(box, it.box) >= IOU_THRESHOLD
+    if family in ("exact_match", "gqa"):
+        match = gqa_match if family == "gqa" else exact_match
+        return {"exact_match": float(np.mean([match(t, it.answers) for t, it in zip(texts, items)]))}
+    metric, threshold = IOU_THRESHOLDS[family]
+    hits = [(box := parse_box(t)) is not None and box_iou(box, it.box) >= threshold
             for t, it in zip(texts, items)]
-    return {"acc_iou50": float(np.mean(hits))}
+    return {metric: float(np.mean(hits))}
 
 
 def primary_metric(family: str, chosen: str | None = None) -> str:

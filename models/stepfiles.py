@@ -51,6 +51,9 @@ TABLE_COLUMNS = {METRICS: METRICS_COLUMNS, EVALS: EVALS_COLUMNS}
 # evals rows of the held-out validation losses (models.heldout writes them): their own metric, so
 # that no average of task scores ever counts them; task -> group
 LOSS_METRIC = "val_loss"
+# How a study turns a task's primary metric into its stable score (`[eval] stable_score`, carried in
+# the study manifest): score − chance, or DCLM's centered (score − chance) / (1 − chance).
+STABLE_DEFINITIONS = ("difference", "centered")
 HELDOUT_TASKS = {"heldout_text": "text", "heldout_caption": "vl"}
 
 # -- status words ---------------------------------------------------------------------------------

@@ -121,6 +121,9 @@ class EvalConfig:
     seed: int = 0
     stable_metric: tuple[tuple[str, str], ...] = ()  # task → the metric its stable score uses
     chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
+    # Prompts and decoding limits change the answers, so they are part of an eval step's id.
+    prompt: tuple[tuple[str, str], ...] = ()  # task → template with {question}, over its family's
+    max_new_tokens: tuple[tuple[str, int], ...] = ()  # task → greedy decoding limit, over its records'
 
 
 StepConfig = Union[EncoderConfig, TrunkConfig, BranchConfig, FinetuneConfig, EvalConfig]

@@ -168,7 +168,7 @@ class EvalTask:
 
 
 def eval_tasks(source, tok, *, groups=("vl", "text"), tasks=(), n_per_task, image_size, seed,
-               image_tokens: int = 4) -> list[EvalTask]:
+               image_tokens: int = 4, prompts=()) -> list[EvalTask]:
     rng = np.random.default_rng(seed)
     out = []
     if "text" in groups:

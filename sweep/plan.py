@@ -177,7 +177,8 @@ class _Builder:
         ev = self.study.eval
         config = EvalConfig(data=tuple(self.study.data[name] for name in ev.data), tasks=ev.tasks,
                             groups=groups, n_per_task=ev.n_per_task, checkpoint=checkpoint, seed=seed,
-                            stable_metric=ev.stable_metric, chance=ev.chance)
+                            stable_metric=ev.stable_metric, chance=ev.chance, prompt=ev.prompt,
+                            max_new_tokens=ev.max_new_tokens)
         return Step(kind="eval", config=config, parents=((role, parent),), meta=meta)
 
     def finish(self) -> tuple[Step, ...]:
@@ -268,6 +269,7 @@ def write_study_manifest(plan: Plan) -> Path:
         "name": plan.study.name, "study_file": str(plan.study.path),
         "written_at": stepfiles.now_iso(),
         "axes": {a: list(plan.study.axes[a]) for a in AXES},
+        "stable_score": plan.study.eval.stable_score,
         "steps": [{"step_id": s.step_id, "kind": s.kind, "parents": [list(p) for p in s.parents],
                    "meta": dict(s.meta)} for s in plan.steps],
     }

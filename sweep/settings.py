@@ -12,7 +12,9 @@ from typing import Any, Callable
 
 from models.config import TrainDefaults
 from models.data.evaltasks import declared_task_names
+from models.data.prompts import template_problem
 from models.metrics import METRIC_NAMES
+from models.stepfiles import STABLE_DEFINITIONS
 from models.steps import DataSource
 from sweep.reader import Table, check_str
 
@@ -126,6 +128,9 @@ class EvalSettings:
     trunk_checkpoints: bool = True  # evaluate the trunk (text tasks) at every intro fraction
     stable_metric: tuple[tuple[str, str], ...] = ()  # task → metric its stable score uses (acc_norm, …)
     chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
+    prompt: tuple[tuple[str, str], ...] = ()  # task → template with {question} (default: its family's)
+    max_new_tokens: tuple[tuple[str, int], ...] = ()  # task → greedy decoding limit (default 128)
+    stable_score: str = "difference"  # score − chance, or "centered": divided by 1 − chance (DCLM's)
 
 
 EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
@@ -145,10 +150,21 @@ def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
                      trunk_checkpoints=t.bool("trunk_checkpoints", True),
                      stable_metric=_per_task(t.table("stable_metric"),
                                              lambda sub, k: sub.str(k, choices=METRIC_NAMES)),
-                     chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)))
+                     chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)),
+                     prompt=_per_task(t.table("prompt"), _template),
+                     max_new_tokens=_per_task(t.table("max_new_tokens"), lambda sub, k: sub.int(k, lo=1)),
+                     stable_score=t.str("stable_score", "difference", choices=STABLE_DEFINITIONS))
     t.finish()
     _check_task_names(t, s, data)
     return s
+
+
+def _template(sub: Table, key: str) -> str:
+    value = sub.str(key)
+    problem = template_problem(value)
+    if problem:
+        raise sub.error(key, problem)
+    return value
 
 
 def _per_task(sub: Table, read: Callable[[Table, str], Any]) -> tuple[tuple[str, Any], ...]:
@@ -170,10 +186,14 @@ def _check_task_names(t: Table, s: EvalSettings, data: dict[str, DataSource]) ->
                 raise t.error("data", f"task {task!r} is in two sources, {owner[task]!r} and {name!r}"
                                       + ("" if owner[task] != name else " (two files with one name)"))
             owner[task] = name
+    fixed = [n for n, _ in s.prompt if n in owner and data[owner[n]].kind == "world"]
+    if fixed:
+        raise t.error("prompt", f"names task {fixed[0]!r} of the built-in world, whose prompts are fixed; "
+                                "templates apply to vqa_jsonl and mc_jsonl files")
     if not complete:
         return
     for key, pairs in (("tasks", [(n, None) for n in s.tasks]), ("stable_metric", s.stable_metric),
-                       ("chance", s.chance)):
+                       ("chance", s.chance), ("prompt", s.prompt), ("max_new_tokens", s.max_new_tokens)):
         unknown = [n for n, _ in pairs if n not in owner]
         if unknown:
             raise t.error(key, f"names task {unknown[0]!r}, which no eval source has "

@@ -152,6 +152,7 @@ def check_real_report(out: Path) -> None:
     assert "### Images at 50% vs at 100%" in findings  # the nearest to 0.8 the study has
     assert "single run (one seed)" in findings and "| debug |" in findings
     assert "## Text-only trunk" in findings and "## Text cost" in findings
+    assert "## Against the paper" in findings and "None of the paper's" in findings  # debug scale: no match
     figs = {p.stem for p in (out / "figures").glob("*.csv")}
     assert {"lr_schedules", "scores_vs_intro_fraction", "vl_vs_text_tradeoff", "training_loss_by_scale",
             "training_loss_by_intro_fraction"} <= figs

@@ -96,8 +96,8 @@ def test_gqa_textvqa_vizwiz(tmp_path, capsys):
     vizwiz = _write(tmp_path / "val.json", [{
         "image": "VizWiz_val_00000000.jpg", "question": "What is this?", "answer_type": "unanswerable",
         "answerable": 0, "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 10}])
-    for fmt, args, metric in (("gqa", ["--questions", gqa, "--images", tmp_path / "gqa"], "exact_match"),
-                              ("textvqa", ["--annotations", textvqa, "--images", tmp_path / "train_images"], "vqa"),
+    for fmt, args, metric in (("gqa", ["--questions", gqa, "--images", tmp_path / "gqa"], "gqa"),
+                              ("textvqa", ["--annotations", textvqa, "--images", tmp_path / "train_images"], "textvqa"),
                               ("vizwiz", ["--annotations", vizwiz, "--images", tmp_path / "vizwiz"], "vizwiz")):
         out = tmp_path / f"{fmt}.jsonl"
         assert _convert(capsys, fmt, *args, "--out", out)[0] == 0

@@ -12,12 +12,12 @@ from models.metrics import (
     box_iou,
     exact_match,
     mc_predictions,
-    normalize_vqa_answer,
     parse_box,
     primary_metric,
     task_rows,
     vqa_accuracy,
 )
+from models.vqa_scores import normalize_vqa_answer
 
 
 @pytest.mark.parametrize("raw, norm", [
@@ -41,8 +41,9 @@ def test_vqa_accuracy_averages_the_ten_choose_nine_subsets(matches, accuracy):
     assert vqa_accuracy("Cat.", answers) == pytest.approx(accuracy)
 
 
-def test_vqa_accuracy_normalises_the_annotators_answers_too():
-    assert vqa_accuracy("2", ["two", "Two", "2 ", "three"] + ["x"] * 6) == pytest.approx(0.9)
+def test_vqa_accuracy_strips_only_punctuation_from_the_annotators_answers():
+    # vlm-evaluation's VQAv2 evaluator: "two" and "2 " stay as annotated, so only the two "2" match
+    assert vqa_accuracy("2", ["two", "Two", "2 ", "2", "2"] + ["x"] * 5) == pytest.approx(0.6)
     with pytest.raises(ValueError):
         vqa_accuracy("2", [])
 
@@ -66,11 +67,17 @@ def test_acc_norm_divides_by_the_choice_length_in_characters():
     # lm-evaluation-harness: pred = argmax(ll), pred_norm = argmax(ll / len(choice string))
     assert mc_predictions([-4.0, -6.0], [len("no"), len("absolutely")]) == (0, 1)
     assert mc_predictions([-3.0, -3.0], [3, 3]) == (0, 0)  # ties go to the first choice
+    # an empty choice string: lm-eval divides by 0 (-inf, never picked; nan when ll is 0: picked)
+    assert mc_predictions([-1.0, -5.0], [0, 5]) == (0, 1)
+    assert mc_predictions([-5.0, 0.0], [5, 0]) == (1, 1)
 
 
 def test_boxes_parse_from_generated_text_and_score_by_iou():
     assert parse_box("[0.1, 0.2, 0.5, 0.6]") == (0.1, 0.2, 0.5, 0.6)
-    assert parse_box("[ 0 . 1 , 0 . 2 , 0 . 5 , 0 . 6 ]") == (0.1, 0.2, 0.5, 0.6)  # word-level decode
+    assert parse_box("[0, 0.2, 1, 0.6]") == (0.0, 0.2, 1.0, 0.6)
+    # vlm-evaluation's parser: the whole text one list literal; anything around it, or a tuple, fails
+    assert parse_box("box: [0.1, 0.2, 0.5, 0.6]") is None and parse_box("(0.1, 0.2, 0.5, 0.6)") is None
+    assert parse_box("[ 0 . 1 , 0 . 2 , 0 . 5 , 0 . 6 ]") is None and parse_box("['a', 0, 1, 1]") is None
     assert parse_box("[0.5, 0.2, 0.1, 0.6]") is None and parse_box("[0.1, 0.2, 1.5, 0.6]") is None
     assert parse_box("no box") is None
     assert box_iou([0, 0, 1, 0.5], [0, 0, 1, 1]) == pytest.approx(0.5)

@@ -105,14 +105,16 @@ def prepare_eval_source(source, parts: tuple[str, ...] | None = None) -> None:
 
 
 def eval_tasks(source, tokenizer, *, groups=("vl", "text"), tasks=(), n_per_task: int,
-               image_size: int, seed: int, image_tokens: int = DEFAULT_IMAGE_TOKENS) -> list[EvalTask]:
-    """Benchmarks of a source (world: every VL and text task; files: one task per file)."""
+               image_size: int, seed: int, image_tokens: int = DEFAULT_IMAGE_TOKENS,
+               prompts=()) -> list[EvalTask]:
+    """Benchmarks of a source (world: every VL and text task; files: one task per file, `prompts`
+    (task -> template) replacing their families' templates; the world's prompts are fixed)."""
     kw = dict(groups=tuple(groups), tasks=tuple(tasks), n_per_task=n_per_task,
               image_size=image_size, image_tokens=image_tokens, seed=seed)
     if source.kind == "world":
         return world_tasks(source, tokenizer, **kw)
     if source.kind in ("vqa_jsonl", "mc_jsonl"):
-        return file_tasks(source, tokenizer, **kw)
+        return file_tasks(source, tokenizer, prompts=prompts, **kw)
     raise DataError(f"data source {source.name!r}: kind {source.kind!r} holds no benchmarks; use "
                     "'world', 'vqa_jsonl' or 'mc_jsonl'")
 

@@ -3,14 +3,18 @@
 VQA JSONL records: `image` (a path relative to the file; optional for text-only questions) and
 `question`, then either `answers` (the annotators' answers), `choices` + `label` (scored by
 log-likelihood), or `box` ([x1, y1, x2, y2] in [0, 1], a referring expression's target); with an
-image the prompt is `<image>… <user> question <assistant>`, without one the question as is.
+image the prompt is `<image>… <user> template(question) <assistant>`, without one the templated
+question as is (`models.data.prompts`: the study's template for the task, else the file's, else for
+a record with an image vlm-evaluation's template for its metric family). Generated answers stop after
+the record's `max_new_tokens` (default 128).
 Multiple-choice JSONL records: `context`, `choices`, `label` (each choice follows a space).
 
 Every record may carry `metric` (a family of `models.metrics.FAMILIES`; default `exact_match` for
-open answers, `refexp` for boxes, `multiple_choice` for choices) and `chance`; all records of a file
-must agree, and the `vlmsweep convert` converters write both. Each file is one task, named by the
-source's `task` option (single file) or the file name; its group is the source's `group` option,
-else VL when its records have images. Chance is the source's `chance` option, else the records',
+open answers, `refexp` for boxes, `multiple_choice` for choices), `chance` and `prompt` (a template
+that replaces the family's); all records of a file must agree, and the `vlmsweep convert`
+converters write metric and chance. Each file is one task, named by the source's `task` option
+(single file) or the file name; its group is the source's `group` option, else VL when its records
+have images. Chance is the source's `chance` option, else the records',
 else a uniform guess over the choices, or for open answers the share of the most common answer.
 """
 
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from models.data import files
+from models.data import prompts as pr
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError
 from models.data.sources import resolve_paths
@@ -33,7 +38,6 @@ from models.data.world.render import normalise
 from models.metrics import FAMILIES
 
 WORLD_DEFAULT_ITEMS = 200  # items per world task when n_per_task is 0
-DEFAULT_NEW_TOKENS = {"refexp": 32}  # a box as text is long; answers are short (8)
 GROUPS = ("vl", "text")
 
 
@@ -160,7 +164,7 @@ def _vqa_fields(rec, path, idx) -> tuple[str, dict, str]:
     if "box" in rec:
         family = _family(rec, path, idx, "refexp", "generate")
         return question, {"box": _box(rec, path, idx),
-                          "max_new_tokens": int(rec.get("max_new_tokens", DEFAULT_NEW_TOKENS[family]))}, family
+                          "max_new_tokens": int(rec.get("max_new_tokens", pr.MAX_NEW_TOKENS))}, family
     answers = rd.field(rec, "answers", path, idx, (list, str))
     answers = [answers] if isinstance(answers, str) else answers
     if not answers or not all(isinstance(a, str) for a in answers):
@@ -168,7 +172,7 @@ def _vqa_fields(rec, path, idx) -> tuple[str, dict, str]:
     family = _family(rec, path, idx, "exact_match", "generate")
     answerable = rec.get("answerable")
     return question, {"answers": list(answers), "answerable": None if answerable is None else bool(answerable),
-                      "max_new_tokens": int(rec.get("max_new_tokens", DEFAULT_NEW_TOKENS.get(family, 8)))}, family
+                      "max_new_tokens": int(rec.get("max_new_tokens", pr.MAX_NEW_TOKENS))}, family
 
 
 def _mc_fields(rec, path, idx) -> tuple[str, dict, str]:
@@ -179,9 +183,14 @@ def _mc_fields(rec, path, idx) -> tuple[str, dict, str]:
         _family(rec, path, idx, "multiple_choice", "multiple_choice")
 
 
-def vqa_item(rec, path, idx, tok, image_size, image_tokens, *, image_root: str | None = None,
+def vqa_item(rec, path, idx, tok, image_size, image_tokens, template=None, *, image_root: str | None = None,
              allow_outside_root: bool = False) -> tuple[EvalItem, str]:
+    """One VQA record's item; its question goes into `template` (None: its family's template when the
+    record has an image: vlm-evaluation's prompts are for VL questions; else the bare question)."""
     question, fields, family = _vqa_fields(rec, path, idx)
+    if template is None:
+        template = pr.family_template(family) if rec.get("image") is not None else pr.QUESTION
+    question = pr.render(template, question)
     image = _image(rec, path, idx, image_size, image_root, allow_outside_root)
     # With an image, the instruction format; without, the question is a completion prompt as is.
     prompt = ([tok.image_id] * image_tokens + [tok.user_id] + tok.encode(question) + [tok.assistant_id]
@@ -191,9 +200,11 @@ def vqa_item(rec, path, idx, tok, image_size, image_tokens, *, image_root: str |
     return EvalItem(prompt_tokens=prompt, image=image, **fields), family
 
 
-def mc_item(rec, path, idx, tok, image_size, image_tokens, *, image_root: str | None = None,
+def mc_item(rec, path, idx, tok, image_size, image_tokens, template=None, *, image_root: str | None = None,
             allow_outside_root: bool = False) -> tuple[EvalItem, str]:
+    """One multiple-choice record's item; its context goes into `template` (None: as it is)."""
     context, fields, family = _mc_fields(rec, path, idx)
+    context = context if template is None else pr.render(template, context)
     image = _image(rec, path, idx, image_size, image_root, allow_outside_root)
     prompt = ([tok.image_id] * image_tokens if image is not None else []) + tok.encode(context)
     fields["choices"] = [tok.encode(" " + c) for c in fields["choice_texts"]]
@@ -209,6 +220,7 @@ def check_eval_file(path: str, kind: str, records: list[tuple[int, dict]] | None
     records = _records(path) if records is None else records
     _agreed(records, "metric", path)
     _agreed(records, "chance", path)
+    _agreed(records, "prompt", path)
     fields = _vqa_fields if kind == "vqa_jsonl" else _mc_fields
     families = set()
     for idx, rec in records:
@@ -233,13 +245,15 @@ def _agreed(records, key: str, path: str):
                                             f"says {first[1]!r}; a file is one task with one {key}")
     if key == "chance" and (not isinstance(first[1], (int, float)) or not 0 <= first[1] <= 1):
         raise BadRecordError(path, first[0], f"field 'chance' must be a number in [0, 1], got {first[1]!r}")
+    if key == "prompt" and (not isinstance(first[1], str) or pr.template_problem(first[1])):
+        raise BadRecordError(path, first[0], pr.template_problem(str(first[1])) or "field 'prompt' must be text")
     return first[1]
 
 
-def _file_task(source, path, name, records, tok, image_size, image_tokens) -> EvalTask:
+def _file_task(source, path, name, records, tok, image_size, image_tokens, template=None) -> EvalTask:
     """The task of `records`, drawn from a file `check_eval_file` passed whole (one metric family)."""
     make = vqa_item if source.kind == "vqa_jsonl" else mc_item
-    built = [make(rec, path, idx, tok, image_size, image_tokens, **image_roots(source))
+    built = [make(rec, path, idx, tok, image_size, image_tokens, template, **image_roots(source))
              for idx, rec in records]
     family = source.option("metric") or built[0][1]
     kind = FAMILIES[family].kind
@@ -253,8 +267,10 @@ def _file_task(source, path, name, records, tok, image_size, image_tokens) -> Ev
                     chance=chance_level(kind, items) if chance is None else float(chance))
 
 
-def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_tokens, seed) -> list[EvalTask]:
-    paths = resolve_paths(source)
+def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_tokens, seed,
+               prompts=()) -> list[EvalTask]:
+    """One task per file; `prompts` (task -> template) replace the families' templates."""
+    paths, templates = resolve_paths(source), dict(prompts)
     out = []
     for path in paths:
         name = task_name(source, path, len(paths))
@@ -267,20 +283,23 @@ def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_toke
         if n_per_task and n_per_task < len(records):
             pick = np.sort(np.random.default_rng(seed).choice(len(records), n_per_task, replace=False))
             records = [records[i] for i in pick]
-        task = _file_task(source, path, name, records, tok, image_size, image_tokens)
+        template = templates.get(name, _agreed(records, "prompt", path))
+        task = _file_task(source, path, name, records, tok, image_size, image_tokens, template)
         if task.group in groups:
             out.append(task)
     return out
 
 
-def gather(per_source, chance=()) -> list[EvalTask]:
-    """The tasks of several sources [(source, tasks)], with the study's chance overrides applied.
+def gather(per_source, chance=(), max_new_tokens=()) -> list[EvalTask]:
+    """The tasks of several sources [(source, tasks)], with the study's chance and decoding-limit
+    overrides applied.
 
-    A task name in two sources is an error naming both: its rows could not be told apart.
+    A task name in two sources is an error naming both: its rows could not be told apart. A limit
+    on new tokens for a task scored by log-likelihood is an error too: it would change nothing.
     """
     seen: dict[str, str] = {}
     out = []
-    overrides = dict(chance)
+    overrides, limits = dict(chance), dict(max_new_tokens)
     for source, tasks in per_source:
         for task in tasks:
             if task.name in seen:
@@ -289,5 +308,16 @@ def gather(per_source, chance=()) -> list[EvalTask]:
             seen[task.name] = source.name
             if task.name in overrides:
                 task.chance = float(overrides[task.name])
+            if task.name in limits:
+                task = _limited(task, limits[task.name])
             out.append(task)
     return out
+
+
+def _limited(task: EvalTask, limit: int) -> EvalTask:
+    """A copy of a generation task whose items decode at most `limit` new tokens."""
+    if task.kind != "generate":
+        raise DataError(f"[eval.max_new_tokens] names task {task.name!r}, which is scored by "
+                        "log-likelihood of its choices and generates nothing")
+    return dataclasses.replace(task, items=[dataclasses.replace(it, max_new_tokens=int(limit))
+                                            for it in task.items])

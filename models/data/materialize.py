@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data.prompts import QUESTION
 from models.data.tokenizer import world_tokenizer
 from models.data.world import WorldData
 from models.data.world.bench import TEXT_TASKS, VL_TASKS, build_task
@@ -108,8 +109,10 @@ def _eval_record(task, item, tok, name: str, i: int, files: dict) -> dict:
     key = "question" if (task.kind == "generate" or (item.image is not None and name != "caption_matching")) \
         else "context"
     rec[key] = words(item.prompt_tokens)
+    if key == "question":  # the world's question is its whole prompt, and its answers are short
+        rec["prompt"] = QUESTION
     if task.kind == "generate":
-        rec["answers"] = item.answers
+        rec["answers"], rec["max_new_tokens"] = item.answers, item.max_new_tokens
     else:
         rec["choices"], rec["label"] = list(item.choice_texts), item.label
     return rec

@@ -59,8 +59,8 @@ def run_eval(ctx: Context) -> RunOutput:
     n_image = projector.image_tokens(vision.n_patches) if vision is not None else 0
     tasks = gather([(bench, ctx.data.eval_tasks(bench, tok, groups=cfg.groups, tasks=cfg.tasks,
                                                 n_per_task=cfg.n_per_task, image_size=image_size,
-                                                seed=cfg.seed, image_tokens=n_image))
-                    for bench in cfg.data], cfg.chance)
+                                                seed=cfg.seed, image_tokens=n_image, prompts=cfg.prompt))
+                    for bench in cfg.data], cfg.chance, cfg.max_new_tokens)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         rows = evaluate(model, tasks, image_id=tok.image_id,
                         image_tokens=n_image, eos_id=tok.eos_id,

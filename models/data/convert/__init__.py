@@ -13,7 +13,8 @@ from models.data.convert import text, vl
 from models.data.convert.common import ConvertError, write_jsonl
 
 VL_FORMATS = {"vqav2": vl.vqav2, "gqa": vl.gqa, "vizwiz": vl.vizwiz, "textvqa": vl.textvqa,
-              "pope": vl.pope, "refcoco": vl.refcoco}
+              "pope": vl.pope, "refcoco": vl.refcoco, "refcoco+": vl.refcoco, "refcocog": vl.refcoco,
+              "ocid_ref": vl.ocid_ref}
 TEXT_FORMATS = {"arc": text.arc, "hellaswag": text.hellaswag, "piqa": text.piqa, "mc": text.generic_mc}
 FORMATS = tuple(VL_FORMATS) + tuple(TEXT_FORMATS)
 

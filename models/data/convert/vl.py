@@ -2,19 +2,24 @@
 
 Each record names its image relative to the output file (the images stay where they are), and
 carries the metric and chance its benchmark implies (`models.metrics`): VQAv2 and TextVQA soft
-accuracy over the ten annotators' answers, VizWiz the same plus answerability, GQA exact match,
-POPE yes/no as two choices, RefCOCO a box. Open-answer tasks have chance 0 (DCLM's convention for
-open answers); POPE's yes/no splits are balanced, so 0.5.
+accuracy over the ten annotators' answers (each with its evaluator's normalisation), VizWiz the same
+plus answerability, GQA exact match (vlm-evaluation's rule),
+POPE yes/no as two choices, RefCOCO / RefCOCO+ / RefCOCOg and OCID-Ref a box. Questions and
+referring expressions are written bare: the evaluation wraps them in vlm-evaluation's prompt for the
+metric family (`models.data.prompts`). Open-answer tasks have chance 0 (DCLM's convention for open
+answers); POPE's yes/no splits are balanced, so 0.5.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 from models.data.convert.common import ConvertError, image_ref, need, read_json, read_jsonl
 
-REFEXP_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
+OCID_IMAGE_SIZE = (640, 480)  # every OCID scene is 640 x 480 pixels (vlm-evaluation relies on it too)
+OCID_CLUTTER = ((9, "minimum"), (16, "medium"), (20, "maximum"))  # take_id up to 9 / 16 / 20
 
 
 def _answers(ann: dict, path, where: str) -> list[str]:
@@ -46,16 +51,26 @@ def vqav2(*, questions: str, annotations: str, images: str, out: str) -> list[di
     return records
 
 
-def textvqa(*, annotations: str, images: str, out: str) -> list[dict]:
-    """TextVQA: the release JSON ({"data": [...]}) and its image folder ({image_id}.jpg)."""
+def textvqa(*, annotations: str, images: str, out: str, ocr_questions: str | None = None) -> list[dict]:
+    """TextVQA: the release JSON ({"data": [...]}) and its image folder ({image_id}.jpg). With
+    `ocr_questions` (LLaVA's question lines, same order, each `text` the question followed by
+    "Reference OCR token: ..."), the questions carry the OCR tokens: vlm-evaluation's TextVQA-OCR;
+    without, its TextVQA-Pure."""
+    data = need(read_json(annotations), "data", annotations, "<file>", list)
+    ocr = None if ocr_questions is None else [need(q, "text", ocr_questions, f"line {n}")
+                                              for n, q in read_jsonl(ocr_questions)]
+    if ocr is not None and len(ocr) != len(data):
+        raise ConvertError(ocr_questions, "<file>", f"has {len(ocr)} questions for {len(data)} in {annotations}; "
+                                                    "the two files must list the same questions in one order")
     records = []
-    for i, q in enumerate(need(read_json(annotations), "data", annotations, "<file>", list)):
+    for i, q in enumerate(data):
         where = f"data[{i}]"
         answers = need(q, "answers", annotations, where, list)
         if not answers or not all(isinstance(a, str) for a in answers):
             raise ConvertError(annotations, where, "field 'answers' must be a non-empty list of strings")
-        records.append(_open_answer(q, f"{need(q, 'image_id', annotations, where)}.jpg", answers, "vqa",
-                                    images, out, annotations, where))
+        rec = _open_answer(q, f"{need(q, 'image_id', annotations, where)}.jpg", answers, "textvqa",
+                           images, out, annotations, where)
+        records.append(rec if ocr is None else rec | {"question": ocr[i]})
     return records
 
 
@@ -89,7 +104,7 @@ def gqa(*, questions: str, images: str, out: str) -> list[dict]:
         image = f"{need(q, 'imageId', questions, where)}.jpg"
         records.append({"question_id": qid, "question": need(q, "question", questions, where),
                         "image": image_ref(images, image, out, questions, where),
-                        "answers": [need(q, "answer", questions, where)], "metric": "exact_match",
+                        "answers": [need(q, "answer", questions, where)], "metric": "gqa",
                         "chance": 0.0})
     return records
 
@@ -142,7 +157,9 @@ def _box(ann: dict, image: dict, path, where: str) -> list[float]:
 
 
 def refcoco(*, refs: str, instances: str, images: str, out: str, split: str = "val") -> list[dict]:
-    """RefCOCO / RefCOCO+ / RefCOCOg (REFER layout): refs(…).p, instances.json, the COCO images."""
+    """RefCOCO / RefCOCO+ / RefCOCOg in the REFER layout: the dataset's refs(…).p (refs(unc).p for
+    RefCOCO and RefCOCO+, refs(umd).p for RefCOCOg), its instances.json and the COCO train2014
+    images; one record per sentence of each ref in `split` (vlm-evaluation scores `val`)."""
     inst = read_json(instances)
     by_image = {need(im, "id", instances, f"images[{i}]", int): im
                 for i, im in enumerate(need(inst, "images", instances, "<file>", list))}
@@ -161,6 +178,44 @@ def refcoco(*, refs: str, instances: str, images: str, out: str, split: str = "v
         file = image_ref(images, need(image, "file_name", instances, f"image {image['id']}"), out, refs, where)
         for j, sent in enumerate(need(ref, "sentences", refs, where, list)):
             text = need(sent, "sent", refs, f"{where} sentences[{j}]")
-            records.append({"question": REFEXP_PROMPT + text, "image": file, "box": box,
-                            "metric": "refexp", "chance": 0.0})
+            records.append({"question": text, "image": file, "box": box, "metric": "refexp", "chance": 0.0})
+    return records
+
+
+def _pixel_box(value, path, where: str) -> list:
+    """OCID-Ref's box: [x1, y1, x2, y2] in pixels, published as a JSON string (or a list)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    ok = isinstance(value, list) and len(value) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    width, height = OCID_IMAGE_SIZE
+    if not ok or not (value[0] < value[2] <= width and value[1] < value[3] <= height):
+        raise ConvertError(path, where, f"field 'bbox' must be [x1, y1, x2, y2] inside a {width}x{height} "
+                                        f"scene, got {value!r}")
+    return value
+
+
+def ocid_ref(*, expressions: str, images: str, out: str) -> list[dict]:
+    """OCID-Ref: its expressions JSON ({id: {scene_path, bbox, sentence, take_id, ...}}, e.g.
+    val_expressions.json) and the OCID dataset folder the scene paths are relative to. Scored at
+    IoU >= 0.25 (the `ocid_ref` family); `clutter` keeps the take's clutter level."""
+    data = read_json(expressions)
+    if not isinstance(data, dict):
+        raise ConvertError(expressions, "<file>", "an OCID-Ref expressions file holds a JSON object keyed by id")
+    width, height = OCID_IMAGE_SIZE
+    records = []
+    for key, ex in data.items():
+        where = f"expression {key!r}"
+        x1, y1, x2, y2 = _pixel_box(need(ex, "bbox", expressions, where, (str, list)), expressions, where)
+        take = need(ex, "take_id", expressions, where, int)
+        if not 0 <= take <= OCID_CLUTTER[-1][0]:
+            raise ConvertError(expressions, where, f"field 'take_id' must be in [0, 20], got {take}")
+        records.append({"question_id": key, "question": need(ex, "sentence", expressions, where),
+                        "image": image_ref(images, need(ex, "scene_path", expressions, where), out, expressions, where),
+                        "box": [round(v, 2) for v in (x1 / width, y1 / height, x2 / width, y2 / height)],
+                        "clutter": next(name for last, name in OCID_CLUTTER if take <= last),
+                        "metric": "ocid_ref", "chance": 0.0})
     return records
