@@ -15,12 +15,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from mlflow.tracking import MlflowClient
 
 import models.synthetic as syn
 from models.run import RunOptions, run_step
+from models.stages.tracking import TrackingCallback
 from models.stepfiles import step_dir
 from models.steps import Step
-from models.trackers import TrackingConfig, WandbSettings
+from models.trackers import MlflowSettings, TrackingConfig, WandbSettings
 from sweep.cli import main
 from sweep.errors import StudyError
 from sweep.plan import plan_study
@@ -120,7 +122,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(tmp_path, monkey
 # -- runs -----------------------------------------------------------------------------------------
 def test_a_trained_step_and_its_eval_log_to_tensorboard_csv_and_mlflow(tmp_path):
     settings = TrackingConfig(trackers=("tensorboard", "csv", "mlflow"), save_dir=str(tmp_path / "t"),
-                              study="demo", every_steps=4)
+                              study="demo", every_steps=4, mlflow=MlflowSettings(experiment="exp"))
     trunk = _tracked(trunk_step(10), settings)
     run_step(trunk, tmp_path / "root", data=syn)
     name = f"trunk-{trunk.step_id}"
@@ -135,6 +137,7 @@ def test_a_trained_step_and_its_eval_log_to_tensorboard_csv_and_mlflow(tmp_path)
     uri = f"file:{tmp_path}/t/mlruns"
     (run,) = mlflow_runs(uri)
     assert run.info.run_name == name and run.info.status == "FINISHED"
+    assert MlflowClient(tracking_uri=uri).get_experiment(run.info.experiment_id).name == "exp"
     assert run.data.tags["study"] == "demo" and run.data.tags["scale"] == "debug"
     assert run.data.params["step_id"] == trunk.step_id and run.data.params["config/seed"] == "0"
     _same(mlflow_history(uri, run.info.run_id, "train_loss"), expected)
@@ -150,13 +153,45 @@ def test_a_trained_step_and_its_eval_log_to_tensorboard_csv_and_mlflow(tmp_path)
     assert {k: v[0][1] for k, v in eval_scalars.items()} == pytest.approx(summary)
 
 
+def test_a_rerun_under_another_study_continues_the_same_mlflow_run(tmp_path):
+    """MLflow params never change: a step another study started (and shares) still reruns."""
+    first = TrackingConfig(trackers=("mlflow",), save_dir=str(tmp_path / "t"), study="a", every_steps=2)
+    trunk = _tracked(trunk_step(4), first)
+    run_step(trunk, tmp_path / "root", data=syn)
+    (step_dir(tmp_path / "root", "trunk", trunk.step_id) / "result.json").unlink()
+    run_step(_tracked(trunk, dataclasses.replace(first, study="b")), tmp_path / "root", data=syn)
+    uri = f"file:{tmp_path}/t/mlruns"
+    (run,) = mlflow_runs(uri)
+    _same(mlflow_history(uri, run.info.run_id, "train_loss"), _metric_rows(tmp_path / "root", trunk))
+
+
+def test_trackers_get_new_rows_every_every_steps_steps(tmp_path):
+    """The cadence: rows reach a tracker at multiples of every_steps (and at the end), each once."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="", version="run")
+    module = type("Stage", (), {"rows": [], "step_count": 0})()
+    callback = TrackingCallback(loggers=[logger], every_steps=4, held=[0])
+    held = []
+    for step in range(1, 11):
+        module.step_count = step
+        module.rows.append((step, 128 * step, "train_loss", 1.0 / step))
+        callback.on_train_batch_end(None, module)
+        path = tmp_path / "run" / "metrics.csv"
+        held.append([int(r["step"]) for r in csv_rows(path)] if path.exists() else [])
+    assert held[2] == [] and held[3] == [1, 2, 3, 4] and held[8] == held[7] == list(range(1, 9))
+    callback.on_train_end(None, module)
+    assert [int(r["step"]) for r in csv_rows(tmp_path / "run" / "metrics.csv")] == list(range(1, 11))
+
+
 def test_a_step_logs_to_wandb_offline_as_its_own_run_in_the_study_group(tmp_path):
     settings = TrackingConfig(trackers=("wandb",), save_dir=str(tmp_path / "t"), study="demo",
-                              every_steps=3, wandb=WandbSettings(project="p", mode="offline"))
+                              every_steps=3, wandb=WandbSettings(project="p", entity="lab", mode="offline"))
     trunk = _tracked(trunk_step(6), settings)
     run_step(trunk, tmp_path / "root", data=syn)
     (run,) = wandb_offline_runs(tmp_path / "t")
     assert (run["id"], run["group"], run["name"]) == (trunk.step_id, "demo", f"trunk-{trunk.step_id}")
+    assert (run["project"], run["entity"]) == ("p", "lab")
     assert [int(h["trainer/global_step"]) for h in run["history"]] == list(range(1, 7))
     losses = [float(h["train_loss"]) for h in run["history"]]
     assert losses == pytest.approx([v for _, v in _metric_rows(tmp_path / "root", trunk)], rel=1e-6)

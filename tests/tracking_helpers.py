@@ -80,7 +80,8 @@ def wandb_offline_runs(save_dir: Path) -> list[dict[str, Any]]:
                 which = record.WhichOneof("record_type")
                 if which == "run":
                     run.update(id=record.run.run_id, group=record.run.run_group,
-                               name=record.run.display_name)
+                               name=record.run.display_name, project=record.run.project,
+                               entity=record.run.entity)
                     run["config"].update({i.key: i.value_json for i in record.run.config.update})
                 elif which == "history":
                     items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}

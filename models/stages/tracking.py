@@ -36,7 +36,19 @@ def hyperparameters(step: Step, settings: TrackingConfig) -> dict[str, Any]:
     """What a run records about its step: identity, study, axes (meta labels) and full config."""
     axes = {k: v for k, v in dict(step.meta).items() if k not in _NOT_AXES}
     return {"step_id": step.step_id, "kind": step.kind, "study": settings.study, **axes,
-            "config": step.to_json()["config"]}
+            "parents": {role: parent for role, parent in step.parents}, "config": step.to_json()["config"]}
+
+
+def _log_params(logger: Any, params: dict[str, Any]) -> None:
+    if type(logger).__name__ != "MLFlowLogger":
+        logger.log_hyperparams(params)
+        return
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logger.log_hyperparams(params)
+    except MlflowException:  # a resumed run that another study started: MLflow params never change
+        pass
 
 
 def _tags(step: Step, settings: TrackingConfig) -> dict[str, str]:
@@ -201,7 +213,7 @@ def open_tracking(step: Step, directory: Path) -> StepTracking | None:
     loggers = _make_loggers(step, directory, settings)
     params = hyperparameters(step, settings)
     for logger in loggers:
-        logger.log_hyperparams(params)
+        _log_params(logger, params)
     held = [_held_through(logger) for logger in loggers]
     return StepTracking(loggers=loggers, callback=TrackingCallback(
         loggers=loggers, every_steps=settings.every_steps, held=held))
@@ -218,7 +230,7 @@ def log_evals(step: Step, directory: Path, rows: list[Any]) -> None:
     loggers = _make_loggers(step, directory, settings)
     params = hyperparameters(step, settings)
     for logger in loggers:
-        logger.log_hyperparams(params)
+        _log_params(logger, params)
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update(summary)
         else:
