@@ -121,6 +121,19 @@ def _save_tokenizer(tok: Any, source: Any, folder: Path) -> None:
                             **special).save_pretrained(folder)
 
 
+def _save_hf_encoder(trained: Any, source: Path, folder: Path) -> None:
+    """The encoder as its own transformers folder: the source's model class and preprocessor,
+    with the weights as this step left them (an unfrozen encoder was trained)."""
+    from transformers import AutoModel
+
+    fresh = AutoModel.from_pretrained(source, local_files_only=True)
+    getattr(fresh, "vision_model", fresh).load_state_dict(trained.state_dict())
+    fresh.save_pretrained(folder)
+    for name in ("preprocessor_config.json",):
+        if (source / name).is_file():
+            shutil.copy2(source / name, folder / name)
+
+
 def _save_vision_side(model: Any, vision: Any, projector: Any, folder: Path) -> dict[str, Any]:
     """vision/ and projector/ of a VLM export; returns their manifest entries."""
     from safetensors.torch import save_file
@@ -130,7 +143,7 @@ def _save_vision_side(model: Any, vision: Any, projector: Any, folder: Path) -> 
 
     (folder / "vision").mkdir()
     if vision.kind == "hf":
-        model.vision.model.save_pretrained(folder / "vision")
+        _save_hf_encoder(model.vision.model, Path(vision.hf_path), folder / "vision")
         vision_layout = "transformers folder (AutoModel), features = last_hidden_state"
     else:
         save_file(tensors(model.vision), str(folder / "vision" / "model.safetensors"))

@@ -5,6 +5,7 @@ input is one line, exit 2, nothing written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -78,6 +79,34 @@ def test_transformers_loads_the_export_offline_and_its_logits_equal_ours(chain, 
         assert manifest["image_tokens"] == 4 and manifest["tokenizer"]["image_id"] == 2
     else:
         assert not (out / "vision").exists()
+
+
+def test_an_hf_encoder_is_exported_as_its_own_transformers_folder(chain, tmp_path):
+    """A SigLIP tower (unfrozen, so trained by the branch) comes out loadable by AutoModel, with
+    the weights the branch left and the source's preprocessor."""
+    from transformers import AutoModel, SiglipVisionConfig, SiglipVisionModel
+
+    source = tmp_path / "siglip"
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=16, patch_size=8)).save_pretrained(source)
+    (source / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    base = branch_step(chain["trunk"])
+    vision = dataclasses.replace(base.config.vision, kind="hf", hf_path=str(source), frozen=False)
+    branch = Step(kind="branch", parents=base.parents, config=dataclasses.replace(base.config, vision=vision))
+    root = tmp_path / "root"
+    shutil.copytree(chain["root"] / "steps" / "trunk", root / "steps" / "trunk")
+    run_step(branch, root, data=syn)
+    out = tmp_path / "hf"
+    assert main(["export", str(step_dir(root, "branch", branch.step_id)), "--out", str(out)]) == 0
+    exported = AutoModel.from_pretrained(out / "vision", local_files_only=True)
+    trained = _ours(root, branch).vision.model.state_dict()
+    initial = SiglipVisionModel.from_pretrained(source).state_dict()
+    exported_state = getattr(exported, "vision_model", exported).state_dict()
+    assert exported_state.keys() == trained.keys()
+    for name, value in exported_state.items():
+        torch.testing.assert_close(value, trained[name])
+    assert any(not torch.equal(trained[k], v) for k, v in initial.items() if k in trained)
+    assert (out / "vision" / "preprocessor_config.json").is_file()
 
 
 def test_the_rope_permutation_is_what_makes_the_logits_equal(chain, tmp_path):
