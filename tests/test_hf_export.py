@@ -138,6 +138,38 @@ def test_the_exported_tokenizer_encodes_as_the_worlds_tokenizer(chain, tmp_path)
     assert (hf_tok.eos_token_id, hf_tok.pad_token_id) == (ours.eos_id, ours.pad_id)
 
 
+def test_a_studys_own_tokenizer_and_tied_embeddings_export(tmp_path):
+    """A tokenizer.json without our specials gets them at the ids training used; a tied LM
+    exports as tie_word_embeddings with equal logits."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from models.data.tokenizer import HFTokenizer
+
+    words = ["<|endoftext|>", "<|padding|>"] + [f"w{i}" for i in range(60)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|padding|>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    path = tmp_path / "tokenizer.json"
+    backend.save(str(path))
+    source = DataSource(name="shards", kind="jsonl", paths=("unused.jsonl",), options=(("tokenizer", str(path)),))
+    lm = dataclasses.replace(PRESET.model.lm, tie_embeddings=True)
+    trunk = Step(kind="trunk", config=TrunkConfig(lm=lm, train=PRESET.train, data=source, seed=0,
+                                                  tokens=2 * PRESET.train.batch_size * PRESET.train.seq_len))
+    root = tmp_path / "root"
+    run_step(trunk, root, data=syn)  # the synthetic batches; the config names the tokenizer
+    out = tmp_path / "hf"
+    assert main(["export", str(step_dir(root, "trunk", trunk.step_id)), "--out", str(out)]) == 0
+    ours, hf_tok = HFTokenizer(path), AutoTokenizer.from_pretrained(out, local_files_only=True)
+    text = "w3 w17 w59 <image> w0"
+    assert hf_tok(text).input_ids == [3 + 2, 17 + 2, 59 + 2, ours.image_id, 2]
+    assert hf_tok.convert_tokens_to_ids(["<image>", "<user>", "<assistant>"]) == [
+        ours.image_id, ours.user_id, ours.assistant_id]
+    hf = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, dtype=torch.float32).eval()
+    assert hf.config.tie_word_embeddings
+    tokens = torch.arange(30).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=tokens).logits, _ours(root, trunk).lm(tokens), atol=1e-4, rtol=0)
+
+
 @pytest.mark.slow  # lm-evaluation-harness's imports and task set-up: 10–40 s
 def test_lm_evaluation_harness_scores_a_local_task_on_the_export(chain, tmp_path, monkeypatch):
     lm_eval = pytest.importorskip("lm_eval")
