@@ -220,7 +220,10 @@ def test_kill_9_then_resume_continues_one_run_per_tracker(tmp_path):
     trunk = _tracked(trunk_step(steps, fractions=(0.5,)), settings)
     root = tmp_path / "root"
     script = _KILL_SCRIPT.format(repo=str(REPO), steps=steps, logging=settings.to_meta(), root=str(root))
-    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ | {"PYTHONPATH": str(REPO)})
+    # Its own W&B service, as a requeued job has: an inherited WANDB_SERVICE (this process's, from
+    # an earlier test) would outlive the kill and keep holding the run.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
     written = tmp_path / "t" / "csv" / f"trunk-{trunk.step_id}" / "metrics.csv"
     deadline = time.monotonic() + 180
     # Kill once the trackers hold 20 steps: past the checkpoint of step 18, so the rerun

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def _csv_logger(save: Path, name: str) -> Any:
             lines = lines[:-1]  # a row cut by the kill
         kept = list(csv.DictReader(lines))
     logger = CSVLogger(save_dir=str(save), name="", version=name, flush_logs_every_n_steps=10**9)
-    logger.experiment.metrics.extend(kept)
+    with warnings.catch_warnings():  # "previous log files will be deleted": their rows are kept
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        logger.experiment.metrics.extend(kept)
     logger.save()
     return logger
 
