@@ -255,3 +255,23 @@ def test_kill_9_then_resume_continues_one_run_per_tracker(tmp_path):
     assert {a["id"] for a in attempts} == {trunk.step_id}
     resumed = [(int(h["trainer/global_step"]), float(h["train_loss"])) for h in attempts[-1]["history"]]
     _same(resumed, expected)
+
+
+@pytest.mark.slow  # two gloo ranks in subprocesses: 15–40 s
+def test_on_two_ranks_rank_zero_alone_logs(tmp_path):
+    from sweep.launch.ranks import LocalRanks
+    from tests.ranks_helpers import SyntheticJob
+
+    settings = TrackingConfig(trackers=("tensorboard", "csv", "mlflow"), save_dir=str(tmp_path / "t"),
+                              study="demo", every_steps=2)
+    trunk = _tracked(trunk_step(8, fractions=(0.5,)), settings)
+    assert LocalRanks(SyntheticJob(trunk, tmp_path / "root"), 2)()["ranks"] == 2
+    expected = _metric_rows(tmp_path / "root", trunk)
+    name = f"trunk-{trunk.step_id}"
+    folder = tmp_path / "t" / "tensorboard" / name
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1  # one writer
+    _same(tensorboard_scalars(folder)["train_loss"], expected)
+    _same([(int(r["step"]), float(r["train_loss"])) for r in csv_rows(tmp_path / "t" / "csv" / name / "metrics.csv")],
+          expected)
+    (run,) = mlflow_runs(f"file:{tmp_path}/t/mlruns")
+    _same(mlflow_history(f"file:{tmp_path}/t/mlruns", run.info.run_id, "train_loss"), expected)
