@@ -139,6 +139,10 @@ def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: An
         sf.write_table(paths.metrics, out.metrics, sf.METRICS_COLUMNS)
     if out.evals is not None:
         sf.write_table(paths.evals, out.evals, sf.EVALS_COLUMNS)
+        if step.kind == "eval":
+            from models.stages.tracking import log_evals
+
+            log_evals(step, paths.dir, out.evals)  # its rows, as its tracker run's summary
     result = {"step_id": step.step_id, "kind": step.kind, "status": "done", "tokens": out.tokens,
               "flops": out.flops, "params": out.params,
               "wall_time_s": time.perf_counter() - t0, "peak_memory_bytes": _peak_memory(),

@@ -35,6 +35,7 @@ WEIGHTS = "model.pt"  # final weights, read by children and evals
 RESULT = "result.json"  # written last: a step is done iff it exists
 FAILURE = "failure.json"  # the last attempt's failure (removed when an attempt succeeds)
 CKPT_DIR = "ckpt"
+TRACKING = "tracking.json"  # the step's experiment-tracker run ids (MLflow's), reused on resume
 LATEST = "latest.pt"  # periodic / preemption checkpoint, removed once the step is done
 LOGS_DIR = "logs"
 RUNNING_LOCK = "running.lock"  # in a job's log folder, flock-held while the job is in flight

@@ -218,12 +218,23 @@ def _add_fit_scaling(sub) -> None:
     p.set_defaults(handler="sweep.analysiscli:run_fit_scaling")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export trained models as Hugging Face folders",
+                       description="Write a step's language model as a transformers LlamaForCausalLM "
+                       "folder with its tokenizer, and a VLM's encoder and projector beside it; or "
+                       "every matching cell's model of a study, one folder per step, with an index.")
+    from sweep.exportcli import add_export_arguments  # argparse only
+
+    add_export_arguments(p)
+    p.set_defaults(handler="sweep.exportcli:run_export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmsweep", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_predict, _add_app,
-                _add_search, _add_demo, _add_world, _add_convert, _add_fit_scaling):
+                _add_search, _add_demo, _add_world, _add_convert, _add_fit_scaling, _add_export):
         add(sub)
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true",

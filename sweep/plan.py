@@ -11,7 +11,7 @@ epoch count) appears once: steps are keyed by id. Status comes from files only
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,6 +20,7 @@ from models import stepfiles
 from models.accounting import param_counts, train_flops, vision_param_count
 from models.presets import PRESETS, WORLD_VOCAB
 from models.steps import BranchConfig, EncoderConfig, EvalConfig, FinetuneConfig, Step, TrunkConfig, replay_rows
+from models.trackers import META_KEY
 from sweep.spec import AXES, Cell, Study
 
 IMAGE_POSITION_SHARE = 0.5  # plan-time estimate: share of image-data tokens that are image positions
@@ -164,6 +165,13 @@ class _Builder:
         run = self.study.backend.run_options(scale, kind)
         return {"run": run} if any(run.values()) else {}
 
+    def _tracking(self) -> dict[str, Any]:
+        """meta["logging"]: the study's trackers, its (possibly renamed) name as the runs' group."""
+        settings = self.study.logging
+        if settings is None:
+            return {}
+        return {META_KEY: replace(settings, study=self.study.name).to_meta()}
+
     def _encoder(self, vision) -> Step:
         enc = self.study.encoder
         config = EncoderConfig(vision=vision, data=self.study.data[enc.data], text_width=enc.text_width,
@@ -185,11 +193,15 @@ class _Builder:
         # Checkpoint fractions are not part of a trunk's id: a trunk asked for one more
         # checkpoint replays from the nearest earlier one instead of retraining.
         out = []
+        tracking = self._tracking()
         for step in self.steps.values():
             if step.kind == "trunk":
                 fractions = sorted(self.trunk_fractions[step.step_id])
                 step = Step(kind=step.kind, config=step.config, parents=step.parents,
                             meta={**step.meta, "checkpoint_fractions": fractions})
+            if tracking:
+                step = Step(kind=step.kind, config=step.config, parents=step.parents,
+                            meta={**step.meta, **tracking})
             out.append(step)
         order = {"encoder": 0, "trunk": 1, "branch": 2, "finetune": 3, "eval": 4}
         # Stable sort by kind puts every parent before its children (evals of trunks and

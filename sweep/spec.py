@@ -23,6 +23,7 @@ from models.metrics import FAMILIES
 from models.presets import PRESETS
 from models.stepfiles import round_fraction
 from models.steps import DataSource
+from models.trackers import TrackingConfig
 from sweep.backendsettings import BackendSettings, check_rank_split, read_backend
 from sweep.errors import StudyError
 from sweep.reader import REQUIRED, Table, check_float, check_int, check_str
@@ -36,6 +37,7 @@ from sweep.settings import (
     read_finetune,
     read_train,
 )
+from sweep.trackingsettings import read_logging
 
 AXES = ("scale", "text_data", "image_data", "intro_fraction", "image_ratio", "instruction_share",
         "finetune_epochs", "seed", "schedule")
@@ -121,6 +123,7 @@ class Study:
     eval: EvalSettings
     backend: BackendSettings
     cells: tuple[Cell, ...] = field(default=())
+    logging: TrackingConfig | None = None  # [logging]: experiment trackers (no step id holds it)
 
     def train_defaults(self, scale: str) -> TrainDefaults:
         """The preset's optimisation defaults with the study's overrides applied."""
@@ -175,11 +178,13 @@ def load_study(path: str | Path) -> Study:
     backend = read_backend(top.table("backend"), tuple(axes["scale"]))
     exclude = tuple(_read_rule(t, data) for t in top.tables("exclude"))
     include = tuple(_read_rule(t, data) for t in top.tables("include"))
+    root = (path.parent / root_value).resolve()
+    tracking = read_logging(top.table("logging"), name, root, path.parent)
     top.finish()
-    study = Study(name=name, path=path, root=(path.parent / root_value).resolve(),
+    study = Study(name=name, path=path, root=root,
                   description=description, axes=axes, exclude=exclude, include=include, data=data,
                   vision=vision, projector=projector, train=train, encoder=encoder,
-                  finetune=finetune, eval=evaluation, backend=backend)
+                  finetune=finetune, eval=evaluation, backend=backend, logging=tracking)
     study = replace(study, cells=expand_cells(study))
     _check_one_world(study)
     check_rank_split(study)

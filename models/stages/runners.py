@@ -27,6 +27,7 @@ from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModu
 from models.stages.eval_step import run_eval
 from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
 from models.stages.module import StageModule
+from models.stages.tracking import open_tracking
 from models.stages.trainer import fit
 from models.stepfiles import fraction_step
 from models.steps import load_step_config, replay_rows
@@ -55,14 +56,21 @@ def _restore(module: StageModule, stream: Any, payload: dict) -> None:
 
 def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
            fractions: dict[int, list[Path]] | None = None, stop_at: int | None = None,
-           split: Callable | None = None, options: RunOptions | None = None) -> None:
+           split: Callable | None = None, options: RunOptions | None = None,
+           track: bool = True) -> None:
     total_tokens = total * module.tokens_per_step
     checkpointer = Checkpointer(
         latest=sf.paths_of(ctx.root, ctx.step).latest,
         total_steps=total, fraction_paths=fractions or {}, options=options or ctx.options,
         progress=lambda tokens, tps: ctx.progress(tokens, total_tokens, tps), stop_at=stop_at)
-    fit(module, stream, options=options or ctx.options, total_steps=total,
-        checkpointer=checkpointer, split=split)
+    # A trunk replaying a fraction checkpoint retrains steps its run holds already: not tracked.
+    tracking = open_tracking(ctx.step, ctx.dir) if track and ctx.writes_files else None
+    try:
+        fit(module, stream, options=options or ctx.options, total_steps=total,
+            checkpointer=checkpointer, split=split, tracking=tracking)
+    finally:
+        if tracking:
+            tracking.close()
 
 
 def _save_weights(ctx: Context, module: StageModule) -> None:
@@ -184,7 +192,7 @@ def replay_trunk_fractions(ctx: Context) -> None:
         _restore(module, stream, ck.load_torch(max(earlier, key=lambda c: c[0])[1]))
     quiet = dataclasses.replace(ctx.options, checkpoint_every_steps=0, checkpoint_every_s=math.inf)
     _train(ctx, module, stream, total, fractions=missing, stop_at=max(missing), options=quiet,
-           split=_splitter(stream, quiet, module.image_id, 1))
+           split=_splitter(stream, quiet, module.image_id, 1), track=False)
 
 
 # -- encoder ----------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _constant_buffers() -> dict[str, bool]:
 
 
 def make_trainer(options: RunOptions, max_steps: int, callbacks: list[L.Callback], *,
-                 find_unused: bool = False) -> L.Trainer:
+                 find_unused: bool = False, loggers: list[Any] | None = None) -> L.Trainer:
     quiet_lightning()
     ranks = ranks_from_env()
     cuda = torch.cuda.is_available() and options.accelerator != "cpu"
@@ -87,7 +87,7 @@ def make_trainer(options: RunOptions, max_steps: int, callbacks: list[L.Callback
         accelerator="gpu" if cuda else "cpu", devices=ranks.per_node, num_nodes=ranks.nodes,
         strategy=_strategy(options, ranks, cuda, environment, find_unused),
         precision="bf16-mixed" if cuda else "32-true", max_steps=max_steps, max_epochs=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        logger=loggers or False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         use_distributed_sampler=False, callbacks=callbacks,
         plugins=[environment] if ranks.world == 1 else None)
@@ -105,15 +105,19 @@ def _has_side_params(module: StageModule) -> bool:
 
 
 def fit(module: StageModule, stream: Any, *, options: RunOptions, total_steps: int,
-        checkpointer: Checkpointer, split: Callable[[dict], dict] | None = None) -> None:
-    """Train `module` from its step_count to total_steps (or checkpointer.stop_at)."""
+        checkpointer: Checkpointer, split: Callable[[dict], dict] | None = None,
+        tracking: Any = None) -> None:
+    """Train `module` from its step_count to total_steps (or checkpointer.stop_at); `tracking`
+    (`models.stages.tracking.StepTracking`, rank 0's) gives the Trainer its loggers."""
     end = total_steps if checkpointer.stop_at is None else min(total_steps, checkpointer.stop_at)
     remaining = end - module.step_count
     if remaining <= 0:
         return
     if options.compile and torch.cuda.is_available():
         module.compile_model()
-    trainer = make_trainer(options, remaining, [checkpointer], find_unused=_has_side_params(module))
+    callbacks = [tracking.callback, checkpointer] if tracking else [checkpointer]
+    trainer = make_trainer(options, remaining, callbacks, find_unused=_has_side_params(module),
+                           loggers=tracking.loggers if tracking else None)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
