@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sweep.errors import UserError
 
@@ -45,6 +46,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from models.data.convert import convert
     from models.data.errors import DataError
+    from models.data.files import within
 
     _, required, optional = _FORMATS[args.format]
     inputs = {o[2:]: getattr(args, o[2:]) for o, _ in required + optional if getattr(args, o[2:]) is not None}
@@ -53,4 +55,8 @@ def run_convert(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise UserError(str(exc)) from None
     print(f"wrote {n} {args.format} records to {args.out}")
+    images = inputs.get("images")
+    if images and not within(images, str(Path(args.out).resolve().parent)):
+        # Eval images are confined to the eval file's folder unless its source names their root.
+        print(f'its images lie outside {Path(args.out).parent}: give its data source image_root = "{images}"')
     return 0

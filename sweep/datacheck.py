@@ -5,7 +5,8 @@ one line, not a half-trained study and a traceback from inside a step.
 read has files (each path exists, each glob matches); its tokenizer loads and fits the model; eval
 files are read whole (every record's fields, not only the sampled ones). `check_shards` (by `run`,
 for the steps it will run): the first records of every shard parse, images decoded, so that a shard
-of invalid JSON or a cut-off tar ends the run before the first step. Sources read with
+of invalid JSON or a cut-off tar ends the run before the first step; a LLaVA file has every
+record's fields checked and the images of records spread over the whole file found. Sources read with
 `on_bad_record = "skip"` are not shard-checked (their bad records are skipped by choice).
 """
 
@@ -17,8 +18,8 @@ from typing import Any, Iterable, Iterator
 
 from models.data.errors import DataError
 from sweep.errors import UserError
+from sweep.spec import SHARD_KINDS
 
-SHARD_KINDS = ("jsonl", "parquet", "webdataset", "parquet_images", "llava")
 EVAL_KINDS = ("vqa_jsonl", "mc_jsonl")
 FIRST_RECORDS = 2  # records parsed per shard by check_shards
 SAY_SHARDS = 50  # check_shards says what it is doing when there are more shards than this
@@ -77,7 +78,7 @@ def check_plan(plan: Any, steps: Iterable[Any] | None = None) -> None:
 
 def _check_source(source: Any, role: str, vocab: int | None) -> None:
     from models.data import get_tokenizer
-    from models.data.evaltasks import check_eval_file
+    from models.data.evaltasks import check_eval_file, image_roots
     from models.data.sources import resolve_paths
 
     paths = resolve_paths(source)  # every path exists, every glob matches
@@ -85,11 +86,12 @@ def _check_source(source: Any, role: str, vocab: int | None) -> None:
         get_tokenizer(source, vocab_limit=vocab)
     if source.kind in EVAL_KINDS:
         for path in paths:
-            check_eval_file(path, source.kind)
+            check_eval_file(path, source.kind, **image_roots(source))
 
 
 def check_shards(steps: Iterable[Any], *, records: int = FIRST_RECORDS) -> None:
     """DataCheckError on the first shard whose first `records` records do not parse."""
+    from models.data.llavacheck import check_llava_file
     from models.data.sources import check_first_records, resolve_paths
 
     todo: list[tuple[Any, str, str]] = []
@@ -102,7 +104,10 @@ def check_shards(steps: Iterable[Any], *, records: int = FIRST_RECORDS) -> None:
     problems = []
     for source, role, path in todo:
         try:
-            check_first_records(source, role, path, records=records)
+            if source.kind == "llava":  # every record's fields, a spread sample's images
+                check_llava_file(source, path, decoded=records)
+            else:
+                check_first_records(source, role, path, records=records)
         except DataError as exc:
             problems.append(str(exc))
     _raise(problems)

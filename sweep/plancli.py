@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from models import stepfiles as sf
+from models.data.files import local_missing
 from models.presets import PRESETS
 from sweep.datacheck import check_plan
 from sweep.gpuhours import SOURCES, study_gpu_hours
@@ -126,8 +127,7 @@ def plan_table(plan: Plan, gpu: str = "h100", capacity: int | None = None) -> st
         lines.append("+ some steps' tokens are unknown until their data is read "
                      "([finetune].samples = 0); totals leave them out")
     lines += _gpu_lines(plan, gpu, capacity)
-    missing = sorted({p for src in plan.study.data.values() for p in src.paths
-                      if "*" not in p and not Path(p).exists()})
+    missing = sorted(set(local_missing(p for src in plan.study.data.values() for p in src.paths)))
     if missing:
         lines.append(f"note: {len(missing)} data path(s) do not exist on this machine "
                      f"(planned with --no-data-check), e.g. {missing[0]}")

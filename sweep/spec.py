@@ -9,12 +9,14 @@ the key path and the bad value. See studies/demo.toml for a commented example.
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from models.config import ProjectorConfig, TrainDefaults, VisionConfig
+from models.data import files
 from models.data.evaltasks import GROUPS
 from models.data.world.entities import DEFAULT_KINDS, MAX_KINDS, MIN_KINDS, world_identity
 from models.metrics import FAMILIES
@@ -43,20 +45,31 @@ IMAGE_KINDS = ("world", "webdataset", "parquet_images")
 FINETUNE_KINDS = ("world", "llava")
 EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
 SOURCE_KINDS = tuple(dict.fromkeys(TEXT_KINDS + IMAGE_KINDS + FINETUNE_KINDS + EVAL_KINDS))
+SHARD_KINDS = ("jsonl", "parquet", "webdataset", "parquet_images", "llava")  # may be remote
+PATH_OPTIONS = ("tokenizer", "image_root", "heldout")  # relative to the study file
 # Options each kind of source accepts besides `kind` and `paths`.
 SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "world": {"seed": int, "image_size": int, "n_kinds": int},
     # `heldout`: a path or glob of held-out shards, the fixed set every eval's validation loss uses
-    "jsonl": {"tokenizer": str, "text_field": str, "heldout": str},
-    "parquet": {"tokenizer": str, "text_field": str, "heldout": str},
+    # `endpoint_url`: the object store's address for s3:// paths (an S3-compatible server)
+    "jsonl": {"tokenizer": str, "text_field": str, "heldout": str, "endpoint_url": str},
+    "parquet": {"tokenizer": str, "text_field": str, "heldout": str, "endpoint_url": str},
     # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
-    "webdataset": {"image_ext": str, "tokenizer": str, "heldout": str},
-    "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str},
-    "llava": {"image_root": str},
+    # `image_ext`: the image member (`jpg`, or alternatives `jpg;png`); `caption_field`: the caption
+    # is this field of KEY.json (default: KEY.txt, else the JSON's `caption`)
+    "webdataset": {"image_ext": str, "caption_field": str, "tokenizer": str, "heldout": str,
+                   "endpoint_url": str},
+    "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str,
+                       "endpoint_url": str},
+    # `image_root`: the folder images lie in (LLaVA: its paths are relative to it); a record's image
+    # outside it is refused unless `allow_outside_root = true`
+    "llava": {"image_root": str, "allow_outside_root": bool, "endpoint_url": str},
     # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
     # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored
-    "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
-    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
+    "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
+                  "allow_outside_root": bool},
+    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
+                 "allow_outside_root": bool},
 }
 OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES)}
 
@@ -315,9 +328,14 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
         for key, typ in SOURCE_OPTIONS[kind].items():
             if t.has(key):
                 value = (t.int(key, lo=0) if typ is int else t.float(key, lo=0.0, hi=1.0)
-                         if typ is float else t.str(key, choices=OPTION_CHOICES.get(key)))
-                if key in ("tokenizer", "image_root", "heldout"):
-                    value = str((base / value).resolve())
+                         if typ is float else t.bool(key) if typ is bool
+                         else t.str(key, choices=OPTION_CHOICES.get(key)))
+                if key in PATH_OPTIONS:
+                    value = _path(t, key, value, base, remote=kind in SHARD_KINDS and key != "tokenizer")
+                elif key == "endpoint_url" and files.scheme(value) not in ("http", "https"):
+                    raise t.error(key, f"{value!r} is not an http:// or https:// address")
+                elif key == "image_ext" and not re.fullmatch(r"\w+(\.\w+)*(;\w+(\.\w+)*)*", value.lower()):
+                    raise t.error(key, f"{value!r} is not a member extension such as 'jpg' or 'jpg;png'")
                 options.append((key, value))
         if kind == "world":
             t.raw("paths", [])  # allowed but meaningless; refuse a non-empty one
@@ -331,12 +349,24 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
             paths: tuple[str, ...] = ()
         else:
             items = t.list("paths", lambda v, k, t=t: check_str(v, t.error, k))
-            paths = tuple(str((base / p).resolve()) if not p.startswith(("s3://", "gs://")) else p
-                          for p in items)
+            paths = tuple(_path(t, "paths", p, base, remote=kind in SHARD_KINDS) for p in items)
         t.finish()
         sources[name] = DataSource(name=name, kind=kind, paths=paths, options=tuple(sorted(options)))
     table.finish()
     return sources
+
+
+def _path(t: Table, key: str, value: str, base: Path, *, remote: bool) -> str:
+    """A path option or shard pattern: relative to the study file, or a remote URL a shard source
+    may name (`models.data.files`: its scheme known, its extra installed)."""
+    if not files.is_remote(value):
+        return str((base / value).resolve())
+    if not remote:
+        raise t.error(key, f"{value!r}: this path is read from local disk; copy the file here")
+    problem = files.path_problem(value)
+    if problem:
+        raise t.error(key, problem)
+    return value
 
 
 def _read_model(table: Table, base: Path) -> tuple["ModelOverride | None", "ModelOverride | None"]:

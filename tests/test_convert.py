@@ -14,6 +14,7 @@ from PIL import Image
 
 from models.data import eval_tasks, get_tokenizer
 from models.data.convert.text import _hellaswag_text
+from models.data.errors import BadRecordError
 from models.steps import DataSource
 from sweep.cli import main
 
@@ -40,9 +41,10 @@ def _convert(capsys, *argv) -> tuple[int, str]:
     return code, (captured.out + captured.err).strip()
 
 
-def _task(out: Path, kind: str):
-    (task,) = eval_tasks(DataSource(name="evals", kind=kind, paths=(str(out),)), TOK, n_per_task=0,
-                         image_size=8, seed=0)
+def _task(out: Path, kind: str, image_root: Path | None = None):
+    options = (("image_root", str(image_root)),) if image_root else ()
+    (task,) = eval_tasks(DataSource(name="evals", kind=kind, paths=(str(out),), options=options), TOK,
+                         n_per_task=0, image_size=8, seed=0)
     return task
 
 
@@ -68,10 +70,14 @@ def test_vqav2_keeps_the_ten_answers_for_soft_accuracy(tmp_path, capsys):
     out = tmp_path / "evals" / "vqav2.jsonl"
     code, text = _convert(capsys, "vqav2", "--questions", q, "--annotations", a, "--images", images, "--out", out)
     assert code == 0 and "wrote 1 vqav2 records" in text
+    # The images lie outside the eval file's folder: its source must name their root.
+    assert f'give its data source image_root = "{images}"' in text
+    with pytest.raises(BadRecordError, match="lies outside the image root"):
+        _task(out, "vqa_jsonl")
     (rec,) = _records(out)
     assert rec["answers"] == ["black"] * 7 + ["dark gray"] * 3 and rec["metric"] == "vqa" and rec["chance"] == 0.0
     assert rec["image"] == "../val2014/COCO_val2014_000000000042.jpg"  # relative to the output file
-    task = _task(out, "vqa_jsonl")
+    task = _task(out, "vqa_jsonl", image_root=images)
     assert (task.name, task.group, task.kind, task.metric, task.chance) == ("vqav2", "vl", "generate", "vqa", 0.0)
 
 

@@ -126,7 +126,7 @@ def test_undecodable_image_in_a_tar(tmp_path):
 def test_caption_missing_in_a_tar(tmp_path):
     p = tmp_path / "s.tar"
     p.write_bytes(tar_bytes([("0.png", png()), ("0.txt", b"a red dax"), ("1.png", png())]))
-    with pytest.raises(BadRecordError, match=r"record 1: .* no \.txt caption"):
+    with pytest.raises(BadRecordError, match=r"record 1: .* no \.txt or \.json caption"):
         pairs(p)
 
 

@@ -126,7 +126,8 @@ def test_plan_refuses_bad_inputs_before_anything_is_written(tmp_path, files, cap
         expect = f"no file matches '{tmp_path / 'shards' / '*.tar'}'"
     else:  # one record of 12 lacks its answers; only 4 are sampled
         vqa = tmp_path / "vqa.jsonl"
-        records = [json.loads(line) for line in open(out / "vqa.jsonl")]
+        records = [json.loads(line) | {"image": "red.png"} for line in open(out / "vqa.jsonl")]
+        (tmp_path / "red.png").write_bytes((out / "red.png").read_bytes())  # beside the file: its root
         records[9].pop("answers")
         vqa.write_text("".join(json.dumps(r) + "\n" for r in records))
         study, root = _study(tmp_path, files, vqa=str(vqa))
@@ -174,3 +175,17 @@ def test_a_data_error_mid_run_ends_its_step_with_one_line_and_exit_2(tmp_path, f
     assert "input" in json.loads(next((root / "steps" / "trunk").iterdir()).joinpath("failure.json")
                                  .read_text())["reason"]
     assert "not complete" in captured.out and "--retry-failed" in captured.out
+
+
+def test_plan_expands_brace_shard_lists_and_names_a_missing_shard(tmp_path, files, capsys):
+    out, _ = files
+    for i in range(3):
+        (tmp_path / f"pairs-{i:05d}.tar").write_bytes((out / "pairs.tar").read_bytes())
+    pattern = str(tmp_path / "pairs-{00000..00002}.tar")
+    study, root = _study(tmp_path, files, image="pairs", pairs=pattern)
+    assert main(["plan", str(study), "--root", str(root)]) == 0
+    assert "do not exist on this machine" not in capsys.readouterr().out
+    (tmp_path / "pairs-00001.tar").unlink()
+    assert main(["plan", str(study), "--root", str(root)]) == 2
+    assert (f"{pattern!r}: 1 of its 3 names are missing (first: "
+            f"{str(tmp_path / 'pairs-00001.tar')!r})") in _error_line(capsys)

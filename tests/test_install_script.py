@@ -14,7 +14,7 @@ INSTALL = Path(__file__).resolve().parents[1] / "scripts" / "install"
 def test_install_without_root_or_browser_says_what_it_skipped(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"  # only the tools the script needs: no chromium, `id` says 1000
     bin_dir.mkdir()
-    for tool in ("bash", "dirname", "touch"):
+    for tool in ("bash", "dirname", "touch", "rm"):
         (bin_dir / tool).symlink_to(subprocess.check_output(["bash", "-c", f"command -v {tool}"], text=True).strip())
     (bin_dir / "id").write_text("#!/bin/bash\necho 1000\n")
     (bin_dir / "apt-get").write_text(f"#!/bin/bash\ntouch {tmp_path / 'apt-get-ran'}\nexit 1\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data import files
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError
 from models.data.sources import resolve_paths
@@ -76,7 +77,8 @@ def declared_task_names(source) -> list[str] | None:
         return list(VL_TASKS + TEXT_TASKS)
     paths: list[str] = []
     for p in source.paths:
-        matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
+        matches = [m for n in files.expand(p)
+                   for m in (sorted(glob.glob(n)) if any(c in n for c in files.GLOB_CHARS) else [n])]
         if not matches:
             return None
         paths += matches
@@ -95,12 +97,26 @@ def _records(path: str) -> list[tuple[int, dict]]:
     return out
 
 
-def _image(rec, path, idx, image_size):
+def image_roots(source) -> dict:
+    """The source's image confinement, as `check_eval_file`, `vqa_item` and `mc_item` take it."""
+    return {"image_root": source.option("image_root"),
+            "allow_outside_root": bool(source.option("allow_outside_root", False))}
+
+
+def _image_path(rec, path, idx, image_root: str | None, allow_outside_root: bool) -> str:
+    """An eval record's image: relative to the eval file (as `vlmsweep convert` writes it), inside
+    the source's `image_root` (default: the eval file's folder) unless `allow_outside_root`."""
+    folder = files.parent(path)
+    return files.image_file(rd.field(rec, "image", path, idx), path, idx, base=folder,
+                            root=image_root or folder, allow_outside=allow_outside_root)
+
+
+def _image(rec, path, idx, image_size, image_root=None, allow_outside_root=False):
     if rec.get("image") is None:
         return None
-    p = rd.image_path(path, rd.field(rec, "image", path, idx))
+    p = _image_path(rec, path, idx, image_root, allow_outside_root)
     try:
-        data = p.read_bytes()
+        data = Path(p).read_bytes()
     except OSError as exc:
         raise BadRecordError(path, idx, f"image {str(p)!r} unreadable ({exc.strerror})") from None
     return normalise(rd.decode_image(data, image_size, path, idx))
@@ -163,9 +179,10 @@ def _mc_fields(rec, path, idx) -> tuple[str, dict, str]:
         _family(rec, path, idx, "multiple_choice", "multiple_choice")
 
 
-def vqa_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, str]:
+def vqa_item(rec, path, idx, tok, image_size, image_tokens, *, image_root: str | None = None,
+             allow_outside_root: bool = False) -> tuple[EvalItem, str]:
     question, fields, family = _vqa_fields(rec, path, idx)
-    image = _image(rec, path, idx, image_size)
+    image = _image(rec, path, idx, image_size, image_root, allow_outside_root)
     # With an image, the instruction format; without, the question is a completion prompt as is.
     prompt = ([tok.image_id] * image_tokens + [tok.user_id] + tok.encode(question) + [tok.assistant_id]
               if image is not None else tok.encode(question))
@@ -174,15 +191,17 @@ def vqa_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, s
     return EvalItem(prompt_tokens=prompt, image=image, **fields), family
 
 
-def mc_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, str]:
+def mc_item(rec, path, idx, tok, image_size, image_tokens, *, image_root: str | None = None,
+            allow_outside_root: bool = False) -> tuple[EvalItem, str]:
     context, fields, family = _mc_fields(rec, path, idx)
-    image = _image(rec, path, idx, image_size)
+    image = _image(rec, path, idx, image_size, image_root, allow_outside_root)
     prompt = ([tok.image_id] * image_tokens if image is not None else []) + tok.encode(context)
     fields["choices"] = [tok.encode(" " + c) for c in fields["choice_texts"]]
     return EvalItem(prompt_tokens=prompt, image=image, **fields), family
 
 
-def check_eval_file(path: str, kind: str, records: list[tuple[int, dict]] | None = None) -> int:
+def check_eval_file(path: str, kind: str, records: list[tuple[int, dict]] | None = None, *,
+                    image_root: str | None = None, allow_outside_root: bool = False) -> int:
     """Check every record of a `vqa_jsonl` / `mc_jsonl` file, not only the ones a step samples: the
     same field rules the items are built with, one metric and chance per file, and that each image
     file exists (images are decoded only when an item is built). Returns the record count; raises
@@ -195,8 +214,8 @@ def check_eval_file(path: str, kind: str, records: list[tuple[int, dict]] | None
     for idx, rec in records:
         families.add(fields(rec, path, idx)[2])
         if rec.get("image") is not None:
-            image = rd.image_path(path, rd.field(rec, "image", path, idx))
-            if not image.is_file():
+            image = _image_path(rec, path, idx, image_root, allow_outside_root)
+            if not Path(image).is_file():
                 raise BadRecordError(path, idx, f"image {str(image)!r} does not exist")
     if len(families) > 1:
         raise DataError(f"{path}: mixes records scored as {sorted(families)}; split the file")
@@ -220,7 +239,8 @@ def _agreed(records, key: str, path: str):
 def _file_task(source, path, name, records, tok, image_size, image_tokens) -> EvalTask:
     """The task of `records`, drawn from a file `check_eval_file` passed whole (one metric family)."""
     make = vqa_item if source.kind == "vqa_jsonl" else mc_item
-    built = [make(rec, path, idx, tok, image_size, image_tokens) for idx, rec in records]
+    built = [make(rec, path, idx, tok, image_size, image_tokens, **image_roots(source))
+             for idx, rec in records]
     family = source.option("metric") or built[0][1]
     kind = FAMILIES[family].kind
     items = [it for it, _ in built]
@@ -243,7 +263,7 @@ def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_toke
         if source.option("group") and source.option("group") not in groups:
             continue  # known without reading: a trunk's text-only eval skips a VL source's files
         records = _records(path)
-        check_eval_file(path, source.kind, records)  # every record, not only the sampled ones
+        check_eval_file(path, source.kind, records, **image_roots(source))  # every record, not only the sampled
         if n_per_task and n_per_task < len(records):
             pick = np.sort(np.random.default_rng(seed).choice(len(records), n_per_task, replace=False))
             records = [records[i] for i in pick]

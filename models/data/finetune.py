@@ -16,10 +16,11 @@ import math
 
 import numpy as np
 
+from models.data import files
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, check_on_bad_record
 from models.data.packing import TextPacker, encode_conversation, rows_to_batch, text_row
-from models.data.sources import parse_llava, resolve_paths, world_data
+from models.data.sources import llava_parser, resolve_paths, world_data
 from models.data.streams import BatchStream
 from models.data.types import LOSS_NONE, Batch
 from models.steps import replay_rows
@@ -44,10 +45,11 @@ class InstructionSet:
             self._get = lambda i: wd.instruction(10**9 + i, image_size, lazy=self.lazy)
             self._n = n
         elif source.kind == "llava":
+            store = files.storage_of(source)
             self._records = [(path, idx, rec) for path in resolve_paths(source)
-                             for idx, rec in rd.iter_llava(path)]
+                             for idx, rec in rd.iter_llava(path, storage=store)]
             self._n = len(self._records)
-            self._get = self._parse
+            self._get, self._parse_llava = self._parse, llava_parser(source, image_size)
         else:
             raise DataError(f"data source {source.name!r}: kind {source.kind!r} is not fine-tune "
                             "data; use 'world' or 'llava'")
@@ -62,7 +64,7 @@ class InstructionSet:
         path, idx, rec = self._records[i]
         if isinstance(rec, BadRecordError):
             raise rec
-        return parse_llava(rec, path, idx, image_size=self.image_size, lazy=self.lazy)
+        return self._parse_llava(rec, path, idx, lazy=self.lazy)
 
     def __len__(self) -> int:
         return self._n
@@ -117,7 +119,9 @@ class FinetuneStream(BatchStream):
                     raise
                 skipped += 1
                 continue
-            good.append((encode_conversation(self.tok, turns, self.image_tokens, self.L), image))
+            # A text-only conversation (no image) has no image positions.
+            n_image = self.image_tokens if image is not None else 0
+            good.append((encode_conversation(self.tok, turns, n_image, self.L), image))
         good.sort(key=lambda g: len(g[0][0]))  # stable: equal lengths keep the shuffled order
         n_batches = math.ceil(len(order) / self.B)
         chunks = np.array_split(np.arange(len(good)), n_batches)
@@ -145,7 +149,8 @@ class FinetuneStream(BatchStream):
         rows = [(ids + [self.tok.pad_id] * (width - len(ids)), kinds + [LOSS_NONE] * (width - len(ids)))
                 for ids, kinds in rows]
         rows += [text_row(self.replay, width - 1) for _ in range(self.n_replay)]
-        row_images = [[image] for image in images] + [[] for _ in range(self.n_replay)]
+        row_images = [[image] if image is not None else [] for image in images]
+        row_images += [[] for _ in range(self.n_replay)]
         rows, images, _ = self._mine(rows, row_images, self.tok.pad_id)
         batch = rows_to_batch(rows, images, pad_id=self.tok.pad_id, image_counts=[],
                               image_size=self.data.image_size, skipped=skipped)

@@ -7,7 +7,9 @@ byte offset its records carry (`RESUME`) when the stream kept it, else is read t
 are those of a full read.
 
 Formats: JSONL (optionally zstd), Parquet, WebDataset tar (an image and a `.txt` per key), and a
-LLaVA JSON list. Decoding a record into a sample (image bytes → array) is `decode_image`'s job.
+LLaVA JSON list. Files are local or remote: `storage` is the source's connection settings and
+`models.data.files.open_binary` opens them (a remote plain tar's seek is a ranged read).
+Decoding a record into a sample (image bytes → array) is `decode_image`'s job.
 """
 
 from __future__ import annotations
@@ -15,22 +17,22 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from models.data.errors import BadRecordError
+from models.data import files
+from models.data.errors import BadRecordError, DataError
 
 Item = tuple[int, Any]  # (record index, record dict or BadRecordError)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def iter_jsonl(path: str, start: int = 0) -> Iterator[Item]:
+def iter_jsonl(path: str, start: int = 0, *, storage: files.Storage = ()) -> Iterator[Item]:
     """Lines of a `.jsonl` or `.jsonl.zst` file as dicts; blank lines are not records."""
     index = 0
     try:
-        for line in _lines(path):
+        for line in _lines(path, storage=storage):
             if not line.strip():
                 continue
             if index < start:
@@ -44,20 +46,22 @@ def iter_jsonl(path: str, start: int = 0) -> Iterator[Item]:
             except ValueError as exc:
                 yield index, BadRecordError(path, index, f"not valid JSON: {exc}")
             index += 1
+    except DataError:  # the source cannot be opened at all (a missing extra): not a bad record
+        raise
     except Exception as exc:  # truncated or corrupt compression (zstandard has its own error type)
         if index >= start:
             yield index, BadRecordError(path, index, f"unreadable from here on ({type(exc).__name__}: {exc})")
 
 
-def _lines(path: str, chunk: int = 1 << 16) -> Iterator[str]:
+def _lines(path: str, chunk: int = 1 << 16, *, storage: files.Storage = ()) -> Iterator[str]:
     """Text lines; zstd is decoded frame by frame so that a truncated frame is an error, not EOF."""
     if not str(path).endswith(".zst"):
-        with open(path, encoding="utf-8") as f:
+        with io.TextIOWrapper(files.open_binary(path, storage), encoding="utf-8") as f:
             yield from f
         return
     import zstandard
     dobj, tail, complete = zstandard.ZstdDecompressor().decompressobj(), b"", True
-    with open(path, "rb") as f:
+    with files.open_binary(path, storage) as f:
         while raw := f.read(chunk):
             while raw:
                 data = dobj.decompress(raw)
@@ -74,12 +78,13 @@ def _lines(path: str, chunk: int = 1 << 16) -> Iterator[str]:
         yield tail.decode("utf-8")
 
 
-def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0) -> Iterator[Item]:
+def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0, *,
+                 storage: files.Storage = ()) -> Iterator[Item]:
     """Rows of a Parquet file as dicts, one row group at a time."""
     import pyarrow.parquet as pq
     index = 0
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(files.open_binary(path, storage) if files.is_remote(path) else path)
         for g in range(pf.num_row_groups):
             rows = pf.metadata.row_group(g).num_rows
             if index + rows <= start:
@@ -91,6 +96,8 @@ def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0) ->
             for row in table.slice(skip).to_pylist():
                 yield index, row
                 index += 1
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises several types for corrupt files
         if index >= start:
             yield index, BadRecordError(path, index, f"unreadable Parquet ({type(exc).__name__}: {exc})")
@@ -99,7 +106,8 @@ def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0) ->
 RESUME = "__resume__"  # a record's key for where the next record starts (readers that can seek)
 
 
-def iter_webdataset(path: str, start: int = 0, resume: int | None = None) -> Iterator[Item]:
+def iter_webdataset(path: str, start: int = 0, resume: int | None = None, *,
+                    storage: files.Storage = ()) -> Iterator[Item]:
     """WebDataset samples: tar members grouped by key (name up to the first dot), in order.
 
     Python's tarfile stops quietly at a truncated member, so sizes and the end-of-archive marker
@@ -111,8 +119,8 @@ def iter_webdataset(path: str, start: int = 0, resume: int | None = None) -> Ite
     seek = plain and resume is not None
     index, key, sample, end = (start if seek else 0), None, {}, 0
     try:
-        size = Path(path).stat().st_size if plain else float("inf")
-        with open(path, "rb") as f:
+        size = files.size(path, storage) if plain else float("inf")
+        with files.open_binary(path, storage) as f:
             f.seek(resume if seek else 0)
             with tarfile.open(fileobj=f, mode="r:" if plain else "r:*") as tar:
                 for member in tar:
@@ -148,11 +156,13 @@ def iter_webdataset(path: str, start: int = 0, resume: int | None = None) -> Ite
         yield index, sample
 
 
-def iter_llava(path: str, start: int = 0) -> Iterator[Item]:
+def iter_llava(path: str, start: int = 0, *, storage: files.Storage = ()) -> Iterator[Item]:
     """Elements of a LLaVA JSON list (`image`, `conversations` of {from, value})."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with files.open_binary(path, storage) as f:
             data = json.load(f)
+    except DataError:
+        raise
     except (OSError, ValueError) as exc:
         if start == 0:
             yield 0, BadRecordError(path, 0, f"not a readable JSON list ({type(exc).__name__}: {exc})")
@@ -189,8 +199,3 @@ def field(rec: dict, name: str, shard: str, index: int, types=(str,)) -> Any:
 
 def first_image_key(sample: dict) -> str | None:
     return next((k for k in sample if "." + k.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
-
-
-def image_path(base: str, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else Path(base).parent / p

@@ -6,13 +6,13 @@ JSON-able, and exact on resume. Bad records raise, or are counted and skipped on
 
 from __future__ import annotations
 
-import glob
+import json
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from models.data import files
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, EmptySourceError, check_on_bad_record
 from models.data.types import LazyImage
@@ -27,16 +27,11 @@ Turns = list[tuple[str, str]]
 
 
 def resolve_paths(source) -> list[str]:
-    """The source's shard files: globs expanded, sorted; a clear error when nothing matches."""
+    """The source's shard files: brace lists and globs expanded, sorted; a clear error naming the
+    pattern when it matches nothing or names missing files (`models.data.files.resolve`)."""
     if not source.paths:
         raise DataError(f"data source {source.name!r} ({source.kind}) names no paths")
-    found: list[str] = []
-    for p in source.paths:
-        matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else ([p] if Path(p).exists() else [])
-        if not matches:
-            raise DataError(f"data source {source.name!r}: no file matches {p!r}")
-        found += matches
-    return sorted(dict.fromkeys(found))
+    return files.resolve(source.name, source.paths, files.storage_of(source))
 
 
 def world_data(source) -> WorldData:
@@ -157,18 +152,42 @@ def _image(data: bytes, image_size: int, shard: str, idx: int, lazy: bool) -> np
     return rd.decode_image(data, image_size, shard, idx)
 
 
-def parse_wds(rec: dict, shard: str, idx: int, *, image_size: int,
-              lazy: bool = False) -> tuple[np.ndarray | LazyImage, str]:
-    img_key = rd.first_image_key(rec)
-    if img_key is None:
-        raise BadRecordError(shard, idx, f"sample {rec.get('__key__')!r} has no image file")
-    if "txt" not in rec:
-        raise BadRecordError(shard, idx, f"sample {rec.get('__key__')!r} has no .txt caption")
+def parse_wds(rec: dict, shard: str, idx: int, *, image_size: int, lazy: bool = False,
+              image_ext: str | None = None, caption_field: str | None = None
+              ) -> tuple[np.ndarray | LazyImage, str]:
+    """A WebDataset sample: the image member `image_ext` names (`jpg`, or alternatives `jpg;png`;
+    default: the first image member), and the caption from `.txt`, or from field `caption_field` of
+    `.json` (img2dataset writes KEY.json beside KEY.txt; some shards hold only the JSON). With
+    `caption_field` set, the JSON's field is the caption."""
+    key = rec.get("__key__")
+    if image_ext:
+        img_key = next((e for e in image_ext.lower().split(";") if e in rec), None)
+        if img_key is None:
+            raise BadRecordError(shard, idx, f"sample {key!r} has no .{image_ext} image (image_ext)")
+    else:
+        img_key = rd.first_image_key(rec)
+        if img_key is None:
+            raise BadRecordError(shard, idx, f"sample {key!r} has no image file")
+    return _image(rec[img_key], image_size, shard, idx, lazy), _wds_caption(rec, shard, idx, caption_field)
+
+
+def _wds_caption(rec: dict, shard: str, idx: int, caption_field: str | None) -> str:
+    key = rec.get("__key__")
+    if caption_field is None and "txt" in rec:
+        try:
+            return rec["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise BadRecordError(shard, idx, "caption .txt is not UTF-8") from None
+    if "json" not in rec:
+        what = f".json with field {caption_field!r}" if caption_field else ".txt or .json caption"
+        raise BadRecordError(shard, idx, f"sample {key!r} has no {what}")
     try:
-        caption = rec["txt"].decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRecordError(shard, idx, "caption .txt is not UTF-8") from None
-    return _image(rec[img_key], image_size, shard, idx, lazy), caption.strip()
+        meta = json.loads(rec["json"])
+    except ValueError as exc:
+        raise BadRecordError(shard, idx, f"sample {key!r}: .json is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise BadRecordError(shard, idx, f"sample {key!r}: .json is not an object")
+    return rd.field(meta, caption_field or "caption", shard, idx).strip()
 
 
 def parse_parquet_image(rec: dict, shard: str, idx: int, *, image_size: int, image_key: str = "image",
@@ -180,17 +199,18 @@ def parse_parquet_image(rec: dict, shard: str, idx: int, *, image_size: int, ima
     return _image(data, image_size, shard, idx, lazy), caption
 
 
-def _read_image(path: Path, image_size: int, shard: str, idx: int) -> np.ndarray:
+def _read_image(path: str, image_size: int, shard: str, idx: int, storage: files.Storage = ()) -> np.ndarray:
     try:
-        data = path.read_bytes()
+        data = files.read_bytes(path, storage)
     except OSError as exc:
-        raise BadRecordError(shard, idx, f"image {str(path)!r} unreadable ({exc.strerror})") from None
+        raise BadRecordError(shard, idx, f"image {str(path)!r} unreadable ({exc.strerror or exc})") from None
     return rd.decode_image(data, image_size, shard, idx)
 
 
-def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
-                lazy: bool = False) -> tuple[np.ndarray | LazyImage, Turns]:
-    rel = rd.field(rec, "image", shard, idx)
+def llava_fields(rec: dict, shard: str, idx: int) -> tuple[str | None, Turns]:
+    """A LLaVA record's image path (None: a text-only conversation, as ~40k of LLaVA-1.5's mix are)
+    and its human/gpt turns, every turn kept; BadRecordError naming the field otherwise."""
+    rel = rd.field(rec, "image", shard, idx) if rec.get("image") is not None else None
     convs = rd.field(rec, "conversations", shard, idx, (list,))
     turns: Turns = []
     for j in range(0, len(convs) - 1, 2):
@@ -198,27 +218,56 @@ def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
         if not (isinstance(q, dict) and isinstance(a, dict) and q.get("from") == "human"
                 and a.get("from") == "gpt" and isinstance(q.get("value"), str)
                 and isinstance(a.get("value"), str)):
-            raise BadRecordError(shard, idx, f"conversations[{j}:{j + 2}] is not a human/gpt pair "
-                                             "of {from, value}")
+            raise BadRecordError(shard, idx, f"field 'conversations': [{j}:{j + 2}] is not a "
+                                             "human/gpt pair of {from, value}")
         turns.append((q["value"].replace("<image>", "").strip(), a["value"].strip()))
     if not turns:
-        raise BadRecordError(shard, idx, "conversations holds no human/gpt turn")
-    path = rd.image_path(shard, rel)
+        raise BadRecordError(shard, idx, "field 'conversations' holds no human/gpt turn")
+    return rel, turns
+
+
+def llava_image_path(rel: str, shard: str, idx: int, image_root: str | None,
+                     allow_outside_root: bool = False) -> str:
+    """Where a record's image is: under the source's `image_root`, else beside the JSON file, and
+    confined there unless the study sets `allow_outside_root`."""
+    root = image_root or files.parent(shard)
+    return files.image_file(rel, shard, idx, base=root, root=root, allow_outside=allow_outside_root)
+
+
+def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int, lazy: bool = False,
+                image_root: str | None = None, allow_outside_root: bool = False,
+                storage: files.Storage = ()) -> tuple[np.ndarray | LazyImage | None, Turns]:
+    """(image or None for a text-only conversation, turns)."""
+    rel, turns = llava_fields(rec, shard, idx)
+    if rel is None:
+        return None, turns
+    path = llava_image_path(rel, shard, idx, image_root, allow_outside_root)
     if lazy:
-        return LazyImage(_read_image, path, image_size, shard, idx), turns
-    return _read_image(path, image_size, shard, idx), turns
+        return LazyImage(_read_image, path, image_size, shard, idx, storage), turns
+    return _read_image(path, image_size, shard, idx, storage), turns
+
+
+def llava_parser(source, image_size: int) -> Callable:
+    """parse_llava bound to the source's image root and store."""
+    return partial(parse_llava, image_size=image_size, image_root=source.option("image_root"),
+                   allow_outside_root=bool(source.option("allow_outside_root", False)),
+                   storage=files.storage_of(source))
 
 
 def _reader(source, image_size: int) -> tuple[Callable, Callable]:
     """(iterate a shard, parse a record) for a shard-backed source kind."""
     text = partial(parse_text, key=source.option("text_field", "text"))
-    readers = {"jsonl": (rd.iter_jsonl, text), "parquet": (rd.iter_parquet, text),
-               "webdataset": (rd.iter_webdataset, partial(parse_wds, image_size=image_size)),
-               "parquet_images": (rd.iter_parquet, partial(
+    store = files.storage_of(source)
+    jsonl, parquet = partial(rd.iter_jsonl, storage=store), partial(rd.iter_parquet, storage=store)
+    readers = {"jsonl": (jsonl, text), "parquet": (parquet, text),
+               "webdataset": (partial(rd.iter_webdataset, storage=store), partial(
+                   parse_wds, image_size=image_size, image_ext=source.option("image_ext"),
+                   caption_field=source.option("caption_field"))),
+               "parquet_images": (parquet, partial(
                    parse_parquet_image, image_size=image_size,
                    image_key=source.option("image_field", "image"),
                    caption_key=source.option("caption_field", "caption"))),
-               "llava": (rd.iter_llava, partial(parse_llava, image_size=image_size))}
+               "llava": (partial(rd.iter_llava, storage=store), llava_parser(source, image_size))}
     return readers[source.kind]
 
 

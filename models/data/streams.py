@@ -144,9 +144,14 @@ class MixedStream(BatchStream):
         role, source = ("instructions", self.instructions) if use_instr else ("pairs", self.pairs)
         sample, state = source.next()
         image, text = sample
-        encode = encode_conversation if use_instr else encode_caption
-        ids, kinds = encode(self.tok, text, self.image_tokens, self.L)
+        ids, kinds = self._encode(role, text, image)
         return role, ids, kinds, image, state
+
+    def _encode(self, role: str, text, image) -> tuple[list[int], list[int]]:
+        """A text-only conversation (a LLaVA record without an image) gets no image positions."""
+        if role == "instructions":
+            return encode_conversation(self.tok, text, self.image_tokens if image is not None else 0, self.L)
+        return encode_caption(self.tok, text, self.image_tokens, self.L)
 
     def _image_row(self, images: list) -> tuple[tuple[list[int], list[int]], int]:
         ids: list[int] = []
@@ -160,7 +165,8 @@ class MixedStream(BatchStream):
             role, s_ids, s_kinds, image, _ = drawn
             ids += s_ids
             kinds += s_kinds
-            images.append(image)
+            if image is not None:
+                images.append(image)
             self.counts["image_part"] += len(s_ids)
             if role == "instructions":
                 self.counts["instruction"] += len(s_ids)
@@ -197,8 +203,7 @@ class MixedStream(BatchStream):
             source = self.pairs if role == "pairs" else self.instructions
             source.load_state_dict(state["pending"]["state"])
             (image, text), st = source.next()
-            encode = encode_conversation if role == "instructions" else encode_caption
-            self.pending = (role, *encode(self.tok, text, self.image_tokens, self.L), image, st)
+            self.pending = (role, *self._encode(role, text, image), image, st)
 
 
 def _check_mix(text, instructions, seq_len, ratio, share, image_tokens) -> None:
