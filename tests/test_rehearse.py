@@ -61,3 +61,27 @@ def test_rehearse_the_paper_study(tmp_path):
     codes = summary["exit_codes"]
     assert codes["ingest"] == 0 and codes["report"] == 0 and codes["predict"] in (0, 2)
     assert (tmp_path / "report" / "findings.md").exists()
+
+
+def test_sources_are_written_in_their_published_layouts(tmp_path):
+    import json
+
+    from models.data.sources import resolve_paths
+    from models.steps import DataSource
+    from sweep.rehearse_files import write_sources
+
+    study = load_study(PAPER)
+    extra = DataSource(name="mine", kind="vqa_jsonl", paths=("/evals/my_task.jsonl",))
+    out = write_sources(study.data | {"mine": extra}, tmp_path, records=4)
+    (brace,) = out["datacomp_dr"].paths
+    assert brace.endswith("{00000..00001}.tar") and len(resolve_paths(out["datacomp_dr"])) == 2
+    assert len(resolve_paths(out["dclm"])) == 2 and out["dclm"].paths[0].endswith("shard_*.jsonl.zst")
+    llava = out["llava"]
+    records = json.loads(Path(llava.paths[0]).read_text())
+    root = Path(llava.option("image_root"))
+    assert Path(llava.paths[0]).name == "llava_v1_5_mix665k.json" and root.name == "images"
+    assert any("image" not in r for r in records) and any(len(r["conversations"]) > 2 for r in records)
+    assert all((root / r["image"]).is_file() for r in records if "image" in r)
+    stems = [Path(p).stem for p in out["vl_evals"].paths + out["text_evals"].paths + out["mine"].paths]
+    assert stems == [Path(p).stem for p in study.data["vl_evals"].paths + study.data["text_evals"].paths] + ["my_task"]
+    assert all(Path(p).stat().st_size > 0 for p in out["mine"].paths)
