@@ -17,7 +17,9 @@ from models.config import LMConfig, ProjectorConfig, VisionConfig, VLMConfig
 def lm_param_counts(lm: LMConfig) -> dict[str, int]:
     d, h = lm.d_model, lm.ffn_dim
     embedding = lm.vocab_size * d * (1 if lm.tie_embeddings else 2)
-    per_layer = 2 * d + 4 * d * d + 3 * d * h  # two RMSNorms, q/k/v/o, SwiGLU w1/w2/w3
+    per_layer = 2 * d + 4 * d * d + 3 * d * h  # two norms (gains only), q/k/v/o, SwiGLU w1/w2/w3
+    if lm.qk_norm:
+        per_layer += 2 * d  # open_lm's q and k norms span all heads
     non_embedding = lm.n_layers * per_layer + d  # + final RMSNorm
     return {"embedding": embedding, "non_embedding": non_embedding}
 

@@ -17,6 +17,11 @@ from models.distributed import STRATEGIES, ranks_from_env
 
 VisionKind = Literal["patch", "vit", "hf"]
 ProjectorKind = Literal["mlp2", "linear"]
+NormKind = Literal["rmsnorm", "layernorm"]
+
+# Fields added after steps were cached are left out of a step's identity while they hold their
+# default (`models.steps.identity`), so adding one re-trains nothing that it does not change.
+ADDED = {"omit_default": True}
 
 
 def _require(cond: bool, message: str) -> None:
@@ -41,7 +46,13 @@ class LMConfig:
     max_seq_len: int = 2048  # longest sequence RoPE tables are built for
     tie_embeddings: bool = False  # open_lm (and the paper) keep input and output embeddings apart
     rope_theta: float = 10_000.0  # RoPE base frequency
-    norm_eps: float = 1e-5  # RMSNorm epsilon
+    norm_eps: float = 1e-5  # norm epsilon (open_lm's Params.norm_eps)
+    # rmsnorm; or layernorm = open_lm's gain_only_lp_layer_norm (LayerNorm, a gain and no bias),
+    # the norm DCLM's configs train with (dclm training/hyperparameters.py, `norm`)
+    norm: NormKind = field(default="rmsnorm", metadata=ADDED)
+    # open_lm's --qk-norm: the model's norm over all heads' queries and keys (one d_model-wide norm
+    # each, before RoPE), open_lm/model.py CustomAttn; DCLM turns it on at every size
+    qk_norm: bool = field(default=False, metadata=ADDED)
 
     def __post_init__(self) -> None:
         _require(self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}")
@@ -52,6 +63,8 @@ class LMConfig:
         _require(self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for RoPE")
         _require(self.ffn_hidden >= 0, "ffn_hidden must be >= 0 (0 = open_lm's rule)")
         _require(self.max_seq_len > 0, "max_seq_len must be positive")
+        _require(self.norm in ("rmsnorm", "layernorm"),
+                 f"unknown norm {self.norm!r} (expected rmsnorm or layernorm)")
 
     @property
     def head_dim(self) -> int:
@@ -158,6 +171,12 @@ class TrainDefaults:
     seq_len: int  # tokens per text-only sequence
     image_seq_len: int = 0  # tokens per image-stage sequence; 0 = seq_len (the paper uses 1024)
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak
+    # absolute cosine floor (DCLM's `cd`, open_lm's --lr-cooldown-end); the floor is the larger
+    # of this and min_lr_ratio · lr
+    min_lr: float = field(default=0.0, metadata=ADDED)
+    # open_lm's z-loss coefficient (--z-loss-coefficient): adds z_loss · mean(logsumexp(logits)²)
+    # over the scored positions to the trunk's and image stage's loss; 0 = off
+    z_loss: float = field(default=0.0, metadata=ADDED)
     weight_decay: float = 0.1  # AdamW decoupled weight decay
     beta1: float = 0.9
     beta2: float = 0.95
@@ -168,6 +187,13 @@ class TrainDefaults:
         _require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _require(self.batch_size > 0 and self.seq_len > 0, "batch_size and seq_len must be positive")
         _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
+        _require(0 <= self.min_lr <= self.lr, f"min_lr {self.min_lr} must be in [0, lr {self.lr}]")
+        _require(self.z_loss >= 0, f"z_loss must be >= 0, got {self.z_loss}")
+
+    @property
+    def floor_lr(self) -> float:
+        """Where the cosine ends: the larger of min_lr_ratio · lr and min_lr."""
+        return max(self.lr * self.min_lr_ratio, self.min_lr)
 
     @property
     def image_stage_seq_len(self) -> int:

@@ -1,4 +1,5 @@
-"""The decoder-only language model: pre-norm blocks with RMSNorm, RoPE, SwiGLU and causal SDPA.
+"""The decoder-only language model: pre-norm blocks with RMSNorm (or open_lm's gain-only LayerNorm),
+RoPE, SwiGLU and causal SDPA, with open_lm's optional QK-norm.
 
 No biases anywhere, so parameter counts equal `models.accounting.lm_param_counts` exactly. The
 model takes token ids or ready-made input embeddings (the VLM splices image features into them).
@@ -26,6 +27,23 @@ class RMSNorm(nn.Module):
         return out.type_as(x) * self.weight
 
 
+class GainLayerNorm(nn.Module):
+    """open_lm's gain_only_lp_layer_norm: LayerNorm with a gain and no bias (in float32 here)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x.float(), (x.shape[-1],), None, None, self.eps)
+        return out.type_as(x) * self.weight
+
+
+def make_norm(cfg: LMConfig, dim: int) -> nn.Module:
+    return GainLayerNorm(dim, cfg.norm_eps) if cfg.norm == "layernorm" else RMSNorm(dim, cfg.norm_eps)
+
+
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [max_len, head_dim/2] for rotating (even, odd) channel pairs."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
@@ -50,12 +68,15 @@ class Attention(nn.Module):
         self.wk = nn.Linear(d, d, bias=False)
         self.wv = nn.Linear(d, d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
+        # open_lm normalises all heads' queries (and keys) together, one d-wide norm, before RoPE.
+        self.q_norm = make_norm(cfg, d) if cfg.qk_norm else nn.Identity()
+        self.k_norm = make_norm(cfg, d) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         shape = (b, n, self.n_heads, self.head_dim)
-        q = self.wq(x).view(shape).transpose(1, 2)
-        k = self.wk(x).view(shape).transpose(1, 2)
+        q = self.q_norm(self.wq(x)).view(shape).transpose(1, 2)
+        k = self.k_norm(self.wk(x)).view(shape).transpose(1, 2)
         v = self.wv(x).view(shape).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -76,9 +97,9 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: LMConfig) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = make_norm(cfg, cfg.d_model)
         self.attn = Attention(cfg)
-        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn_norm = make_norm(cfg, cfg.d_model)
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -94,7 +115,7 @@ class DecoderLM(nn.Module):
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = make_norm(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight

@@ -1,8 +1,10 @@
 """The one registry of named model presets, by size.
 
 `debug` runs a step in a second or two; `170k` … `20m` are CPU sizes for the built-in world
-(its word-level vocabulary fits in 512 rows); `79m` … `1.4b` are the paper's scales with open_lm's
-shapes and the GPT-NeoX vocabulary (50432), which the paper's names count with untied embeddings.
+(its word-level vocabulary fits in 512 rows); `79m` and `1.4b` are the paper's scales, `154m` and
+`411m` extra rungs for prediction, all with open_lm's shapes, DCLM's recipe (QK-norm, z-loss, gain-only
+LayerNorm, cosine to 3e-5) and the GPT-NeoX vocabulary (50432), which the names count with untied
+embeddings.
 Names are what study files use; `get_preset` names the known ones when a name is wrong.
 """
 
@@ -58,13 +60,35 @@ _SIGLIP_B16 = VisionConfig(kind="vit", image_size=224, patch_size=16, width=768,
                            n_heads=12, mlp_dim=3072, frozen=True, pretrain=False)
 
 
+# The recipe DCLM trains these sizes with (its open_lm configs), shared by every paper preset:
+# norm, QK-norm, z-loss, cosine cooldown end, weight decay, betas, clip. docs/model-recipe.md lists
+# each value with its source and where a preset differs on purpose. Sources, by short name:
+#   dclm/params:  mlfoundations/dclm training/params.py (the open_lm arguments DCLM passes)
+#   dclm/hparams: mlfoundations/dclm training/hyperparameters.py (defaults of every DCLM config)
+#   open_lm:      mlfoundations/open_lm open_lm/params.py and open_lm/model.py (argument defaults)
+_DCLM_RECIPE = {
+    "norm": "layernorm",  # gain_only_lp_layer_norm: dclm/hparams `norm`, passed as --model-norm
+    "qk_norm": True,  # every DCLM / scaling config: "qk_norm": true → --qk-norm
+    "norm_eps": 1e-5,  # open_lm Params.norm_eps
+}
+_DCLM_TRAIN = {
+    "min_lr_ratio": 0.0,  # no ratio floor: the cosine cools down to min_lr
+    "min_lr": 3e-5,  # "cd": 3e-05 in every config → --lr-cooldown-end
+    "z_loss": 1e-4,  # "z_loss": 1e-4 in every config → --z-loss
+    "weight_decay": 0.033,  # "wd": 0.033 in every config
+    "beta1": 0.9,  # open_lm --beta1 default (DCLM leaves it)
+    "beta2": 0.95,  # dclm/params: --beta2 0.95
+    "grad_clip": 1.0,  # dclm/params: --grad-clip-norm 1
+}
+
+
 def _paper(name: str, d: int, layers: int, heads: int, lr: float, warmup: int, batch: int,
            description: str) -> Preset:
     lm = LMConfig(vocab_size=NEOX_VOCAB, d_model=d, n_layers=layers, n_heads=heads,
-                  max_seq_len=2048)
+                  max_seq_len=2048, **_DCLM_RECIPE)
     return Preset(name=name, model=VLMConfig(lm=lm, vision=_SIGLIP_B16),
                   train=TrainDefaults(lr=lr, warmup_steps=warmup, batch_size=batch, seq_len=2048,
-                                      image_seq_len=1024, min_lr_ratio=0.1, weight_decay=0.033),
+                                      image_seq_len=1024, **_DCLM_TRAIN),
                   description=description)
 
 
@@ -79,11 +103,20 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "CPU scale; minutes per trunk on a laptop"),
     _world("20m", 384, 10, 8, 1024, _world_vision(128, 3, 4), 1e-3, 100, 32, 128,
            "the largest CPU scale; a workstation or a GPU"),
-    # open_lm shapes; LR/warmup/batch for 79m and 1.4b are the paper's, the middle two DCLM's.
-    _paper("79m", 512, 8, 4, 3e-3, 400, 512, "paper scale: 8 layers, d_model 512"),
-    _paper("154m", 576, 24, 8, 3e-3, 2000, 512, "paper scale: 24 layers, d_model 576"),
-    _paper("411m", 1024, 24, 8, 3e-3, 2000, 512, "paper scale: 24 layers, d_model 1024"),
-    _paper("1.4b", 2048, 24, 16, 1e-2, 5000, 256, "paper scale: 24 layers, 16 heads, d_model 2048"),
+    # open_lm shapes (d_model, layers, heads) and DCLM's per-size LR, warmup and global batch.
+    # 79m: mlfoundations/scaling exp_data/models/rpj-d=512_l=8_h=4-1.0.json (lr 3e-3, warmup 400,
+    # batch 512), the values the paper quotes for 79M.
+    _paper("79m", 512, 8, 4, 3e-3, 400, 512, "the paper's small scale: 8 layers, d_model 512"),
+    # 154m: mlfoundations/scaling exp_data/models/rpj-d=576_l=24_h=8-1.0.json (lr 3e-3,
+    # warmup 400, batch 512). An extra rung for prediction; the paper did not train it.
+    _paper("154m", 576, 24, 8, 3e-3, 400, 512, "extra rung for prediction: 24 layers, d_model 576"),
+    # 411m: mlfoundations/dclm training/configs/411m_1x.json (lr 3e-3, warmup 2000, batch 512).
+    # An extra rung for prediction; the paper did not train it.
+    _paper("411m", 1024, 24, 8, 3e-3, 2000, 512, "extra rung for prediction: 24 layers, d_model 1024"),
+    # 1.4b: mlfoundations/dclm training/configs/1b_1x_fast.json (warmup 5000, batch 256); LR 1e-2
+    # is the paper's (Keh et al., appendix), where DCLM's 1b_1x_fast uses 3e-3 — kept on purpose.
+    _paper("1.4b", 2048, 24, 16, 1e-2, 5000, 256,
+           "the paper's large scale: 24 layers, 16 heads, d_model 2048"),
 ]}
 
 

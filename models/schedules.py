@@ -45,14 +45,14 @@ def steps_for(tokens: int, batch_size: int, seq_len: int) -> int:
 
 
 def trunk_schedule(train: TrainDefaults, total_steps: int) -> Schedule:
-    return Schedule(peak_lr=train.lr, floor_lr=train.lr * train.min_lr_ratio,
+    return Schedule(peak_lr=train.lr, floor_lr=train.floor_lr,
                     warmup_steps=min(train.warmup_steps, total_steps), total_steps=total_steps)
 
 
 def branch_schedule(policy: str, train: TrainDefaults, stage_steps: int,
                     trunk: Schedule | None = None, trunk_step: int = 0) -> Schedule:
     """The image stage's schedule; `continue` needs the trunk's schedule and the step it left at."""
-    floor = train.lr * train.min_lr_ratio
+    floor = train.floor_lr
     if policy == "rewarm":
         warmup = min(train.warmup_steps, int(0.1 * stage_steps))
         return Schedule(peak_lr=train.lr, floor_lr=floor, warmup_steps=warmup, total_steps=stage_steps)

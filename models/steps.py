@@ -133,15 +133,20 @@ CONFIG_TYPES: dict[str, type] = {"encoder": EncoderConfig, "trunk": TrunkConfig,
 
 
 def identity(obj: Any) -> Any:
-    """The JSON-able value of a config with every non-identity field (labels) left out."""
+    """The JSON-able value of a config with every non-identity field (labels) left out, and every
+    field added after steps were cached (metadata `omit_default`) left out while at its default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: identity(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.metadata.get("identity", True)}
+                if f.metadata.get("identity", True) and not _at_added_default(f, getattr(obj, f.name))}
     if isinstance(obj, (list, tuple)):
         return [identity(v) for v in obj]
     if isinstance(obj, Mapping):
         return {str(k): identity(v) for k, v in obj.items()}
     return obj
+
+
+def _at_added_default(f: dataclasses.Field, value: Any) -> bool:
+    return bool(f.metadata.get("omit_default")) and value == f.default
 
 
 def to_json(obj: Any) -> Any:

@@ -208,6 +208,28 @@ def _add_convert(sub) -> None:
     p.set_defaults(handler="sweep.convertcli:run_convert")
 
 
+def _add_rehearse(sub) -> None:
+    p = sub.add_parser("rehearse", help="run a study's whole DAG on tiny files and models, on this CPU",
+                       description="Write a few records of each data source in the layout it is "
+                       "published in, shrink every scale to a tiny model with its recipe, run every "
+                       "step inline, then ingest, report and predict: the check to run before a "
+                       "study spends GPU-days (docs/rehearsal.md).")
+    _study_arg_only(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the files and results (default ./vlmsweep-rehearse-<study>)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps of the smallest trunk and image stage")
+    p.add_argument("--batch-size", type=int, default=2, help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=32, help="tokens per sequence")
+    p.add_argument("--records", type=int, default=8, help="records per data file")
+    p.add_argument("--max-cells", type=int, default=0,
+                   help="run a subset of at most N cells that still holds every axis value (0: all)")
+    p.set_defaults(handler="sweep.rehearse:run_rehearse")
+
+
+def _study_arg_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", type=Path, help="the study file (TOML), e.g. studies/paper.toml")
+
+
 def _add_fit_scaling(sub) -> None:
     from analysis.cli import add_fit_scaling_arguments  # argparse only; no heavy imports
 
@@ -234,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_predict, _add_app,
-                _add_search, _add_demo, _add_world, _add_convert, _add_fit_scaling, _add_export):
+                _add_search, _add_demo, _add_world, _add_convert, _add_rehearse, _add_fit_scaling,
+                _add_export):
         add(sub)
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true",

@@ -19,7 +19,7 @@ from models.steps import DataSource
 from sweep.reader import Table, check_str
 
 _TRAIN_OVERRIDES = ("lr", "warmup_steps", "batch_size", "seq_len", "image_seq_len",
-                    "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip")
+                    "min_lr_ratio", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "z_loss")
 _INT_OVERRIDES = ("warmup_steps", "batch_size", "seq_len", "image_seq_len")
 
 
@@ -52,7 +52,7 @@ def _read_overrides(t: Table) -> tuple[tuple[str, Any], ...]:
             elif key == "lr":
                 out.append((key, t.float(key, lo=0.0, lo_open=True)))
             else:
-                out.append((key, t.float(key, lo=0.0, hi=1.0 if key != "grad_clip" else None)))
+                out.append((key, t.float(key, lo=0.0, hi=1.0 if key not in ("grad_clip", "min_lr") else None)))
     return tuple(out)
 
 

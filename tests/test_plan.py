@@ -45,6 +45,7 @@ def _one_of_each_kind(tmp_path) -> dict[str, Step]:
 
 # Alternatives for string fields whose values are an enumeration.
 _CHOICES = [("vit", "patch", "hf"), ("mlp2", "linear"), ("continue", "rewarm"), ("error", "skip"),
+            ("rmsnorm", "layernorm"),
             ("world", "jsonl", "webdataset", "llava")]
 
 
@@ -54,7 +55,7 @@ def _alternatives(value):
     if isinstance(value, int):  # doubling keeps divisibility constraints (width % heads) valid
         return [v for v in (value * 2, value + 1) if v != value]
     if isinstance(value, float):
-        return [value / 2 + 0.01]
+        return [value / 2 + 0.01, value / 2 + 1e-5]  # the second for a floor below the LR
     if isinstance(value, str):
         for group in _CHOICES:
             if value in group:

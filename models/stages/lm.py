@@ -17,19 +17,30 @@ from models.stages.module import StageModule, decay_groups
 from models.vlm import IGNORE, VLM, loss_sums, masked_targets, token_losses
 
 
-def scored_losses(logits: torch.Tensor, targets: torch.Tensor, kinds: torch.Tensor
+def scored_losses(logits: torch.Tensor, targets: torch.Tensor, kinds: torch.Tensor, z_loss: float = 0.0
                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    return loss_sums(token_losses(logits, targets), targets, kinds)
+    """(loss sum, scored positions, parts); with z_loss > 0 the sum also holds open_lm's z-loss,
+    z_loss · logsumexp(logits)² at every scored position (so the mean gains z_loss · mean(lse²)),
+    and the parts a `z_loss` (sum, count) pair; the per-kind parts stay pure cross-entropy."""
+    total, count, parts = loss_sums(token_losses(logits, targets), targets, kinds)
+    if z_loss > 0:
+        scored = (targets != IGNORE).float()
+        z = (torch.logsumexp(logits.float(), dim=-1).square() * scored).sum()
+        total = total + z_loss * z
+        parts["z_loss"] = torch.stack([z_loss * z.detach(), scored.sum()])
+    return total, count, parts
 
 
 class LMStage(StageModule):
     responses_only = False  # finetune: score only instruction responses and replayed text
 
     def __init__(self, model: VLM, schedule: Schedule, *, optim: OptimConfig, tokens_per_step: int,
-                 image_id: int, start_step: int = 0, loss_on_image_positions: bool = False) -> None:
+                 image_id: int, start_step: int = 0, loss_on_image_positions: bool = False,
+                 z_loss: float = 0.0) -> None:
         super().__init__(model, schedule, optim=optim, tokens_per_step=tokens_per_step,
                          start_step=start_step)
         self.image_id = image_id
+        self.z_loss = z_loss  # open_lm's z-loss coefficient (TrainDefaults.z_loss); 0 = off
         self.loss_on_image_positions = loss_on_image_positions
         self._losses = scored_losses
 
@@ -50,7 +61,7 @@ class LMStage(StageModule):
     def _loss_terms(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         targets = self._targets(batch)
         logits = self.model(batch["tokens"], batch.get("images"), self.image_id)
-        return self._losses(logits, targets, batch["loss_kind"])
+        return self._losses(logits, targets, batch["loss_kind"], self.z_loss)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, count, parts = self._loss_terms(batch)

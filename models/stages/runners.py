@@ -110,7 +110,7 @@ def _trunk_parts(ctx: Context) -> tuple[TrunkModule, Any, int, dict[int, list[Pa
     total = steps_for(cfg.tokens, batch, seq)
     ck.seed_everything(cfg.seed)
     module = TrunkModule(VLM(cfg.lm), trunk_schedule(cfg.train, total), optim=_optim(cfg.train),
-                         tokens_per_step=batch * seq, image_id=tok.image_id)
+                         tokens_per_step=batch * seq, image_id=tok.image_id, z_loss=cfg.train.z_loss)
     stream = ctx.data.text_stream(cfg.data, tok, batch_size=batch, seq_len=seq, seed=cfg.seed,
                                   on_bad_record=cfg.on_bad_record)
     module.data_state = stream.state_dict()
@@ -263,7 +263,8 @@ def run_branch(ctx: Context) -> RunOutput:
     model = _vlm_for(ctx, tcfg.lm, cfg.vision, cfg.projector, encoder_id)
     n_image = cfg.projector.image_tokens(cfg.vision.n_patches)
     module = BranchModule(model, schedule, optim=_optim(cfg.train), tokens_per_step=batch * seq,
-                          image_id=tok.image_id, loss_on_image_positions=cfg.loss_on_image_positions)
+                          image_id=tok.image_id, loss_on_image_positions=cfg.loss_on_image_positions,
+                          z_loss=cfg.train.z_loss)
     stream = ctx.data.mixed_stream(
         tcfg.data, cfg.image_data, cfg.instruction_data, tok, batch_size=batch, seq_len=seq,
         image_ratio=cfg.image_ratio, instruction_share=cfg.instruction_share,
