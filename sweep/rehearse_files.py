@@ -30,7 +30,7 @@ from models.steps import DataSource
 STEM_FORMATS: dict[str, str] = {
     "vqav2": "vqav2", "gqa": "gqa", "vizwiz": "vizwiz", "textvqa": "textvqa",
     "pope_random": "pope", "pope_popular": "pope", "pope_adversarial": "pope", "pope": "pope",
-    "refcoco": "refcoco",
+    "refcoco": "refcoco", "refcoco+": "refcoco+", "refcocog": "refcocog", "ocid_ref": "ocid_ref",
     "arc_easy": "arc", "arc_challenge": "arc", "hellaswag": "hellaswag", "piqa": "piqa",
     # OpenBookQA and CommonsenseQA publish ARC's JSONL schema (question.stem, choices, answerKey)
     "openbookqa": "arc", "commonsense_qa": "arc", "copa": "mc",

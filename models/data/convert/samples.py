@@ -10,10 +10,11 @@ The contents are random but seeded: same (n, seed), same bytes.
 from __future__ import annotations
 
 import json
-import pickle
 import random
 from pathlib import Path
 from typing import Callable
+
+from models.data.convert.samples_refer import SAMPLE_WRITERS
 
 WORDS = ("red", "blue", "green", "cat", "dog", "ball", "table", "two", "three", "left", "right", "small")
 
@@ -118,24 +119,6 @@ def write_pope(folder: Path, n: int, seed: int) -> dict[str, str]:
     return {"questions": _jsonl(folder / "coco_pope_random.json", records), "images": str(images)}
 
 
-def write_refcoco(folder: Path, n: int, seed: int) -> dict[str, str]:
-    """RefCOCO (REFER layout): refs(unc).p, instances.json and COCO train2014/."""
-    rng, images = random.Random(seed), folder / "train2014"
-    refs, pictures, anns = [], [], []
-    for i in range(n):
-        image_id, ann_id = 581857 + i, 7 + i
-        name = f"COCO_train2014_{image_id:012d}.jpg"
-        _image(images, name, rng)
-        pictures.append({"id": image_id, "file_name": name, "width": 16, "height": 16})
-        anns.append({"id": ann_id, "image_id": image_id, "bbox": [2, 2, 8, 10], "category_id": 1})
-        refs.append({"ref_id": i, "ann_id": ann_id, "image_id": image_id, "split": "val", "category_id": 1,
-                     "sent_ids": [i], "sentences": [{"sent": f"the {_words(rng, 2)}", "sent_id": i}]})
-    refs_path = folder / "refs(unc).p"
-    refs_path.write_bytes(pickle.dumps(refs, protocol=2))
-    instances = _json(folder / "instances.json", {"images": pictures, "annotations": anns})
-    return {"refs": str(refs_path), "instances": instances, "images": str(images)}
-
-
 def write_arc(folder: Path, n: int, seed: int) -> dict[str, str]:
     """ARC (AI2's JSONL: question.stem, question.choices [{text, label}], answerKey); OpenBookQA
     and CommonsenseQA publish the same schema."""
@@ -177,6 +160,6 @@ def write_mc(folder: Path, n: int, seed: int) -> dict[str, str]:
 
 SAMPLES: dict[str, Callable[[Path, int, int], dict[str, str]]] = {
     "vqav2": write_vqav2, "gqa": write_gqa, "vizwiz": write_vizwiz, "textvqa": write_textvqa,
-    "pope": write_pope, "refcoco": write_refcoco, "arc": write_arc, "hellaswag": write_hellaswag,
-    "piqa": write_piqa, "mc": write_mc,
+    "pope": write_pope, "arc": write_arc, "hellaswag": write_hellaswag, "piqa": write_piqa, "mc": write_mc,
+    **SAMPLE_WRITERS,  # the REFER family (RefCOCO, RefCOCO+, RefCOCOg) and OCID-Ref
 }
