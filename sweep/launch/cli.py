@@ -160,6 +160,10 @@ def run_run(args: argparse.Namespace, plan: Any = None) -> int:
     try:
         result = _launch(args, plan)
         statuses = reconcile(plan) if result is not None else {}
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the running steps saved checkpoints
+        print(f"vlmsweep run: stopped; continue with `{study_command(plan, 'run')}`",
+              file=sys.stderr, flush=True)
+        raise
     except (QueueError, JournalError, SlurmSettingsError, submitit.core.utils.FailedJobError,
             submitit.core.utils.FailedSubmissionError) as exc:
         raise LaunchError(str(exc)) from None

@@ -4,6 +4,8 @@
 the `spawn` method (never a fork of a process with torch threads) and told the worker count in
 `VLMSWEEP_WORKERS`. A step's stdout/stderr go to `<root>/logs/<job_id>/`; a worker that dies
 (segfault, SIGKILL, OOM) fails its step with a recorded reason and is replaced on the next submit.
+A worker told to stop (SIGTERM) ends its step with a checkpoint and leaves: it says so in its
+report, takes no further step, and a step it was handed but never started comes back "declined".
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ class PoolJob:
 
     def __init__(self, job_id: str, paths: JobPaths, job: Any):
         self.job_id, self.paths, self.job = job_id, paths, job
-        self.outcome: str | None = None  # "returned" | "raised" | "died" | "interrupted"
+        # "returned" | "raised" | "died" | "interrupted" (checkpointed and stopped) | "declined"
+        # (never started: its worker was leaving); the last two are no failure of the step
+        self.outcome: str | None = None
         self.began = time.time()
         self._lock = JobLock(self.paths.stderr.parent)
 
@@ -108,6 +112,7 @@ class _Worker:
             self.process.start()
         child.close()
         self.job: PoolJob | None = None
+        self.leaving = False  # it said it ends after its step (SIGTERM): hand it nothing more
         self.seq = 0
         self.slot = slot  # which of the pool's device sets it holds
 
@@ -142,9 +147,9 @@ class WorkerPool:
 
     def _idle_worker(self) -> _Worker:
         for worker in self.workers:
-            if worker.job is None and worker.process.is_alive():
+            if worker.job is None and not worker.leaving and worker.process.is_alive():
                 return worker
-        for gone in [w for w in self.workers if w.job is None]:  # exited: an interrupted step
+        for gone in [w for w in self.workers if w.job is None]:  # exited or leaving
             gone.process.join(timeout=5)
             gone.conn.close()
         self.workers = [w for w in self.workers if w.job is not None]
@@ -170,12 +175,19 @@ class WorkerPool:
 
     def _receive(self, worker: _Worker) -> None:
         try:
-            job_id, outcome = worker.conn.recv()
+            job_id, outcome, leaving = worker.conn.recv()
         except (EOFError, OSError):  # it died: no report will come
             worker.process.join(timeout=5)
+            if worker.process.exitcode == 0 and worker.job is not None:
+                # A worker returns only between steps (a step's every exception is caught), so
+                # it left on SIGTERM before it read this step: the step never started.
+                worker.job.finish("declined")
+                worker.job = None
+                return
             self._fail(worker, _death_reason(worker.process.exitcode))
             return
         assert worker.job is not None and job_id == worker.job.job_id, (job_id, worker.job)
+        worker.leaving = worker.leaving or leaving
         worker.job.finish(outcome)
         worker.job = None
 
@@ -290,11 +302,13 @@ def worker_main(conn: Connection, workers: int, devices: str | None = None) -> N
     if devices is not None:  # before CUDA is initialised: this worker's GPUs, and only those
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     die_with_parent()
-    stopping = False
+    stopping, idle = False, True
 
-    def on_term(signum: int, frame: Any) -> None:  # between steps: finish, take no more
+    def on_term(signum: int, frame: Any) -> None:  # a step's own handler replaces this one
         nonlocal stopping
         stopping = True
+        if idle:  # waiting for a step: leave now (a step sent meanwhile comes back "declined")
+            raise SystemExit(0)
     signal.signal(signal.SIGTERM, on_term)
     with contextlib.suppress(Exception):  # import torch and Lightning now, not in the first step's time
         import models.stages.runners  # noqa: F401
@@ -306,13 +320,16 @@ def worker_main(conn: Connection, workers: int, devices: str | None = None) -> N
         if message is None:
             return
         job_id, stdout, stderr, payload = message
+        idle = False
         with _redirected(stdout, stderr):
             outcome = _run_one(payload)
+        # A stop asked of this worker alone (SIGTERM to its pid) checkpoints its step: it leaves.
         stopping = stopping or outcome == "interrupted"
         try:
-            conn.send((job_id, outcome))
+            conn.send((job_id, outcome, stopping))
         except OSError:  # the supervisor is gone (killed): nobody to report to
             return
+        idle = True
 
 
 def _run_one(payload: bytes) -> str:
