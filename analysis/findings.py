@@ -272,7 +272,7 @@ def text_costs(steps: pl.DataFrame, main: pl.DataFrame, task_scores: pl.DataFram
                              & (pl.col("checkpoint").is_null() | (pl.col("checkpoint") >= 1.0)))
         runs = main.filter(pl.col("scale") == scale)
         by = "vl_core" if runs["vl_core"].drop_nulls().len() else "vl_score"
-        keys = [a for a in sc.CONFIG_AXES if a in runs.columns]
+        keys = [a for a in sc.CONFIG_KEYS if a in runs.columns]
         agg = runs.group_by(keys).agg(pl.col(by).mean()).drop_nulls(by).sort(by, descending=True)
         if base.is_empty() or agg.is_empty():
             continue

@@ -20,6 +20,7 @@ import duckdb
 import polars as pl
 
 from analysis import steprows
+from analysis.configid import config_ids
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.schema import CURVE_BUCKETS, SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
 from models import stepfiles as sf
@@ -181,10 +182,24 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         studies = _insert_manifests(con, root)
         _insert_derived(con, [s.step_id for s in fresh])
         _keep_previous_rows(con, target, sorted({sid for sid, _, _ in corrupt}))
+        _set_config_ids(con)
         con.execute("CHECKPOINT")
     finally:
         con.close()
     return {**result, "ingested": len(rows), "skipped_corrupt": tuple(corrupt), "studies": tuple(studies)}
+
+
+def _set_config_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Every step's config_id (analysis.configid), from the whole chain of steps now in the catalog."""
+    rows = con.execute("SELECT step_id, kind, config_json, parents_json, code_salt FROM steps").fetchall()
+    ids = config_ids(rows)
+    if not ids:
+        return
+    con.register("config_ids", pl.DataFrame({"step_id": list(ids), "config_id": list(ids.values())}))
+    try:
+        con.execute("UPDATE steps SET config_id = c.config_id FROM config_ids c WHERE steps.step_id = c.step_id")
+    finally:
+        con.unregister("config_ids")
 
 
 def _unreadable_error(corrupt: list[tuple[str, str, str]], target: Path) -> AnalysisInputError:
