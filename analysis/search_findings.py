@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.errors import AnalysisInputError
+from analysis.mdtext import md_text
 
 FIELDS = ("search_hypervolume", "search_runs", "grid_hypervolume", "grid_runs", "grid_runs_done")
 
@@ -64,13 +65,13 @@ def search_markdown(comparisons: list[SearchComparison]) -> list[str]:
         return []
     out = ["## Adaptive search vs the grid", ""]
     for comp in comparisons:
-        out += [f"Study `{comp.study}`: hypervolume of the Pareto front over ({', '.join(comp.objectives)}) "
+        out += [f"Study {md_text(comp.study)}: hypervolume of the Pareto front over ({', '.join(comp.objectives)}) "
                 "above chance, from `vlmsweep search --compare-grid`.", "",
                 "| scale | search hypervolume | search runs | grid hypervolume | grid runs done / planned "
                 "| search / grid hypervolume |", "|---|---|---|---|---|---|"]
         for scale, c in comp.per_scale.items():
             ratio = f"{c['search_hypervolume'] / c['grid_hypervolume']:.2f}" if c["grid_hypervolume"] > 0 else "–"
-            out.append(f"| {scale} | {c['search_hypervolume']:.4f} | {c['search_runs']:g} | "
+            out.append(f"| {md_text(scale)} | {c['search_hypervolume']:.4f} | {c['search_runs']:g} | "
                        f"{c['grid_hypervolume']:.4f} | {c['grid_runs_done']:g} / {c['grid_runs']:g} | {ratio} |")
         out.append("")
     return out
