@@ -21,6 +21,7 @@ import polars as pl
 
 from analysis import steprows
 from analysis.configid import config_ids
+from analysis.dbpaths import duckdb_path, writable_database
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.schema import CURVE_BUCKETS, SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
 from models import stepfiles as sf
@@ -164,7 +165,17 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         with connect(target) as con:  # unchanged: keep the catalog, report what it holds
             studies = [r[0] for r in con.execute("SELECT study FROM studies ORDER BY study").fetchall()]
         return {**result, "skipped_corrupt": (), "studies": tuple(studies)}
-    con = duckdb.connect(str(tmp))
+    with writable_database(tmp) as work:
+        studies, rows, corrupt = _fill(duckdb.connect(str(work)), root, target, manifests, reuse, fresh,
+                                       len(steps), progress, skip_unreadable)
+    return {**result, "ingested": len(rows), "skipped_corrupt": tuple(corrupt), "studies": tuple(studies)}
+
+
+def _fill(con: duckdb.DuckDBPyConnection, root: Path, target: Path, manifests: str,
+          reuse: list[steprows.StepDir], fresh: list[steprows.StepDir], total: int,
+          progress: Callable[[int, int], None] | None, skip_unreadable: bool
+          ) -> tuple[list[str], list[dict], list[tuple[str, str, str]]]:
+    """Write the new catalog into `con` (closed on return): (studies, fresh rows, unreadable files)."""
     try:
         create_all(con)
         con.execute("INSERT INTO catalog_info VALUES ('root', ?), ('manifests', ?)",
@@ -173,7 +184,7 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         # a failed bulk insert must roll back alone so the file-by-file fallback can run.
         if reuse:
             _copy_reused(con, target, [s.step_id for s in reuse])
-        rows, corrupt = _read_fresh(fresh, len(reuse), len(steps), progress)
+        rows, corrupt = _read_fresh(fresh, len(reuse), total, progress)
         corrupt += _insert_fresh(con, rows, fresh)
         if corrupt and not skip_unreadable:
             raise _unreadable_error(corrupt, target)
@@ -186,7 +197,7 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    return {**result, "ingested": len(rows), "skipped_corrupt": tuple(corrupt), "studies": tuple(studies)}
+    return studies, rows, corrupt
 
 
 def _set_config_ids(con: duckdb.DuckDBPyConnection) -> None:
@@ -332,7 +343,7 @@ def _insert_parquet(con: duckdb.DuckDBPyConnection, table: str, files: list[tupl
 def _insert_parquet_files(con: duckdb.DuckDBPyConnection, table: str, files: list[tuple[str, str]]) -> None:
     """INSERT ... SELECT over read_parquet of the files, tagging rows with their step_id."""
     columns = TABLES[table].columns
-    paths = [f[1] for f in files]
+    paths = [duckdb_path(f[1]) for f in files]  # each file itself, never a glob
     read = "read_parquet($files, filename = true, union_by_name = true)"
     present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {read}", {"files": paths}).fetchall()}
     select = ", ".join(f"CAST({_column_sql(c, present)} AS {c.dtype})" for c in columns[1:])

@@ -288,3 +288,21 @@ def test_seeds_of_one_configuration_share_a_config_id(root: Path) -> None:
         per_axes = con.sql(f"SELECT count(*) FROM step_scores GROUP BY {axes}").fetchall()
     # config_id splits no configuration of SMALL (seeds 0 and 1; one failed branch)
     assert sorted(per_config) == sorted(per_axes) and max(per_config) == (2,)
+
+
+def test_a_root_with_glob_characters_ingests_its_own_files_only(tmp_path: Path) -> None:
+    spec = SyntheticSpec(scales=("79m",), intro_fractions=(0.5,), image_ratios=(0.1,), seeds=(0,),
+                         finetune_epochs=(1,), metric_rows=5)
+    odd, twin = tmp_path / "r?o[o]t", tmp_path / "rXoot"  # `?` matches X: a glob would read both
+    write_synthetic_study(odd, spec)
+    write_synthetic_study(twin, spec)
+    ingest(odd)
+    ingest(odd)  # again: the reused-rows path attaches the catalog under the odd root
+    with connect(odd) as con:
+        n_evals = con.execute("SELECT count(*) FROM evals").fetchone()[0]
+        steps = con.execute("SELECT count(*) FROM steps").fetchone()[0]
+    ingest(twin)
+    with connect(twin) as con:
+        assert (n_evals, steps) == (con.execute("SELECT count(*) FROM evals").fetchone()[0],
+                                    con.execute("SELECT count(*) FROM steps").fetchone()[0])
+    assert sorted(p.name for p in odd.iterdir() if "duckdb" in p.name) == [".results.duckdb.lock", "results.duckdb"]
