@@ -40,8 +40,8 @@ def load_comparisons(root: str | Path, study: str | None) -> list[SearchComparis
 def _read(path: Path, study: str) -> SearchComparison:
     try:
         raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AnalysisInputError(f"{path}: cannot read the search comparison ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise AnalysisInputError(f"{path}: cannot read the search comparison ({exc})") from None
     objectives, per_scale = raw.get("objectives") if isinstance(raw, dict) else None, None
     if not isinstance(objectives, list) or not all(isinstance(o, str) for o in objectives):
         raise AnalysisInputError(f"{path}: field 'objectives' must be a list of objective names")

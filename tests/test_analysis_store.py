@@ -306,3 +306,13 @@ def test_a_root_with_glob_characters_ingests_its_own_files_only(tmp_path: Path) 
         assert (n_evals, steps) == (con.execute("SELECT count(*) FROM evals").fetchone()[0],
                                     con.execute("SELECT count(*) FROM steps").fetchone()[0])
     assert sorted(p.name for p in odd.iterdir() if "duckdb" in p.name) == [".results.duckdb.lock", "results.duckdb"]
+
+
+def test_a_step_file_nested_too_deeply_is_named_not_a_traceback(root: Path, capsys) -> None:
+    from analysis.cli import main
+
+    result = next(root.glob("steps/trunk/*/result.json"))
+    result.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["ingest", "--root", str(root), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{result}: cannot read JSON (nested too deeply)" in err and "Traceback" not in err, err

@@ -174,3 +174,32 @@ def test_a_data_error_mid_run_ends_its_step_with_one_line_and_exit_2(tmp_path, f
     assert "input" in json.loads(next((root / "steps" / "trunk").iterdir()).joinpath("failure.json")
                                  .read_text())["reason"]
     assert "not complete" in captured.out and "--retry-failed" in captured.out
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # nested past the parser's recursion limit
+
+
+@pytest.mark.parametrize("case", ["text record", "llava file"])
+def test_json_nested_too_deeply_is_one_error_naming_the_file(tmp_path, files, capsys, case):
+    if case == "text record":
+        bad = tmp_path / "deep.jsonl"
+        bad.write_text(json.dumps({"text": "a dax ."}) + "\n" + '{"text": ' + DEEP + "}\n")
+        study, root = _study(tmp_path, files, text=str(tmp_path / "*.jsonl"))
+        expect = f"{bad}: record 1: not valid JSON"
+    else:
+        bad = tmp_path / "llava.json"
+        bad.write_text(DEEP)
+        study, root = _study(tmp_path, files)
+        study.write_text(study.read_text().replace("[finetune]\n", f'[data.llava]\nkind = "llava"\npaths = '
+                                                   f'["{bad}"]\n[finetune]\ndata = "llava"\n'))
+        expect = f"{bad}: record 0: not a readable JSON list"
+    assert main(["run", str(study), "--root", str(root), "--backend", "inline"]) == 2
+    assert expect in _error_line(capsys)
+    assert not (root / "steps").exists()
+
+
+def test_a_study_file_nested_too_deeply_is_one_error(tmp_path, capsys):
+    study = tmp_path / "deep.toml"
+    study.write_text('[study]\nname = "deep"\n[axes]\nscale = ' + DEEP + "\n")
+    assert main(["plan", str(study)]) == 2
+    assert f"{study}: <toml>: not valid TOML: nested too deeply" in _error_line(capsys)

@@ -41,7 +41,7 @@ def iter_jsonl(path: str, start: int = 0) -> Iterator[Item]:
                 if not isinstance(rec, dict):
                     raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
                 yield index, rec
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
                 yield index, BadRecordError(path, index, f"not valid JSON: {exc}")
             index += 1
     except Exception as exc:  # truncated or corrupt compression (zstandard has its own error type)
@@ -153,7 +153,7 @@ def iter_llava(path: str, start: int = 0) -> Iterator[Item]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         if start == 0:
             yield 0, BadRecordError(path, 0, f"not a readable JSON list ({type(exc).__name__}: {exc})")
         return
