@@ -83,7 +83,8 @@ class PoolJob:
 
     def finish(self, outcome: str) -> None:
         self.outcome = outcome
-        self._lock.release(stopped=outcome == "interrupted")
+        # A stopped or declined job is no traceless death (sweep.launch.kills counts those).
+        self._lock.release(stopped=outcome in ("interrupted", "declined"))
 
 
 @contextlib.contextmanager
