@@ -203,3 +203,14 @@ def test_a_study_file_nested_too_deeply_is_one_error(tmp_path, capsys):
     study.write_text('[study]\nname = "deep"\n[axes]\nscale = ' + DEEP + "\n")
     assert main(["plan", str(study)]) == 2
     assert f"{study}: <toml>: not valid TOML: nested too deeply" in _error_line(capsys)
+
+
+def test_a_tokenizer_whose_unk_token_is_not_in_its_vocabulary_is_refused_by_plan(tmp_path, files, capsys):
+    tokenizers = pytest.importorskip("tokenizers")
+    bad = tmp_path / "tokenizer.json"
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "dax": 1}, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(bad))
+    study, root = _study(tmp_path, files, tokenizer=str(bad))
+    assert main(["plan", str(study), "--root", str(root)]) == 2
+    assert f"{bad}: model.unk_token '<unk>' is not in the tokenizer's vocabulary" in _error_line(capsys)

@@ -100,6 +100,9 @@ class HFTokenizer(Tokenizer):
             self._tok = _HF.from_file(str(path))
         except Exception as exc:
             raise DataError(f"{path}: not a valid tokenizer.json: {exc}") from exc
+        unk = getattr(self._tok.model, "unk_token", None)
+        if unk and self._tok.token_to_id(unk) is None:  # else the first unknown word fails training
+            raise DataError(f"{path}: model.unk_token {unk!r} is not in the tokenizer's vocabulary")
         base = self._tok.get_vocab_size(with_added_tokens=True)
         extra: list[str] = []
         for role, names in self._ALIASES.items():
