@@ -63,7 +63,12 @@ def connect(root_or_catalog: str | Path, read_only: bool = True) -> duckdb.DuckD
         path = catalog_path(path)
     if not path.is_file():
         raise AnalysisInputError(f"{path}: no results catalog; run `vlmsweep ingest` first")
-    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:  # not a DuckDB file (damaged, truncated, another format)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AnalysisInputError(f"{path}: not a readable results catalog ({reason}); run "
+                                 "`vlmsweep ingest` to rebuild it from the step files") from None
     version = _schema_version(con)
     if version != SCHEMA_VERSION:
         con.close()
