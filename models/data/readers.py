@@ -56,7 +56,8 @@ def _lines(path: str, chunk: int = 1 << 16) -> Iterator[str]:
             yield from f
         return
     import zstandard
-    dobj, tail, complete = zstandard.ZstdDecompressor().decompressobj(), b"", True
+    dobj, complete = zstandard.ZstdDecompressor().decompressobj(), True
+    pending: list[bytes] = []  # the current line's pieces: joined once, so a long line is linear
     with open(path, "rb") as f:
         while raw := f.read(chunk):
             while raw:
@@ -65,13 +66,18 @@ def _lines(path: str, chunk: int = 1 << 16) -> Iterator[str]:
                 complete = dobj.eof
                 if dobj.eof:  # concatenated frames: start the next one
                     dobj = zstandard.ZstdDecompressor().decompressobj()
-                *lines, tail = (tail + data).split(b"\n")
+                if b"\n" not in data:
+                    pending.append(data)
+                    continue
+                *lines, tail = data.split(b"\n")
+                lines[0] = b"".join([*pending, lines[0]])
+                pending = [tail]
                 for line in lines:
                     yield line.decode("utf-8") + "\n"
     if not complete:
         raise EOFError("zstd frame is truncated")
-    if tail:
-        yield tail.decode("utf-8")
+    if any(pending):
+        yield b"".join(pending).decode("utf-8")
 
 
 def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0) -> Iterator[Item]:
