@@ -56,15 +56,41 @@ class IngestSummary:
         return "\n".join(lines)
 
 
+CATALOG_ALIAS = "catalog"  # the name `attach` gives the catalog file inside its in-memory database
+
+
 def connect(root_or_catalog: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     """A connection to the current catalog (a root directory or the .duckdb file itself)."""
     path = Path(root_or_catalog)
     if path.is_dir():
         path = catalog_path(path)
+    return _checked(path, lambda: duckdb.connect(str(path), read_only=read_only))
+
+
+def attach(catalog: str | Path) -> duckdb.DuckDBPyConnection:
+    """A private read-only connection to the catalog file: an in-memory DuckDB with the file
+    attached and in use. Unlike `connect`, it never shares DuckDB's one database instance per path,
+    so it reads the file that is at the path now (ingest swaps it) and closes independently."""
+    path = Path(catalog)
+
+    def opened() -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect()
+        try:
+            con.execute(f"ATTACH '{_sql_str(path)}' AS {CATALOG_ALIAS} (READ_ONLY)")
+            con.execute(f"USE {CATALOG_ALIAS}")
+        except duckdb.Error:
+            con.close()
+            raise
+        return con
+    return _checked(path, opened)
+
+
+def _checked(path: Path, open_it: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """`open_it()` when `path` is a readable catalog of this schema; else one AnalysisInputError."""
     if not path.is_file():
         raise AnalysisInputError(f"{path}: no results catalog; run `vlmsweep ingest` first")
     try:
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = open_it()
     except duckdb.Error as exc:  # not a DuckDB file (damaged, truncated, another format)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AnalysisInputError(f"{path}: not a readable results catalog ({reason}); run "
