@@ -1,6 +1,6 @@
 """Huge text records: peak memory of packing one document of 10/50/100 MB with a byte-level BPE
 tokenizer.json (bounded pieces: flat in the document's size, vs ~140x it when encoded at once), and
-the read time of one long line from `.jsonl.zst` against its size (linear).
+the read time of one long line of prose-like text from `.jsonl.zst` against its size (linear).
 
 Each size runs in a fresh process (peak RSS = its VmHWM): it reads the record from a .jsonl shard
 through the real reader and packs all its tokens with `TextPacker` 64K tokens at a time, as a
@@ -75,15 +75,28 @@ def peak(kind: str, shard: Path, tokenizer: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def zst_read_seconds(mb: int, folder: Path) -> float:
+def random_text(mb: int) -> str:
+    """Seeded random letters in words of 1-8: text that compresses like prose (~2x), so zstd hands
+    it back in ~128 KB blocks (a repetitive document comes back in a few huge blocks and hides a
+    quadratic reader)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    chars = rng.integers(97, 123, mb * 1024 * 1024, dtype=np.uint8)
+    chars[rng.random(chars.size) < 0.18] = 32
+    return chars.tobytes().decode("ascii")
+
+
+def zst_read_seconds(mb: int, folder: Path, lines=None) -> float:
     import zstandard
 
     from models.data.readers import _lines
 
     path = folder / f"line-{mb}.jsonl.zst"
-    path.write_bytes(zstandard.ZstdCompressor().compress((json.dumps({"text": document(mb)}) + "\n").encode()))
+    path.write_bytes(zstandard.ZstdCompressor().compress((json.dumps({"text": random_text(mb)}) + "\n").encode()))
+    lines = lines or _lines
     start = time.perf_counter()
-    for _ in _lines(str(path)):
+    for _ in lines(str(path)):
         pass
     return time.perf_counter() - start
 
@@ -93,7 +106,7 @@ def main() -> None:
         child(*sys.argv[2:5])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100], help="document sizes, MB")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10, 50, 100], help="document sizes, MB")
     parser.add_argument("--zst-sizes", type=int, nargs="+", default=[25, 50, 100], help="line sizes, MB")
     parser.add_argument("--whole", type=int, nargs="*", default=[10], help="sizes also encoded at once, MB")
     args = parser.parse_args()
