@@ -80,3 +80,36 @@ def test_a_step_killed_twice_in_a_row_is_failed_as_oom(tmp_path, capsys):
     assert [f.step_id for f in read_failures(plan.root)] == [first.step_id]
     assert first not in select_steps(plan, False, 3)  # not resumed forever; --retry-failed reruns it
     assert first in select_steps(plan, True, 3)
+
+
+def test_oom_kills_reads_the_cgroup_counter_v1_and_v2(tmp_path):
+    from sweep.launch.memory import oom_kills
+
+    v2 = tmp_path / "v2"
+    (v2 / "proc/self").mkdir(parents=True)
+    (v2 / "proc/self/cgroup").write_text("0::/user.slice/run.scope\n")
+    (v2 / "sys/fs/cgroup/user.slice/run.scope").mkdir(parents=True)
+    (v2 / "sys/fs/cgroup/user.slice/run.scope/memory.events").write_text(
+        "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\noom_group_kill 0\n")
+    assert oom_kills(v2) == 2
+    v1 = tmp_path / "v1"  # a container: its own cgroup is mounted at the root
+    (v1 / "proc/self").mkdir(parents=True)
+    (v1 / "proc/self/cgroup").write_text("5:cpu:/\n4:memory:/process_api/abc\n")
+    (v1 / "sys/fs/cgroup/memory").mkdir(parents=True)
+    (v1 / "sys/fs/cgroup/memory/memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 7\n")
+    assert oom_kills(v1) == 7
+    assert oom_kills(tmp_path / "nothing") is None
+
+
+def test_a_worker_sigkilled_while_the_oom_counter_rose_fails_as_oom(monkeypatch):
+    from types import SimpleNamespace
+
+    from sweep.launch import pool
+
+    job = SimpleNamespace(oom_kills=3)
+    monkeypatch.setattr(pool, "oom_kills", lambda: 3)
+    assert pool._death_reason(-signal.SIGKILL, job)[1] == "crash"  # kill -9: no memory evidence
+    monkeypatch.setattr(pool, "oom_kills", lambda: 4)
+    error, cause = pool._death_reason(-signal.SIGKILL, job)
+    assert cause == "oom" and "OOM killer" in error
+    assert pool._death_reason(-signal.SIGSEGV, job)[1] == "crash"

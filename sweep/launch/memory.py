@@ -7,7 +7,8 @@ interrupted and a plain `run` resumes it. Resuming once is right — a kill -9 o
 host is no fault of the step — but a step that is killed again would be resumed forever. So the
 second traceless end in a row (two local/inline attempts, each holding its job lock to the end,
 neither stopped nor failed) is recorded as a failure with reason `oom`: it counts toward
-`max_failures` and `run` stops retrying it unless asked (`--retry-failed`).
+`max_failures` and `run` stops retrying it unless asked (`--retry-failed`). A local worker
+SIGKILLed while this cgroup's OOM-kill counter went up is failed as `oom` at once (`oom_kills`).
 
 Under a small `ulimit -v` (RLIMIT_AS) torch does not fail cleanly: importing it and Lightning
 maps ~1 GB of address space, and below that the process spins or dies by SIGSEGV with no
@@ -16,7 +17,9 @@ message. `run` checks the limit first and refuses it in one line (exit 2).
 
 from __future__ import annotations
 
+import re
 import resource
+from pathlib import Path
 from typing import Any
 
 from models import stepfiles as sf
@@ -44,6 +47,33 @@ def check_memory_limit() -> None:
             f"{MIN_ADDRESS_SPACE / 1024 ** 3:.0f} GB (torch and Lightning alone map ~1 GB): raise the "
             "limit (`ulimit -v unlimited`), or bound memory with a cgroup (a step it kills is "
             "recorded as failed with reason oom)")
+
+
+def oom_kills(fs: str | Path = "/") -> int | None:
+    """How many processes the kernel's OOM killer has killed in this process's memory cgroup
+    (cgroup v2 `memory.events`, v1 `memory.oom_control`), or None where that cannot be read."""
+    fs = Path(fs)
+    try:
+        lines = (fs / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":  # v2
+            candidates += [fs / "sys/fs/cgroup" / rel / "memory.events", fs / "sys/fs/cgroup/memory.events"]
+        elif "memory" in controllers.split(","):  # v1 (a container sees its cgroup at the root)
+            candidates += [fs / "sys/fs/cgroup/memory" / rel / "memory.oom_control",
+                           fs / "sys/fs/cgroup/memory/memory.oom_control"]
+    for candidate in candidates:
+        try:
+            found = re.search(r"^oom_kill (\d+)$", candidate.read_text(), re.M)
+        except OSError:
+            continue
+        if found:
+            return int(found.group(1))
+    return None
 
 
 def record_repeated_kills(plan: Any, statuses: dict[str, Any]) -> list[str]:

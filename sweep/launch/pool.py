@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 from models import stepfiles as sf
 from sweep.launch.journal import append_failure
+from sweep.launch.memory import oom_kills
 
 STOP_GRACE_S = 60.0  # how long a stopping step may take to save its checkpoint before SIGKILL
 
@@ -76,6 +77,7 @@ class PoolJob:
         # (never started: its worker was leaving); the last two are no failure of the step
         self.outcome: str | None = None
         self.began = time.time()
+        self.oom_kills = oom_kills()  # the cgroup's OOM-kill count when it started
         self._lock = JobLock(self.paths.stderr.parent)
 
     def done(self) -> bool:
@@ -185,19 +187,19 @@ class WorkerPool:
                 worker.job.finish("declined")
                 worker.job = None
                 return
-            self._fail(worker, _death_reason(worker.process.exitcode))
+            self._fail(worker, *_death_reason(worker.process.exitcode, worker.job))
             return
         assert worker.job is not None and job_id == worker.job.job_id, (job_id, worker.job)
         worker.leaving = worker.leaving or leaving
         worker.job.finish(outcome)
         worker.job = None
 
-    def _fail(self, worker: _Worker, reason: str) -> None:
+    def _fail(self, worker: _Worker, reason: str, cause: str = "crash") -> None:
         job = worker.job
         assert job is not None
         step = getattr(job.job, "step", None)  # a StepJob; see sweep.launch.backend.JobFactory
         if step is not None:
-            record_death(self.root, step, job.job_id, job.began, reason)
+            record_death(self.root, step, job.job_id, job.began, reason, cause)
         with contextlib.suppress(OSError), job.paths.stderr.open("a") as log:
             log.write(f"\nvlmsweep: {reason}\n")
         job.finish("died")
@@ -234,15 +236,22 @@ class WorkerPool:
         self.workers = []
 
 
-def _death_reason(exitcode: int | None) -> str:
+def _death_reason(exitcode: int | None, job: PoolJob | None = None) -> tuple[str, str]:
+    """(error, failure reason) of a worker's death: `oom` for a SIGKILL while this cgroup's
+    OOM-kill count went up (memory evidence), else `crash`."""
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
+        if name == "SIGKILL" and job is not None and job.oom_kills is not None \
+                and (oom_kills() or 0) > job.oom_kills:
+            return "worker process died: killed by SIGKILL; the kernel's OOM killer killed in this " \
+                   "cgroup meanwhile (out of host memory)", "oom"
         hint = " (the OOM killer or kill -9)" if name == "SIGKILL" else ""
-        return f"worker process died: killed by {name}{hint}"
-    return f"worker process died (exit code {exitcode})"
+        return f"worker process died: killed by {name}{hint}", "crash"
+    return f"worker process died (exit code {exitcode})", "crash"
 
 
-def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) -> None:
+def record_death(root: Path, step: Any, job_id: str, began: float, reason: str,
+                 cause: str = "crash") -> None:
     """failure.json (unless the step wrote one in this attempt) and the journal's failure entry.
 
     A disk that takes neither (full) gets one line on stderr; the run goes on.
@@ -254,7 +263,7 @@ def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) 
         fresh = False
     try:
         if not fresh:
-            sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason="crash",
+            sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason=cause,
                                                    error=reason, job_id=job_id, finished_at=sf.now_iso()))
         append_failure(root, step.step_id, job_id, reason)
     except OSError as exc:
