@@ -26,6 +26,7 @@ import polars as pl
 from scipy import stats
 
 from analysis import scores as sc
+from analysis.mdtext import md_text
 
 NOT_RESOLVED = "not resolved at this budget"
 CORE_Z = 2.0  # item standard errors above chance for a task to count as learned
@@ -252,7 +253,7 @@ def best_fraction_verdict(best: Sequence[tuple[str, int | None, float, tuple[flo
     ranked = sorted((b for b in best if b[1]), key=lambda b: b[1])
     if slope is None or len(ranked) < 2:
         return "Best f vs scale: needs two or more scales with a fitted best f."
-    shown = ", ".join(f"{s} {f:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if iv else " (no interval)")
+    shown = ", ".join(f"{md_text(s)} {f:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if iv else " (no interval)")
                       for s, _, f, iv in ranked for lo, hi in [iv or (0, 0)])
     (_, _, _, small), (_, _, _, large) = ranked[0], ranked[-1]
     if small is None or large is None or not (small[1] < large[0] or large[1] < small[0]):
@@ -272,7 +273,7 @@ def text_costs(steps: pl.DataFrame, main: pl.DataFrame, task_scores: pl.DataFram
                              & (pl.col("checkpoint").is_null() | (pl.col("checkpoint") >= 1.0)))
         runs = main.filter(pl.col("scale") == scale)
         by = "vl_core" if runs["vl_core"].drop_nulls().len() else "vl_score"
-        keys = [a for a in sc.CONFIG_AXES if a in runs.columns]
+        keys = [a for a in sc.CONFIG_KEYS if a in runs.columns]
         agg = runs.group_by(keys).agg(pl.col(by).mean()).drop_nulls(by).sort(by, descending=True)
         if base.is_empty() or agg.is_empty():
             continue
@@ -338,24 +339,26 @@ def markdown(*, effects: Sequence[Effect], trends: Sequence[Trend], core: pl.Dat
         out.append("No two values of intro_fraction, image_ratio, finetune_epochs or instruction_share to compare.")
     for label in dict.fromkeys(e.label for e in effects):
         rows = [e for e in effects if e.label == label]
-        held = ", ".join(f"{k} {v}" for k, v in rows[0].fixed.items() if k != "seed")
+        held = ", ".join(f"{k} {md_text(v)}" for k, v in rows[0].fixed.items() if k != "seed")
         out += [f"### {label[0].upper()}{label[1:]}", "",
                 "Δ = the first minus the second" + (f", other axes at {held}." if held else "."), "",
                 "| scale | score | Δ | seeds | items | runs | verdict |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {e.scale} | {SCORE_NAMES[e.score]} | {e.estimate.value:+.3f} | {_seeds(e.estimate)} "
+        out += [f"| {md_text(e.scale)} | {SCORE_NAMES[e.score]} | {e.estimate.value:+.3f} | {_seeds(e.estimate)} "
                 f"| {_items(e.estimate)} | {e.n_a} vs {e.n_b} | {_verdict(e.estimate)} |" for e in rows] + [""]
     stated = [e for e in effects if e.estimate.resolved]
     if effects:
         out += ["Stated:" if stated else "No effect is resolved at this budget."]
-        out += [f"- {e.scale}: {e.label}: {SCORE_NAMES[e.score]} {e.estimate.text()}." for e in stated]
+        out += [f"- {md_text(e.scale)}: {e.label}: {SCORE_NAMES[e.score]} {e.estimate.text()}." for e in stated]
     out += ["", "## Trends over the intro fraction", ""]
     if trends:
         out += ["| scale | score | slope per unit f | seeds | items | runs (fractions) | verdict |",
                 "|---|---|---|---|---|---|---|"]
-        out += [f"| {t.scale} | {SCORE_NAMES[t.score]} | {t.slope.value:+.3f} | {_seeds(t.slope)} | {_items(t.slope)} "
+        out += [f"| {md_text(t.scale)} | {SCORE_NAMES[t.score]} | {t.slope.value:+.3f} | {_seeds(t.slope)} "
+                f"| {_items(t.slope)} "
                 f"| {t.n_runs} ({', '.join(f'{f:g}' for f in t.fractions)}) | {_verdict(t.slope)} |" for t in trends]
-        out += [f"- {t.scale}: {SCORE_NAMES[t.score]} {'rises' if t.slope.value > 0 else 'falls'} with the intro "
-                f"fraction: {t.slope.text()} per unit f." for t in trends if t.slope.resolved]
+        out += [f"- {md_text(t.scale)}: {SCORE_NAMES[t.score]} "
+                f"{'rises' if t.slope.value > 0 else 'falls'} with the intro fraction: {t.slope.text()} per unit f."
+                for t in trends if t.slope.resolved]
     else:
         out.append("Not measured: no scale has three or more intro fractions.")
     return out + [""] + _cost_lines(costs) + _trunk_lines(trunk)
@@ -369,7 +372,7 @@ def _cost_lines(costs: Sequence[tuple[str, dict, str, Estimate]]) -> list[str]:
                       "(checkpoint 1.0) together with a VL run at the same scale.", ""]
     out += ["| scale | best VL configuration | score | text cost | seeds | items | verdict |",
             "|---|---|---|---|---|---|---|"]
-    out += [f"| {scale} | {', '.join(f'{k} {v:g}' for k, v in cfg.items())} | {SCORE_NAMES[score]} | "
+    out += [f"| {md_text(scale)} | {', '.join(f'{k} {v:g}' for k, v in cfg.items())} | {SCORE_NAMES[score]} | "
             f"{est.value:+.3f} | {_seeds(est)} | {_items(est)} | {_verdict(est)} |" for scale, cfg, score, est in costs]
     return out + [""]
 
@@ -379,7 +382,7 @@ def _trunk_lines(trunk: Sequence[tuple[str, float | None, int, Estimate]]) -> li
         return []
     out = ["## Text-only trunk", "", "Text stable score (all text tasks) of the trunk at each evaluated checkpoint.",
            "", "| scale | checkpoint | runs | text score | seeds | items |", "|---|---|---|---|---|---|"]
-    out += [f"| {scale} | {'final' if ck is None else f'{ck:g}'} | {n} | {est.value:+.3f} | {_seeds(est)} | "
+    out += [f"| {md_text(scale)} | {'final' if ck is None else f'{ck:g}'} | {n} | {est.value:+.3f} | {_seeds(est)} | "
             f"{_items(est)} |" for scale, ck, n, est in trunk]
     return out + [""]
 
@@ -395,8 +398,8 @@ def _core_lines(core: pl.DataFrame) -> list[str]:
         return out + ["No evaluations to choose core tasks from.", ""]
     out += ["| scale | group | core tasks | left out (level ± items) | basis |", "|---|---|---|---|---|"]
     for (scale, group), rows in core.group_by("scale", "group", maintain_order=True):
-        kept = ", ".join(rows.filter("core")["task"]) or "none"
-        left = ", ".join(f"{r['task']} {r['level']:+.2f} ± {r['item_se']:.2f}"
+        kept = ", ".join(md_text(t) for t in rows.filter("core")["task"]) or "none"
+        left = ", ".join(f"{md_text(r['task'])} {r['level']:+.2f} ± {r['item_se']:.2f}"
                          for r in rows.filter(~pl.col("core")).iter_rows(named=True)) or "—"
-        out.append(f"| {scale} | {group} | {kept} | {left} | {rows['basis'][0]} |")
+        out.append(f"| {md_text(scale)} | {group} | {kept} | {left} | {md_text(rows['basis'][0])} |")
     return out + [""]

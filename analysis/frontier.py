@@ -23,7 +23,7 @@ import polars as pl
 from scipy.optimize import nnls
 
 from analysis.errors import AnalysisInputError
-from analysis.scores import CONFIG_AXES
+from analysis.scores import CONFIG_KEYS
 
 MAX_KNOTS = 12  # interior knots of the frontier curve (quantiles of the frontier's x when more)
 
@@ -113,7 +113,7 @@ def frontier_band(x_rows: np.ndarray, y_rows: np.ndarray, *, confidence: float =
 
 
 def fit_frontier(steps: pl.DataFrame, *, x: str = "text_score", y: str = "vl_score",
-                 by: Sequence[str] = CONFIG_AXES, bootstrap: int = 200, seed: int = 0,
+                 by: Sequence[str] = CONFIG_KEYS, bootstrap: int = 200, seed: int = 0,
                  confidence: float = 0.95, grid_size: int = 50) -> FrontierFit:
     """Frontier of per-configuration means of per-run scores `x` and `y` (rows: one per run)."""
     for col in (x, y):

@@ -253,7 +253,7 @@ def job_logs(root: Path) -> dict[str, str]:
         try:
             rec = json.loads(line)
             sid, at, log = str(rec["step_id"]), float(rec.get("submitted_at", 0)), str(rec.get("log", ""))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue
         if sid not in latest or at >= latest[sid][0]:
             latest[sid] = (at, log)

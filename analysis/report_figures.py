@@ -68,7 +68,7 @@ def axis_figures(data: StudyData, built: Built) -> None:
         if axis == "intro_fraction":
             tasks = data.task_scores.join(rows.select("step_id"), on="step_id")
             agg = scores.aggregate_over_seeds(tasks, scores=("stable_score",),
-                                              by=(*scores.CONFIG_AXES, "task", "group"))
+                                              by=(*scores.CONFIG_KEYS, "task", "group"))
             built.figures.append(("scores_vs_intro_fraction_per_task", figures.per_task_figure(agg, axis)))
 
 

@@ -12,8 +12,8 @@ import polars as pl
 
 from models import stepfiles as sf
 
-SCHEMA_VERSION = 6  # 2: curves; 3: curve_points; 4: evals.primary_metric; 5: heldout_losses;
-# 6: studies.stable_score, step_scores averaging POPE's splits into one task
+SCHEMA_VERSION = 7  # 2: curves; 3: curve_points; 4: evals.primary_metric; 5: heldout_losses;
+# 6: studies.stable_score, step_scores averaging POPE's splits into one task; 7: steps.config_id
 
 # Held-out validation losses travel in `evals` under their own metric (models.stepfiles names it) and
 # are never a task's primary metric, so that no stable-score average counts them. Each becomes a
@@ -89,6 +89,8 @@ STEPS = Table(name="steps", doc="one row per finished or failed step", columns=_
     ("parent_id", "VARCHAR", "the step this one continues or evaluates"),
     ("parents_json", "VARCHAR", "all (role, step_id) parents as JSON"),
     *AXIS_COLUMNS,
+    ("config_id", "VARCHAR", "the configuration: a hash of every result-changing config field of the "
+     "step and its chain, seeds left out (steps with one config_id differ only by seed)"),
     ("planned_tokens", "BIGINT", "tokens the plan asked for (meta.tokens)"),
     ("status", "VARCHAR", "done | failed"),
     ("tokens", "BIGINT", "tokens actually trained on"),
@@ -190,7 +192,10 @@ CATALOG_INFO = Table(name="catalog_info", doc="schema version and provenance", c
 TABLES: dict[str, Table] = {t.name: t for t in (STEPS, STUDY_STEPS, METRICS, CURVES, CURVE_POINTS, EVALS,
                                                 STUDIES, CATALOG_INFO)}
 
-_CONFIG_AXES = tuple(a for a in AXES if a != "seed")
+# A configuration: every axis but the seed, and config_id, so that two steps with equal axes but
+# another config field (a fine-tune lr edited mid-study) are two configurations, never two seeds.
+_CONFIG_AXES = (*(a for a in AXES if a != "seed"), "config_id")
+_SCORE_COLUMNS = (*AXES, "config_id")
 
 
 def _quoted(names) -> str:
@@ -219,29 +224,29 @@ def benchmark_sql(task: str = "task") -> str:
 # Stable score = primary metric - chance (DESIGN §1), never a held-out loss row, joined with the
 # evaluated chain's axes (heldout_losses: those rows, likewise joined); per eval
 # step the VL, text and all-task averages over benchmarks (a folded suite's splits averaged first);
-# per configuration (all axes but seed) mean, stderr, n.
+# per configuration (config_id and all axes but seed) mean, stderr, n.
 # analysis.scores computes the same in polars (with a configurable k-task average); a test
 # checks the two agree.
 VIEWS: dict[str, str] = {
     "stable_scores": (
         "CREATE VIEW stable_scores AS SELECT e.step_id, e.task, e.\"group\", e.metric, e.value, "
         "e.chance, e.n, e.value - e.chance AS stable_score, "
-        + ", ".join(f"s.\"{a}\"" for a in AXES)
+        + ", ".join(f"s.\"{a}\"" for a in _SCORE_COLUMNS)
         + " FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.primary_metric"
         + f" AND e.metric <> '{LOSS_METRIC}'"),
     "heldout_losses": (
         "CREATE VIEW heldout_losses AS SELECT e.step_id, e.task, e.\"group\", e.value, e.n, "
-        + ", ".join(f"s.\"{a}\"" for a in AXES)
+        + ", ".join(f"s.\"{a}\"" for a in _SCORE_COLUMNS)
         + f" FROM evals e JOIN steps s USING (step_id) WHERE s.status = 'done' AND e.metric = '{LOSS_METRIC}'"),
     "step_scores": (
-        f"CREATE VIEW step_scores AS SELECT step_id, {_quoted(AXES)}, "
+        f"CREATE VIEW step_scores AS SELECT step_id, {_quoted(_SCORE_COLUMNS)}, "
         "avg(stable_score) FILTER (WHERE \"group\" = 'vl') AS vl_score, "
         "avg(stable_score) FILTER (WHERE \"group\" = 'text') AS text_score, "
         "avg(stable_score) AS avg_score, count(*) FILTER (WHERE \"group\" = 'vl') AS n_vl_tasks, "
         "count(*) FILTER (WHERE \"group\" = 'text') AS n_text_tasks, count(*) AS n_avg_tasks "
-        f"FROM (SELECT step_id, {_quoted(AXES)}, \"group\", {benchmark_sql()} AS benchmark, "
-        f"avg(stable_score) AS stable_score FROM stable_scores "
-        f"GROUP BY step_id, {_quoted(AXES)}, \"group\", benchmark) GROUP BY step_id, {_quoted(AXES)}"),
+        f"FROM (SELECT step_id, {_quoted(_SCORE_COLUMNS)}, \"group\", {benchmark_sql()} AS benchmark, "
+        f"avg(stable_score) AS stable_score FROM stable_scores GROUP BY step_id, {_quoted(_SCORE_COLUMNS)}, "
+        f"\"group\", benchmark) GROUP BY step_id, {_quoted(_SCORE_COLUMNS)}"),
     "config_scores": (
         f"CREATE VIEW config_scores AS SELECT {_quoted(_CONFIG_AXES)}, {_config_aggregates()} "
         f"FROM step_scores GROUP BY {_quoted(_CONFIG_AXES)}"),

@@ -20,7 +20,10 @@ from analysis.schema import AXES, FOLDED_SUITES, LOSS_METRIC
 from models.stepfiles import STABLE_DEFINITIONS
 
 SCORES = ("vl_score", "text_score", "avg_score")  # per-step aggregates, in display order
-CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # a configuration = every axis but the seed
+CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # the axes a configuration sets: all but the seed
+# What tells configurations apart: those axes and config_id (analysis.configid: every other
+# result-changing field), so an edited study's old and new runs are never averaged as seeds.
+CONFIG_KEYS = (*CONFIG_AXES, "config_id")
 SCORE_LABELS = {"vl_score": "VL stable score (score − chance)",
                 "text_score": "text stable score (score − chance)",
                 "avg_score": "k-task average stable score (score − chance)"}
@@ -75,7 +78,7 @@ def step_scores(scores: pl.DataFrame, *, average_tasks: Sequence[str] | None = N
     """
     if "stable_score" not in scores.columns:
         scores = stable_scores(scores)
-    axes = [a for a in AXES if a in scores.columns]
+    axes = [a for a in (*AXES, "config_id") if a in scores.columns]
     scores = scores.with_columns(_benchmark_expr()).group_by(
         ["step_id", *axes, "group", "benchmark"], maintain_order=True).agg(pl.col("stable_score").mean())
     listed = None if average_tasks is None else sorted({benchmark(t) for t in average_tasks})
@@ -96,7 +99,7 @@ def step_scores(scores: pl.DataFrame, *, average_tasks: Sequence[str] | None = N
 
 
 def aggregate_over_seeds(steps: pl.DataFrame, *, scores: Sequence[str] = SCORES,
-                         by: Sequence[str] = CONFIG_AXES) -> pl.DataFrame:
+                         by: Sequence[str] = CONFIG_KEYS) -> pl.DataFrame:
     """Per configuration: `<score>_mean`, `<score>_stderr` (null with one run), `<score>_n`, and n_runs."""
     keys = [a for a in by if a in steps.columns]
     aggs: list[pl.Expr] = [pl.len().alias("n_runs")]

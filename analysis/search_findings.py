@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.errors import AnalysisInputError
+from analysis.mdtext import md_text
 
 FIELDS = ("search_hypervolume", "search_runs", "grid_hypervolume", "grid_runs", "grid_runs_done")
 
@@ -39,8 +40,8 @@ def load_comparisons(root: str | Path, study: str | None) -> list[SearchComparis
 def _read(path: Path, study: str) -> SearchComparison:
     try:
         raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AnalysisInputError(f"{path}: cannot read the search comparison ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise AnalysisInputError(f"{path}: cannot read the search comparison ({exc})") from None
     objectives, per_scale = raw.get("objectives") if isinstance(raw, dict) else None, None
     if not isinstance(objectives, list) or not all(isinstance(o, str) for o in objectives):
         raise AnalysisInputError(f"{path}: field 'objectives' must be a list of objective names")
@@ -64,13 +65,13 @@ def search_markdown(comparisons: list[SearchComparison]) -> list[str]:
         return []
     out = ["## Adaptive search vs the grid", ""]
     for comp in comparisons:
-        out += [f"Study `{comp.study}`: hypervolume of the Pareto front over ({', '.join(comp.objectives)}) "
+        out += [f"Study {md_text(comp.study)}: hypervolume of the Pareto front over ({', '.join(comp.objectives)}) "
                 "above chance, from `vlmsweep search --compare-grid`.", "",
                 "| scale | search hypervolume | search runs | grid hypervolume | grid runs done / planned "
                 "| search / grid hypervolume |", "|---|---|---|---|---|---|"]
         for scale, c in comp.per_scale.items():
             ratio = f"{c['search_hypervolume'] / c['grid_hypervolume']:.2f}" if c["grid_hypervolume"] > 0 else "–"
-            out.append(f"| {scale} | {c['search_hypervolume']:.4f} | {c['search_runs']:g} | "
+            out.append(f"| {md_text(scale)} | {c['search_hypervolume']:.4f} | {c['search_runs']:g} | "
                        f"{c['grid_hypervolume']:.4f} | {c['grid_runs_done']:g} / {c['grid_runs']:g} | {ratio} |")
         out.append("")
     return out

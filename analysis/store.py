@@ -20,6 +20,8 @@ import duckdb
 import polars as pl
 
 from analysis import steprows
+from analysis.configid import config_ids
+from analysis.dbpaths import duckdb_path, writable_database
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.schema import CURVE_BUCKETS, SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
 from models import stepfiles as sf
@@ -54,14 +56,45 @@ class IngestSummary:
         return "\n".join(lines)
 
 
+CATALOG_ALIAS = "catalog"  # the name `attach` gives the catalog file inside its in-memory database
+
+
 def connect(root_or_catalog: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     """A connection to the current catalog (a root directory or the .duckdb file itself)."""
     path = Path(root_or_catalog)
     if path.is_dir():
         path = catalog_path(path)
+    return _checked(path, lambda: duckdb.connect(str(path), read_only=read_only))
+
+
+def attach(catalog: str | Path) -> duckdb.DuckDBPyConnection:
+    """A private read-only connection to the catalog file: an in-memory DuckDB with the file
+    attached and in use. Unlike `connect`, it never shares DuckDB's one database instance per path,
+    so it reads the file that is at the path now (ingest swaps it) and closes independently."""
+    path = Path(catalog)
+
+    def opened() -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect()
+        try:
+            con.execute(f"ATTACH '{_sql_str(path)}' AS {CATALOG_ALIAS} (READ_ONLY)")
+            con.execute(f"USE {CATALOG_ALIAS}")
+        except duckdb.Error:
+            con.close()
+            raise
+        return con
+    return _checked(path, opened)
+
+
+def _checked(path: Path, open_it: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """`open_it()` when `path` is a readable catalog of this schema; else one AnalysisInputError."""
     if not path.is_file():
         raise AnalysisInputError(f"{path}: no results catalog; run `vlmsweep ingest` first")
-    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con = open_it()
+    except duckdb.Error as exc:  # not a DuckDB file (damaged, truncated, another format)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AnalysisInputError(f"{path}: not a readable results catalog ({reason}); run "
+                                 "`vlmsweep ingest` to rebuild it from the step files") from None
     version = _schema_version(con)
     if version != SCHEMA_VERSION:
         con.close()
@@ -163,7 +196,17 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         with connect(target) as con:  # unchanged: keep the catalog, report what it holds
             studies = [r[0] for r in con.execute("SELECT study FROM studies ORDER BY study").fetchall()]
         return {**result, "skipped_corrupt": (), "studies": tuple(studies)}
-    con = duckdb.connect(str(tmp))
+    with writable_database(tmp) as work:
+        studies, rows, corrupt = _fill(duckdb.connect(str(work)), root, target, manifests, reuse, fresh,
+                                       len(steps), progress, skip_unreadable)
+    return {**result, "ingested": len(rows), "skipped_corrupt": tuple(corrupt), "studies": tuple(studies)}
+
+
+def _fill(con: duckdb.DuckDBPyConnection, root: Path, target: Path, manifests: str,
+          reuse: list[steprows.StepDir], fresh: list[steprows.StepDir], total: int,
+          progress: Callable[[int, int], None] | None, skip_unreadable: bool
+          ) -> tuple[list[str], list[dict], list[tuple[str, str, str]]]:
+    """Write the new catalog into `con` (closed on return): (studies, fresh rows, unreadable files)."""
     try:
         create_all(con)
         con.execute("INSERT INTO catalog_info VALUES ('root', ?), ('manifests', ?)",
@@ -172,7 +215,7 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         # a failed bulk insert must roll back alone so the file-by-file fallback can run.
         if reuse:
             _copy_reused(con, target, [s.step_id for s in reuse])
-        rows, corrupt = _read_fresh(fresh, len(reuse), len(steps), progress)
+        rows, corrupt = _read_fresh(fresh, len(reuse), total, progress)
         corrupt += _insert_fresh(con, rows, fresh)
         if corrupt and not skip_unreadable:
             raise _unreadable_error(corrupt, target)
@@ -181,10 +224,24 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         studies = _insert_manifests(con, root)
         _insert_derived(con, [s.step_id for s in fresh])
         _keep_previous_rows(con, target, sorted({sid for sid, _, _ in corrupt}))
+        _set_config_ids(con)
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    return {**result, "ingested": len(rows), "skipped_corrupt": tuple(corrupt), "studies": tuple(studies)}
+    return studies, rows, corrupt
+
+
+def _set_config_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Every step's config_id (analysis.configid), from the whole chain of steps now in the catalog."""
+    rows = con.execute("SELECT step_id, kind, config_json, parents_json, code_salt FROM steps").fetchall()
+    ids = config_ids(rows)
+    if not ids:
+        return
+    con.register("config_ids", pl.DataFrame({"step_id": list(ids), "config_id": list(ids.values())}))
+    try:
+        con.execute("UPDATE steps SET config_id = c.config_id FROM config_ids c WHERE steps.step_id = c.step_id")
+    finally:
+        con.unregister("config_ids")
 
 
 def _unreadable_error(corrupt: list[tuple[str, str, str]], target: Path) -> AnalysisInputError:
@@ -317,7 +374,7 @@ def _insert_parquet(con: duckdb.DuckDBPyConnection, table: str, files: list[tupl
 def _insert_parquet_files(con: duckdb.DuckDBPyConnection, table: str, files: list[tuple[str, str]]) -> None:
     """INSERT ... SELECT over read_parquet of the files, tagging rows with their step_id."""
     columns = TABLES[table].columns
-    paths = [f[1] for f in files]
+    paths = [duckdb_path(f[1]) for f in files]  # each file itself, never a glob
     read = "read_parquet($files, filename = true, union_by_name = true)"
     present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {read}", {"files": paths}).fetchall()}
     select = ", ".join(f"CAST({_column_sql(c, present)} AS {c.dtype})" for c in columns[1:])

@@ -11,6 +11,7 @@ from typing import Sequence
 import polars as pl
 
 from analysis.findings import best_fraction_verdict
+from analysis.mdtext import md_text
 from analysis.surface import SurfaceFit, best_fraction_trend
 
 
@@ -67,7 +68,7 @@ def best_table_rows(fits: list[SurfaceFit]) -> list[str]:
         terms = f"{fit.n_runs} runs, terms {' '.join(fit.terms)}"
         best_f = f"{fit.best_intro_fraction:.2f}{_interval(fit, 'intro_fraction', '.2f')}"
         best_r = f"{fit.best_image_ratio:.3g}{_interval(fit, 'image_ratio', '.3g')}"
-        rows.append(f"| {fit.scale} | {fit.score} | {best_f} | {best_r} | {fit.best_score:.3f} | {terms} |")
+        rows.append(f"| {md_text(fit.scale)} | {fit.score} | {best_f} | {best_r} | {fit.best_score:.3f} | {terms} |")
     return rows
 
 
@@ -77,14 +78,14 @@ def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, 
     """findings.md: what the data allow, the effects, trends, text cost and trunk scores with their
     uncertainties (`uncertain`: analysis.findings' sections), best f and ratio per scale, and what
     is missing."""
-    out = [f"# Findings: {study or 'all studies under the root'}", "",
+    out = [f"# Findings: {md_text(study or 'all studies under the root')}", "",
            f"{n_runs} evaluated runs of the final models; {len(missing)} planned evaluations have no result"
            + (" (listed in `missing_cells.csv`)." if len(missing) else "."), ""]
     if fixed:
         out += ["Axes held at their most common value for these fits: "
-                + ", ".join(f"{k} = {v}" for k, v in fixed.items()) + ".", ""]
+                + ", ".join(f"{k} = {md_text(v)}" for k, v in fixed.items()) + ".", ""]
     if notes:
-        out += ["## Limits of this study's data", ""] + [f"- {n}" for n in notes] + [""]
+        out += ["## Limits of this study's data", ""] + [f"- {md_text(n)}" for n in notes] + [""]
     out += list(uncertain)
     out += ["## Best introduction fraction and image ratio per scale", ""]
     if any(fits.values()):
@@ -99,5 +100,5 @@ def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, 
         best = [(f.scale, f.params, f.best_intro_fraction, f.intervals.get("intro_fraction")) for f in score_fits]
         out.append(f"\n{best_fraction_verdict(best, best_fraction_trend(score_fits))} ({score})")
     if skipped:
-        out += ["", "## Figures not drawn", ""] + [f"- `{name}`: {why}" for name, why in skipped]
+        out += ["", "## Figures not drawn", ""] + [f"- {md_text(name)}: {md_text(why)}" for name, why in skipped]
     return "\n".join(out) + "\n"

@@ -2,8 +2,13 @@
 
 Ingest replaces results.duckdb by rename, so the file's (inode, mtime, size) names a catalog
 version. The app reads the version on every script run and keys its caches on it: a new catalog
-shows up on the next interaction, without a restart. Queries run on per-call cursors because a
-DuckDB connection is not thread-safe and Streamlit runs each browser session in its own thread.
+shows up on the next interaction, without a restart.
+
+Streamlit runs each browser session in its own thread, and ingest may swap the file at any
+moment, so each thread has a connection of its own (`analysis.store.attach`: an in-memory DuckDB
+with the catalog attached read-only, never DuckDB's one shared instance per path). A thread
+reopens only its own connection when it meets a newer version; a query in another session keeps
+reading the file it opened, and no session ever closes a connection another one is using.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import duckdb
 import polars as pl
 
 from analysis.errors import AnalysisInputError
-from analysis.store import catalog_path, connect
+from analysis.store import CATALOG_ALIAS, attach, catalog_path
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,39 +48,37 @@ def catalog_version(root: str | Path) -> CatalogVersion:
     return CatalogVersion(root=root, path=path, inode=st.st_ino, mtime_ns=st.st_mtime_ns, size=st.st_size)
 
 
-class _Current:
-    """The one open connection of this process, for the newest version seen."""
-
-    lock = threading.Lock()
-    version: CatalogVersion | None = None
-    con: duckdb.DuckDBPyConnection | None = None
+_LOCAL = threading.local()  # this thread's (generation, version, connection)
+_GENERATION = [0]  # bumped by close(): every thread reopens at its next query
 
 
 def _connection(version: CatalogVersion) -> duckdb.DuckDBPyConnection:
-    with _Current.lock:
-        if _Current.version != version or _Current.con is None:
-            if _Current.con is not None:
-                # DuckDB shares one database instance per path within a process: while the old
-                # connection lives, connecting to the same path would return the old catalog.
-                _Current.con.close()
-            _Current.con = connect(version.path, read_only=True)
-            _Current.version = version
-        return _Current.con
+    held = getattr(_LOCAL, "held", None)
+    if held is None or held[:2] != (_GENERATION[0], version):
+        if held is not None:
+            held[2].close()  # this thread's own: nobody else uses it
+        _LOCAL.held = None
+        _LOCAL.held = (_GENERATION[0], version, attach(version.path))
+    return _LOCAL.held[2]
 
 
 def close() -> None:
-    """Close the process's catalog connection; the next query reopens it (benchmarks time first visits)."""
-    with _Current.lock:
-        if _Current.con is not None:
-            _Current.con.close()
-        _Current.con, _Current.version = None, None
+    """Close this thread's catalog connection and make every other thread reopen its own at its
+    next query (benchmarks time first visits; tests end cleanly)."""
+    _GENERATION[0] += 1
+    held = getattr(_LOCAL, "held", None)
+    if held is not None:
+        held[2].close()
+        _LOCAL.held = None
 
 
 @contextmanager
 def cursor(version: CatalogVersion) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A cursor on the catalog version; closed on exit."""
+    """A cursor of this thread's connection to the catalog version (one per call: a result left
+    half-fetched never blocks the next query); closed on exit."""
     cur = _connection(version).cursor()
     try:
+        cur.execute(f"USE {CATALOG_ALIAS}")  # a cursor starts in the in-memory database
         yield cur
     finally:
         cur.close()

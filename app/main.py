@@ -36,6 +36,7 @@ def main(root: str | Path) -> None:
     # Imported here: under `streamlit run` this file's folder leads sys.path, and app modules
     # must load as `app.*` (the installed package), never as top-level siblings.
     from analysis.errors import AnalysisInputError
+    from analysis.mdtext import md_text
     from app.catalog import catalog_version
     from app.session import set_context, sidebar_filters
 
@@ -45,9 +46,9 @@ def main(root: str | Path) -> None:
         version = catalog_version(root)
         set_context(sidebar_filters(version))
     except AnalysisInputError as exc:
-        st.error(str(exc))
+        st.error(md_text(exc))
         st.stop()
-    st.sidebar.caption(f"catalog: `{version.path}` (read-only)")
+    st.sidebar.caption(f"catalog: {md_text(version.path)} (read-only)")
     page.run()
 
 

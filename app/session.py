@@ -87,7 +87,9 @@ def sidebar_filters(version: CatalogVersion) -> Context:
                 selections.append((axis, tuple(v for v in values if v in kept)))
     ignored = st.session_state.get(_INIT) or []
     if ignored:
-        st.sidebar.warning(f"not in this catalog, ignored: {', '.join(ignored)}")
+        # The URL's own text: shown verbatim, never as Markdown (a link or image in it must not load).
+        st.sidebar.warning("URL parameters not in this catalog, ignored:")
+        st.sidebar.code("\n".join(ignored), language=None)
     st.sidebar.caption("Steps an axis does not apply to (e.g. a trunk's intro_fraction) are always kept. "
                        "The filters live in the URL: copy it to share this view.")
     filters = Filters(study=study, selections=tuple(selections))

@@ -133,7 +133,7 @@ def build_scores(version: CatalogVersion, filters: Filters, opts: ScoresOptions)
     if opts.per_task:
         tasks = loaders.task_scores(version, filters).filter(pl.col("step_id").is_in(kept["step_id"].to_list()))
         agg = scores.aggregate_over_seeds(tasks, scores=("stable_score",),
-                                          by=(*scores.CONFIG_AXES, "task", "group"))
+                                          by=(*scores.CONFIG_KEYS, "task", "group"))
         fig = afig.per_task_figure(agg, opts.axis, color=opts.color)
     else:
         agg = scores.aggregate_over_seeds(kept)

@@ -65,7 +65,14 @@ def failure_reason(exc: BaseException) -> str:
         return "disk"
     if isinstance(exc, (DataError, CheckpointError, sf.StepFileError)):
         return "input"  # the user's to fix: the message names the file and record
-    return "oom" if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) else "exception"
+    return "oom" if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or _host_oom(exc) else "exception"
+
+
+def _host_oom(exc: BaseException) -> bool:
+    """torch's CPU allocator failing (a RuntimeError: "DefaultCPUAllocator: can't allocate memory",
+    or "not enough memory" on some platforms): the host is out of memory, like a CUDA OOM."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in text and "memory" in text
 
 
 def _failure(directory: Path, step: Step, exc: BaseException, ranks: Ranks) -> None:

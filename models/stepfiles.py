@@ -342,11 +342,16 @@ def read_json(path: Path) -> dict[str, Any]:
     """A step file's JSON object; StepFileError naming the file when it is unreadable or not one."""
     try:
         value = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise StepFileError(f"{path}: cannot read JSON ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise StepFileError(f"{path}: cannot read JSON ({_json_problem(exc)})") from None
     if not isinstance(value, dict):
         raise StepFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _json_problem(exc: BaseException) -> str:
+    """Why a JSON text could not be read, in words (json's own message, or the nesting depth)."""
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
 
 
 def read_json_or_none(path: Path) -> dict[str, Any] | None:

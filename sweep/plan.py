@@ -259,15 +259,18 @@ def step_cost(step: Step) -> StepCost:
 def sharing_savings(plan: Plan) -> dict[str, int | float]:
     """Tokens saved by branching from shared trunks rather than training each branch from scratch.
 
-    Without sharing, every branch would train its own text-only prefix of f·T tokens; with
-    sharing, each trunk trains its T once. saved = Σ_branches f·T − Σ_trunks T (can be negative
-    for a grid that only introduces images early).
+    Without sharing, every branch would train its own text-only prefix of f·T tokens, and a trunk
+    whose final model the study evaluates (the text-only baseline) would still train its T; with
+    sharing, each trunk trains its T once. saved = Σ_branches f·T − Σ_other trunks T: negative only
+    when a trunk trains past the last checkpoint any step uses (a grid without f = 1).
     """
     trunk_tokens = {s.step_id: s.config.tokens for s in plan.steps if s.kind == "trunk"}
+    evaluated = {pid for s in plan.steps if s.kind == "eval" and (s.config.checkpoint or 1.0) >= 1.0
+                 for role, pid in s.parents if role == "trunk"}
     prefix = sum(s.config.intro_fraction * trunk_tokens[s.parent("trunk")]
                  for s in plan.steps if s.kind == "branch")
     shared_total = sum(step_cost(s).tokens or 0 for s in plan.steps)
-    unshared_total = shared_total - sum(trunk_tokens.values()) + prefix
+    unshared_total = shared_total + prefix - sum(t for sid, t in trunk_tokens.items() if sid not in evaluated)
     saved = unshared_total - shared_total
     return {"tokens_shared": int(shared_total), "tokens_unshared": int(round(unshared_total)),
             "tokens_saved": int(round(saved)),

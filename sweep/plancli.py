@@ -120,9 +120,13 @@ def plan_table(plan: Plan, gpu: str = "h100", capacity: int | None = None) -> st
     lines.append(f"{'total':<16} {len(plan.steps):>6} {done:>5} {'':>6} {'':>12} "
                  f"{_fmt(total_tokens):>9} {_fmt(total_flops):>9}")
     sav = sharing_savings(plan)
-    lines.append(f"sharing trunks saves {_fmt(sav['tokens_saved'])} tokens "
-                 f"({sav['saved_percent']:.1f}% of {_fmt(sav['tokens_unshared'])} if every branch "
-                 f"trained its own text-only prefix)")
+    if sav["tokens_saved"] >= 0:
+        lines.append(f"sharing trunks saves {_fmt(sav['tokens_saved'])} tokens "
+                     f"({sav['saved_percent']:.1f}% of {_fmt(sav['tokens_unshared'])} if every branch "
+                     f"trained its own text-only prefix)")
+    else:  # no f = 1: a trunk trains its full schedule past the last checkpoint any step uses
+        lines.append(f"sharing trunks saves nothing here: the trunks train {_fmt(-sav['tokens_saved'])} "
+                     "tokens past the last checkpoint any step uses (their LR schedule runs to the end)")
     if any(r["unknown"] for r in rows.values()):
         lines.append("+ some steps' tokens are unknown until their data is read "
                      "([finetune].samples = 0); totals leave them out")

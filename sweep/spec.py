@@ -160,6 +160,8 @@ def load_study(path: str | Path) -> Study:
         raise StudyError(file, "<file>", f"cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(file, "<toml>", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise StudyError(file, "<toml>", "not valid TOML: nested too deeply") from None
     top = Table(raw, file, "")
     head = top.table("study", required=True)
     name = head.str("name")

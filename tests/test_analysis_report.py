@@ -97,3 +97,35 @@ def test_findings_report_the_search_comparison_when_search_wrote_one(root: Path,
             write_report(root, tmp_path / "c", study="synthetic", bootstrap=0, formats=())
     finally:
         comparison.unlink()
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_findings_escape_user_derived_names(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "root"
+    write_synthetic_study(root, SyntheticSpec(scales=("79m",), intro_fractions=(0.0, 1.0), image_ratios=(0.1,),
+                                              finetune_epochs=(1,), metric_rows=4))
+    first = None
+    for path in sorted(root.glob("steps/eval/*/evals.parquet")):  # a task named by its eval file
+        table = pq.read_table(path)
+        first = first or next(t for t in table.column("task").to_pylist() if not t.startswith("heldout"))
+        tasks = [HOSTILE if t == first else t for t in table.column("task").to_pylist()]
+        pq.write_table(table.set_column(table.schema.get_field_index("task"), "task",
+                                        pa.array(tasks, pa.string())), path)
+    assert main(["ingest", "--root", str(root), "--quiet"]) == 0
+    findings = (write_report(root, tmp_path / "out", study="synthetic", bootstrap=0, formats=()).out_dir
+                / "findings.md").read_text()
+    assert "<img" not in findings
+    assert "&lt;img src=x onerror=alert(1)&gt;" in findings  # shown as text, not dropped
+
+
+def test_md_text_renders_as_its_characters() -> None:
+    from analysis.mdtext import md_text
+
+    assert md_text("![t](http://127.0.0.1:9/x.png)") == "\\!\\[t\\](http://127.0.0.1:9/x.png)"
+    assert md_text("a|b\n# c") == "a\\|b # c"
+    assert md_text("heldout_text 0.5") == "heldout_text 0.5"

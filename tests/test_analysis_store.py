@@ -235,3 +235,84 @@ def test_stable_scores_take_each_tasks_primary_row_and_read_older_eval_files(roo
     assert flags == {"acc": True, "acc_norm": False, "accuracy": True, LOSS_METRIC: False}
     assert sorted(m for (m,) in scored) == ["acc", "accuracy"] and per_task == 1
     assert legacy_rows == len(old)
+
+
+def _copy_step(root: Path, kind: str, sid: str, new_sid: str, **changes) -> None:
+    """A copy of step `sid` as `new_sid` with config.json changed (what an edited study plans)."""
+    import shutil
+
+    from models.stepfiles import step_dir
+    src, dst = step_dir(root, kind, sid), step_dir(root, kind, new_sid)
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["step_id"] = new_sid
+    for key, value in changes.items():
+        if key == "parents":
+            cfg["parents"] = value
+        else:
+            cfg["config"][key] = value
+    (dst / "config.json").write_text(json.dumps(cfg))
+    res = json.loads((dst / "result.json").read_text())
+    (dst / "result.json").write_text(json.dumps({**res, "step_id": new_sid}))
+
+
+def test_an_edited_finetune_is_a_new_configuration_not_a_second_seed(tmp_path: Path) -> None:
+    spec = SyntheticSpec(scales=("79m",), intro_fractions=(0.5,), image_ratios=(0.1,), seeds=(0,),
+                         finetune_epochs=(1,), metric_rows=5)
+    study = write_synthetic_study(tmp_path, spec)
+    ft = study.step_ids["finetune"][0]
+    old_eval = next(sid for sid in study.step_ids["eval"]
+                    if json.loads((tmp_path / "steps" / "eval" / sid / "config.json").read_text())["parents"]
+                    == [["finetune", ft]])
+    _copy_step(tmp_path, "finetune", ft, "ft0000edited", lr=5e-5)  # the lr edited mid-study
+    _copy_step(tmp_path, "eval", old_eval, "ev0000edited", parents=[["finetune", "ft0000edited"]])
+    ingest(tmp_path)
+    with connect(tmp_path) as con:
+        rows = con.sql("SELECT config_id, n_runs FROM config_scores WHERE stage = 'finetune'").fetchall()
+        ids = dict(con.execute("SELECT step_id, config_id FROM steps WHERE step_id IN (?, ?)",
+                               [old_eval, "ev0000edited"]).fetchall())
+    assert len(rows) == 2 and all(n == 1 for _, n in rows), rows  # two configurations of one run each
+    assert ids[old_eval] != ids["ev0000edited"]
+    from analysis import queries, scores
+    with connect(tmp_path) as con:
+        agg = scores.aggregate_over_seeds(scores.step_scores(queries.load_stable_scores(con)))
+    assert agg.filter(pl.col("stage") == "finetune")["n_runs"].to_list() == [1, 1]
+
+
+def test_seeds_of_one_configuration_share_a_config_id(root: Path) -> None:
+    from analysis.scores import CONFIG_AXES
+    ingest(root)
+    axes = ", ".join(f'"{a}"' for a in CONFIG_AXES)
+    with connect(root) as con:
+        per_config = con.sql("SELECT n_runs FROM config_scores").fetchall()
+        per_axes = con.sql(f"SELECT count(*) FROM step_scores GROUP BY {axes}").fetchall()
+    # config_id splits no configuration of SMALL (seeds 0 and 1; one failed branch)
+    assert sorted(per_config) == sorted(per_axes) and max(per_config) == (2,)
+
+
+def test_a_root_with_glob_characters_ingests_its_own_files_only(tmp_path: Path) -> None:
+    spec = SyntheticSpec(scales=("79m",), intro_fractions=(0.5,), image_ratios=(0.1,), seeds=(0,),
+                         finetune_epochs=(1,), metric_rows=5)
+    odd, twin = tmp_path / "r?o[o]t", tmp_path / "rXoot"  # `?` matches X: a glob would read both
+    write_synthetic_study(odd, spec)
+    write_synthetic_study(twin, spec)
+    ingest(odd)
+    ingest(odd)  # again: the reused-rows path attaches the catalog under the odd root
+    with connect(odd) as con:
+        n_evals = con.execute("SELECT count(*) FROM evals").fetchone()[0]
+        steps = con.execute("SELECT count(*) FROM steps").fetchone()[0]
+    ingest(twin)
+    with connect(twin) as con:
+        assert (n_evals, steps) == (con.execute("SELECT count(*) FROM evals").fetchone()[0],
+                                    con.execute("SELECT count(*) FROM steps").fetchone()[0])
+    assert sorted(p.name for p in odd.iterdir() if "duckdb" in p.name) == [".results.duckdb.lock", "results.duckdb"]
+
+
+def test_a_step_file_nested_too_deeply_is_named_not_a_traceback(root: Path, capsys) -> None:
+    from analysis.cli import main
+
+    result = next(root.glob("steps/trunk/*/result.json"))
+    result.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["ingest", "--root", str(root), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{result}: cannot read JSON (nested too deeply)" in err and "Traceback" not in err, err

@@ -81,3 +81,15 @@ def test_run_app_execs_streamlit(results, monkeypatch, capsys):
     run_app(Namespace(target=results, port=8765, host="::1"))
     assert calls and calls[0][1] == streamlit_command(results.resolve(), port=8765, host="::1")
     assert "http://[::1]:8765" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_catalog_is_one_line_and_exit_2(results, capsys, damage):
+    catalog = results / "results.duckdb"
+    data = catalog.read_bytes()
+    catalog.write_bytes(b"not a database\n" * 100 if damage == "garbage" else data[:5000])
+    assert vlmsweep(["app", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vlmsweep app: error: {catalog}: not a readable results catalog")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "vlmsweep ingest" in err

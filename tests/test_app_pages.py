@@ -115,7 +115,16 @@ def test_widget_filters_are_written_to_the_url(results):
 
 def test_unknown_url_values_are_reported_not_fatal(results):
     at = open_page(results, "overview", {"scale": "7b", "study": "nope"})
-    assert any("scale=7b" in w.value and "study=nope" in w.value for w in at.sidebar.warning)
+    assert at.sidebar.warning and any("scale=7b" in c.value and "study=nope" in c.value for c in at.sidebar.code)
+
+
+def test_url_parameters_are_never_rendered_as_markdown(results):
+    image = "![t](http://127.0.0.1:9/x.png)"
+    at = open_page(results, "overview", {"scale": image})
+    assert any(f"scale={image}" in c.value for c in at.sidebar.code)  # shown verbatim, as code
+    markdown = [e.value for kind in ("markdown", "caption", "warning", "info", "error", "success")
+                for e in at.get(kind)]
+    assert markdown and not any("](http://127.0.0.1:9" in text for text in markdown), markdown
 
 
 def test_curves_options(results):

@@ -171,3 +171,18 @@ def test_a_rank_decodes_images_lazily_only_where_no_record_can_be_skipped(world_
         (skipped, _), _ = skipping.next()
         assert isinstance(deferred, LazyImage) and not isinstance(skipped, LazyImage)
         assert np.array_equal(deferred(), image) and lazy_text == text
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 16])
+def test_zst_lines_equal_the_plain_lines_at_any_read_size(tmp_path, chunk):
+    import zstandard
+
+    from models.data.readers import _lines
+
+    text = "".join(json.dumps({"text": "w " * n}) + "\n" for n in (0, 3, 5000, 1, 70000)) + '{"text": "end"}'
+    path = tmp_path / "long.jsonl.zst"
+    # two concatenated frames, split inside the long line
+    half = len(text) // 2
+    path.write_bytes(zstandard.ZstdCompressor().compress(text[:half].encode())
+                     + zstandard.ZstdCompressor().compress(text[half:].encode()))
+    assert list(_lines(str(path), chunk=chunk)) == text.splitlines(keepends=True)

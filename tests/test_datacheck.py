@@ -189,3 +189,43 @@ def test_plan_expands_brace_shard_lists_and_names_a_missing_shard(tmp_path, file
     assert main(["plan", str(study), "--root", str(root)]) == 2
     assert (f"{pattern!r}: 1 of its 3 names are missing (first: "
             f"{str(tmp_path / 'pairs-00001.tar')!r})") in _error_line(capsys)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # nested past the parser's recursion limit
+
+
+@pytest.mark.parametrize("case", ["text record", "llava file"])
+def test_json_nested_too_deeply_is_one_error_naming_the_file(tmp_path, files, capsys, case):
+    if case == "text record":
+        bad = tmp_path / "deep.jsonl"
+        bad.write_text(json.dumps({"text": "a dax ."}) + "\n" + '{"text": ' + DEEP + "}\n")
+        study, root = _study(tmp_path, files, text=str(tmp_path / "*.jsonl"))
+        expect = f"{bad}: record 1: not valid JSON"
+    else:
+        bad = tmp_path / "llava.json"
+        bad.write_text(DEEP)
+        study, root = _study(tmp_path, files)
+        study.write_text(study.read_text().replace("[finetune]\n", f'[data.llava]\nkind = "llava"\npaths = '
+                                                   f'["{bad}"]\n[finetune]\ndata = "llava"\n'))
+        expect = f"{bad}: record 0: not a readable JSON list"
+    assert main(["run", str(study), "--root", str(root), "--backend", "inline"]) == 2
+    assert expect in _error_line(capsys)
+    assert not (root / "steps").exists()
+
+
+def test_a_study_file_nested_too_deeply_is_one_error(tmp_path, capsys):
+    study = tmp_path / "deep.toml"
+    study.write_text('[study]\nname = "deep"\n[axes]\nscale = ' + DEEP + "\n")
+    assert main(["plan", str(study)]) == 2
+    assert f"{study}: <toml>: not valid TOML: nested too deeply" in _error_line(capsys)
+
+
+def test_a_tokenizer_whose_unk_token_is_not_in_its_vocabulary_is_refused_by_plan(tmp_path, files, capsys):
+    tokenizers = pytest.importorskip("tokenizers")
+    bad = tmp_path / "tokenizer.json"
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "dax": 1}, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(bad))
+    study, root = _study(tmp_path, files, tokenizer=str(bad))
+    assert main(["plan", str(study), "--root", str(root)]) == 2
+    assert f"{bad}: model.unk_token '<unk>' is not in the tokenizer's vocabulary" in _error_line(capsys)

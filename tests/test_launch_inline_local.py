@@ -123,3 +123,18 @@ def test_cli_run_trains_real_steps_inline_then_submits_nothing(tmp_path, capsys)
     assert run_status(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["counts"]["done"] == 7 and len(report["steps"]) == 7
+
+
+def test_an_interrupted_run_prints_the_command_that_continues_it(tmp_path, capsys, monkeypatch):
+    from sweep.cli import main
+    from sweep.launch.worker import StepJob
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt  # as Ctrl-C inside a step of the inline backend
+    monkeypatch.setattr(StepJob, "run", ctrl_c)
+    study = tmp_path / "real.toml"
+    study.write_text(REAL_STUDY)
+    root = tmp_path / "the root"
+    assert main(["run", str(study), "--root", str(root), "--backend", "inline"]) == 130
+    err = capsys.readouterr().err
+    assert f"continue with `vlmsweep run {study} --root '{root}'`" in err, err

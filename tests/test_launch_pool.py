@@ -209,3 +209,29 @@ def test_a_killed_supervisor_leaves_no_orphan_workers(tmp_path):
     assert all(s.state != "running" for s in statuses.values())  # its locks went with it
     for step in (s for s in plan.steps if not s.parents):  # nothing failed: a plain run resumes them
         assert statuses[step.step_id].state == "interrupted" and statuses[step.step_id].failures == 0
+
+
+def test_sigterm_to_one_busy_worker_requeues_its_step_and_blames_no_other(tmp_path):
+    plan = small_plan(tmp_path)
+    first = [s for s in plan.steps if not s.parents]  # encoder and trunk: one worker runs both
+    ticks = {s.step_id: plan.dir(s) / "ckpt" / "noop.json" for s in first}
+    termed: list[str] = []
+
+    def term_the_busy_worker():
+        wait_for(lambda: any(p.exists() for p in ticks.values()), timeout_s=60, what="a step to tick")
+        busy = next(sid for sid, p in ticks.items() if p.exists())
+        record = next(r for r in read_jobs(plan.root) if r.step_id == busy)
+        termed.append(busy)
+        os.kill(_pid(record.job_id), signal.SIGTERM)
+
+    killer = threading.Thread(target=term_the_busy_worker)
+    killer.start()
+    result = LocalBackend().run(plan, select_steps(plan, False, 3), workers=1, progress=False,
+                                job_factory=SlowFor({s.step_id: 3.0 for s in first}))
+    killer.join()
+    # The stopped step was handed to a fresh worker and resumed; no step was blamed for the exit.
+    assert (result.completed, result.failed, result.blocked) == (12, 0, 0)
+    assert read_failures(plan.root) == []
+    resumed = json.loads((plan.dir(plan.by_id[termed[0]]) / "result.json").read_text())
+    assert resumed["resumed_from_tick"] > 0
+    assert len({_pid(r.job_id) for r in read_jobs(plan.root)}) == 2  # the stopped worker took no more

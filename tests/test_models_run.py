@@ -176,3 +176,15 @@ def test_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
         default_threads()
     with pytest.raises(ValueError, match="threads"):
         RunOptions(threads=0)
+
+
+def test_a_host_allocation_failure_is_an_oom() -> None:
+    import torch
+
+    from models.run import failure_reason
+
+    with pytest.raises(RuntimeError) as caught:  # the real allocator's error: more than any host has
+        torch.empty(2 ** 60, dtype=torch.uint8)
+    assert failure_reason(caught.value) == "oom"
+    assert failure_reason(MemoryError()) == "oom"
+    assert failure_reason(RuntimeError("shape mismatch")) == "exception"

@@ -170,12 +170,31 @@ def test_trunk_sharing_arithmetic_matches_a_hand_computation(tmp_path):
     encoder = 20_000 * 16  # samples × image tokens (32 px images in 8 px patches)
     finetune = 2_000 * 1 * 32  # samples × epochs × sequence length
     shared = encoder + trunk + 3 * branch + 3 * finetune
-    saved = (0.5 + 0.8 + 1.0) * trunk - trunk
+    # Unshared, each branch trains its own prefix and the text-only baseline (the trunk, evaluated
+    # at checkpoint 1.0) still trains its T: every prefix is saved.
+    saved = (0.5 + 0.8 + 1.0) * trunk
     savings = sharing_savings(plan)
     assert savings["tokens_shared"] == shared == 4_206_080
-    assert savings["tokens_saved"] == round(saved) == 1_200_576
-    assert savings["tokens_unshared"] == shared + 1_200_576
-    assert savings["saved_percent"] == pytest.approx(100 * 1_200_576 / (shared + 1_200_576))
+    assert savings["tokens_saved"] == round(saved) == 2_124_096
+    assert savings["tokens_unshared"] == shared + 2_124_096
+    assert savings["saved_percent"] == pytest.approx(100 * 2_124_096 / (shared + 2_124_096))
+
+
+@pytest.mark.parametrize("fractions", ["[0.5]", "[0.2, 0.4]"])
+def test_plan_never_prints_a_negative_saving(tmp_path, capsys, fractions):
+    study = tmp_path / "early.toml"
+    study.write_text('[study]\nname = "early"\n[axes]\nscale = ["debug"]\n'
+                     f"intro_fraction = {fractions}\nimage_ratio = [0.1]\n")
+    plan = plan_study(load_study(study))
+    trunk = next(s for s in plan.steps if s.kind == "trunk").config.tokens
+    used = max(s.config.intro_fraction for s in plan.steps if s.kind == "branch")
+    assert sharing_savings(plan)["tokens_saved"] == round(sum(
+        s.config.intro_fraction for s in plan.steps if s.kind == "branch") * trunk - trunk)
+    from sweep.cli import main
+    assert main(["plan", str(study)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("sharing trunks"))
+    assert "-" not in line and "saves nothing here" in line, line
+    assert used < 1.0
 
 
 def test_trunk_checkpoints_every_fraction_its_branches_use(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.mdtext import md_text
 from app import loaders, session
 from app.views import CoverageOptions, build_coverage
 
@@ -20,7 +21,7 @@ def _humanize(x: float) -> str:
 def overview_page() -> None:
     ctx = session.context()
     st.title(f"Study: {ctx.filters.study}" if ctx.filters.study else "All steps in the catalog")
-    st.caption(f"results root `{ctx.version.root}` · {ctx.filters.describe()}")
+    st.caption(f"results root {md_text(ctx.version.root)} · {md_text(ctx.filters.describe())}")
     totals = loaders.totals(ctx.version, ctx.filters)
     cols = st.columns(5)
     cols[0].metric("steps done", int(totals["done"].sum()))

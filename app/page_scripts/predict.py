@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.mdtext import md_text
 from analysis.predict import next_scale
 from app import loaders, session
 from app.views import PredictionOptions, build_predicted_frontier, build_prediction
@@ -23,7 +24,7 @@ def predict_page() -> None:
     try:
         params = float(text) if text.strip() else None
     except ValueError:
-        st.error(f"target parameters: {text!r} is not a number (e.g. 1.4e9)")
+        st.error(f"target parameters: {md_text(repr(text))} is not a number (e.g. 1.4e9)")
         return
     options = PredictionOptions(params=params, bootstrap=bootstrap)
     built = session.show("prediction", build_prediction, options)

@@ -8,6 +8,7 @@ import json
 import polars as pl
 import streamlit as st
 
+from analysis.mdtext import md_text
 from analysis.schema import AXES
 from app import loaders, session
 
@@ -37,7 +38,7 @@ def runs_page() -> None:
     if len(table):
         sid = st.selectbox("step config", table["step_id"].to_list(), key="runs_config_step")
         row = table.filter(pl.col("step_id") == sid).row(0, named=True)
-        st.caption(f"files: `{row['step_dir']}`" + (f" · log: `{row['log']}`" if row["log"] else ""))
+        st.caption(f"files: {md_text(row['step_dir'])}" + (f" · log: {md_text(row['log'])}" if row["log"] else ""))
         st.json(json.loads(row["config_json"] or "{}"), expanded=1)
 
 

@@ -7,8 +7,12 @@ next token whenever one is known (text continues into the next row).
 
 from __future__ import annotations
 
+import itertools
+from typing import Iterator
+
 import numpy as np
 
+from models.data.tokenizer import encode_chunks
 from models.data.types import IGNORE, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE, LOSS_TEXT, Batch, materialise
 
 
@@ -36,31 +40,47 @@ def encode_conversation(tok, turns, image_tokens: int, max_len: int) -> tuple[li
 
 
 class TextPacker:
-    """Documents of a text source as one token stream, EOS after each; resumable mid-document."""
+    """Documents of a text source as one token stream, EOS after each; resumable mid-document.
+
+    A document is encoded a bounded piece at a time (`encode_chunks`), as it is consumed, so a
+    single huge record costs its text plus one piece's encoding, never its whole encoding; `pos`
+    counts the tokens of the current document already taken (what a resume skips).
+    """
 
     def __init__(self, source, tok) -> None:
         self.source, self.tok = source, tok
-        self.doc: list[int] = []
+        self.chunk: list[int] = []  # the current piece of the current document's tokens
+        self.at = 0  # next token inside `chunk`
+        self.pieces: Iterator[list[int]] = iter(())  # the document's pieces still to encode
         self.pos, self.doc_state = 0, None
 
     def _load(self) -> None:
         text, self.doc_state = self.source.next()
-        self.doc, self.pos = self.tok.encode(text) + [self.tok.eos_id], 0
+        self.pieces = itertools.chain(encode_chunks(self.tok, text), [[self.tok.eos_id]])
+        self.chunk, self.at, self.pos = [], 0, 0
+
+    def _fill(self) -> None:
+        """Make `chunk[at]` the next token, encoding the next piece or loading the next document."""
+        while self.at >= len(self.chunk):
+            piece = next(self.pieces, None)
+            if piece is None:
+                self._load()
+            else:
+                self.chunk, self.at = piece, 0
 
     def take(self, n: int) -> list[int]:
         out: list[int] = []
         while len(out) < n:
-            if self.pos >= len(self.doc):
-                self._load()
-            k = min(n - len(out), len(self.doc) - self.pos)
-            out += self.doc[self.pos:self.pos + k]
+            self._fill()
+            k = min(n - len(out), len(self.chunk) - self.at)
+            out += self.chunk[self.at:self.at + k]
+            self.at += k
             self.pos += k
         return out
 
     def peek(self) -> int:
-        if self.pos >= len(self.doc):
-            self._load()
-        return self.doc[self.pos]
+        self._fill()
+        return self.chunk[self.at]
 
     def state_dict(self) -> dict:
         return {"doc": self.doc_state, "pos": self.pos, "source": self.source.state_dict()}
@@ -68,11 +88,21 @@ class TextPacker:
     def load_state_dict(self, state: dict) -> None:
         if state["doc"] is None:
             self.source.load_state_dict(state["source"])
-            self.doc, self.pos, self.doc_state = [], 0, None
+            self.chunk, self.at, self.pieces, self.pos, self.doc_state = [], 0, iter(()), 0, None
         else:
             self.source.load_state_dict(state["doc"])
             self._load()
-            self.pos = int(state["pos"])
+            self._skip(int(state["pos"]))
+
+    def _skip(self, n: int) -> None:
+        """Drop the first n tokens of the current document (a resume), a piece at a time."""
+        while n > 0:
+            piece = next(self.pieces, None)
+            if piece is None:
+                break
+            self.chunk, self.at = piece, min(n, len(piece))
+            n -= self.at
+            self.pos += self.at
 
 
 def rows_to_batch(rows: list[tuple[list[int], list[int]]], images: list[np.ndarray], *, pad_id: int,

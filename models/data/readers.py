@@ -43,7 +43,7 @@ def iter_jsonl(path: str, start: int = 0, *, storage: files.Storage = ()) -> Ite
                 if not isinstance(rec, dict):
                     raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
                 yield index, rec
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
                 yield index, BadRecordError(path, index, f"not valid JSON: {exc}")
             index += 1
     except DataError:  # the source cannot be opened at all (a missing extra): not a bad record
@@ -60,7 +60,8 @@ def _lines(path: str, chunk: int = 1 << 16, *, storage: files.Storage = ()) -> I
             yield from f
         return
     import zstandard
-    dobj, tail, complete = zstandard.ZstdDecompressor().decompressobj(), b"", True
+    dobj, complete = zstandard.ZstdDecompressor().decompressobj(), True
+    pending: list[bytes] = []  # the current line's pieces: joined once, so a long line is linear
     with files.open_binary(path, storage) as f:
         while raw := f.read(chunk):
             while raw:
@@ -69,13 +70,18 @@ def _lines(path: str, chunk: int = 1 << 16, *, storage: files.Storage = ()) -> I
                 complete = dobj.eof
                 if dobj.eof:  # concatenated frames: start the next one
                     dobj = zstandard.ZstdDecompressor().decompressobj()
-                *lines, tail = (tail + data).split(b"\n")
+                if b"\n" not in data:
+                    pending.append(data)
+                    continue
+                *lines, tail = data.split(b"\n")
+                lines[0] = b"".join([*pending, lines[0]])
+                pending = [tail]
                 for line in lines:
                     yield line.decode("utf-8") + "\n"
     if not complete:
         raise EOFError("zstd frame is truncated")
-    if tail:
-        yield tail.decode("utf-8")
+    if any(pending):
+        yield b"".join(pending).decode("utf-8")
 
 
 def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0, *,
@@ -163,7 +169,7 @@ def iter_llava(path: str, start: int = 0, *, storage: files.Storage = ()) -> Ite
             data = json.load(f)
     except DataError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         if start == 0:
             yield 0, BadRecordError(path, 0, f"not a readable JSON list ({type(exc).__name__}: {exc})")
         return

@@ -3,17 +3,25 @@
 Both expose the same small surface the trainer and the streams use: `vocab_size`, `encode`,
 `decode` and the special ids (pad, eos, image placeholder, user and assistant roles). A Hugging
 Face tokenizer that lacks a special gets it appended after its own vocabulary.
+
+`encode_chunks` encodes a document of any length in bounded pieces (a Hugging Face tokenizer
+holds ~140 bytes per input byte while it encodes, so one 200 MB record would need ~28 GB).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Iterator
 
 from models.data.errors import DataError
 
 SPECIALS = ("<pad>", "<eos>", "<image>", "<user>", "<assistant>", "<unk>")
+# Characters encoded at once: a document longer than this is cut into pieces about this long, so
+# encoding memory is bounded (~140 bytes per character for a Hugging Face tokenizer: ~37 MB).
+CHUNK_CHARS = 1 << 18
 _WORD_RE = re.compile(r"<[a-z]+>|[a-z0-9_]+|[^\sa-z0-9_]")
+_CUT_RE = re.compile(r"\s(?=\S)")  # where encode_chunks may cut: before the space a word follows
 
 
 class Tokenizer:
@@ -100,6 +108,9 @@ class HFTokenizer(Tokenizer):
             self._tok = _HF.from_file(str(path))
         except Exception as exc:
             raise DataError(f"{path}: not a valid tokenizer.json: {exc}") from exc
+        unk = getattr(self._tok.model, "unk_token", None)
+        if unk and self._tok.token_to_id(unk) is None:  # else the first unknown word fails training
+            raise DataError(f"{path}: model.unk_token {unk!r} is not in the tokenizer's vocabulary")
         base = self._tok.get_vocab_size(with_added_tokens=True)
         extra: list[str] = []
         for role, names in self._ALIASES.items():
@@ -118,6 +129,41 @@ class HFTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
         return self._tok.decode([i for i in ids if i not in self._extra], skip_special_tokens=True)
+
+
+def encode_chunks(tok: Tokenizer, text: str, chunk_chars: int | None = None) -> Iterator[list[int]]:
+    """`tok.encode(text)` as consecutive lists of ids, encoding at most chunk_chars (default
+    CHUNK_CHARS) at a time.
+
+    A long text is cut only just before the last whitespace character of a run that a word
+    follows (`a   b` is cut as `a  ` + ` b`), so each piece starts with a space-prefixed word.
+    The concatenated ids then equal the whole-text encoding for every tokenizer whose
+    pre-tokenizer never joins characters across such a point: the world's word tokenizer and
+    WordLevel/WordPiece with whitespace splitting (tokens never span whitespace), and byte-level
+    BPE with the GPT-2 pattern (a word's leading space belongs to the word; a run of spaces splits
+    before its last space). A piece with no whitespace in it (one "word" of chunk_chars) is cut
+    where it stands: only there may the ids differ from the whole-text encoding.
+    """
+    chunk_chars = chunk_chars or CHUNK_CHARS
+    start, n = 0, len(text)
+    while n - start > chunk_chars:
+        cut = _cut_point(text, start, start + chunk_chars)
+        yield tok.encode(text[start:cut])
+        start = cut
+    yield tok.encode(text[start:])
+
+
+def _cut_point(text: str, start: int, limit: int, window: int = 4096) -> int:
+    """The last i in (start, limit] with text[i] whitespace and text[i + 1] not; else limit.
+    Searched backwards a window at a time: typically one short regex scan."""
+    high = limit
+    while high > start:
+        low = max(start + 1, high - window)
+        found = [m.start() for m in _CUT_RE.finditer(text, low, min(high + 2, len(text)))]
+        if found:
+            return found[-1]
+        high = low - 1
+    return limit
 
 
 def world_tokenizer() -> WordTokenizer:

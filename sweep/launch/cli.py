@@ -24,6 +24,7 @@ from sweep.errors import UserError
 from sweep.launch import BACKENDS, LaunchResult, get_backend, select_steps
 from sweep.launch.devices import local_workers
 from sweep.launch.journal import JournalError
+from sweep.launch.memory import check_memory_limit, record_repeated_kills
 from sweep.launch.queue import QueueError
 from sweep.launch.slurm import SlurmSettingsError, group_steps, sbatch_parameters, slurm_settings
 from sweep.launch.submitit_adapter import render_sbatch
@@ -135,11 +136,15 @@ def _launch(args: argparse.Namespace, plan: Any) -> LaunchResult | None:
     # Before anything is written or trains: the root, paths, tokenizers and eval files of every
     # step not done, and (a real run) the first records of each shard those steps read.
     todo = [s for s in plan.steps if plan.status(s) != DONE]
+    if not dry and todo:
+        check_memory_limit()
     check_plan(plan, todo)
     if not dry:
         check_shards(todo)
     with contextlib.nullcontext() if dry else root_lock(plan.root):
         statuses = reconcile(plan)
+        if not dry and record_repeated_kills(plan, statuses):  # killed again: now a failure (oom)
+            statuses = reconcile(plan)
         chosen = select_steps(plan, retry, settings.max_failures, statuses=statuses)
         _explain(plan, statuses, chosen, settings.max_failures, retry)
         if dry:
@@ -160,6 +165,10 @@ def run_run(args: argparse.Namespace, plan: Any = None) -> int:
     try:
         result = _launch(args, plan)
         statuses = reconcile(plan) if result is not None else {}
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the running steps saved checkpoints
+        print(f"vlmsweep run: stopped; continue with `{study_command(plan, 'run')}`",
+              file=sys.stderr, flush=True)
+        raise
     except (QueueError, JournalError, SlurmSettingsError, submitit.core.utils.FailedJobError,
             submitit.core.utils.FailedSubmissionError) as exc:
         raise LaunchError(str(exc)) from None

@@ -72,7 +72,7 @@ def _read(path: Path, cls: type) -> list:
         try:
             row = json.loads(line)
             out.append(cls(**{k: v for k, v in row.items() if k in names}))
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, TypeError, RecursionError) as exc:
             raise JournalError(f"{path}: line {number}: not a valid {cls.__name__}: {exc}") from None
     return out
 

@@ -5,7 +5,8 @@ of their own when the machine has any (`sweep.launch.devices`); an LM step runs 
 local ranks (`sweep.launch.ranks`). A step starts once all its parents are done, a step under a
 failed one is skipped as blocked, and `run` stays in the foreground, drawing the progress line and
 recording each job in the launch journal so `status` can see it. Ctrl-C or SIGTERM asks the running
-steps to checkpoint, ends the workers and raises KeyboardInterrupt.
+steps to checkpoint, ends the workers and raises KeyboardInterrupt. A SIGTERM to one worker alone
+stops only its step (checkpointed): the step goes back in the queue, at most MAX_REQUEUES times.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from sweep.plan import step_cost
 from sweep.status import StepStatus
 
 POLL_S = 0.2
+# How often one run hands a step stopped by a SIGTERM to its worker alone (not to the run) to a
+# fresh worker; past that the step is left interrupted (no failure) for the next `run` to resume.
+MAX_REQUEUES = 3
 
 
 class LocalBackend:
@@ -115,6 +119,7 @@ class _LocalRun:
         self.failed = self.blocked = 0
         self.finished: list[tuple[Step, float]] = []  # (step, seconds) done in this run
         self.job_ids: list[str] = []
+        self.requeued: dict[str, int] = {}  # step id -> times a stopped worker's step was requeued
 
     def loop(self) -> None:
         while self.waiting or self.running:
@@ -163,8 +168,16 @@ class _LocalRun:
             if step_done(step, self.root):
                 self.done.add(sid)
                 self.finished.append((step, time.monotonic() - began))
-            elif getattr(job, "outcome", None) == "interrupted":  # stopped mid-step: run resumes it
-                self.bad.add(sid)
+            elif getattr(job, "outcome", None) == "declined":  # its worker left before starting it
+                self.waiting.append(step)
+            elif getattr(job, "outcome", None) == "interrupted":  # its worker alone was stopped
+                self.requeued[sid] = self.requeued.get(sid, 0) + 1
+                if self.requeued[sid] <= MAX_REQUEUES:
+                    _say(self.line, f"stopped: {step.kind} {sid} (its worker got SIGTERM); "
+                         "resuming it from its checkpoint on a fresh worker")
+                    self.waiting.append(step)
+                else:  # stopped again and again: leave it interrupted for the next `run`
+                    self.bad.add(sid)
             else:
                 self.failed += 1
                 self.bad.add(sid)

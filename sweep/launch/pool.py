@@ -4,6 +4,8 @@
 the `spawn` method (never a fork of a process with torch threads) and told the worker count in
 `VLMSWEEP_WORKERS`. A step's stdout/stderr go to `<root>/logs/<job_id>/`; a worker that dies
 (segfault, SIGKILL, OOM) fails its step with a recorded reason and is replaced on the next submit.
+A worker told to stop (SIGTERM) ends its step with a checkpoint and leaves: it says so in its
+report, takes no further step, and a step it was handed but never started comes back "declined".
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Iterator
 
 from models import stepfiles as sf
 from sweep.launch.journal import append_failure
+from sweep.launch.memory import oom_kills
 
 STOP_GRACE_S = 60.0  # how long a stopping step may take to save its checkpoint before SIGKILL
 
@@ -70,8 +73,11 @@ class PoolJob:
 
     def __init__(self, job_id: str, paths: JobPaths, job: Any):
         self.job_id, self.paths, self.job = job_id, paths, job
-        self.outcome: str | None = None  # "returned" | "raised" | "died" | "interrupted"
+        # "returned" | "raised" | "died" | "interrupted" (checkpointed and stopped) | "declined"
+        # (never started: its worker was leaving); the last two are no failure of the step
+        self.outcome: str | None = None
         self.began = time.time()
+        self.oom_kills = oom_kills()  # the cgroup's OOM-kill count when it started
         self._lock = JobLock(self.paths.stderr.parent)
 
     def done(self) -> bool:
@@ -79,7 +85,8 @@ class PoolJob:
 
     def finish(self, outcome: str) -> None:
         self.outcome = outcome
-        self._lock.release(stopped=outcome == "interrupted")
+        # A stopped or declined job is no traceless death (sweep.launch.kills counts those).
+        self._lock.release(stopped=outcome in ("interrupted", "declined"))
 
 
 @contextlib.contextmanager
@@ -108,6 +115,7 @@ class _Worker:
             self.process.start()
         child.close()
         self.job: PoolJob | None = None
+        self.leaving = False  # it said it ends after its step (SIGTERM): hand it nothing more
         self.seq = 0
         self.slot = slot  # which of the pool's device sets it holds
 
@@ -142,9 +150,9 @@ class WorkerPool:
 
     def _idle_worker(self) -> _Worker:
         for worker in self.workers:
-            if worker.job is None and worker.process.is_alive():
+            if worker.job is None and not worker.leaving and worker.process.is_alive():
                 return worker
-        for gone in [w for w in self.workers if w.job is None]:  # exited: an interrupted step
+        for gone in [w for w in self.workers if w.job is None]:  # exited or leaving
             gone.process.join(timeout=5)
             gone.conn.close()
         self.workers = [w for w in self.workers if w.job is not None]
@@ -170,21 +178,28 @@ class WorkerPool:
 
     def _receive(self, worker: _Worker) -> None:
         try:
-            job_id, outcome = worker.conn.recv()
+            job_id, outcome, leaving = worker.conn.recv()
         except (EOFError, OSError):  # it died: no report will come
             worker.process.join(timeout=5)
-            self._fail(worker, _death_reason(worker.process.exitcode))
+            if worker.process.exitcode == 0 and worker.job is not None:
+                # A worker returns only between steps (a step's every exception is caught), so
+                # it left on SIGTERM before it read this step: the step never started.
+                worker.job.finish("declined")
+                worker.job = None
+                return
+            self._fail(worker, *_death_reason(worker.process.exitcode, worker.job))
             return
         assert worker.job is not None and job_id == worker.job.job_id, (job_id, worker.job)
+        worker.leaving = worker.leaving or leaving
         worker.job.finish(outcome)
         worker.job = None
 
-    def _fail(self, worker: _Worker, reason: str) -> None:
+    def _fail(self, worker: _Worker, reason: str, cause: str = "crash") -> None:
         job = worker.job
         assert job is not None
         step = getattr(job.job, "step", None)  # a StepJob; see sweep.launch.backend.JobFactory
         if step is not None:
-            record_death(self.root, step, job.job_id, job.began, reason)
+            record_death(self.root, step, job.job_id, job.began, reason, cause)
         with contextlib.suppress(OSError), job.paths.stderr.open("a") as log:
             log.write(f"\nvlmsweep: {reason}\n")
         job.finish("died")
@@ -221,15 +236,22 @@ class WorkerPool:
         self.workers = []
 
 
-def _death_reason(exitcode: int | None) -> str:
+def _death_reason(exitcode: int | None, job: PoolJob | None = None) -> tuple[str, str]:
+    """(error, failure reason) of a worker's death: `oom` for a SIGKILL while this cgroup's
+    OOM-kill count went up (memory evidence), else `crash`."""
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
+        if name == "SIGKILL" and job is not None and job.oom_kills is not None \
+                and (oom_kills() or 0) > job.oom_kills:
+            return "worker process died: killed by SIGKILL; the kernel's OOM killer killed in this " \
+                   "cgroup meanwhile (out of host memory)", "oom"
         hint = " (the OOM killer or kill -9)" if name == "SIGKILL" else ""
-        return f"worker process died: killed by {name}{hint}"
-    return f"worker process died (exit code {exitcode})"
+        return f"worker process died: killed by {name}{hint}", "crash"
+    return f"worker process died (exit code {exitcode})", "crash"
 
 
-def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) -> None:
+def record_death(root: Path, step: Any, job_id: str, began: float, reason: str,
+                 cause: str = "crash") -> None:
     """failure.json (unless the step wrote one in this attempt) and the journal's failure entry.
 
     A disk that takes neither (full) gets one line on stderr; the run goes on.
@@ -241,7 +263,7 @@ def record_death(root: Path, step: Any, job_id: str, began: float, reason: str) 
         fresh = False
     try:
         if not fresh:
-            sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason="crash",
+            sf.write_failure(paths.dir, sf.Failure(step_id=step.step_id, kind=step.kind, reason=cause,
                                                    error=reason, job_id=job_id, finished_at=sf.now_iso()))
         append_failure(root, step.step_id, job_id, reason)
     except OSError as exc:
@@ -290,11 +312,13 @@ def worker_main(conn: Connection, workers: int, devices: str | None = None) -> N
     if devices is not None:  # before CUDA is initialised: this worker's GPUs, and only those
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     die_with_parent()
-    stopping = False
+    stopping, idle = False, True
 
-    def on_term(signum: int, frame: Any) -> None:  # between steps: finish, take no more
+    def on_term(signum: int, frame: Any) -> None:  # a step's own handler replaces this one
         nonlocal stopping
         stopping = True
+        if idle:  # waiting for a step: leave now (a step sent meanwhile comes back "declined")
+            raise SystemExit(0)
     signal.signal(signal.SIGTERM, on_term)
     with contextlib.suppress(Exception):  # import torch and Lightning now, not in the first step's time
         import models.stages.runners  # noqa: F401
@@ -306,13 +330,16 @@ def worker_main(conn: Connection, workers: int, devices: str | None = None) -> N
         if message is None:
             return
         job_id, stdout, stderr, payload = message
+        idle = False
         with _redirected(stdout, stderr):
             outcome = _run_one(payload)
+        # A stop asked of this worker alone (SIGTERM to its pid) checkpoints its step: it leaves.
         stopping = stopping or outcome == "interrupted"
         try:
-            conn.send((job_id, outcome))
+            conn.send((job_id, outcome, stopping))
         except OSError:  # the supervisor is gone (killed): nobody to report to
             return
+        idle = True
 
 
 def _run_one(payload: bytes) -> str:

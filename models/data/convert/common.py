@@ -27,7 +27,7 @@ def read_json(path: str | Path) -> Any:
             return json.load(f)
     except OSError as exc:
         raise ConvertError(path, "<file>", f"cannot read ({exc.strerror})") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ConvertError(path, "<file>", f"not valid JSON ({exc})") from None
 
 
@@ -43,7 +43,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             continue
         try:
             rec = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ConvertError(path, f"line {number}", f"not valid JSON ({exc})") from None
         if not isinstance(rec, dict):
             raise ConvertError(path, f"line {number}", f"expected a JSON object, got {type(rec).__name__}")
