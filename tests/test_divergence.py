@@ -1,0 +1,211 @@
+"""A diverged step is a failure, not a result: a non-finite loss or gradient norm ends a training
+step as failed (`diverged`) unless the study allows skipped batches or rewinds; loss spikes are
+recorded as metrics events; non-finite evals fail the eval step; the children of a diverged step
+are blocked and `run` exits non-zero with nothing non-finite in the catalog."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import polars as pl
+import pytest
+import torch
+
+import models.synthetic as syn
+from models import stepfiles as sf
+from models.run import RunOptions, run_step
+from models.stages import lm
+from models.stages.guard import Diverged
+from models.stepfiles import step_dir
+from tests.models_helpers import (
+    eval_step,
+    metrics,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    trunk_step,
+)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> dict:
+    """An uninterrupted, finite 12-step trunk."""
+    torch.use_deterministic_algorithms(True)
+    root = tmp_path_factory.mktemp("clean")
+    trunk = trunk_step()
+    run_step(trunk, root, data=syn)
+    return {"root": root, "trunk": trunk}
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """poison({step: factor}): the LM loss of those optimizer steps times `factor` (nan: non-finite),
+    whole batches and micro-batches alike."""
+    plan: dict[int, float] = {}
+    for name in ("compute_loss", "loss_sum"):
+        original = getattr(lm.LMStage, name)
+
+        def patched(self, batch, _original=original):
+            loss, parts = _original(self, batch)
+            return loss * plan.get(self.step_count + 1, 1.0), parts
+        monkeypatch.setattr(lm.LMStage, name, patched)
+    return plan.update
+
+
+def _train_losses(root, step) -> dict[int, float]:
+    df = metrics(root, step).filter(pl.col("name") == "train_loss")
+    return dict(zip(df["step"].to_list(), df["value"].to_list()))
+
+
+def test_a_nonfinite_loss_fails_the_step_as_diverged(clean, tmp_path, poison) -> None:
+    poison({3: math.nan})
+    with pytest.raises(Diverged, match="optimizer step 3"):
+        run_step(clean["trunk"], tmp_path, data=syn)
+    directory = step_dir(tmp_path, "trunk", clean["trunk"].step_id)
+    failure = sf.read_failure(directory)
+    assert (failure.reason, failure.optimizer_step, failure.loss) == ("diverged", 3, "nan")
+    assert failure.last_finite_loss == pytest.approx(_train_losses(clean["root"], clean["trunk"])[2], abs=1e-6)
+    assert "NaN" not in (directory / sf.FAILURE).read_text()  # valid JSON: no bare NaN
+    assert not (directory / sf.RESULT).exists() and not (directory / sf.METRICS).exists()
+
+
+@pytest.mark.parametrize("micro_batch", [0, 3])
+def test_skipped_batches_are_honoured_then_the_step_fails(clean, tmp_path, poison, micro_batch) -> None:
+    poison({3: math.nan})
+    options = RunOptions(nonfinite_skip_batches=1, micro_batch=micro_batch)
+    result = run_step(clean["trunk"], tmp_path, options, data=syn)
+    assert result[sf.SKIPPED_METRIC] == 1
+    rows = metrics(tmp_path, clean["trunk"])
+    assert rows.filter(pl.col("name") == sf.SKIPPED_METRIC)["step"].to_list() == [3]
+    losses = _train_losses(tmp_path, clean["trunk"])
+    assert sorted(losses) == [s for s in range(1, 13) if s != 3]  # no loss row for the skipped step
+    assert all(math.isfinite(v) for v in rows["value"].to_list())
+    # the steps before the skip are the clean run's; the update of step 3 was never taken
+    reference = _train_losses(clean["root"], clean["trunk"])
+    assert losses[2] == pytest.approx(reference[2], abs=1e-5)
+    assert losses[4] != pytest.approx(reference[4], abs=1e-6)
+    # a second non-finite step is past the allowance of one
+    poison({3: math.nan, 6: math.inf})
+    other = tmp_path / "again"
+    with pytest.raises(Diverged, match=r"optimizer step 6 .*after 1 skipped batch"):
+        run_step(clean["trunk"], other, options, data=syn)
+
+
+def test_a_rewind_restores_the_last_checkpoint(clean, tmp_path, poison) -> None:
+    poison({6: math.nan})
+    options = RunOptions(nonfinite_rewinds=1, checkpoint_every_steps=4)
+    result = run_step(clean["trunk"], tmp_path, options, data=syn)
+    assert result[sf.REWIND_METRIC] == 1
+    rewinds = metrics(tmp_path, clean["trunk"]).filter(pl.col("name") == sf.REWIND_METRIC)
+    assert rewinds["step"].to_list() == [6] and rewinds["value"].to_list() == [4.0]
+    losses, reference = _train_losses(tmp_path, clean["trunk"]), _train_losses(clean["root"], clean["trunk"])
+    assert [losses[s] for s in range(1, 6)] == pytest.approx([reference[s] for s in range(1, 6)], abs=1e-6)
+    assert sorted(losses) == [s for s in range(1, 13) if s != 6]
+    # a rewind without one left: the second bad step fails the step
+    poison({6: math.nan, 9: math.nan})
+    with pytest.raises(Diverged, match="after 0 skipped batch.*1 rewind"):
+        run_step(clean["trunk"], tmp_path / "again", options, data=syn)
+
+
+def test_a_loss_spike_is_a_metrics_event(clean, tmp_path, poison) -> None:
+    poison({9: 10.0})
+    options = RunOptions(spike_factor=3.0, spike_window=4)
+    result = run_step(clean["trunk"], tmp_path, options, data=syn)
+    spikes = metrics(tmp_path, clean["trunk"]).filter(pl.col("name") == sf.SPIKE_METRIC)
+    assert spikes["step"].to_list() == [9] and spikes["value"][0] > 3.0
+    assert result[sf.SPIKE_METRIC] == 1
+    assert not metrics(clean["root"], clean["trunk"]).filter(pl.col("name") == sf.SPIKE_METRIC).height
+
+
+def test_nonfinite_evals_fail_the_eval_step(clean, tmp_path, monkeypatch) -> None:
+    shutil.copytree(step_dir(clean["root"], "trunk", clean["trunk"].step_id),
+                    step_dir(tmp_path, "trunk", clean["trunk"].step_id))
+    import models.stages.eval_step as es
+
+    monkeypatch.setattr(es, "heldout_rows", lambda *a, **k: [{
+        "task": "heldout_text", "group": "text", "metric": sf.LOSS_METRIC, "value": math.nan,
+        "chance": None, "n": 10, "primary_metric": False}])
+    step = eval_step(clean["trunk"])
+    step = type(step)(kind="eval", config=type(step.config)(**{**{f: getattr(step.config, f) for f in
+                      step.config.__dataclass_fields__}, "groups": ("text",)}), parents=step.parents)
+    with pytest.raises(Diverged, match="heldout_text"):
+        run_step(step, tmp_path, data=syn)
+    directory = step_dir(tmp_path, "eval", step.step_id)
+    assert json.loads((directory / sf.FAILURE).read_text())["reason"] == "diverged"
+    assert not (directory / sf.EVALS).exists() and not (directory / sf.RESULT).exists()
+
+
+LR_STUDY = """
+[study]
+name = "too-hot"
+[axes]
+scale = ["debug"]
+intro_fraction = [0.5]
+image_ratio = [0.1]
+[model.vision]
+kind = "patch"
+frozen = false
+pretrain = false
+[train]
+lr = 1e4
+trunk_tokens_per_param = 0.2
+image_tokens_per_param = 0.05
+{extra}
+[finetune]
+samples = 8
+[eval]
+n_per_task = 8
+"""
+
+
+def test_a_diverging_study_fails_its_trunk_blocks_the_rest_and_exits_non_zero(tmp_path, capsys) -> None:
+    """The issue's case: `[train] lr = 1e4` on the debug preset (NaN from optimizer step 3 on)."""
+    import duckdb
+
+    from sweep.cli import main
+    from sweep.plan import plan_study
+    from sweep.spec import load_study
+    from sweep.status import reconcile
+
+    study = tmp_path / "hot.toml"
+    study.write_text(LR_STUDY.format(extra=""))
+    root = tmp_path / "root"
+    assert main(["run", str(study), "--root", str(root), "--backend", "inline"]) == 1
+    out = capsys.readouterr().out
+    assert "1 failed, 5 blocked" in out and "Diverged" in out
+    plan = plan_study(load_study(study), root=root)
+    statuses = reconcile(plan)
+    trunk = next(s for s in statuses.values() if s.kind == "trunk")
+    assert (trunk.state, trunk.cause) == (sf.FAILED, "diverged")
+    assert {s.state for s in statuses.values() if s.kind != "trunk"} == {sf.BLOCKED}
+    assert main(["ingest", str(study), "--root", str(root)]) == 0
+    with duckdb.connect(str(root / "results.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM evals").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM metrics WHERE NOT isfinite(value)").fetchone() == (0,)
+        assert con.execute("SELECT status FROM steps WHERE kind = 'trunk'").fetchall() == [("failed",)]
+
+
+def test_on_nonfinite_and_loss_spike_reach_the_training_steps(tmp_path) -> None:
+    from sweep.errors import StudyError
+    from sweep.plan import plan_study
+    from sweep.spec import load_study
+
+    study = tmp_path / "s.toml"
+    study.write_text(LR_STUDY.format(extra="on_nonfinite = {skip_batches = 2, rewinds = 1}\n"
+                                           "loss_spike = {factor = 4.0, window = 8}"))
+    plan = plan_study(load_study(study), root=tmp_path / "root")
+    plain = tmp_path / "p.toml"
+    plain.write_text(LR_STUDY.format(extra=""))
+    ids = {s.step_id for s in plan_study(load_study(plain), root=tmp_path / "root").steps}
+    assert {s.step_id for s in plan.steps} == ids  # how a step guards itself is not in its id
+    for step in plan.steps:
+        if step.kind in ("trunk", "branch", "finetune"):
+            options = RunOptions(**step.meta["run"])
+            assert (options.nonfinite_skip_batches, options.nonfinite_rewinds) == (2, 1)
+            assert (options.spike_factor, options.spike_window) == (4.0, 8)
+    for bad, key in (("on_nonfinite = {skip_batches = -1}", "skip_batches"),
+                     ("on_nonfinite = {skips = 1}", "skips"), ("loss_spike = {factor = 1.0}", "factor"),
+                     ("on_nonfinite = 3", "on_nonfinite")):
+        study.write_text(LR_STUDY.format(extra=bad))
+        with pytest.raises(StudyError, match=key):
+            load_study(study)
