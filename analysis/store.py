@@ -21,6 +21,7 @@ import polars as pl
 
 from analysis import steprows
 from analysis.errors import AnalysisInputError, AnalysisWarning
+from analysis.finite import refuse_nonfinite
 from analysis.schema import CURVE_BUCKETS, SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
 from models import stepfiles as sf
 
@@ -179,6 +180,7 @@ def _build(root: Path, target: Path, tmp: Path, progress: Callable[[int, int], N
         for sid, file, err in corrupt:  # skipped knowingly: say which
             _warn_corrupt(sid, file, err)
         studies = _insert_manifests(con, root)
+        refuse_nonfinite(con)  # no NaN or inf is a result (analysis.finite)
         _insert_derived(con, [s.step_id for s in fresh])
         _keep_previous_rows(con, target, sorted({sid for sid, _, _ in corrupt}))
         con.execute("CHECKPOINT")

@@ -209,3 +209,47 @@ def test_on_nonfinite_and_loss_spike_reach_the_training_steps(tmp_path) -> None:
         study.write_text(LR_STUDY.format(extra=bad))
         with pytest.raises(StudyError, match=key):
             load_study(study)
+
+
+def _fake_step(root, kind: str, step_id: str, parents, *, evals=None, metrics_rows=None) -> None:
+    """A done step's files as an older version (no guard) could have left them."""
+    directory = step_dir(root, kind, step_id)
+    sf.write_json(directory / sf.CONFIG, {"step_id": step_id, "kind": kind, "parents": parents,
+                                          "config": {}, "meta": {}})
+    if evals is not None:
+        sf.write_table(directory / sf.EVALS, evals, sf.EVALS_COLUMNS)
+    if metrics_rows is not None:
+        sf.write_table(directory / sf.METRICS, metrics_rows, sf.METRICS_COLUMNS)
+    sf.write_result(directory, {"step_id": step_id, "kind": kind, "status": "done", "params": {}})
+
+
+def test_ingest_refuses_nonfinite_numbers_and_the_evals_under_them(tmp_path) -> None:
+    """Steps written before the guard: a trunk whose loss went NaN (its eval scored 0.5: not a
+    result) and an eval whose held-out loss is NaN. Both are stored failed (diverged), no NaN
+    reaches the catalog, and no eval under a diverged step is ingested."""
+    import duckdb
+
+    from analysis.errors import AnalysisWarning
+    from analysis.store import ingest
+
+    def acc(value):
+        return {"task": "pope", "group": "vl", "metric": "acc", "value": value, "chance": 0.5, "n": 8,
+                "primary_metric": True}
+    nan_loss = {**acc(math.nan), "task": "heldout_text", "metric": sf.LOSS_METRIC, "chance": None,
+                "primary_metric": False}
+    _fake_step(tmp_path, "trunk", "aaaaaaaaaaaa", [], metrics_rows=[
+        (1, 128, "train_loss", 6.2), (2, 256, "train_loss", math.nan), (2, 256, "tokens_per_s", math.nan)])
+    _fake_step(tmp_path, "eval", "bbbbbbbbbbbb", [["trunk", "aaaaaaaaaaaa"]], evals=[acc(0.5)])
+    _fake_step(tmp_path, "trunk", "cccccccccccc", [], metrics_rows=[(1, 128, "train_loss", 6.2)])
+    _fake_step(tmp_path, "eval", "dddddddddddd", [["trunk", "cccccccccccc"]], evals=[acc(0.75), nan_loss])
+    with pytest.warns(AnalysisWarning, match="not finite") as caught:
+        ingest(tmp_path)
+    assert sorted(str(w.message)[5:17] for w in caught) == ["aaaaaaaaaaaa", "dddddddddddd"]
+    with duckdb.connect(str(tmp_path / "results.duckdb"), read_only=True) as con:
+        status = dict(con.execute("SELECT step_id, status || ' ' || coalesce(failure_reason, '') "
+                                  "FROM steps").fetchall())
+        assert status == {"aaaaaaaaaaaa": "failed diverged", "bbbbbbbbbbbb": "done ",
+                          "cccccccccccc": "done ", "dddddddddddd": "failed diverged"}
+        assert con.execute("SELECT count(*) FROM evals").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM heldout_losses").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM metrics WHERE NOT isfinite(value)").fetchone() == (0,)
