@@ -253,3 +253,20 @@ def test_ingest_refuses_nonfinite_numbers_and_the_evals_under_them(tmp_path) -> 
         assert con.execute("SELECT count(*) FROM evals").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM heldout_losses").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM metrics WHERE NOT isfinite(value)").fetchone() == (0,)
+
+
+def test_status_shows_a_done_steps_training_events(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from sweep.launch.cli import format_table
+    from sweep.status import StepStatus
+
+    sf.write_result(step_dir(tmp_path, "trunk", "aaaaaaaaaaaa"),
+                    {"status": "done", sf.SPIKE_METRIC: 3, sf.REWIND_METRIC: 1})
+    sf.write_result(step_dir(tmp_path, "branch", "bbbbbbbbbbbb"), {"status": "done"})
+    plan = SimpleNamespace(study=SimpleNamespace(name="s"), root=tmp_path)
+    statuses = {sid: StepStatus(step_id=sid, kind=kind, state=sf.DONE)
+                for kind, sid in (("trunk", "aaaaaaaaaaaa"), ("branch", "bbbbbbbbbbbb"))}
+    table = format_table(plan, statuses)
+    assert "trunk    aaaaaaaaaaaa  3 loss spike(s), 1 rewind(s) (non-finite)" in table
+    assert "bbbbbbbbbbbb" not in table
