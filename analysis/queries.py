@@ -170,6 +170,21 @@ def totals(con: duckdb.DuckDBPyConnection, filters: Filters) -> pl.DataFrame:
     return _frame(con, sql, params)
 
 
+def training_events(con: duckdb.DuckDBPyConnection, filters: Filters, *,
+                    kinds: Sequence[str] = TRAINING_KINDS) -> pl.DataFrame:
+    """The loss spikes, skipped batches and rewinds of the filtered training steps (one row each:
+    step_id, step, tokens, name, value) with `loss`, the last training loss at or before it."""
+    where, params = filters.sql("s")
+    params = {**params, "events": list(sf.EVENT_METRICS), "kinds": list(kinds)}
+    sql = ("WITH e AS (SELECT m.* FROM metrics m JOIN steps s USING (step_id) "
+           f"WHERE list_contains($events, m.name) AND list_contains($kinds, s.kind){where}), "
+           "l AS (SELECT step_id, step, value FROM metrics WHERE name = 'train_loss' "
+           "AND step_id IN (SELECT step_id FROM e)) "
+           "SELECT e.step_id, e.step, e.tokens, e.name, e.value, l.value AS loss FROM e "
+           "ASOF LEFT JOIN l ON e.step_id = l.step_id AND e.step >= l.step ORDER BY e.step_id, e.step")
+    return _frame(con, sql, params)
+
+
 def curve_points(con: duckdb.DuckDBPyConnection, filters: Filters, *, names: Sequence[str],
                  kinds: Sequence[str] = TRAINING_KINDS, points: int = CURVE_BUCKETS) -> pl.DataFrame:
     """Training curves cut server-side to at most `points` buckets per (step, metric).

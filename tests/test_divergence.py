@@ -107,7 +107,12 @@ def test_a_rewind_restores_the_last_checkpoint(clean, tmp_path, poison) -> None:
         run_step(clean["trunk"], tmp_path / "again", options, data=syn)
 
 
-def test_a_loss_spike_is_a_metrics_event(clean, tmp_path, poison) -> None:
+def test_a_loss_spike_is_a_metrics_event_the_app_marks(clean, tmp_path, poison) -> None:
+    from analysis import queries
+    from analysis.browse_figures import curves_figure
+    from analysis.filters import Filters
+    from analysis.store import connect, ingest
+
     poison({9: 10.0})
     options = RunOptions(spike_factor=3.0, spike_window=4)
     result = run_step(clean["trunk"], tmp_path, options, data=syn)
@@ -115,6 +120,15 @@ def test_a_loss_spike_is_a_metrics_event(clean, tmp_path, poison) -> None:
     assert spikes["step"].to_list() == [9] and spikes["value"][0] > 3.0
     assert result[sf.SPIKE_METRIC] == 1
     assert not metrics(clean["root"], clean["trunk"]).filter(pl.col("name") == sf.SPIKE_METRIC).height
+    ingest(tmp_path)
+    with connect(tmp_path) as con:
+        events = queries.training_events(con, Filters())
+        curves = queries.curve_points(con, Filters(), names=["train_loss"])
+    assert events.select("step", "name").rows() == [(9, sf.SPIKE_METRIC)]
+    assert events["loss"][0] == pytest.approx(_train_losses(tmp_path, clean["trunk"])[9])
+    fig = curves_figure(curves.with_columns(kind=pl.lit("trunk")), color="kind", events=events)
+    marked = [t for t in fig.data if t.name == "loss spike"]
+    assert len(marked) == 1 and list(marked[0].y) == [events["loss"][0]]
 
 
 def test_nonfinite_evals_fail_the_eval_step(clean, tmp_path, monkeypatch) -> None:
