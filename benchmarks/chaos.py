@@ -1,18 +1,20 @@
 """Chaos: kill a process of a running study at a random moment of each phase, recover with a plain `run`.
 
-Runs `studies/demo_smoke.toml` once uninterrupted (local backend, its two workers), which times
-its phases (trunk, branch, fine-tune, eval: from the first start to the last end of the steps of
-that kind), then N times (default 10) under fresh roots. Trial i draws its phase from a shuffled
-list that holds every phase (those four and `ingest`) equally often, so a 10-kill run hits each
-twice, and a moment inside that phase; then a victim from the menu: for ingest, an `ingest`
-started at that moment and SIGKILLed; otherwise the runner with its whole process group (SIGKILL),
-one busy worker (SIGKILL, or SIGTERM: the stop a scheduler sends), preferring one that runs a step
-of the phase, or `diverge`: the runner killed as before in a copy of the study with one more cell
-whose trunk diverges (a `170k` scale at LR 1e4), which must end failed `diverged` with its
-descendants blocked and every other step done. Each is then recovered with a plain `vlmsweep run`
-(no --retry-failed) and `vlmsweep ingest`, and counts when both exit as expected (0; 1 with the
-diverging cell, its trunk the one failure) and the catalog's evals equal the uninterrupted run's
-row for row, value for value (a diverged cell leaves no evals: it is not a lost result). Last line:
+Runs `studies/demo_smoke.toml` once uninterrupted (local backend, its two workers), which times its
+phases (trunk, branch, fine-tune, eval: from the first start to the last end of the steps of that
+kind), then N times (default 10) under fresh roots. Trial i draws its phase from a shuffled list
+that holds every phase (those four and `ingest`) equally often, so a 10-kill run hits each twice,
+and a moment inside that phase (it waits until a step of that kind runs, then up to 80% of the
+phase's uninterrupted span more; ingest: a moment of the whole run); then a victim from the menu:
+for ingest, an `ingest` started at that moment and SIGKILLed; otherwise the runner with its whole
+process group (SIGKILL), one busy worker (SIGKILL, or SIGTERM: the stop a scheduler sends),
+preferring one that runs a step of the phase, or `diverge`: the runner killed as before in a copy
+of the study with one more cell whose trunk diverges (a `170k` scale at LR 1e4), which must end
+failed `diverged` with its descendants blocked and every other step done. Each is then recovered
+with a plain `vlmsweep run` (no --retry-failed) and `vlmsweep ingest`, and counts when both exit as
+expected (0; 1 with the diverging cell, its trunk the one failure) and the catalog's evals equal
+the uninterrupted run's row for row, value for value (a diverged cell leaves no evals: it is not a
+lost result). Last line:
 
     result: 10/10 recoveries completed with evals identical to the uninterrupted run
             (8 of the 10 kills hit a live process)
@@ -145,16 +147,37 @@ def busy_worker(root: Path, kind: str) -> tuple[int, str] | None:
     return int(record.job_id.split(".")[0]), f"{record.kind} {record.step_id}"
 
 
-def kill_at(victim: str, phase: str, run: subprocess.Popen, study: Path, root: Path, at_s: float) -> str:
-    """Wait `at_s` seconds into the run, kill the victim; what was killed, in words."""
-    began = time.monotonic()
-    while time.monotonic() - began < at_s and run.poll() is None:
+def running_kinds(root: Path) -> set[str]:
+    """Kinds of the steps local workers are running now."""
+    return {r.kind for r in read_jobs(root) if r.backend == "local"
+            and local_job_state(root, r.job_id).state == "RUNNING"}
+
+
+def wait_for_phase(phase: str, run: subprocess.Popen, root: Path, delay_s: float) -> bool:
+    """Until a `phase` step runs (then `delay_s` more seconds, while it still runs); whether it did."""
+    while run.poll() is None and phase not in running_kinds(root):
         time.sleep(0.05)
+    began = time.monotonic()
+    while run.poll() is None and time.monotonic() - began < delay_s and phase in running_kinds(root):
+        time.sleep(0.05)
+    return run.poll() is None
+
+
+def kill_at(victim: str, phase: str, run: subprocess.Popen, study: Path, root: Path, at_s: float,
+            delay_s: float) -> str:
+    """Kill the victim `delay_s` into the phase (ingest: `at_s` into the run); what was killed."""
+    if phase == "ingest":
+        began = time.monotonic()
+        while time.monotonic() - began < at_s and run.poll() is None:
+            time.sleep(0.05)
+    else:
+        wait_for_phase(phase, run, root, delay_s)
     if run.poll() is not None:
         return "nothing (the run had ended)"
+    during = ", ".join(sorted(running_kinds(root))) or "no step"
     if victim in ("runner", "diverge"):
         os.killpg(run.pid, signal.SIGKILL)
-        return f"the runner and its workers (pgid {run.pid})"
+        return f"the runner and its workers (pgid {run.pid}) while running {during}"
     if victim.startswith("worker"):
         sig = signal.SIGTERM if victim == "worker-sigterm" else signal.SIGKILL
         while run.poll() is None:
@@ -170,18 +193,19 @@ def kill_at(victim: str, phase: str, run: subprocess.Popen, study: Path, root: P
         return f"nothing (ingest ended first, exit {ingest.returncode})"
     os.killpg(ingest.pid, signal.SIGKILL)
     ingest.wait()
-    return f"ingest {ingest.pid}"
+    return f"ingest {ingest.pid} while running {during}"
 
 
 def one_trial(phase: str, studies: tuple[Path, Path], root: Path, baseline: list[tuple],
               windows: dict[str, tuple[float, float]], run_s: float) -> Trial:
     victim = "ingest" if phase == "ingest" else random.choice(VICTIMS)
-    lo, hi = windows.get(phase, (0.05 * run_s, 0.95 * run_s))
-    at_s = random.uniform(lo, hi)
+    lo, hi = windows.get(phase, (0.0, run_s))
+    # ingest: a moment of the whole run; a training phase: a moment into its steps' span
+    at_s = random.uniform(0.05 * run_s, 0.95 * run_s) if phase == "ingest" else random.uniform(0.0, 0.8 * (hi - lo))
     hot = victim == "diverge"
     study = studies[hot]
     run = vlmsweep("run", str(study), "--root", str(root), "--backend", "local")
-    killed = kill_at(victim, phase, run, study, root, at_s)
+    killed = kill_at(victim, phase, run, study, root, at_s, at_s)
     run.wait()
     wait_gone(run.pid)
     code, err = finish(vlmsweep("run", str(study), "--root", str(root), "--backend", "local"))
@@ -231,7 +255,8 @@ def main() -> None:
             hits += not t.killed.startswith("nothing")
             verdict = ("recovered, evals identical" if t.recovered and t.identical
                        else "recovered, evals DIFFER" if t.recovered else "NOT recovered")
-            print(f"{i + 1}/{args.runs}: {t.phase} phase, {t.victim}: killed {t.killed} at {t.at_s:.1f} s: "
+            where = "into the run" if t.phase == "ingest" else "into the phase"
+            print(f"{i + 1}/{args.runs}: {t.phase} phase, {t.victim}: killed {t.killed} {t.at_s:.1f} s {where}: "
                   f"{verdict}" + (f" ({t.note})" if t.note else ""), flush=True)
         print(f"result: {good}/{args.runs} recoveries completed with evals identical to the "
               f"uninterrupted run ({hits} of the {args.runs} kills hit a live process)")
