@@ -104,6 +104,13 @@ def missing_cells(con: duckdb.DuckDBPyConnection, study: str | None = None) -> p
     return _frame(con, query, {} if study is None else {"study": study})
 
 
+def diverged_steps(con: duckdb.DuckDBPyConnection, study: str | None = None) -> pl.DataFrame:
+    """step_id, kind, error of the (study's) steps that failed with reason diverged."""
+    where = "" if study is None else " AND step_id IN (SELECT step_id FROM study_steps WHERE study = $study)"
+    return _frame(con, f"SELECT step_id, kind, error FROM steps WHERE failure_reason = 'diverged'{where} "
+                  "ORDER BY kind, step_id", {} if study is None else {"study": study})
+
+
 def _frame(con: duckdb.DuckDBPyConnection, query: str, params: list | dict) -> pl.DataFrame:
     return con.sql(query, params=params or None).pl()
 
@@ -180,7 +187,8 @@ def training_events(con: duckdb.DuckDBPyConnection, filters: Filters, *,
            f"WHERE list_contains($events, m.name) AND list_contains($kinds, s.kind){where}), "
            "l AS (SELECT step_id, step, value FROM metrics WHERE name = 'train_loss' "
            "AND step_id IN (SELECT step_id FROM e)) "
-           "SELECT e.step_id, e.step, e.tokens, e.name, e.value, l.value AS loss FROM e "
+           "SELECT e.step_id, e.step, e.tokens, e.name, e.value, l.value AS loss, "
+           "(SELECT kind FROM steps k WHERE k.step_id = e.step_id) AS kind FROM e "
            "ASOF LEFT JOIN l ON e.step_id = l.step_id AND e.step >= l.step ORDER BY e.step_id, e.step")
     return _frame(con, sql, params)
 

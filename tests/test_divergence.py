@@ -129,6 +129,12 @@ def test_a_loss_spike_is_a_metrics_event_the_app_marks(clean, tmp_path, poison) 
     fig = curves_figure(curves.with_columns(kind=pl.lit("trunk")), color="kind", events=events)
     marked = [t for t in fig.data if t.name == "loss spike"]
     assert len(marked) == 1 and list(marked[0].y) == [events["loss"][0]]
+    from analysis.report import write_report
+
+    write_report(tmp_path, tmp_path / "report", formats=())
+    text = (tmp_path / "report" / "findings.md").read_text()
+    assert ("- Loss spikes (loss / running median of the steps before) in 1 step(s): "
+            f"trunk `{clean['trunk'].step_id}` at step 9 (×") in text
 
 
 def test_nonfinite_evals_fail_the_eval_step(clean, tmp_path, monkeypatch) -> None:
@@ -197,6 +203,8 @@ def test_a_diverging_study_fails_its_trunk_blocks_the_rest_and_exits_non_zero(tm
         assert con.execute("SELECT count(*) FROM evals").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM metrics WHERE NOT isfinite(value)").fetchone() == (0,)
         assert con.execute("SELECT status FROM steps WHERE kind = 'trunk'").fetchall() == [("failed",)]
+    assert main(["report", str(study), "--root", str(root), "--out", str(tmp_path / "report")]) == 2
+    assert "1 step(s) diverged" in capsys.readouterr().err
 
 
 def test_on_nonfinite_and_loss_spike_reach_the_training_steps(tmp_path) -> None:
@@ -284,3 +292,42 @@ def test_status_shows_a_done_steps_training_events(tmp_path) -> None:
     table = format_table(plan, statuses)
     assert "trunk    aaaaaaaaaaaa  3 loss spike(s), 1 rewind(s) (non-finite)" in table
     assert "bbbbbbbbbbbb" not in table
+
+
+def test_findings_name_the_diverged_steps() -> None:
+    from analysis.stability import stability_markdown
+
+    events = pl.DataFrame({"step_id": ["b1"], "kind": ["branch"], "step": [7], "name": [sf.REWIND_METRIC],
+                           "value": [4.0]})
+    diverged = pl.DataFrame({"step_id": ["t1"], "kind": ["trunk"],
+                             "error": ["Diverged: non-finite loss or gradient norm at optimizer step 3"]})
+    text = "\n".join(stability_markdown(events, diverged))
+    assert "- 1 step(s) diverged" in text
+    assert "  - trunk `t1`: non-finite loss or gradient norm at optimizer step 3" in text
+    assert "Rewinds to the last checkpoint after a non-finite step in 1 step(s): branch `b1` at step 7." in text
+    empty = stability_markdown(events.clear(), diverged.clear())
+    assert "No step diverged" in empty[2]
+
+
+def test_a_resumed_step_keeps_its_skips_and_spikes(clean, tmp_path, poison) -> None:
+    """Interrupted after a skipped batch and resumed: the same rows as without the interruption
+    (the skip still counts against the allowance, the spike window is rebuilt from the rows)."""
+    from tests.models_helpers import interrupting
+
+    poison({3: math.nan, 9: 10.0})
+    options = RunOptions(nonfinite_skip_batches=1, spike_factor=3.0, spike_window=4, checkpoint_every_steps=2)
+    run_step(clean["trunk"], tmp_path / "whole", options, data=syn)
+    from models.checkpoint import Preempted
+
+    with pytest.raises(Preempted):
+        run_step(clean["trunk"], tmp_path / "resumed", options, data=interrupting(6))
+    run_step(clean["trunk"], tmp_path / "resumed", options, data=syn)
+    a, b = metrics(tmp_path / "whole", clean["trunk"]), metrics(tmp_path / "resumed", clean["trunk"])
+    assert a.select("step", "name").equals(b.select("step", "name"))
+    assert a["value"].to_list() == pytest.approx(b["value"].to_list(), abs=1e-6)
+    assert set(a["name"]) >= {sf.SKIPPED_METRIC, sf.SPIKE_METRIC}
+    poison({3: math.nan, 9: 10.0, 10: math.nan})  # a second bad batch after the resume: over the allowance
+    with pytest.raises(Preempted):
+        run_step(clean["trunk"], tmp_path / "again", options, data=interrupting(6))
+    with pytest.raises(Diverged, match="optimizer step 10"):
+        run_step(clean["trunk"], tmp_path / "again", options, data=syn)

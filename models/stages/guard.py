@@ -72,6 +72,11 @@ def number_text(value: float) -> str:
     return repr(float(value)) if math.isfinite(value) else str(float(value))
 
 
+def _short(text: str) -> str:
+    """A number_text for a message: four significant digits."""
+    return text if text in ("nan", "inf", "-inf") else f"{float(text):.4g}"
+
+
 def last_loss(rows: Iterable[Row]) -> float | None:
     """The last training loss of a stage's rows (all finite: a non-finite one is never a row)."""
     values = [v for _, _, name, v in rows if name == "train_loss"]
@@ -85,6 +90,7 @@ def handle_nonfinite(module: Any, loss: torch.Tensor, grad_norm: torch.Tensor, d
     step = module.step_count + 1  # the optimizer step this batch was for
     done = Counter(name for _, _, name, _ in rows)
     loss_text, norm_text = number_text(float(loss.detach().float().mean())), number_text(float(grad_norm))
+    said = f"(loss {_short(loss_text)}, gradient norm {_short(norm_text)})"
     event = None
     if done[SKIPPED_METRIC] < guard.skip_batches:
         event = (SKIPPED_METRIC, 1.0)
@@ -95,17 +101,17 @@ def handle_nonfinite(module: Any, loss: torch.Tensor, grad_norm: torch.Tensor, d
         module.step_count, module.data_state = step, data_state
         rows.append((step, step * module.tokens_per_step, *event))
         what = "skipped the batch" if event[0] == SKIPPED_METRIC else f"rewound to step {int(event[1])}"
-        print(f"vlmsweep: non-finite loss or gradient norm at optimizer step {step} (loss "
-              f"{loss_text}, gradient norm {norm_text}): {what}", file=sys.stderr, flush=True)
+        print(f"vlmsweep: non-finite loss or gradient norm at optimizer step {step} {said}: {what}",
+              file=sys.stderr, flush=True)
         return
     last = last_loss(rows)
     used = (f"; after {done[SKIPPED_METRIC]} skipped batch(es) and {done[REWIND_METRIC]} rewind(s)"
             if guard.skip_batches or guard.rewinds else "")
     no_ckpt = ("; no checkpoint to rewind to" if guard.rewinds and done[REWIND_METRIC] < guard.rewinds
                else "")
-    raise Diverged(f"non-finite loss or gradient norm at optimizer step {step} (loss {loss_text}, "
-                   f"gradient norm {norm_text}); last finite loss {'none' if last is None else f'{last:.4g}'}{used}"
-                   f"{no_ckpt}; lower the learning rate, or allow skipped batches or rewinds with "
+    last_text = "none" if last is None else f"{last:.4g}"
+    raise Diverged(f"non-finite loss or gradient norm at optimizer step {step} {said}; last finite loss "
+                   f"{last_text}{used}{no_ckpt}; lower the learning rate, or allow skipped batches or rewinds with "
                    "[train] on_nonfinite", optimizer_step=step, loss=loss_text, grad_norm=norm_text,
                    last_finite_loss=last)
 
