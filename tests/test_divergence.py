@@ -214,7 +214,8 @@ def test_on_nonfinite_and_loss_spike_reach_the_training_steps(tmp_path) -> None:
 
     study = tmp_path / "s.toml"
     study.write_text(LR_STUDY.format(extra="on_nonfinite = {skip_batches = 2, rewinds = 1}\n"
-                                           "loss_spike = {factor = 4.0, window = 8}"))
+                                           "loss_spike = {factor = 4.0, window = 8}")
+                     + "[backend]\ncheckpoint_every_steps = 5\n")
     plan = plan_study(load_study(study), root=tmp_path / "root")
     plain = tmp_path / "p.toml"
     plain.write_text(LR_STUDY.format(extra=""))
@@ -225,6 +226,7 @@ def test_on_nonfinite_and_loss_spike_reach_the_training_steps(tmp_path) -> None:
             options = RunOptions(**step.meta["run"])
             assert (options.nonfinite_skip_batches, options.nonfinite_rewinds) == (2, 1)
             assert (options.spike_factor, options.spike_window) == (4.0, 8)
+            assert options.checkpoint_every_steps == 5  # what a rewind goes back to
     for bad, key in (("on_nonfinite = {skip_batches = -1}", "skip_batches"),
                      ("on_nonfinite = {skips = 1}", "skips"), ("loss_spike = {factor = 1.0}", "factor"),
                      ("on_nonfinite = 3", "on_nonfinite")):
