@@ -5,9 +5,10 @@ phases (trunk, branch, fine-tune, eval: from the first start to the last end of 
 kind), then N times (default 10) under fresh roots. Trial i draws its phase from a shuffled list
 that holds every phase (those four and `ingest`) equally often, so a 10-kill run hits each twice,
 and a moment inside that phase (it waits until a step of that kind runs, then up to 80% of the
-phase's uninterrupted span more; ingest: a moment of the whole run); then a victim from the menu:
-for ingest, an `ingest` started at that moment and SIGKILLed; otherwise the runner with its whole
-process group (SIGKILL), one busy worker (SIGKILL, or SIGTERM: the stop a scheduler sends),
+phase's uninterrupted span more, then until a step of that kind runs; ingest: a moment of the whole
+run); then a victim from the menu: for ingest, an `ingest` started at that moment and SIGKILLed
+part-way through (a random share of the uninterrupted ingest's time); otherwise the runner with its
+whole process group (SIGKILL), one busy worker (SIGKILL, or SIGTERM: the stop a scheduler sends),
 preferring one that runs a step of the phase, or `diverge`: the runner killed as before in a copy
 of the study with one more cell whose trunk diverges (a `170k` scale at LR 1e4), which must end
 failed `diverged` with its descendants blocked and every other step done. Each is then recovered
@@ -154,17 +155,20 @@ def running_kinds(root: Path) -> set[str]:
 
 
 def wait_for_phase(phase: str, run: subprocess.Popen, root: Path, delay_s: float) -> bool:
-    """Until a `phase` step runs (then `delay_s` more seconds, while it still runs); whether it did."""
+    """Until a `phase` step runs, `delay_s` more seconds, and then until a `phase` step runs (the
+    kill lands inside the phase); whether the run is still going."""
     while run.poll() is None and phase not in running_kinds(root):
         time.sleep(0.05)
     began = time.monotonic()
-    while run.poll() is None and time.monotonic() - began < delay_s and phase in running_kinds(root):
+    while run.poll() is None and time.monotonic() - began < delay_s:
+        time.sleep(0.05)
+    while run.poll() is None and phase not in running_kinds(root):
         time.sleep(0.05)
     return run.poll() is None
 
 
 def kill_at(victim: str, phase: str, run: subprocess.Popen, study: Path, root: Path, at_s: float,
-            delay_s: float) -> str:
+            delay_s: float, ingest_s: float = 3.0) -> str:
     """Kill the victim `delay_s` into the phase (ingest: `at_s` into the run); what was killed."""
     if phase == "ingest":
         began = time.monotonic()
@@ -188,7 +192,7 @@ def kill_at(victim: str, phase: str, run: subprocess.Popen, study: Path, root: P
             time.sleep(0.05)
         return "nothing (no worker was busy before the run ended)"
     ingest = vlmsweep("ingest", str(study), "--root", str(root))
-    time.sleep(random.uniform(0.2, 3.0))
+    time.sleep(random.uniform(0.1, 0.9) * ingest_s)  # a moment of an uninterrupted ingest
     if ingest.poll() is not None:
         return f"nothing (ingest ended first, exit {ingest.returncode})"
     os.killpg(ingest.pid, signal.SIGKILL)
@@ -197,7 +201,7 @@ def kill_at(victim: str, phase: str, run: subprocess.Popen, study: Path, root: P
 
 
 def one_trial(phase: str, studies: tuple[Path, Path], root: Path, baseline: list[tuple],
-              windows: dict[str, tuple[float, float]], run_s: float) -> Trial:
+              windows: dict[str, tuple[float, float]], run_s: float, ingest_s: float) -> Trial:
     victim = "ingest" if phase == "ingest" else random.choice(VICTIMS)
     lo, hi = windows.get(phase, (0.0, run_s))
     # ingest: a moment of the whole run; a training phase: a moment into its steps' span
@@ -205,7 +209,7 @@ def one_trial(phase: str, studies: tuple[Path, Path], root: Path, baseline: list
     hot = victim == "diverge"
     study = studies[hot]
     run = vlmsweep("run", str(study), "--root", str(root), "--backend", "local")
-    killed = kill_at(victim, phase, run, study, root, at_s, at_s)
+    killed = kill_at(victim, phase, run, study, root, at_s, at_s, ingest_s)
     run.wait()
     wait_gone(run.pid)
     code, err = finish(vlmsweep("run", str(study), "--root", str(root), "--backend", "local"))
@@ -240,17 +244,19 @@ def main() -> None:
         began, began_at = time.monotonic(), time.time()
         code, err = finish(vlmsweep("run", str(study), "--root", str(base / "clean"), "--backend", "local"))
         run_s = time.monotonic() - began
+        began = time.monotonic()
         if code != 0 or finish(vlmsweep("ingest", str(study), "--root", str(base / "clean")))[0] != 0:
             sys.exit(f"chaos: the uninterrupted run failed (exit {code}): {err[-500:]}")
+        ingest_s = time.monotonic() - began
         baseline = evals(base / "clean")
         windows = phase_windows(base / "clean", began_at)
-        print(f"uninterrupted: {run_s:.0f} s, {len(baseline)} eval rows; phases (s): "
+        print(f"uninterrupted: {run_s:.0f} s, ingest {ingest_s:.1f} s, {len(baseline)} eval rows; phases (s): "
               + ", ".join(f"{k} {a:.0f}-{b:.0f}" for k, (a, b) in sorted(windows.items())), flush=True)
         phases = [PHASES[i % len(PHASES)] for i in range(args.runs)]
         random.shuffle(phases)
         good = hits = 0
         for i, phase in enumerate(phases):
-            t = one_trial(phase, studies, base / f"run{i}", baseline, windows, run_s)
+            t = one_trial(phase, studies, base / f"run{i}", baseline, windows, run_s, ingest_s)
             good += t.recovered and t.identical
             hits += not t.killed.startswith("nothing")
             verdict = ("recovered, evals identical" if t.recovered and t.identical
