@@ -272,7 +272,7 @@ def test_ingest_refuses_nonfinite_numbers_and_the_evals_under_them(tmp_path) -> 
     with duckdb.connect(str(tmp_path / "results.duckdb"), read_only=True) as con:
         status = dict(con.execute("SELECT step_id, status || ' ' || coalesce(failure_reason, '') "
                                   "FROM steps").fetchall())
-        assert status == {"aaaaaaaaaaaa": "failed diverged", "bbbbbbbbbbbb": "done ",
+        assert status == {"aaaaaaaaaaaa": "failed diverged", "bbbbbbbbbbbb": "failed diverged",
                           "cccccccccccc": "done ", "dddddddddddd": "failed diverged"}
         assert con.execute("SELECT count(*) FROM evals").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM heldout_losses").fetchone() == (0,)
