@@ -108,9 +108,32 @@ def _joined(rows: pl.DataFrame, x: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     return xs, ys, labels
 
 
+EVENT_MARKERS = {"loss_spike": ("loss spike", "triangle-up", "#d62728"),
+                 "nonfinite_skipped": ("skipped batch (non-finite)", "x", "#000000"),
+                 "nonfinite_rewind": ("rewind (non-finite)", "circle-open", "#000000")}
+
+
+def _mark_events(fig: go.Figure, rows: pl.DataFrame, events: pl.DataFrame | None, x: str, r: int, c: int) -> None:
+    """Markers for the events of the steps whose train_loss curve is in this panel, at their loss."""
+    if events is None or events.is_empty() or "train_loss" not in rows["name"].to_list():
+        return
+    ids = rows.filter(pl.col("name") == "train_loss")["step_id"].unique().to_list()
+    for name, (label, symbol, colour) in EVENT_MARKERS.items():
+        marks = events.filter((pl.col("name") == name) & pl.col("step_id").is_in(ids))
+        if marks.is_empty():
+            continue
+        fig.add_trace(go.Scatter(
+            x=marks[x].to_list(), y=marks["loss"].to_list(), mode="markers", name=label, legendgroup=label,
+            marker={"symbol": symbol, "size": 11, "color": colour},
+            customdata=(marks["step_id"] + " · step " + marks["step"].cast(pl.String)).to_list(),
+            hovertemplate=f"%{{customdata}}<extra>{label}</extra>"), row=r, col=c)
+
+
 def curves_figure(curves: pl.DataFrame, *, color: str, facet: str | None = None, x: str = "tokens",
-                  log_x: bool = False, log_y: bool = False, title: str = "") -> go.Figure:
-    """The (step, metric) curves, coloured by `color`, one panel per value of `facet` (or one)."""
+                  log_x: bool = False, log_y: bool = False, title: str = "",
+                  events: pl.DataFrame | None = None) -> go.Figure:
+    """The (step, metric) curves, coloured by `color`, one panel per value of `facet` (or one);
+    `events` (analysis.queries.training_events) are marked on the panels' train_loss curves."""
     panels = _categories(curves, facet) if facet else [None]
     n_cols = min(3, len(panels))
     n_rows = math.ceil(len(panels) / n_cols)
@@ -134,6 +157,7 @@ def curves_figure(curves: pl.DataFrame, *, color: str, facet: str | None = None,
                 hovertemplate=f"%{{customdata}}<br>{x} %{{x:.4g}}<br>value %{{y:.4g}}<extra>{name}</extra>"),
                 row=r, col=c)
             shown.add(value)
+        _mark_events(fig, rows, events, x, r, c)
         fig.update_xaxes(title_text=x if r == n_rows else None, type="log" if log_x else None, row=r, col=c)
         fig.update_yaxes(type="log" if log_y else None, row=r, col=c)
     names = ", ".join(curves["name"].unique(maintain_order=True).to_list())

@@ -112,6 +112,13 @@ def missing_cells(con: duckdb.DuckDBPyConnection, study: str | None = None) -> p
     return _frame(con, query, {} if study is None else {"study": study})
 
 
+def diverged_steps(con: duckdb.DuckDBPyConnection, study: str | None = None) -> pl.DataFrame:
+    """step_id, kind, error of the (study's) steps that failed with reason diverged."""
+    where = "" if study is None else " AND step_id IN (SELECT step_id FROM study_steps WHERE study = $study)"
+    return _frame(con, f"SELECT step_id, kind, error FROM steps WHERE failure_reason = 'diverged'{where} "
+                  "ORDER BY kind, step_id", {} if study is None else {"study": study})
+
+
 def _frame(con: duckdb.DuckDBPyConnection, query: str, params: list | dict) -> pl.DataFrame:
     return con.sql(query, params=params or None).pl()
 
@@ -175,6 +182,22 @@ def totals(con: duckdb.DuckDBPyConnection, filters: Filters) -> pl.DataFrame:
            "coalesce(sum(flops) FILTER (WHERE status = 'done'), 0) AS flops, "
            "coalesce(sum(wall_time_s), 0) / 3600.0 AS accelerator_hours "
            f"FROM steps s WHERE TRUE{where} GROUP BY kind ORDER BY kind")
+    return _frame(con, sql, params)
+
+
+def training_events(con: duckdb.DuckDBPyConnection, filters: Filters, *,
+                    kinds: Sequence[str] = TRAINING_KINDS) -> pl.DataFrame:
+    """The loss spikes, skipped batches and rewinds of the filtered training steps (one row each:
+    step_id, step, tokens, name, value) with `loss`, the last training loss at or before it."""
+    where, params = filters.sql("s")
+    params = {**params, "events": list(sf.EVENT_METRICS), "kinds": list(kinds)}
+    sql = ("WITH e AS (SELECT m.* FROM metrics m JOIN steps s USING (step_id) "
+           f"WHERE list_contains($events, m.name) AND list_contains($kinds, s.kind){where}), "
+           "l AS (SELECT step_id, step, value FROM metrics WHERE name = 'train_loss' "
+           "AND step_id IN (SELECT step_id FROM e)) "
+           "SELECT e.step_id, e.step, e.tokens, e.name, e.value, l.value AS loss, "
+           "(SELECT kind FROM steps k WHERE k.step_id = e.step_id) AS kind FROM e "
+           "ASOF LEFT JOIN l ON e.step_id = l.step_id AND e.step >= l.step ORDER BY e.step_id, e.step")
     return _frame(con, sql, params)
 
 

@@ -24,6 +24,7 @@ import polars as pl
 from analysis import findings, paper, queries, scores, tables
 from analysis.errors import AnalysisInputError, AnalysisWarning
 from analysis.export import FORMATS, export_figures
+from analysis.filters import Filters
 from analysis.predict_io import findings_markdown as prediction_markdown
 from analysis.predict_io import prediction_runs, report_json
 from analysis.report_figures import (
@@ -36,6 +37,7 @@ from analysis.report_figures import (
     ratio_figure,
 )
 from analysis.search_findings import SearchComparison, load_comparisons, search_markdown
+from analysis.stability import stability_markdown
 from analysis.store import connect
 
 CORE_SCORES = ("vl_core", "text_core")  # averages over the tasks each scale learns (analysis.findings)
@@ -69,7 +71,9 @@ def load_study(con, study: str | None, average_tasks: Sequence[str] | None = Non
     return StudyData(task_scores=task_scores, steps=steps, main=scores.main_stage(steps), core=core,
                      lr=queries.load_metrics(con, ["lr"], study, kinds=("trunk", "branch")),
                      losses=queries.load_metrics(con, ["train_loss", "text_loss"], study, kinds=("trunk", "branch")),
-                     missing=queries.missing_cells(con, study), prediction_runs=prediction_runs(con, study)[0])
+                     missing=queries.missing_cells(con, study), prediction_runs=prediction_runs(con, study)[0],
+                     events=queries.training_events(con, Filters(study=study)),
+                     diverged=queries.diverged_steps(con, study))
 
 
 def _guarded(builder: Callable[[StudyData, Built], None], data: StudyData, built: Built) -> None:
@@ -115,8 +119,9 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
         definition = queries.stable_definition(con, name)
     search = load_comparisons(root, name)  # read first: a malformed file fails before any rendering
     if len(data.steps) == 0 and len(data.lr) == 0 and len(data.losses) == 0:
+        diverged = f" ({len(data.diverged)} step(s) diverged: see `vlmsweep status`)" if len(data.diverged) else ""
         raise AnalysisInputError(f"{root}: study {name or '(all)'} has no evaluated runs and no training "
-                                 "curves to report")
+                                 f"curves to report{diverged}")
     built = Built(bootstrap=bootstrap, seed=seed)
     built.notes += _data_notes(data)
     if definition == "centered":
@@ -198,6 +203,7 @@ def _write_texts(out: Path, data: StudyData, built: Built, name: str | None,
         study=name, n_runs=len(data.main), missing=data.missing, fits=built.fits["surfaces"],
         fixed=built.fits["fixed"], uncertain=_uncertain_sections(data, built.seed),
         skipped=built.skipped, bootstrap=built.bootstrap, notes=list(dict.fromkeys(built.notes)))
+    texts[out / "findings.md"] += "\n" + "\n".join(stability_markdown(data.events, data.diverged))
     if search:  # the adaptive search's comparison with the grid, when search wrote one
         texts[out / "findings.md"] += "\n" + "\n".join(search_markdown(search))
     numbers = paper.load_paper_numbers()  # the published numbers this study's cells can be held against

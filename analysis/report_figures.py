@@ -34,6 +34,8 @@ class StudyData:
     missing: pl.DataFrame  # planned evaluations with no result
     core: pl.DataFrame  # per scale and task: whether it is a core task (analysis.findings.core_tasks)
     prediction_runs: pl.DataFrame  # one row per final model with held-out losses and D (analysis.predict)
+    events: pl.DataFrame  # loss spikes, skipped batches, rewinds (analysis.queries.training_events)
+    diverged: pl.DataFrame  # steps failed with reason diverged (analysis.queries.diverged_steps)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -23,6 +23,7 @@ from analysis import steprows
 from analysis.configid import config_ids
 from analysis.dbpaths import duckdb_path, writable_database
 from analysis.errors import AnalysisInputError, AnalysisWarning
+from analysis.finite import refuse_nonfinite
 from analysis.schema import CURVE_BUCKETS, SCHEMA_VERSION, STEPS, STUDIES, STUDY_STEPS, TABLES, create_all
 from models import stepfiles as sf
 
@@ -222,6 +223,7 @@ def _fill(con: duckdb.DuckDBPyConnection, root: Path, target: Path, manifests: s
         for sid, file, err in corrupt:  # skipped knowingly: say which
             _warn_corrupt(sid, file, err)
         studies = _insert_manifests(con, root)
+        refuse_nonfinite(con)  # no NaN or inf is a result (analysis.finite)
         _insert_derived(con, [s.step_id for s in fresh])
         _keep_previous_rows(con, target, sorted({sid for sid, _, _ in corrupt}))
         _set_config_ids(con)

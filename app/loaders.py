@@ -65,6 +65,13 @@ def curve_points(version: CatalogVersion, filters: Filters, names: tuple[str, ..
         return queries.curve_points(cur, filters, names=names, kinds=kinds, points=points)
 
 
+@st.cache_data(**_CACHE)
+def training_events(version: CatalogVersion, filters: Filters, kinds: tuple[str, ...]) -> pl.DataFrame:
+    """Loss spikes, skipped batches and rewinds of the filtered steps (the curves page marks them)."""
+    with cursor(version) as cur:
+        return queries.training_events(cur, filters, kinds=kinds)
+
+
 def curves(version: CatalogVersion, filters: Filters, names: tuple[str, ...], kinds: tuple[str, ...],
            points: int) -> pl.DataFrame:
     """Downsampled curves joined with their step's axes, kind and parent.

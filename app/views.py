@@ -104,8 +104,13 @@ def build_curves(version: CatalogVersion, filters: Filters, opts: CurvesOptions)
     longest = int(pts.group_by("step_id", "name").agg(pl.col("rows").sum())["rows"].max())
     notes = (f"{runs} runs; each curve cut server-side to ≤ {opts.points} bucket means "
              f"(longest curve: {longest} logged rows)",)
+    events = loaders.training_events(version, filters, opts.kinds)
     fig = bfig.curves_figure(pts, color=opts.color, facet=opts.facet, x=opts.x, log_x=opts.log_x,
-                                log_y=opts.log_y)
+                                log_y=opts.log_y, events=events)
+    if not events.is_empty():
+        counts = events.group_by("name").len().sort("name")
+        notes += (", ".join(f"{n} {name}" for name, n in counts.iter_rows())
+                  + " event(s), marked on the train_loss curves",)
     return Built(figure=fig, notes=notes)
 
 

@@ -258,8 +258,22 @@ class RunOptions:
     checkpoint_every_s: float = 600.0  # periodic checkpoint by wall clock
     progress_every_s: float = 2.0  # progress.json cadence
     threads: int = field(default_factory=default_threads)  # torch intra-op threads (CPU)
+    # A non-finite loss or gradient norm ends the step as failed (`diverged`) unless the study allows
+    # skipping that batch (no update) or rewinding the weights to the step's last checkpoint
+    # (`[train] on_nonfinite`; 0 and 0: fail at once, see docs/divergence.md for why).
+    nonfinite_skip_batches: int = 0
+    nonfinite_rewinds: int = 0
+    # A loss above spike_factor × the median of the previous spike_window losses is a `loss_spike`
+    # event in the step's metrics (`[train] loss_spike`); it is recorded, never acted on.
+    spike_factor: float = 2.0
+    spike_window: int = 50
 
     def __post_init__(self) -> None:
+        if min(self.nonfinite_skip_batches, self.nonfinite_rewinds) < 0:
+            raise ValueError("RunOptions.nonfinite_skip_batches and nonfinite_rewinds must be >= 0")
+        if self.spike_factor <= 1.0 or self.spike_window < 2:
+            raise ValueError(f"RunOptions.spike_factor must be > 1 and spike_window >= 2, got "
+                             f"{self.spike_factor} and {self.spike_window}")
         if self.threads < 1:
             raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
         if self.micro_batch < 0:

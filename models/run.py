@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,12 @@ def failure_reason(exc: BaseException) -> str:
     import torch
 
     from models.data.errors import DataError
+    from models.stages.guard import Diverged
 
     if isinstance(exc, Preempted):
         return "preempted"
+    if isinstance(exc, Diverged):
+        return "diverged"
     if sf.disk_error(exc):
         return "disk"
     if isinstance(exc, (DataError, CheckpointError, sf.StepFileError)):
@@ -77,9 +81,11 @@ def _host_oom(exc: BaseException) -> bool:
 
 def _failure(directory: Path, step: Step, exc: BaseException, ranks: Ranks) -> None:
     where = f"rank 0 of {ranks.world}: " if ranks.world > 1 else ""
+    details = {k: getattr(exc, k) for k in ("optimizer_step", "loss", "grad_norm", "last_finite_loss")
+               if getattr(exc, k, None) not in (None, "")}  # a Diverged's: where it went bad
     failure = sf.Failure(step_id=step.step_id, kind=step.kind, reason=failure_reason(exc),
                          error=f"{where}{type(exc).__name__}: {exc}".splitlines()[0][:500],
-                         traceback=traceback.format_exc(), finished_at=sf.now_iso())
+                         traceback=traceback.format_exc(), finished_at=sf.now_iso(), **details)
     try:
         sf.write_failure(directory, failure)
     except OSError as error:  # a full disk may not take failure.json either: say so, keep `exc`
@@ -140,6 +146,7 @@ def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: An
             sf.write_result(paths.dir, result)
         return result
     out = runners.RUNNERS[step.kind](ctx)
+    _check_finite(out)
     if not ranks.writes_files:
         return {}
     if out.metrics is not None:
@@ -156,12 +163,25 @@ def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: An
               "code_salt": CODE_SALT, "git_commit": _git_commit(), "started_at": started,
               "finished_at": sf.now_iso(), "hostname": socket.gethostname(), "device": _device_name(),
               "ranks": ranks.world}
+    events = Counter(row[2] for row in out.metrics or () if row[2] in sf.EVENT_METRICS)
+    result |= {name: events[name] for name in sf.EVENT_METRICS if events[name]}  # status shows them
     if step.kind == "trunk":
         result["checkpoint_fractions"] = sorted(float(f) for f in step.meta.get("checkpoint_fractions", ()))
     sf.write_result(paths.dir, result)
     paths.latest.unlink(missing_ok=True)  # it has served its purpose
     paths.failure.unlink(missing_ok=True)  # an earlier attempt's, now stale
     return result
+
+
+def _check_finite(out: Any) -> None:
+    """No NaN or inf is a result: non-finite evals fail the step as diverged (a training loss or
+    gradient norm that is not finite never becomes a row: models.stages.guard stops it first)."""
+    from models.stages.guard import Diverged
+
+    for row in out.evals or ():
+        if not math.isfinite(row["value"]):
+            raise Diverged(f"eval task {row['task']!r} metric {row['metric']!r} is {row['value']}: "
+                           "the evaluated model's numbers are not finite (did its training diverge?)")
 
 
 def _progress_writer(paths: sf.StepPaths) -> Any:

@@ -49,6 +49,13 @@ METRICS_COLUMNS = (("step", "int64"), ("tokens", "int64"), ("name", "string"), (
 EVALS_COLUMNS = (("task", "string"), ("group", "string"), ("metric", "string"),
                  ("value", "float64"), ("chance", "float64"), ("n", "int64"), ("primary_metric", "bool_"))
 TABLE_COLUMNS = {METRICS: METRICS_COLUMNS, EVALS: EVALS_COLUMNS}
+# metrics rows of training events (models.stages.guard writes them at the step they happened):
+# a loss spike (value = loss / running median of the window before it), a batch skipped for a
+# non-finite loss or gradient norm (value 1), a rewind to a checkpoint (value = its step).
+SPIKE_METRIC = "loss_spike"
+SKIPPED_METRIC = "nonfinite_skipped"
+REWIND_METRIC = "nonfinite_rewind"
+EVENT_METRICS = (SPIKE_METRIC, SKIPPED_METRIC, REWIND_METRIC)
 # evals rows of the held-out validation losses (models.heldout writes them): their own metric, so
 # that no average of task scores ever counts them; task -> group
 LOSS_METRIC = "val_loss"
@@ -75,9 +82,13 @@ STATES = (DONE, RUNNING, PENDING, INTERRUPTED, FAILED, CORRUPT, BLOCKED, NOT_SUB
 IN_FLIGHT = (RUNNING, PENDING)  # states whose step a new run must not submit again
 # Why an attempt failed (failure.json "reason"): `input` is bad input the user must fix (a data
 # record, a tokenizer, a refused checkpoint file) and `disk` a results root that cannot be written
-# (full, read-only, no permission); `run` exits 2 when a step failed for either.
-REASONS = ("exception", "oom", "preempted", "crash", "input", "disk")
+# (full, read-only, no permission); `run` exits 2 when a step failed for either. `diverged`: a
+# non-finite training loss or gradient norm (past the study's allowance of skipped batches and
+# rewinds), or non-finite evals: the step's numbers are not a result (docs/divergence.md).
+REASONS = ("exception", "oom", "preempted", "crash", "input", "disk", "diverged")
 USER_REASONS = ("input", "disk")
+# Failures whose one-line message says everything (the worker prints no traceback for them).
+QUIET_REASONS = USER_REASONS + ("diverged",)
 
 # -- intro fractions ------------------------------------------------------------------------------
 # Fractions (intro_fraction, image_ratio, instruction_share) are kept to this many decimals
@@ -380,6 +391,13 @@ class Failure:
     finished_at: str  # ISO-8601 UTC (now_iso)
     traceback: str = ""  # the step's own traceback; empty when the process died (reason crash)
     job_id: str = ""  # the job of that attempt, when a launcher recorded it
+    # reason diverged, in training: the optimizer step whose loss or gradient norm was not finite,
+    # that loss and norm as text ("nan", "inf", "-inf", or the number: JSON has no NaN), and the
+    # last finite training loss before it (None: there was none)
+    optimizer_step: int | None = None
+    loss: str = ""
+    grad_norm: str = ""
+    last_finite_loss: float | None = None
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:
@@ -395,15 +413,24 @@ def write_failure(directory: Path, failure: Failure) -> None:
     write_json(Path(directory) / FAILURE, {**asdict(failure), "status": FAILED})
 
 
+_REQUIRED_FAILURE_FIELDS = ("step_id", "kind", "reason", "error", "finished_at")
+
+
 def read_failure(directory: Path) -> Failure:
     """A step directory's failure.json; StepFileError naming the file and the field."""
     path = Path(directory) / FAILURE
     data = read_json(path)
-    values = {}
-    for name in ("step_id", "kind", "reason", "error", "finished_at", "traceback", "job_id"):
-        value = data.get(name, "" if name in ("traceback", "job_id") else None)
+    values: dict[str, Any] = {}
+    for name in ("step_id", "kind", "reason", "error", "finished_at", "traceback", "job_id", "loss", "grad_norm"):
+        value = data.get(name, None if name in _REQUIRED_FAILURE_FIELDS else "")
         if not isinstance(value, str):
             raise StepFileError(f"{path}: field {name!r} must be a string, got {value!r}")
+        values[name] = value
+    for name, kinds in (("optimizer_step", (int,)), ("last_finite_loss", (int, float))):
+        value = data.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)
+                                  or not math.isfinite(value)):
+            raise StepFileError(f"{path}: field {name!r} must be a finite number or null, got {value!r}")
         values[name] = value
     try:
         datetime.fromisoformat(values["finished_at"])

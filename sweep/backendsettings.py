@@ -76,6 +76,9 @@ class BackendSettings:
     micro_batch_per_scale: tuple[tuple[str, int], ...] = ()
     compile: bool = False
     collective_timeout_s: float = COLLECTIVE_TIMEOUT_S
+    # a resumable checkpoint every N optimizer steps besides the time-based one (0 = time only):
+    # what a preempted step resumes from, and what `[train] on_nonfinite` rewinds to
+    checkpoint_every_steps: int = 0
 
     def _layers(self, kind: str, scale: str) -> list[Layer]:
         return [layer for layer in self.slurm_layers if layer[0] in ("", scale) and layer[1] in ("", kind)]
@@ -107,6 +110,8 @@ class BackendSettings:
             out["strategy"] = strategy
         if self.collective_timeout_s != COLLECTIVE_TIMEOUT_S:
             out["collective_timeout_s"] = self.collective_timeout_s
+        if self.checkpoint_every_steps:
+            out["checkpoint_every_steps"] = self.checkpoint_every_steps
         return out
 
 
@@ -192,7 +197,8 @@ def read_backend(t: Table, scales: tuple[str, ...] = ()) -> BackendSettings:
                         micro_batch=micro_batch, micro_batch_per_scale=per_scale,
                         compile=t.bool("compile", False),
                         collective_timeout_s=t.float("collective_timeout_s", COLLECTIVE_TIMEOUT_S,
-                                                     lo=0.0, lo_open=True))
+                                                     lo=0.0, lo_open=True),
+                        checkpoint_every_steps=t.int("checkpoint_every_steps", 0, lo=0))
     t.finish()
     return s
 

@@ -162,7 +162,7 @@ class _Builder:
 
     def _run(self, scale: str, kind: str) -> dict[str, Any]:
         """meta["run"]: how an LM step runs (RunOptions fields), never part of its id."""
-        run = self.study.backend.run_options(scale, kind)
+        run = self.study.backend.run_options(scale, kind) | self.study.train.run_options()
         return {"run": run} if any(run.values()) else {}
 
     def _tracking(self) -> dict[str, Any]:
@@ -177,8 +177,10 @@ class _Builder:
         config = EncoderConfig(vision=vision, data=self.study.data[enc.data], text_width=enc.text_width,
                                text_layers=enc.text_layers, vocab_size=WORLD_VOCAB,
                                samples=enc.samples, batch_size=enc.batch_size, lr=enc.lr, seed=enc.seed)
+        guard = self.study.train.run_options()  # the encoder trains under the same guard
         return Step(kind="encoder", config=config,
-                    meta={"image_data": enc.data, "samples": enc.samples, "tokens": 0})
+                    meta={"image_data": enc.data, "samples": enc.samples, "tokens": 0}
+                    | ({"run": guard} if guard else {}))
 
     def _eval(self, role: str, parent: str, groups: tuple[str, ...], seed: int,
               meta: dict[str, Any], checkpoint: float | None = None) -> Step:

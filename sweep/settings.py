@@ -36,6 +36,14 @@ class TrainSettings:
     trunk_seed: int | None = None
     overrides: tuple[tuple[str, Any], ...] = ()  # [train] lr, warmup_steps, … for every scale
     per_scale: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()  # [train.scale.NAME]
+    # What a training step does with a non-finite loss or gradient norm, and what a loss spike is:
+    # `models.config.RunOptions` fields (how a step runs, not in its id: raising the allowance after
+    # a `diverged` failure and `run --retry-failed` resumes the same step). Defaults there.
+    guard: tuple[tuple[str, Any], ...] = ()
+
+    def run_options(self) -> dict[str, Any]:
+        """The RunOptions fields the study sets for its training steps (only those it sets)."""
+        return dict(self.guard)
 
     def apply(self, scale: str, defaults: TrainDefaults) -> TrainDefaults:
         merged = dict(self.overrides) | dict(dict(self.per_scale).get(scale, ()))
@@ -56,6 +64,26 @@ def _read_overrides(t: Table) -> tuple[tuple[str, Any], ...]:
     return tuple(out)
 
 
+def _read_guard(t: Table) -> tuple[tuple[str, Any], ...]:
+    """`on_nonfinite = {skip_batches = N, rewinds = M}` and `loss_spike = {factor = k, window = W}`."""
+    out = []
+    for key, fields in (("on_nonfinite", (("skip_batches", "nonfinite_skip_batches"),
+                                          ("rewinds", "nonfinite_rewinds"))),
+                        ("loss_spike", (("factor", "spike_factor"), ("window", "spike_window")))):
+        if not t.has(key):
+            continue
+        if not isinstance(t.raw(key), dict):
+            raise t.error(key, f"expected a table such as {key} = {{{fields[0][0]} = ..}}, got {t.raw(key)!r}")
+        sub = t.table(key)
+        for name, option in fields:
+            if sub.has(name):
+                value = (sub.float(name, lo=1.0, lo_open=True) if name == "factor"
+                         else sub.int(name, lo=2 if name == "window" else 0))
+                out.append((option, value))
+        sub.finish()
+    return tuple(out)
+
+
 def read_train(t: Table, scales: tuple[str, ...], data: dict[str, DataSource]) -> TrainSettings:
     per_scale = []
     scale_table = t.table("scale")
@@ -73,7 +101,7 @@ def read_train(t: Table, scales: tuple[str, ...], data: dict[str, DataSource]) -
         on_bad_record=t.str("on_bad_record", "error", choices=("error", "skip")),
         loss_on_image_positions=t.bool("loss_on_image_positions", False),
         trunk_seed=t.int("trunk_seed", lo=0) if t.has("trunk_seed") else None,
-        overrides=_read_overrides(t), per_scale=tuple(per_scale))
+        overrides=_read_overrides(t), per_scale=tuple(per_scale), guard=_read_guard(t))
     t.finish()
     return settings
 

@@ -58,3 +58,25 @@ class DeviceProbeJob:
 
     def is_preempted(self, error: BaseException) -> bool:
         return False
+
+
+class NanLossJob(SyntheticJob):
+    """`run_step` where rank `nan_rank` alone adds a NaN constant to its loss at optimizer step
+    `at`: its loss is NaN while every rank's gradients stay finite, so only a flag the ranks
+    reduce makes them agree (models.stages.guard)."""
+
+    def __init__(self, step: Step, root: Path, *, nan_rank: int, at: int):
+        super().__init__(step, root)
+        self.nan_rank, self.nan_at = nan_rank, at
+
+    def __call__(self) -> dict[str, Any]:
+        from models.stages import lm
+
+        if ranks_from_env().rank == self.nan_rank:
+            original, at = lm.LMStage.loss_sum, self.nan_at
+
+            def loss_sum(module, batch):
+                total, parts = original(module, batch)
+                return (total + float("nan")) if module.step_count + 1 == at else total, parts
+            lm.LMStage.loss_sum = loss_sum
+        return run_step(self.step, self.root, data=syn)

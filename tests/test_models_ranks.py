@@ -74,3 +74,16 @@ def test_rank_variables_and_batch_split() -> None:
     assert rows_per_rank(512, 16) == 32
     with pytest.raises(ValueError, match="does not divide over 3 ranks"):
         rows_per_rank(512, 3)
+
+
+def test_a_nan_loss_on_one_rank_fails_the_step_on_every_rank(tmp_path) -> None:
+    """Rank 1 alone sees a NaN loss (its gradients stay finite): the ranks agree, no rank takes
+    the update, and the step fails as diverged at that step instead of hanging or desyncing."""
+    from models.stages.guard import Diverged
+    from tests.ranks_helpers import NanLossJob
+
+    step = trunk_step(steps=8, fractions=(0.5,))
+    with pytest.raises(Diverged):
+        LocalRanks(NanLossJob(step, tmp_path, nan_rank=1, at=3), 2)()
+    failure = json.loads(step_paths(tmp_path, "trunk", step.step_id).failure.read_text())
+    assert (failure["reason"], failure["optimizer_step"]) == ("diverged", 3)

@@ -113,5 +113,7 @@ class Checkpointer(L.Callback):
         if self.progress and module.global_rank == 0 and now - self._last_progress >= opts.progress_every_s:
             self._last_progress = now
             self.progress(module.step_count * module.tokens_per_step, module.last_tokens_per_s)
-        if self.stop_at is not None and module.step_count >= self.stop_at:
+        # A skipped batch (models.stages.guard) moves the step counter without an optimizer step,
+        # so Lightning's max_steps may not end the fit at the last step: this does.
+        if module.step_count >= (self.total_steps if self.stop_at is None else min(self.stop_at, self.total_steps)):
             trainer.should_stop = True

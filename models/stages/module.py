@@ -17,6 +17,7 @@ from torch import nn
 from models import checkpoint as ck
 from models.config import OptimConfig
 from models.schedules import Schedule
+from models.stages import guard as gd
 from models.stages.sharding import clip_sharded, is_sharded, load_optimizer_state, optimizer_state, weights_state
 from models.vlm import part_means
 
@@ -64,6 +65,8 @@ class StageModule(L.LightningModule):
         self.resume: dict[str, Any] | None = None  # optimizer / RNG state to restore at start
         self._last_time: float | None = None
         self.final_weights: dict[str, torch.Tensor] | None = None  # FSDP: gathered at train end
+        self.guard = gd.Guard()  # non-finite steps and loss spikes (models.stages.guard)
+        self._spike_window: Any = None  # the losses a spike is measured against (built lazily)
 
     # -- subclasses ---------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -119,6 +122,10 @@ class StageModule(L.LightningModule):
             self.manual_backward(loss)
         clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
         grad_norm = self._clip_gradients(opt.optimizer, clip)
+        if gd.nonfinite(loss, grad_norm, self.world):  # before the update: it never lands
+            opt.zero_grad(set_to_none=True)
+            gd.handle_nonfinite(self, loss, grad_norm, data_state)
+            return
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.step_count += 1
@@ -202,6 +209,11 @@ class StageModule(L.LightningModule):
                        skipped_records=host["skipped_records"])
             tokens = step * self.tokens_per_step
             self._rows.extend((step, tokens, k, v) for k, v in row.items())
+            if self._spike_window is None:
+                self._spike_window = gd.spike_window(self._rows[:-len(row)], self.guard)
+            spike = gd.spike_row(step, tokens, row["train_loss"], self._spike_window, self.guard)
+            if spike is not None:
+                self._rows.append(spike)
         self._pending.clear()
 
     @property
@@ -213,7 +225,7 @@ class StageModule(L.LightningModule):
     @rows.setter
     def rows(self, rows: list[tuple[int, int, str, float]]) -> None:
         self._pending.clear()
-        self._rows = rows
+        self._rows, self._spike_window = rows, None
 
     def full_state(self) -> dict[str, Any]:
         """Everything a bit-exact resume needs (see models.checkpoint)."""

@@ -25,8 +25,10 @@ from models.stages.checkpointer import Checkpointer
 from models.stages.context import Context, RunOutput
 from models.stages.encoder import MAX_CAPTION_LEN, ContrastiveModel, EncoderModule
 from models.stages.eval_step import run_eval
+from models.stages.guard import Guard
 from models.stages.lm import BranchModule, FinetuneModule, TrunkModule
 from models.stages.module import StageModule
+from models.stages.sharding import load_optimizer_state
 from models.stages.tracking import open_tracking
 from models.stages.trainer import fit
 from models.stepfiles import fraction_step
@@ -59,6 +61,7 @@ def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
            split: Callable | None = None, options: RunOptions | None = None,
            track: bool = True) -> None:
     total_tokens = total * module.tokens_per_step
+    module.guard = Guard.from_options(options or ctx.options, restore=_rewinder(ctx, module))
     checkpointer = Checkpointer(
         latest=sf.paths_of(ctx.root, ctx.step).latest,
         total_steps=total, fraction_paths=fractions or {}, options=options or ctx.options,
@@ -71,6 +74,21 @@ def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
     finally:
         if tracking:
             tracking.close()
+
+
+def _rewinder(ctx: Context, module: StageModule) -> Callable[[], int | None]:
+    """Loads the step's furthest checkpoint at or before the module's step into its weights and
+    optimizer state (a rewind, models.stages.guard); its step, or None when there is none (or the
+    state is sharded: FSDP rewinds are not supported)."""
+    def restore() -> int | None:
+        saved = _saved_trunk_states(ctx) if ctx.step.kind == "trunk" else []
+        payload = _resume_payload(ctx, [(s, p) for s, p in saved if s <= module.step_count])
+        if payload is None or module.sharded or int(payload["step"]) > module.step_count:
+            return None
+        module.model.load_state_dict(payload["model"])
+        load_optimizer_state(module.trainer.strategy, module.optimizers().optimizer, payload["optimizer"])
+        return int(payload["step"])
+    return restore
 
 
 def _save_weights(ctx: Context, module: StageModule) -> None:

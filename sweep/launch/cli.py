@@ -18,6 +18,7 @@ from typing import Any
 
 import submitit
 
+from models import stepfiles as sf
 from models.stepfiles import CORRUPT, DONE, FAILED, IN_FLIGHT, INTERRUPTED, USER_REASONS
 from sweep.datacheck import check_plan, check_shards
 from sweep.errors import UserError
@@ -196,6 +197,9 @@ def format_table(plan: Any, statuses: dict[str, StepStatus]) -> str:
              + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
     for s in statuses.values():
         if s.state == DONE:
+            events = training_events(plan.root, s)
+            if events:  # a done step that spiked, skipped batches or rewound: worth a look
+                lines.append(f"  {s.state:<13} {s.kind:<8} {s.step_id}  {events}")
             continue
         line = f"  {s.state:<13} {s.kind:<8} {s.step_id}"
         if s.job_id:
@@ -208,6 +212,17 @@ def format_table(plan: Any, statuses: dict[str, StepStatus]) -> str:
             line += f"\n{'':16}log: {s.log}"
         lines.append(line)
     return "\n".join(lines)
+
+
+EVENT_WORDS = {sf.SPIKE_METRIC: "loss spike(s)", sf.SKIPPED_METRIC: "batch(es) skipped (non-finite)",
+               sf.REWIND_METRIC: "rewind(s) (non-finite)"}
+
+
+def training_events(root: Any, status: StepStatus) -> str:
+    """"3 loss spike(s), 1 rewind(s) (non-finite)" from a done step's result.json ("" if none)."""
+    result = sf.read_json_or_none(sf.step_paths(root, status.kind, status.step_id).result) or {}
+    return ", ".join(f"{result[name]} {words}" for name, words in EVENT_WORDS.items()
+                     if isinstance(result.get(name), int) and result[name] > 0)
 
 
 def run_status(args: argparse.Namespace, plan: Any = None) -> int:

@@ -117,8 +117,8 @@ class StepJob(submitit.helpers.Checkpointable):
             append_failure(self.root, self.step.step_id, current_job_id(), line)
         except OSError as exc:  # a full disk: the step's failure.json may say it already
             print(f"vlmsweep: could not record the failure in the launch journal: {exc}", file=sys.stderr)
-        if self.failure_reason(error) in sf.USER_REASONS and not debug_enabled():
-            # Bad input or a full disk: the message names the file; a traceback adds nothing.
+        if self.failure_reason(error) in sf.QUIET_REASONS and not debug_enabled():
+            # Bad input, a full disk, a divergence: the line says it all; a traceback adds nothing.
             print(f"vlmsweep: {self.step.kind} {self.step.step_id} failed: {line}", file=sys.stderr, flush=True)
         else:
             traceback.print_exc()
