@@ -179,7 +179,8 @@ def mc_item(rec, path, idx, tok, image_size, image_tokens) -> tuple[EvalItem, st
     image = _image(rec, path, idx, image_size)
     prompt = ([tok.image_id] * image_tokens if image is not None else []) + tok.encode(context)
     fields["choices"] = [tok.encode(" " + c) for c in fields["choice_texts"]]
-    return EvalItem(prompt_tokens=prompt, image=image, **fields), family
+    return EvalItem(prompt_tokens=prompt, image=image, prompt_text=context if image is None else None,
+                    **fields), family
 
 
 def check_eval_file(path: str, kind: str, records: list[tuple[int, dict]] | None = None) -> int:
