@@ -121,6 +121,8 @@ class EvalConfig:
     seed: int = 0
     stable_metric: tuple[tuple[str, str], ...] = ()  # task → the metric its stable score uses
     chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
+    text_harness: str = "vlmsweep"  # who scores text multiple choice: the project's scorer | "lm-eval"
+    num_fewshot: tuple[tuple[str, int], ...] = ()  # task → examples before each question (default 0)
 
 
 StepConfig = Union[EncoderConfig, TrunkConfig, BranchConfig, FinetuneConfig, EvalConfig]

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from models.config import TrainDefaults
 from models.data.evaltasks import declared_task_names
+from models.harness import HARNESSES, lm_eval_missing
 from models.metrics import METRIC_NAMES
 from models.steps import DataSource
 from sweep.reader import Table, check_str
@@ -126,6 +127,10 @@ class EvalSettings:
     trunk_checkpoints: bool = True  # evaluate the trunk (text tasks) at every intro fraction
     stable_metric: tuple[tuple[str, str], ...] = ()  # task → metric its stable score uses (acc_norm, …)
     chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
+    # who scores text multiple-choice tasks: "vlmsweep" (the project's scorer) or "lm-eval"
+    # (lm-evaluation-harness, the `lmeval` extra; the paper's text scores)
+    text_harness: str = "vlmsweep"
+    num_fewshot: tuple[tuple[str, int], ...] = ()  # task → examples before each question (default 0)
 
 
 EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
@@ -145,8 +150,16 @@ def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
                      trunk_checkpoints=t.bool("trunk_checkpoints", True),
                      stable_metric=_per_task(t.table("stable_metric"),
                                              lambda sub, k: sub.str(k, choices=METRIC_NAMES)),
-                     chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)))
+                     chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)),
+                     text_harness=t.str("text_harness", "vlmsweep", choices=HARNESSES),
+                     num_fewshot=_per_task(t.table("num_fewshot"), lambda sub, k: sub.int(k, lo=0)))
     t.finish()
+    if s.text_harness == "lm-eval" and lm_eval_missing():
+        raise t.error("text_harness", lm_eval_missing())
+    for task, k in s.num_fewshot:
+        if s.n_per_task and k >= s.n_per_task:
+            raise t.error(f"num_fewshot.{task}", f"{k} examples need more than {k} items per task "
+                                                 f"(n_per_task is {s.n_per_task})")
     _check_task_names(t, s, data)
     return s
 
@@ -173,7 +186,7 @@ def _check_task_names(t: Table, s: EvalSettings, data: dict[str, DataSource]) ->
     if not complete:
         return
     for key, pairs in (("tasks", [(n, None) for n in s.tasks]), ("stable_metric", s.stable_metric),
-                       ("chance", s.chance)):
+                       ("chance", s.chance), ("num_fewshot", s.num_fewshot)):
         unknown = [n for n, _ in pairs if n not in owner]
         if unknown:
             raise t.error(key, f"names task {unknown[0]!r}, which no eval source has "
