@@ -56,7 +56,9 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
     # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored
     "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
-    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
+    "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str,
+                 # a folder of training splits, `<task>.jsonl` each, to draw few-shot examples from
+                 "fewshot": str},
 }
 OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES)}
 
@@ -316,7 +318,7 @@ def _read_data(table: Table, base: Path) -> dict[str, DataSource]:
             if t.has(key):
                 value = (t.int(key, lo=0) if typ is int else t.float(key, lo=0.0, hi=1.0)
                          if typ is float else t.str(key, choices=OPTION_CHOICES.get(key)))
-                if key in ("tokenizer", "image_root", "heldout"):
+                if key in ("tokenizer", "image_root", "heldout", "fewshot"):
                     value = str((base / value).resolve())
                 options.append((key, value))
         if kind == "world":

@@ -45,9 +45,10 @@ def _write(path, records) -> str:
     return str(path)
 
 
-def published_fixtures(tmp_path) -> dict[str, str]:
-    """Small ARC-Easy (Hugging Face layout), HellaSwag and PIQA files, distinct choices throughout."""
-    rng = random.Random(7)
+def published_fixtures(folder, split: str, seed: int) -> dict[str, str]:
+    """Small ARC-Easy (Hugging Face layout), HellaSwag and PIQA files of one split, distinct choices."""
+    rng = random.Random(seed)
+    folder.mkdir(exist_ok=True)
 
     def distinct(k, lo, hi):
         out: list[str] = []
@@ -62,12 +63,12 @@ def published_fixtures(tmp_path) -> dict[str, str]:
     hellaswag = [{"ind": i, "activity_label": _phrase(rng, 1, 2).title(),
                   "ctx_a": _phrase(rng, 4, 8) + (" [title] " + _phrase(rng, 1, 3) if i % 3 == 0 else "") + ".",
                   "ctx_b": _phrase(rng, 1, 3), "endings": [e + "." for e in distinct(4, 2, 6)],
-                  "label": str(rng.randrange(4)), "split": "val", "source_id": f"s{i}"} for i in range(N_ITEMS)]
+                  "label": str(rng.randrange(4)), "split": split, "source_id": f"s{i}"} for i in range(N_ITEMS)]
     piqa = [{"goal": _phrase(rng, 3, 6).capitalize() + ".", "sol1": s1, "sol2": s2, "label": rng.randrange(2)}
             for s1, s2 in (distinct(2, 2, 7) for _ in range(N_ITEMS))]
-    return {"arc_easy": _write(tmp_path / "ARC-Easy-Test.jsonl", arc),
-            "hellaswag": _write(tmp_path / "hellaswag_val.jsonl", hellaswag),
-            "piqa": _write(tmp_path / "piqa_valid.jsonl", piqa)}
+    return {"arc_easy": _write(folder / f"ARC-Easy-{split}.jsonl", arc),
+            "hellaswag": _write(folder / f"hellaswag_{split}.jsonl", hellaswag),
+            "piqa": _write(folder / f"piqa_{split}.jsonl", piqa)}
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +76,17 @@ def setup(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tmp = tmp_path_factory.mktemp("lmeval")
-    published = published_fixtures(tmp)
+    published = published_fixtures(tmp / "published", "val", seed=7)
+    train = published_fixtures(tmp / "published", "train", seed=8)
     converted = {}
     for name, fmt in (("arc_easy", "arc"), ("hellaswag", "hellaswag"), ("piqa", "piqa")):
         converted[name] = str(tmp / f"{name}.jsonl")
         convert(fmt, converted[name], file=published[name])
+        convert(fmt, tmp / "fewshot" / f"{name}.jsonl", file=train[name])  # the source's fewshot folder
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    texts = [line for p in published.values() for line in open(p)] + [" ".join(WORDS)]
+    texts = [line for p in (*published.values(), *train.values()) for line in open(p)] + [" ".join(WORDS)]
     bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>", "<pad>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     bpe.save(str(tmp / "tokenizer.json"))
@@ -95,31 +98,37 @@ def setup(tmp_path_factory):
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.4)
+    kw = dict(groups=("text",), tasks=(), n_per_task=0, image_size=32, image_tokens=0, seed=0)
     source = DataSource(name="text", kind="mc_jsonl", paths=tuple(converted.values()))
-    tasks = file_tasks(source, tok, groups=("text",), tasks=(), n_per_task=0, image_size=32, image_tokens=0, seed=0)
-    return dict(tmp=tmp, published=published, tok=tok, model=model, tasks={t.name: t for t in tasks})
+    with_train = dataclasses.replace(source, options=(("fewshot", str(tmp / "fewshot")),))
+    return dict(tmp=tmp, published=published, train=train, tok=tok, model=model,
+                tasks={t.name: t for t in file_tasks(source, tok, **kw)},
+                with_train={t.name: t for t in file_tasks(with_train, tok, **kw)})
 
 
 def _values(rows) -> dict[tuple[str, str], float]:
     return {(r["task"], r["metric"]): r["value"] for r in rows}
 
 
-def _project(setup, k: int, batch: int = 5) -> dict[tuple[str, str], float]:
+def _project(setup, k: int, pool: str = "tasks", batch: int = 5) -> dict[tuple[str, str], float]:
     tok = setup["tok"]
-    tasks = [with_fewshot(t, k, tok) for t in setup["tasks"].values()]
+    tasks = [with_fewshot(t, k, tok) for t in setup[pool].values()]
     return _values(evaluate(setup["model"], tasks, image_id=tok.image_id, image_tokens=0, eos_id=tok.eos_id,
                             decode=tok.decode, batch_size=batch))
 
 
-@pytest.mark.parametrize("k", [0, 3])
-def test_acc_and_acc_norm_agree_across_the_project_lm_eval_and_lm_eval_s_own_tasks(setup, tmp_path, k):
+@pytest.mark.parametrize("k,pool", [(0, "tasks"), (3, "tasks"), (3, "with_train")])
+def test_acc_and_acc_norm_agree_across_the_project_lm_eval_and_lm_eval_s_own_tasks(setup, tmp_path, k, pool):
+    """Few-shot examples from the asked task's other items, or from its training split."""
     from models.harness.lm import VLMSweepLM
 
-    ours = _project(setup, k)
-    harness = _values(lm_eval_rows(setup["model"], setup["tok"], list(setup["tasks"].values()),
-                                   workdir=tmp_path / "h", num_fewshot={n: k for n in setup["tasks"]},
+    ours = _project(setup, k, pool)
+    harness = _values(lm_eval_rows(setup["model"], setup["tok"], list(setup[pool].values()),
+                                   workdir=tmp_path / "h", num_fewshot={n: k for n in setup[pool]},
                                    batch_size=7))
-    own = {name: packaged_task(name, path, k, tmp_path / "cache") for name, path in setup["published"].items()}
+    train = setup["train"] if pool == "with_train" else {}
+    own = {name: packaged_task(name, path, k, tmp_path / "cache", train.get(name))
+           for name, path in setup["published"].items()}
     results = run_tasks(VLMSweepLM(setup["model"], setup["tok"], batch_size=3), own)["results"]
     upstream = {(n, m): results[n][f"{m},none"] for n in own for m in ("acc", "acc_norm")}
     assert set(ours) == set(harness) == set(upstream) and len(ours) == 6
@@ -139,6 +148,12 @@ def test_few_shot_changes_the_prompts_it_is_given(setup):
         assert len(parts) == 4 and parts[-1] == item.prompt_text
         assert all(not p.startswith(item.prompt_text + " ") for p in parts[:-1])
         assert asked.prompt_tokens == setup["tok"].encode(asked.prompt_text)
+    # with a training split, the examples are its items
+    pool = setup["with_train"]["piqa"].fewshot_pool
+    assert len(pool) == N_ITEMS and not {p.prompt_text for p in pool} & {it.prompt_text for it in task.items}
+    for asked in with_fewshot(setup["with_train"]["piqa"], 3, setup["tok"]).items:
+        shots = asked.prompt_text.split("\n\n")[:-1]
+        assert all(any(s == p.prompt_text + " " + p.choice_texts[p.label] for p in pool) for s in shots)
     tok = setup["tok"]
     scores = [batched_choice_scores(setup["model"], t.items, image_id=tok.image_id, image_tokens=0, pad=tok.eos_id,
                                     batch_size=8) for t in (task, shot)]

@@ -9,6 +9,7 @@ lm-eval without the extra is refused in one line naming it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 
 import polars as pl
@@ -121,3 +122,26 @@ def test_the_eval_step_scores_text_through_lm_eval_as_the_project_does(tmp_path,
     assert ours.drop("value").equals(theirs.drop("value"))  # same schema, tasks, metrics, n, primary
     assert set(ours["task"]) == {"fact_recall", "story_completion", "arithmetic", "heldout_text"}
     assert ours["value"].to_list() == pytest.approx(theirs["value"].to_list(), abs=1e-6)
+
+
+def test_a_fewshot_folder_is_resolved_checked_and_part_of_the_source(tmp_path, capsys):
+    (tmp_path / "evals").mkdir()
+    record = {"context": "Question: which?\nAnswer:", "choices": ["one", "two"], "label": 0}
+    (tmp_path / "evals" / "piqa.jsonl").write_text(json.dumps(record) + "\n")
+    text = STUDY.replace("[eval]", '[data.text]\nkind = "mc_jsonl"\npaths = ["evals/piqa.jsonl"]\n'
+                                   'fewshot = "train"\n\n[eval]\ndata = ["world", "text"]')
+    study = tmp_path / "study.toml"
+    study.write_text(text)
+    assert main(["plan", str(study)]) == 2  # the folder lacks piqa.jsonl
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fewshot folder has no piqa.jsonl" in err, err
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "piqa.jsonl").write_text(json.dumps(record | {"label": 3}) + "\n")
+    assert main(["plan", str(study)]) == 2  # a bad training record is named like an eval record
+    assert "piqa.jsonl" in capsys.readouterr().err
+    (tmp_path / "train" / "piqa.jsonl").write_text(json.dumps(record) + "\n")
+    assert main(["plan", str(study)]) == 0
+    sources = {s.name: s for e in _evals(text, tmp_path) for s in e.config.data}
+    assert sources["text"].option("fewshot") == str(tmp_path / "train")
+    other = _evals(text.replace('fewshot = "train"', 'fewshot = "train2"'), tmp_path)
+    assert {e.step_id for e in other}.isdisjoint(e.step_id for e in _evals(text, tmp_path))

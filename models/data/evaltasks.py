@@ -250,8 +250,28 @@ def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_toke
             records = [records[i] for i in pick]
         task = _file_task(source, path, name, records, tok, image_size, image_tokens)
         if task.group in groups:
+            task.fewshot_pool = fewshot_pool(source, name, tok)
             out.append(task)
     return out
+
+
+def fewshot_path(source, name: str) -> Path | None:
+    """The file a task's few-shot examples come from: `<fewshot folder>/<task>.jsonl` (None: no folder)."""
+    folder = source.option("fewshot")
+    return None if folder is None else Path(folder) / f"{name}.jsonl"
+
+
+def fewshot_pool(source, name: str, tok) -> list[EvalItem]:
+    """A task's few-shot pool from the source's `fewshot` folder (every record, checked), or []."""
+    path = fewshot_path(source, name)
+    if path is None:
+        return []
+    if not path.is_file():
+        raise DataError(f"data source {source.name!r}: its fewshot folder has no {path.name} for task "
+                        f"{name!r} ({path})")
+    records = _records(str(path))
+    check_eval_file(str(path), "mc_jsonl", records)
+    return [mc_item(rec, str(path), idx, tok, 32, 0)[0] for idx, rec in records]
 
 
 def gather(per_source, chance=()) -> list[EvalTask]:

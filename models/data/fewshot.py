@@ -1,11 +1,12 @@
 """Few-shot contexts for multiple-choice text tasks, built as lm-evaluation-harness builds them.
 
 Each of the k examples is its prompt, a space and its right answer, followed by a blank line
-("\\n\\n", lm-eval's `fewshot_delimiter`); the asked item's prompt comes last. The examples are
-drawn from the task's own items, never the asked one: lm-eval's default sampler over a few-shot
-split that is the test split — one `random.Random(FEWSHOT_SEED)` per task, consumed item by item
-in order, `sample(pool, k + 1)`, the asked item (and any item equal to it) dropped, the first k
-kept. The same draw through lm-eval and through the project's scorer gives the same contexts.
+("\\n\\n", lm-eval's `fewshot_delimiter`); the asked item's prompt comes last. The examples are drawn
+as lm-eval's default sampler draws them — one `random.Random(FEWSHOT_SEED)` per task, consumed item
+by item in order: from the task's few-shot pool (a training split, the source's `fewshot` folder)
+`sample(pool, k)`; without one, from the task's own items, `sample(items, k + 1)` with the asked item
+(and any item equal to it) dropped and the first k kept, as lm-eval does when the few-shot split is
+the test split. The same draw through lm-eval and through the project's scorer gives the same contexts.
 """
 
 from __future__ import annotations
@@ -32,12 +33,20 @@ def doc(item) -> dict:
     return {"context": item.prompt_text, "choices": list(item.choice_texts), "label": int(item.label)}
 
 
-def fewshot_examples(docs: list[dict], k: int, seed: int = FEWSHOT_SEED) -> list[list[dict]]:
-    """For each document in order, the k examples lm-eval's default sampler gives it."""
-    if k >= len(docs):
-        raise DataError(f"{k}-shot needs more than {k} items to draw examples from; the task has {len(docs)}")
+def fewshot_examples(docs: list[dict], k: int, seed: int = FEWSHOT_SEED,
+                     pool: list[dict] | None = None) -> list[list[dict]]:
+    """For each document in order, the k examples lm-eval's default sampler gives it: from `pool`
+    (a training split: k drawn) or, without one, from the documents themselves (k + 1 drawn, the
+    asked one dropped)."""
+    source = pool or docs
+    if k > len(source) - (0 if pool else 1):
+        raise DataError(f"{k}-shot needs at least {k + (0 if pool else 1)} items to draw examples from; "
+                        f"the {'few-shot pool' if pool else 'task'} has {len(source)}")
     rnd, out = random.Random(seed), []
     for d in docs:
+        if pool:
+            out.append(rnd.sample(pool, k))
+            continue
         picks = [x for x in rnd.sample(docs, k + 1) if x != d][:k]
         if len(picks) < k:  # the pool holds copies of the asked item: draw again without them
             picks = rnd.sample([x for x in docs if x != d], k)
@@ -58,9 +67,9 @@ def with_fewshot(task: EvalTask, k: int, tok, seed: int = FEWSHOT_SEED) -> EvalT
     if not supports_fewshot(task):
         raise DataError(f"task {task.name!r}: few-shot needs text multiple-choice items with their "
                         "prompts as text (an mc_jsonl file or a world text task)")
-    docs = [doc(it) for it in task.items]
+    docs, pool = [doc(it) for it in task.items], [doc(it) for it in task.fewshot_pool]
     items = []
-    for item, examples in zip(task.items, fewshot_examples(docs, k, seed)):
+    for item, examples in zip(task.items, fewshot_examples(docs, k, seed, pool)):
         text = fewshot_context(examples, item.prompt_text)
         items.append(dataclasses.replace(item, prompt_text=text, prompt_tokens=tok.encode(text)))
     return dataclasses.replace(task, items=items)

@@ -75,6 +75,8 @@ class EvalTask:
     kind: Literal["multiple_choice", "generate"]
     items: list[EvalItem]
     metric: str = "multiple_choice"  # how items are scored and which evals rows the task writes
+    # few-shot examples are drawn from these (a training split); empty: from the task's own items
+    fewshot_pool: list[EvalItem] = field(default_factory=list)
 
 
 def chance_level(kind: str, items: list[EvalItem]) -> float:

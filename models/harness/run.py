@@ -32,16 +32,27 @@ def harness_scores(task: EvalTask) -> bool:
     return task.group == "text" and task.metric == "multiple_choice" and supports_fewshot(task)
 
 
-def task_config(name: str, data_file: Path, num_fewshot: int, cache_dir: Path) -> dict[str, Any]:
-    """The lm-eval task config of a local JSONL of `{context, choices, label}` documents."""
+def task_config(name: str, data_file: Path, num_fewshot: int, cache_dir: Path,
+                fewshot_file: Path | None = None) -> dict[str, Any]:
+    """The lm-eval task config of a local JSONL of `{context, choices, label}` documents; examples
+    come from `fewshot_file` (same layout, the "train" split) or else the documents themselves."""
+    files = {"test": str(data_file)} | ({"train": str(fewshot_file)} if fewshot_file else {})
     return {"task": name, "dataset_path": "json", "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(cache_dir)},
+            "dataset_kwargs": {"data_files": files, "cache_dir": str(cache_dir)},
             "test_split": "test", "output_type": "multiple_choice",
             "doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "label",
             "target_delimiter": TARGET_DELIMITER, "fewshot_delimiter": FEWSHOT_DELIMITER,
-            "fewshot_config": {"sampler": "default", "split": "test"}, "num_fewshot": num_fewshot,
+            "fewshot_config": {"sampler": "default", "split": "train" if fewshot_file else "test"},
+            "num_fewshot": num_fewshot,
             "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in METRICS],
             "metadata": {"version": 1.0}}
+
+
+def _write_docs(items, path: Path) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(doc(item), ensure_ascii=False) + "\n")
+    return path
 
 
 @contextlib.contextmanager
@@ -71,23 +82,24 @@ def build_tasks(tasks: Sequence[EvalTask], workdir: Path, num_fewshot: Mapping[s
     workdir.mkdir(parents=True, exist_ok=True)
     built = {}
     for task in tasks:
-        path = workdir / f"{task.name}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for item in task.items:
-                f.write(json.dumps(doc(item), ensure_ascii=False) + "\n")
         k = int(num_fewshot.get(task.name, 0))
-        if k >= len(task.items):
-            raise ValueError(f"task {task.name!r}: {k}-shot needs more than {k} items; it has {len(task.items)}")
-        lm_task = ConfigurableTask(config=task_config(task.name, path, k, workdir / "hf_datasets"))
+        pool = len(task.fewshot_pool) or len(task.items) - 1
+        if k > pool:
+            raise ValueError(f"task {task.name!r}: {k}-shot needs {k} examples to draw from; there are {pool}")
+        data_file = _write_docs(task.items, workdir / f"{task.name}.jsonl")
+        shots = _write_docs(task.fewshot_pool, workdir / f"{task.name}.train.jsonl") if task.fewshot_pool else None
+        lm_task = ConfigurableTask(config=task_config(task.name, data_file, k, workdir / "hf_datasets", shots))
         lm_task.set_fewshot_seed(FEWSHOT_SEED)
         built[task.name] = lm_task
     return built
 
 
-def packaged_task(name: str, data_file: Path, num_fewshot: int, cache_dir: Path) -> Any:
+def packaged_task(name: str, data_file: Path, num_fewshot: int, cache_dir: Path,
+                  train_file: Path | None = None) -> Any:
     """lm-eval's own task definition `name` (its shipped YAML: prompts, document processing,
-    metrics) reading a local file in the benchmark's published layout as its test split instead of
-    the hub; few-shot examples come from that file, drawn as `task_config`'s are."""
+    metrics, few-shot rule) reading local files in the benchmark's published layout instead of the
+    hub: `data_file` as its test split and `train_file` as its training split, which its examples
+    come from; without one, examples come from `data_file`, drawn as `task_config`'s are."""
     import lm_eval
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -95,11 +107,13 @@ def packaged_task(name: str, data_file: Path, num_fewshot: int, cache_dir: Path)
     found = sorted(Path(lm_eval.__file__).parent.joinpath("tasks").rglob(f"{name}.yaml"))
     if not found:
         raise ValueError(f"lm-eval ships no task {name!r}")
+    files = {"test": str(data_file)} | ({"train": str(train_file)} if train_file else {})
     cfg = load_yaml(found[0]) | {
-        "dataset_path": "json", "dataset_name": None, "training_split": None, "validation_split": None,
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(cache_dir)},
-        "test_split": "test", "fewshot_split": None, "fewshot_config": {"sampler": "default", "split": "test"},
-        "num_fewshot": num_fewshot}
+        "dataset_path": "json", "dataset_name": None, "validation_split": None,
+        "dataset_kwargs": {"data_files": files, "cache_dir": str(cache_dir)}, "test_split": "test",
+        "training_split": "train" if train_file else None, "num_fewshot": num_fewshot}
+    if not train_file:
+        cfg["fewshot_config"] = {"sampler": "default", "split": "test"}
     for key in ("tag", "group"):
         cfg.pop(key, None)
     task = ConfigurableTask(config=cfg)
