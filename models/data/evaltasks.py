@@ -250,7 +250,7 @@ def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_toke
             records = [records[i] for i in pick]
         task = _file_task(source, path, name, records, tok, image_size, image_tokens)
         if task.group in groups:
-            task.fewshot_pool = fewshot_pool(source, name, tok)
+            task.fewshot_pool = fewshot_pool(source, name)
             out.append(task)
     return out
 
@@ -261,7 +261,7 @@ def fewshot_path(source, name: str) -> Path | None:
     return None if folder is None else Path(folder) / f"{name}.jsonl"
 
 
-def fewshot_pool(source, name: str, tok) -> list[EvalItem]:
+def fewshot_pool(source, name: str) -> list[EvalItem]:
     """A task's few-shot pool from the source's `fewshot` folder (every record, checked), or []."""
     path = fewshot_path(source, name)
     if path is None:
@@ -271,7 +271,11 @@ def fewshot_pool(source, name: str, tok) -> list[EvalItem]:
                         f"{name!r} ({path})")
     records = _records(str(path))
     check_eval_file(str(path), "mc_jsonl", records)
-    return [mc_item(rec, str(path), idx, tok, 32, 0)[0] for idx, rec in records]
+    pool = []
+    for idx, rec in records:  # text only, untokenized: examples are joined into prompts as text
+        context, fields, _ = _mc_fields(rec, str(path), idx)
+        pool.append(EvalItem(prompt_tokens=[], image=None, prompt_text=context, **fields))
+    return pool
 
 
 def gather(per_source, chance=()) -> list[EvalTask]:
