@@ -27,8 +27,6 @@ from sweep.plan import plan_study
 from sweep.spec import load_study
 from tests.models_helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
-pytest.importorskip("lm_eval")
-
 WORLD = DataSource(name="world", kind="world", options=(("seed", 0),))
 DEBUG = get_preset("debug")
 STUDY = """
@@ -53,6 +51,7 @@ def _evals(study_text: str, tmp_path) -> list[Step]:
 
 
 def test_the_options_reach_every_eval_step_and_its_id(tmp_path):
+    pytest.importorskip("lm_eval")
     plain = _evals(STUDY, tmp_path)
     harness = _evals(STUDY + 'text_harness = "lm-eval"\n', tmp_path)
     shots = _evals(STUDY + 'text_harness = "lm-eval"\n[eval.num_fewshot]\nfact_recall = 2\n', tmp_path)
@@ -89,6 +88,7 @@ def test_a_missing_lm_eval_is_one_line_naming_the_extra(tmp_path, capsys, monkey
 
 
 def test_the_eval_step_scores_text_through_lm_eval_as_the_project_does(tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
     trunk = Step(kind="trunk", config=TrunkConfig(lm=DEBUG.model.lm, train=DEBUG.train, data=WORLD,
                                                  tokens=6 * 4 * 32, seed=0), meta={"checkpoint_fractions": []})
     run_step(trunk, tmp_path, data=data)
