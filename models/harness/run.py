@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from models.data.errors import DataError
 from models.data.fewshot import FEWSHOT_DELIMITER, FEWSHOT_SEED, TARGET_DELIMITER, doc, supports_fewshot
 from models.data.types import EvalTask
 from models.harness import require_lm_eval
@@ -70,7 +71,10 @@ def offline() -> Iterator[None]:
         yield
     finally:
         for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         for mod, attr, value in flags:
             setattr(mod, attr, value)
 
@@ -85,7 +89,7 @@ def build_tasks(tasks: Sequence[EvalTask], workdir: Path, num_fewshot: Mapping[s
         k = int(num_fewshot.get(task.name, 0))
         pool = len(task.fewshot_pool) or len(task.items) - 1
         if k > pool:
-            raise ValueError(f"task {task.name!r}: {k}-shot needs {k} examples to draw from; there are {pool}")
+            raise DataError(f"task {task.name!r}: {k}-shot needs {k} examples to draw from; there are {pool}")
         data_file = _write_docs(task.items, workdir / f"{task.name}.jsonl")
         shots = _write_docs(task.fewshot_pool, workdir / f"{task.name}.train.jsonl") if task.fewshot_pool else None
         lm_task = ConfigurableTask(config=task_config(task.name, data_file, k, workdir / "hf_datasets", shots))
