@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from models.config import TrainDefaults
 from models.data.evaltasks import declared_task_names
+from models.data.world.bench import GENERATE_TASKS, VL_TASKS
 from models.harness import HARNESSES, lm_eval_missing
 from models.metrics import METRIC_NAMES
 from models.steps import DataSource
@@ -161,7 +162,24 @@ def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
             raise t.error(f"num_fewshot.{task}", f"{k} examples need more than {k} items per task "
                                                  f"(n_per_task is {s.n_per_task})")
     _check_task_names(t, s, data)
+    _check_fewshot_kinds(t, s, data)
     return s
+
+
+def _check_fewshot_kinds(t: Table, s: EvalSettings, data: dict[str, DataSource]) -> None:
+    """Examples go before text multiple-choice questions only: not VL, not generated answers."""
+    for name in s.data:
+        source = data[name]
+        if source.kind == "world":
+            refused = list(VL_TASKS + GENERATE_TASKS)
+        elif source.kind == "vqa_jsonl":
+            refused = declared_task_names(source) or []
+        else:
+            continue
+        for task, k in s.num_fewshot:
+            if k > 0 and task in refused:
+                raise t.error(f"num_fewshot.{task}", "few-shot examples are for text multiple-choice tasks "
+                                                     "(mc_jsonl files, the world's fact_recall and story_completion)")
 
 
 def _per_task(sub: Table, read: Callable[[Table, str], Any]) -> tuple[tuple[str, Any], ...]:

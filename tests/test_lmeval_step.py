@@ -67,6 +67,8 @@ def test_the_options_reach_every_eval_step_and_its_id(tmp_path):
     ('[eval.num_fewshot]\nhellaswag = 2\n', "eval.num_fewshot", "names task 'hellaswag'"),
     ('[eval.num_fewshot]\nfact_recall = 6\n', "eval.num_fewshot.fact_recall", "n_per_task is 6"),
     ('[eval.num_fewshot]\nfact_recall = -1\n', "eval.num_fewshot.fact_recall", "out of range"),
+    ('[eval.num_fewshot]\narithmetic = 1\n', "eval.num_fewshot.arithmetic", "text multiple-choice"),
+    ('[eval.num_fewshot]\ncounting = 1\n', "eval.num_fewshot.counting", "text multiple-choice"),
 ])
 def test_bad_options_are_refused_with_their_key(tmp_path, capsys, edit, key, message):
     study = tmp_path / "study.toml"
