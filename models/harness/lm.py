@@ -72,14 +72,15 @@ class VLMSweepLM(LM):
             chunk = order[start:start + self.batch_size]
             rows = [(pairs[i][0] + pairs[i][1])[-(self.max_length + 1):][:-1] for i in chunk]
             logits = _forward_rows(self.model, rows, [None] * len(rows), self.tok.image_id, self.pad)
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
             for r, i in enumerate(chunk):
-                cont = torch.tensor(pairs[i][1], dtype=torch.long)
-                if len(cont) == 0:
+                n, end = len(pairs[i][1]), len(rows[r])
+                if n == 0:
                     continue
-                sel = logp[r, len(rows[r]) - len(cont):len(rows[r])]
-                greedy = bool((sel.argmax(-1) == cont).all())
-                out[i] = (float(sel.gather(1, cont[:, None]).sum()), greedy)
+                # log-softmax at the continuation's positions only: the same numbers as over the
+                # whole row (each position is normalised on its own), a fraction of the work
+                logp = torch.log_softmax(logits[r, end - n:end].float(), dim=-1)
+                cont = torch.tensor(pairs[i][1], dtype=torch.long, device=logp.device)
+                out[i] = (float(logp.gather(1, cont[:, None]).sum()), bool((logp.argmax(-1) == cont).all()))
         self.model.train(was_training)
         return out
 
