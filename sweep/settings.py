@@ -157,8 +157,10 @@ def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
     t.finish()
     if s.text_harness == "lm-eval" and lm_eval_missing():
         raise t.error("text_harness", lm_eval_missing())
+    pooled = {task for name in s.data if data[name].option("fewshot")  # examples from a training split
+              for task in declared_task_names(data[name]) or ()}
     for task, k in s.num_fewshot:
-        if s.n_per_task and k >= s.n_per_task:
+        if s.n_per_task and k >= s.n_per_task and task not in pooled:
             raise t.error(f"num_fewshot.{task}", f"{k} examples need more than {k} items per task "
                                                  f"(n_per_task is {s.n_per_task})")
     _check_task_names(t, s, data)

@@ -143,6 +143,9 @@ def test_a_fewshot_folder_is_resolved_checked_and_part_of_the_source(tmp_path, c
     assert "piqa.jsonl" in capsys.readouterr().err
     (tmp_path / "train" / "piqa.jsonl").write_text(json.dumps(record) + "\n")
     assert main(["plan", str(study)]) == 0
+    # examples from the training split: k may reach the number of items asked
+    study.write_text(text + "[eval.num_fewshot]\npiqa = 6\n")
+    assert main(["plan", str(study)]) == 0
     sources = {s.name: s for e in _evals(text, tmp_path) for s in e.config.data}
     assert sources["text"].option("fewshot") == str(tmp_path / "train")
     other = _evals(text.replace('fewshot = "train"', 'fewshot = "train2"'), tmp_path)
