@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping, Union
 
 from models import stepfiles
 from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
+from models.harness import OWN
 
 CODE_SALT = 10  # bump when a change alters what any step computes
 STEP_KINDS = ("encoder", "trunk", "branch", "finetune", "eval")
@@ -121,7 +122,7 @@ class EvalConfig:
     seed: int = 0
     stable_metric: tuple[tuple[str, str], ...] = ()  # task → the metric its stable score uses
     chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
-    text_harness: str = "vlmsweep"  # who scores text multiple choice: the project's scorer | "lm-eval"
+    text_harness: str = OWN  # who scores text multiple choice: the project's scorer | lm-eval (harness.LM_EVAL)
     num_fewshot: tuple[tuple[str, int], ...] = ()  # task → examples before each question (default 0)
 
 

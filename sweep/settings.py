@@ -13,7 +13,7 @@ from typing import Any, Callable
 from models.config import TrainDefaults
 from models.data.evaltasks import declared_task_names
 from models.data.world.bench import GENERATE_TASKS, VL_TASKS
-from models.harness import HARNESSES, lm_eval_missing
+from models.harness import HARNESSES, LM_EVAL, OWN, lm_eval_missing
 from models.metrics import METRIC_NAMES
 from models.steps import DataSource
 from sweep.reader import Table, check_str
@@ -130,7 +130,7 @@ class EvalSettings:
     chance: tuple[tuple[str, float], ...] = ()  # task → chance level, over what its source says
     # who scores text multiple-choice tasks: "vlmsweep" (the project's scorer) or "lm-eval"
     # (lm-evaluation-harness, the `lmeval` extra; the paper's text scores)
-    text_harness: str = "vlmsweep"
+    text_harness: str = OWN
     num_fewshot: tuple[tuple[str, int], ...] = ()  # task → examples before each question (default 0)
 
 
@@ -152,10 +152,10 @@ def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
                      stable_metric=_per_task(t.table("stable_metric"),
                                              lambda sub, k: sub.str(k, choices=METRIC_NAMES)),
                      chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)),
-                     text_harness=t.str("text_harness", "vlmsweep", choices=HARNESSES),
+                     text_harness=t.str("text_harness", OWN, choices=HARNESSES),
                      num_fewshot=_per_task(t.table("num_fewshot"), lambda sub, k: sub.int(k, lo=0)))
     t.finish()
-    if s.text_harness == "lm-eval" and lm_eval_missing():
+    if s.text_harness == LM_EVAL and lm_eval_missing():
         raise t.error("text_harness", lm_eval_missing())
     pooled = {task for name in s.data if data[name].option("fewshot")  # examples from a training split
               for task in declared_task_names(data[name]) or ()}

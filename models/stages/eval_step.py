@@ -20,6 +20,7 @@ from models.config import LMConfig, ProjectorConfig, VisionConfig
 from models.data.evaltasks import gather
 from models.data.fewshot import with_fewshot
 from models.evaluate import evaluate
+from models.harness import LM_EVAL
 from models.harness.run import harness_scores, lm_eval_rows
 from models.heldout import heldout_rows
 from models.stages.context import Context, RunOutput
@@ -68,7 +69,7 @@ def run_eval(ctx: Context) -> RunOutput:
                                                 seed=cfg.seed, image_tokens=n_image))
                     for bench in cfg.data], cfg.chance)
     shots = dict(cfg.num_fewshot)
-    by_lm_eval = [t for t in tasks if cfg.text_harness == "lm-eval" and harness_scores(t)]
+    by_lm_eval = [t for t in tasks if cfg.text_harness == LM_EVAL and harness_scores(t)]
     ours = [with_fewshot(t, shots.get(t.name, 0), tok) for t in tasks if not any(t is h for h in by_lm_eval)]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         rows = evaluate(model, ours, image_id=tok.image_id,
