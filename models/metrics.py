@@ -171,7 +171,7 @@ def task_rows(*, task: str, group: str, family: str, chance: float, items: Seque
     choice) or decoded texts (generation), one per item. `primary_metric` marks the stable-score row."""
     if family not in FAMILIES:
         raise ValueError(f"unknown metric {family!r}; known: {', '.join(FAMILIES)}")
-    primary = primary_metric(family, stable_metric)
+    primary_metric(family, stable_metric)  # a bad choice fails before any scoring
     n = len(items)
     if n == 0:
         values = {m: 0.0 for m in FAMILIES[family].metrics}
@@ -179,5 +179,13 @@ def task_rows(*, task: str, group: str, family: str, chance: float, items: Seque
         values = _score_mc(family, items, outputs)
     else:
         values = _score_generated(family, items, outputs)
+    return metric_rows(task=task, group=group, family=family, chance=chance, n=n, values=values,
+                       stable_metric=stable_metric)
+
+
+def metric_rows(*, task: str, group: str, family: str, chance: float, n: int, values: dict[str, float],
+                stable_metric: str | None = None) -> list[dict[str, Any]]:
+    """The evals rows of a task whose metric values are computed (here, or by lm-evaluation-harness)."""
+    primary = primary_metric(family, stable_metric)
     return [{"task": task, "group": group, "metric": m, "value": float(values[m]), "chance": float(chance),
              "n": n, "primary_metric": m == primary} for m in FAMILIES[family].metrics]

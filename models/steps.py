@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping, Union
 
 from models import stepfiles
 from models.config import LMConfig, ProjectorConfig, TrainDefaults, VisionConfig
+from models.harness import OWN
 
 CODE_SALT = 10  # bump when a change alters what any step computes
 STEP_KINDS = ("encoder", "trunk", "branch", "finetune", "eval")
@@ -124,6 +125,8 @@ class EvalConfig:
     # Prompts and decoding limits change the answers, so they are part of an eval step's id.
     prompt: tuple[tuple[str, str], ...] = ()  # task → template with {question}, over its family's
     max_new_tokens: tuple[tuple[str, int], ...] = ()  # task → greedy decoding limit, over its records'
+    text_harness: str = OWN  # who scores text multiple choice: the project's scorer | lm-eval (harness.LM_EVAL)
+    num_fewshot: tuple[tuple[str, int], ...] = ()  # task → examples before each question (default 0)
 
 
 StepConfig = Union[EncoderConfig, TrunkConfig, BranchConfig, FinetuneConfig, EvalConfig]

@@ -78,7 +78,7 @@ def check_plan(plan: Any, steps: Iterable[Any] | None = None) -> None:
 
 def _check_source(source: Any, role: str, vocab: int | None) -> None:
     from models.data import get_tokenizer
-    from models.data.evaltasks import check_eval_file, image_roots
+    from models.data.evaltasks import check_eval_file, fewshot_path, image_roots, task_name
     from models.data.sources import resolve_paths
 
     paths = resolve_paths(source)  # every path exists, every glob matches
@@ -87,6 +87,12 @@ def _check_source(source: Any, role: str, vocab: int | None) -> None:
     if source.kind in EVAL_KINDS:
         for path in paths:
             check_eval_file(path, source.kind, **image_roots(source))
+            shots = fewshot_path(source, task_name(source, path, len(paths)))
+            if shots is not None:  # the task's training split, its few-shot examples
+                if not shots.is_file():
+                    raise DataError(f"data source {source.name!r}: its fewshot folder has no {shots.name} "
+                                    f"for {path}")
+                check_eval_file(str(shots), "mc_jsonl")
 
 
 def check_shards(steps: Iterable[Any], *, records: int = FIRST_RECORDS) -> None:

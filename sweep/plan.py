@@ -188,7 +188,8 @@ class _Builder:
         config = EvalConfig(data=tuple(self.study.data[name] for name in ev.data), tasks=ev.tasks,
                             groups=groups, n_per_task=ev.n_per_task, checkpoint=checkpoint, seed=seed,
                             stable_metric=ev.stable_metric, chance=ev.chance, prompt=ev.prompt,
-                            max_new_tokens=ev.max_new_tokens)
+                            max_new_tokens=ev.max_new_tokens, text_harness=ev.text_harness,
+                            num_fewshot=ev.num_fewshot)
         return Step(kind="eval", config=config, parents=((role, parent),), meta=meta)
 
     def finish(self) -> tuple[Step, ...]:

@@ -13,6 +13,8 @@ from typing import Any, Callable
 from models.config import TrainDefaults
 from models.data.evaltasks import declared_task_names
 from models.data.prompts import template_problem
+from models.data.world.bench import GENERATE_TASKS, VL_TASKS
+from models.harness import HARNESSES, LM_EVAL, OWN, lm_eval_missing
 from models.metrics import METRIC_NAMES
 from models.stepfiles import STABLE_DEFINITIONS
 from models.steps import DataSource
@@ -159,6 +161,10 @@ class EvalSettings:
     prompt: tuple[tuple[str, str], ...] = ()  # task → template with {question} (default: its family's)
     max_new_tokens: tuple[tuple[str, int], ...] = ()  # task → greedy decoding limit (default 128)
     stable_score: str = "difference"  # score − chance, or "centered": divided by 1 − chance (DCLM's)
+    # who scores text multiple-choice tasks: "vlmsweep" (the project's scorer) or "lm-eval"
+    # (lm-evaluation-harness, the `lmeval` extra; the paper's text scores)
+    text_harness: str = OWN
+    num_fewshot: tuple[tuple[str, int], ...] = ()  # task → examples before each question (default 0)
 
 
 EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
@@ -181,9 +187,20 @@ def read_eval(t: Table, data: dict[str, DataSource]) -> EvalSettings:
                      chance=_per_task(t.table("chance"), lambda sub, k: sub.float(k, lo=0.0, hi=1.0)),
                      prompt=_per_task(t.table("prompt"), _template),
                      max_new_tokens=_per_task(t.table("max_new_tokens"), lambda sub, k: sub.int(k, lo=1)),
-                     stable_score=t.str("stable_score", "difference", choices=STABLE_DEFINITIONS))
+                     stable_score=t.str("stable_score", "difference", choices=STABLE_DEFINITIONS),
+                     text_harness=t.str("text_harness", OWN, choices=HARNESSES),
+                     num_fewshot=_per_task(t.table("num_fewshot"), lambda sub, k: sub.int(k, lo=0)))
     t.finish()
+    if s.text_harness == LM_EVAL and lm_eval_missing():
+        raise t.error("text_harness", lm_eval_missing())
+    pooled = {task for name in s.data if data[name].option("fewshot")  # examples from a training split
+              for task in declared_task_names(data[name]) or ()}
+    for task, k in s.num_fewshot:
+        if s.n_per_task and k >= s.n_per_task and task not in pooled:
+            raise t.error(f"num_fewshot.{task}", f"{k} examples need more than {k} items per task "
+                                                 f"(n_per_task is {s.n_per_task})")
     _check_task_names(t, s, data)
+    _check_fewshot_kinds(t, s, data)
     return s
 
 
@@ -193,6 +210,22 @@ def _template(sub: Table, key: str) -> str:
     if problem:
         raise sub.error(key, problem)
     return value
+
+
+def _check_fewshot_kinds(t: Table, s: EvalSettings, data: dict[str, DataSource]) -> None:
+    """Examples go before text multiple-choice questions only: not VL, not generated answers."""
+    for name in s.data:
+        source = data[name]
+        if source.kind == "world":
+            refused = list(VL_TASKS + GENERATE_TASKS)
+        elif source.kind == "vqa_jsonl":
+            refused = declared_task_names(source) or []
+        else:
+            continue
+        for task, k in s.num_fewshot:
+            if k > 0 and task in refused:
+                raise t.error(f"num_fewshot.{task}", "few-shot examples are for text multiple-choice tasks "
+                                                     "(mc_jsonl files, the world's fact_recall and story_completion)")
 
 
 def _per_task(sub: Table, read: Callable[[Table, str], Any]) -> tuple[tuple[str, Any], ...]:
@@ -221,7 +254,8 @@ def _check_task_names(t: Table, s: EvalSettings, data: dict[str, DataSource]) ->
     if not complete:
         return
     for key, pairs in (("tasks", [(n, None) for n in s.tasks]), ("stable_metric", s.stable_metric),
-                       ("chance", s.chance), ("prompt", s.prompt), ("max_new_tokens", s.max_new_tokens)):
+                       ("chance", s.chance), ("prompt", s.prompt), ("max_new_tokens", s.max_new_tokens),
+                       ("num_fewshot", s.num_fewshot)):
         unknown = [n for n, _ in pairs if n not in owner]
         if unknown:
             raise t.error(key, f"names task {unknown[0]!r}, which no eval source has "

@@ -48,7 +48,7 @@ FINETUNE_KINDS = ("world", "llava")
 EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
 SOURCE_KINDS = tuple(dict.fromkeys(TEXT_KINDS + IMAGE_KINDS + FINETUNE_KINDS + EVAL_KINDS))
 SHARD_KINDS = ("jsonl", "parquet", "webdataset", "parquet_images", "llava")  # may be remote
-PATH_OPTIONS = ("tokenizer", "image_root", "heldout")  # relative to the study file
+PATH_OPTIONS = ("tokenizer", "image_root", "heldout", "fewshot")  # relative to the study file
 # Options each kind of source accepts besides `kind` and `paths`.
 SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "world": {"seed": int, "image_size": int, "n_kinds": int},
@@ -71,7 +71,9 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
                   "allow_outside_root": bool},
     "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
-                 "allow_outside_root": bool},
+                 "allow_outside_root": bool,
+                 # a folder of training splits, `<task>.jsonl` each, to draw few-shot examples from
+                 "fewshot": str},
 }
 OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES)}
 

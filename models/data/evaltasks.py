@@ -208,7 +208,8 @@ def mc_item(rec, path, idx, tok, image_size, image_tokens, template=None, *, ima
     image = _image(rec, path, idx, image_size, image_root, allow_outside_root)
     prompt = ([tok.image_id] * image_tokens if image is not None else []) + tok.encode(context)
     fields["choices"] = [tok.encode(" " + c) for c in fields["choice_texts"]]
-    return EvalItem(prompt_tokens=prompt, image=image, **fields), family
+    return EvalItem(prompt_tokens=prompt, image=image, prompt_text=context if image is None else None,
+                    **fields), family
 
 
 def check_eval_file(path: str, kind: str, records: list[tuple[int, dict]] | None = None, *,
@@ -286,8 +287,32 @@ def file_tasks(source, tok, *, groups, tasks, n_per_task, image_size, image_toke
         template = templates.get(name, _agreed(records, "prompt", path))
         task = _file_task(source, path, name, records, tok, image_size, image_tokens, template)
         if task.group in groups:
+            task.fewshot_pool = fewshot_pool(source, name)
             out.append(task)
     return out
+
+
+def fewshot_path(source, name: str) -> Path | None:
+    """The file a task's few-shot examples come from: `<fewshot folder>/<task>.jsonl` (None: no folder)."""
+    folder = source.option("fewshot")
+    return None if folder is None else Path(folder) / f"{name}.jsonl"
+
+
+def fewshot_pool(source, name: str) -> list[EvalItem]:
+    """A task's few-shot pool from the source's `fewshot` folder (every record, checked), or []."""
+    path = fewshot_path(source, name)
+    if path is None:
+        return []
+    if not path.is_file():
+        raise DataError(f"data source {source.name!r}: its fewshot folder has no {path.name} for task "
+                        f"{name!r} ({path})")
+    records = _records(str(path))
+    check_eval_file(str(path), "mc_jsonl", records)
+    pool = []
+    for idx, rec in records:  # text only, untokenized: examples are joined into prompts as text
+        context, fields, _ = _mc_fields(rec, str(path), idx)
+        pool.append(EvalItem(prompt_tokens=[], image=None, prompt_text=context, **fields))
+    return pool
 
 
 def gather(per_source, chance=(), max_new_tokens=()) -> list[EvalTask]:

@@ -55,6 +55,9 @@ class EvalItem:
     choice_texts: list[str] = field(default_factory=list)  # the choices as written (acc_norm, POPE)
     answerable: bool | None = None  # VizWiz: whether the annotators could answer
     box: tuple[float, float, float, float] | None = None  # refexp: the true [x1, y1, x2, y2] in [0, 1]
+    # multiple-choice text items whose choices follow the prompt after a space (mc_jsonl files, the
+    # world's text tasks): the prompt as written, for few-shot contexts and lm-eval, which score strings
+    prompt_text: str | None = None
 
 
 @dataclass(kw_only=True, slots=True)
@@ -72,6 +75,8 @@ class EvalTask:
     kind: Literal["multiple_choice", "generate"]
     items: list[EvalItem]
     metric: str = "multiple_choice"  # how items are scored and which evals rows the task writes
+    # few-shot examples are drawn from these (a training split); empty: from the task's own items
+    fewshot_pool: list[EvalItem] = field(default_factory=list)
 
 
 def chance_level(kind: str, items: list[EvalItem]) -> float:

@@ -2,10 +2,14 @@
 
 A trunk parent is a text-only LM (it can only take text tasks); a branch or finetune parent is
 the full VLM. `EvalConfig.checkpoint` picks a trunk's intro-fraction checkpoint instead of its end.
+With `text_harness = "lm-eval"` the text multiple-choice tasks are scored by lm-evaluation-harness
+(`models.harness`), the rest by the project's scorer; `num_fewshot` reaches both the same way.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +18,10 @@ from models import checkpoint as ck
 from models import stepfiles as sf
 from models.config import LMConfig, ProjectorConfig, VisionConfig
 from models.data.evaltasks import gather
+from models.data.fewshot import with_fewshot
 from models.evaluate import evaluate
+from models.harness import LM_EVAL
+from models.harness.run import harness_scores, lm_eval_rows
 from models.heldout import heldout_rows
 from models.stages.context import Context, RunOutput
 from models.steps import load_step_config
@@ -61,10 +68,17 @@ def run_eval(ctx: Context) -> RunOutput:
                                                 n_per_task=cfg.n_per_task, image_size=image_size,
                                                 seed=cfg.seed, image_tokens=n_image, prompts=cfg.prompt))
                     for bench in cfg.data], cfg.chance, cfg.max_new_tokens)
+    shots = dict(cfg.num_fewshot)
+    by_lm_eval = [t for t in tasks if cfg.text_harness == LM_EVAL and harness_scores(t)]
+    ours = [with_fewshot(t, shots.get(t.name, 0), tok) for t in tasks if not any(t is h for h in by_lm_eval)]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        rows = evaluate(model, tasks, image_id=tok.image_id,
+        rows = evaluate(model, ours, image_id=tok.image_id,
                         image_tokens=n_image, eos_id=tok.eos_id,
                         decode=tok.decode, stop_ids=(tok.user_id,), stable_metric=dict(cfg.stable_metric))
+        if by_lm_eval:
+            with tempfile.TemporaryDirectory(prefix="lm-eval-") as work:
+                rows += lm_eval_rows(model, tok, by_lm_eval, workdir=Path(work), num_fewshot=shots,
+                                     stable_metric=dict(cfg.stable_metric))
         rows += heldout_rows(model, ctx.data, tok, root=ctx.root, kind=kind, parent_id=parent_id,
                              image_tokens=n_image, device=device)
     return RunOutput(tokens=0, flops=0, params=model.param_counts(), metrics=[], evals=rows)

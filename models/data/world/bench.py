@@ -55,7 +55,7 @@ class _Maker:
 
     def mc_text(self, prompt: str, answer: str, wrong: list[str]) -> EvalItem:
         choices = [answer] + list(wrong)
-        return EvalItem(prompt_tokens=self.tok.encode(prompt), image=None, label=0,
+        return EvalItem(prompt_tokens=self.tok.encode(prompt), image=None, label=0, prompt_text=prompt,
                         choices=[self.tok.encode(" " + c) for c in choices], choice_texts=choices)
 
 
