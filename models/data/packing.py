@@ -78,13 +78,13 @@ class TextPacker:
 def rows_to_batch(rows: list[tuple[list[int], list[int]]], images: list[np.ndarray], *, pad_id: int,
                   image_counts: list[int], image_size: int, skipped: int) -> Batch:
     """Rows of L+1 (ids, kinds) slots → a Batch; `image_counts[b]` = image-data tokens of row b."""
-    from models.data.world.render import normalise
     ids = np.array([r[0] for r in rows], np.int64)
     kinds = np.array([r[1] for r in rows], np.int8)
     tokens, targets, loss_kind = ids[:, :-1], ids[:, 1:].copy(), kinds[:, 1:].copy()
     targets[loss_kind == LOSS_NONE] = IGNORE
-    imgs = (normalise(np.stack([materialise(i) for i in images])) if images
-            else np.zeros((0, 3, image_size, image_size), np.float32))
+    # uint8 as decoded: normalised on the device (models.vision.pixels), a quarter of the bytes
+    imgs = (np.stack([materialise(i) for i in images]) if images
+            else np.zeros((0, image_size, image_size, 3), np.uint8))
     return Batch(tokens=np.ascontiguousarray(tokens), targets=targets, loss_kind=loss_kind,
                  images=imgs, n_tokens=int((tokens != pad_id).sum()),
                  n_image_tokens=int(sum(image_counts)), skipped_records=skipped)

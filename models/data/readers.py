@@ -166,11 +166,23 @@ def iter_llava(path: str, start: int = 0) -> Iterator[Item]:
 
 
 def decode_image(data: bytes, image_size: int, shard: str, index: int) -> np.ndarray:
-    """Image bytes → uint8 [S, S, 3], resized with bicubic when the size differs."""
+    """Image bytes → uint8 [S, S, 3], resized once with bicubic (SigLIP's processor filter) when the
+    size differs.
+
+    A JPEG at least twice the target on its short side is decoded at the smallest DCT scale (1/2,
+    1/4, 1/8) that still covers the target (`Image.draft`): for a 224-pixel target a 1024-pixel JPEG
+    decodes at 256, a 384-pixel one in full (192 would not cover 224). The resize then starts from
+    fewer pixels; the result differs from a full decode by a little DCT-domain smoothing, bounded
+    against Hugging Face's processor in `tests/test_input_pipeline.py`.
+    Greyscale, palette and CMYK images are converted to RGB; RGB images are not touched.
+    """
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
+            if im.format == "JPEG" and min(im.size) >= 2 * image_size:
+                im.draft("RGB", (image_size, image_size))  # keeps every side >= the target
+            if im.mode != "RGB":
+                im = im.convert("RGB")
             if im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8)

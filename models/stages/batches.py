@@ -18,7 +18,7 @@ from models.data.types import IGNORE, LOSS_NONE
 
 
 def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
-    """A data-layer Batch (numpy arrays) as tensors; images may be empty."""
+    """A data-layer Batch (numpy arrays) as tensors; images may be empty and keep their dtype."""
     out: dict[str, torch.Tensor | int] = {
         "tokens": torch.as_tensor(np.asarray(batch.tokens, dtype=np.int64)),
         "targets": torch.as_tensor(np.asarray(batch.targets, dtype=np.int64)),
@@ -26,8 +26,8 @@ def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
         "skipped_records": int(getattr(batch, "skipped_records", 0)),
     }
     images = getattr(batch, "images", None)
-    if images is not None and len(images):
-        out["images"] = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    if images is not None and len(images):  # uint8 from files and the world, float32 synthetic
+        out["images"] = torch.as_tensor(np.ascontiguousarray(images))
     return out
 
 
