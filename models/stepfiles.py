@@ -43,6 +43,11 @@ STOPPED_MARK = "stopped"  # in a job's log folder: the run was stopped (Ctrl-C) 
 SIGNED_FILES = (CONFIG, RESULT, FAILURE, METRICS, EVALS)
 
 # -- parquet tables: column names and Arrow types (pyarrow is imported only when writing) ---------
+# Wall-clock metrics rows (seconds and rates): never equal across runs, so resume comparisons skip
+# them. data_wait_s: seconds the training process spent getting the step's batch (packing, waiting
+# for data workers); a step whose data_wait_s exceeds DATA_BOUND_SHARE of its time is data-bound.
+TIMING_METRICS = ("tokens_per_s", "data_wait_s")
+DATA_BOUND_SHARE = 0.1
 METRICS_COLUMNS = (("step", "int64"), ("tokens", "int64"), ("name", "string"), ("value", "float64"))
 # One evals row per (task, metric); `primary_metric` marks the row a task's stable score uses.
 EVALS_COLUMNS = (("task", "string"), ("group", "string"), ("metric", "string"),

@@ -12,9 +12,14 @@ import numpy as np
 from models.data.types import IGNORE, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE, LOSS_TEXT, Batch, materialise
 
 
+def token_ids(tok, text: "str | list[int]") -> list[int]:
+    """`text`'s token ids: encoded here, or as a data worker already encoded them."""
+    return tok.encode(text) if isinstance(text, str) else text
+
+
 def encode_caption(tok, caption: str, image_tokens: int, max_len: int) -> tuple[list[int], list[int]]:
     """Image placeholders, the caption, EOS; loss on the caption and EOS (truncated to max_len)."""
-    cap = tok.encode(caption)[: max(0, max_len - image_tokens - 1)] + [tok.eos_id]
+    cap = token_ids(tok, caption)[: max(0, max_len - image_tokens - 1)] + [tok.eos_id]
     return [tok.image_id] * image_tokens + cap, [LOSS_NONE] * image_tokens + [LOSS_CAPTION] * len(cap)
 
 
@@ -24,8 +29,8 @@ def encode_conversation(tok, turns, image_tokens: int, max_len: int) -> tuple[li
     ids, kinds = [tok.image_id] * image_tokens, [LOSS_NONE] * image_tokens
     after_answer = False
     for question, answer in turns:
-        q = [tok.user_id] + tok.encode(question) + [tok.assistant_id]
-        a = tok.encode(answer)
+        q = [tok.user_id] + token_ids(tok, question) + [tok.assistant_id]
+        a = token_ids(tok, answer)
         ids += q + a
         kinds += [LOSS_INSTRUCTION if after_answer else LOSS_NONE] + [LOSS_NONE] * (len(q) - 1)
         kinds += [LOSS_INSTRUCTION] * len(a)
@@ -45,7 +50,7 @@ class TextPacker:
 
     def _load(self) -> None:
         text, self.doc_state = self.source.next()
-        self.doc, self.pos = self.tok.encode(text) + [self.tok.eos_id], 0
+        self.doc, self.pos = token_ids(self.tok, text) + [self.tok.eos_id], 0
 
     def take(self, n: int) -> list[int]:
         out: list[int] = []

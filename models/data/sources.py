@@ -66,7 +66,14 @@ class WorldSource:
 
 
 class ShardSource:
-    """Records of sharded files, parsed into samples, forever (epoch after epoch)."""
+    """Records of sharded files, parsed into samples, forever (epoch after epoch).
+
+    Reading (the cursor: epoch, shard, record) and consuming are apart so that a worker pool
+    (`attach`) can parse records ahead of the stream: each record read is queued with the cursor's
+    state after it, and `state_dict` is always that of the last record *consumed*. Bad records are
+    counted, and an epoch without a good record detected, when consumed, so both are the same with
+    and without workers.
+    """
 
     def __init__(self, paths: list[str], iter_shard: Callable, parse: Callable, *, seed: int,
                  on_bad_record: str = "error", shuffle_shards: bool = True,
@@ -77,13 +84,19 @@ class ShardSource:
         self.epoch = self.shard = self.record = self.skipped = 0
         self.resume: int | None = None  # where record `record` starts in the shard, if the reader says
         self._it = None
-        self._good_in_epoch = 0
+        self._consumed: dict = self._cursor()
+        self._good_in_epoch, self._epoch_seen = 0, 0
+        self.prefetch = None  # models.data.workers.Prefetch once a pool is attached
 
     def make_lazy(self) -> None:
         """Decode images only when asked, where that cannot change the stream: with on_bad_record
         = "skip" an undecodable image is skipped, which every rank must see, so they all decode."""
         if self.on_bad == "error" and self.lazy_parse is not None:
             self.parse = self.lazy_parse
+
+    def attach(self, prefetch) -> None:
+        """Parse records ahead in a worker pool from now on (`prefetch` holds the pool and key)."""
+        self.prefetch = prefetch
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:
@@ -93,56 +106,94 @@ class ShardSource:
     def _path(self) -> str:
         return self.paths[int(self._order()[self.shard])]
 
+    def _cursor(self) -> dict:
+        state = {"epoch": self.epoch, "shard": self.shard, "record": self.record}
+        return state if self.resume is None else state | {"resume": self.resume}
+
     def _open(self) -> None:
         # Resumed mid-shard: the reader skips the records this shard already gave, undecoded.
         seek = {} if self.resume is None else {"resume": self.resume}
         self._it, self._seen = self.iter_shard(self._path(), start=self.record, **seek), 0
 
-    def _bad(self, err: BadRecordError) -> None:
-        if self.on_bad == "error":
-            raise err
-        self.skipped += 1
-
-    def _next_shard(self) -> None:
-        if self._seen == 0 and self.record == 0:
-            self._bad(BadRecordError(self._path(), -1, "empty shard: no records"))
-        self._it, self.record, self.shard, self.resume = None, 0, self.shard + 1, None
-        if self.shard == len(self.paths):
-            if self._good_in_epoch == 0:
-                raise EmptySourceError(f"no readable record in {len(self.paths)} shard(s): "
-                                       f"{', '.join(self.paths[:3])}{' …' if len(self.paths) > 3 else ''}")
-            self.epoch, self.shard, self._good_in_epoch = self.epoch + 1, 0, 0
-
-    def next(self) -> tuple[Any, dict]:
+    def _read(self) -> tuple[Any, str, int, int, dict]:
+        """The next record: (record dict or BadRecordError, shard path, index, epoch, cursor after)."""
         while True:
             if self._it is None:
                 self._open()
             item = next(self._it, None)
             if item is None:
-                self._next_shard()
+                path, epoch, empty = self._path(), self.epoch, self._seen == 0 and self.record == 0
+                self._it, self.record, self.shard, self.resume = None, 0, self.shard + 1, None
+                if self.shard == len(self.paths):
+                    self.epoch, self.shard = self.epoch + 1, 0
+                if empty:
+                    return BadRecordError(path, -1, "empty shard: no records"), path, -1, epoch, self._cursor()
                 continue
             self._seen += 1
             idx, rec = item
             self.record = idx + 1
             self.resume = rec.pop(rd.RESUME, None) if isinstance(rec, dict) else None
+            return rec, self._path(), idx, self.epoch, self._cursor()
+
+    def _consume(self, outcome: Any, path: str, idx: int, epoch: int, after: dict) -> tuple[Any, dict] | None:
+        """Account for one record read: its sample and position, or None (skipped)."""
+        if epoch != self._epoch_seen:
+            if self._good_in_epoch == 0:
+                raise EmptySourceError(f"no readable record in {len(self.paths)} shard(s): "
+                                       f"{', '.join(self.paths[:3])}{' …' if len(self.paths) > 3 else ''}")
+            self._epoch_seen, self._good_in_epoch = epoch, 0
+        self._consumed = after
+        if isinstance(outcome, BadRecordError):
+            if self.on_bad == "error":
+                raise outcome
+            self.skipped += 1
+            return None
+        self._good_in_epoch += 1
+        return outcome, {"epoch": epoch, "shard": after["shard"], "record": idx}
+
+    def _parse_here(self, rec: Any, path: str, idx: int) -> Any:
+        if isinstance(rec, BadRecordError):
+            return rec
+        try:
+            return self.parse(rec, path, idx)
+        except BadRecordError as err:
+            return err
+
+    def next(self) -> tuple[Any, dict]:
+        while True:
+            if self.prefetch is None:
+                rec, path, idx, epoch, after = self._read()
+                got = self._consume(self._parse_here(rec, path, idx), path, idx, epoch, after)
+            else:
+                got = self._next_prefetched()
+            if got is not None:
+                return got
+
+    def _next_prefetched(self) -> tuple[Any, dict] | None:
+        pf = self.prefetch
+        while pf.want():
+            rec, path, idx, epoch, after = self._read()
+            task = rec if isinstance(rec, BadRecordError) else pf.pool.submit(
+                pf.key, (rec, path, idx), f"{path}: record {idx}")
+            pf.push((task, path, idx, epoch, after))
+        task, path, idx, epoch, after = pf.pop()
+        if isinstance(task, int):
             try:
-                if isinstance(rec, BadRecordError):
-                    raise rec
-                sample = self.parse(rec, self._path(), idx)
+                task = pf.pool.result(task)
             except BadRecordError as err:
-                self._bad(err)
-                continue
-            self._good_in_epoch += 1
-            return sample, {"epoch": self.epoch, "shard": self.shard, "record": idx}
+                task = err
+        return self._consume(task, path, idx, epoch, after)
 
     def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "shard": self.shard, "record": self.record}
-        return state if self.resume is None else state | {"resume": self.resume}
+        return dict(self._consumed)
 
     def load_state_dict(self, state: dict) -> None:
+        if self.prefetch is not None:
+            self.prefetch.clear()  # read ahead of a position no longer current
         self.epoch, self.shard, self.record = (int(state[k]) for k in ("epoch", "shard", "record"))
         self.resume = int(state["resume"]) if state.get("resume") is not None else None
-        self._it, self._good_in_epoch = None, 1  # resumed mid-epoch: records were read before
+        self._it, self._consumed = None, self._cursor()
+        self._epoch_seen, self._good_in_epoch = self.epoch, 1  # resumed mid-epoch: records were read before
 
 
 # --- parsers: record → sample -----------------------------------------------------------------
@@ -207,6 +258,11 @@ def parse_llava(rec: dict, shard: str, idx: int, *, image_size: int,
     if lazy:
         return LazyImage(_read_image, path, image_size, shard, idx), turns
     return _read_image(path, image_size, shard, idx), turns
+
+
+def decodes_file(image: Any) -> bool:
+    """Whether `image` is a file's image left undecoded (which a data worker can decode)."""
+    return isinstance(image, LazyImage) and image.fn in (rd.decode_image, _read_image)
 
 
 def _reader(source, image_size: int) -> tuple[Callable, Callable]:

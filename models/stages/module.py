@@ -123,7 +123,8 @@ class StageModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.step_count += 1
         self.data_state = data_state
-        self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)))
+        self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)),
+                     float(batch.get("data_wait_s", 0.0)))
 
     @property
     def world(self) -> int:
@@ -168,7 +169,7 @@ class StageModule(L.LightningModule):
         return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
 
     def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float,
-                grad_norm: torch.Tensor, skipped: int) -> None:
+                grad_norm: torch.Tensor, skipped: int, data_wait_s: float = 0.0) -> None:
         layout, flat = [], []
         for name, value in {"train_loss": loss.detach(), **parts}.items():
             value = value.detach().float().reshape(-1)
@@ -180,7 +181,8 @@ class StageModule(L.LightningModule):
         now = time.perf_counter()
         tps = self.tokens_per_step / (now - self._last_time) if self._last_time else float("nan")
         self._last_time, self.last_tokens_per_s = now, tps
-        host = {"lr": lr, "tokens_per_s": tps, "skipped_records": float(skipped)}
+        host = {"lr": lr, "tokens_per_s": tps, "skipped_records": float(skipped),
+                "data_wait_s": data_wait_s}
         self._pending.append((self.step_count, layout, values, host))
         if len(self._pending) >= self.FLUSH_STEPS:
             self._flush()
@@ -199,7 +201,7 @@ class StageModule(L.LightningModule):
             row = part_means(parts)  # train_loss first, then the parts present, then grad_norm
             grad_norm = row.pop("grad_norm")
             row.update(lr=host["lr"], grad_norm=grad_norm, tokens_per_s=host["tokens_per_s"],
-                       skipped_records=host["skipped_records"])
+                       skipped_records=host["skipped_records"], data_wait_s=host["data_wait_s"])
             tokens = step * self.tokens_per_step
             self._rows.extend((step, tokens, k, v) for k, v in row.items())
         self._pending.clear()

@@ -1,0 +1,250 @@
+"""Data worker processes: an ordered parallel map that parses, decodes and tokenises records ahead
+of the training step, outside the training process.
+
+The training process keeps the cheap, order-deciding work — walking the shards' record order and
+packing rows — and hands each record's expensive work (JPEG decode and resize, tokenisation) to a
+pool of spawned processes as a numbered task. Task t goes to worker t mod N and each worker answers
+in the order it was asked, so results are read back in submission order with no reordering
+protocol: the samples a stream sees, and therefore every batch, do not depend on N. Prefetched
+results are only a cache: a stream's checkpointed state is the position of the last record it
+*consumed*, and a resume (with any worker count) drops what was in flight.
+
+Why not torchdata's `StatefulDataLoader`: it runs one copy of an IterableDataset per worker and
+interleaves their batches, so the batch sequence (and what a checkpoint means) depends on the
+worker count; making our packed, mixed streams shard across its workers would split the single
+packing state that decides every row. An ordered map keeps that state in one place and still
+parallelises the part that costs (decode, tokenise): ~95% of a record's time.
+
+A worker that dies (OOM killer, SIGKILL) ends the wait with `DataWorkerError` naming it, its exit
+signal and the record it held, never a hang; a worker whose parent died exits by itself. A bad
+record found in a worker comes back as the same `BadRecordError` (shard, record, reason) the
+in-process path raises, so `on_bad_record` behaves identically.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+from collections import deque
+from typing import Any, Callable, Sequence
+
+from models.data.errors import BadRecordError
+
+POLL_S = 0.5  # how often a wait checks that the workers are alive
+
+
+class DataWorkerError(RuntimeError):
+    """A data worker process died: the step fails with this reason (it resumes from a checkpoint)."""
+
+
+def _materialise(image: Any) -> Any:
+    return image() if callable(image) else image
+
+
+def _worker(jobs: Sequence[Callable], inbox: Any, outbox: Any, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process owns signals
+    while True:
+        try:
+            task = inbox.get(timeout=POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:  # the training process was killed: nobody will ask again
+                return
+            continue
+        if task is None:
+            return
+        ticket, key, args = task
+        try:
+            out = ("ok", jobs[key](*args))
+        except BadRecordError as err:  # its own constructor does not survive pickling: send fields
+            out = ("bad", (err.shard, err.index, err.reason))
+        except Exception as exc:  # noqa: BLE001 — reported in the training process, with its type
+            out = ("error", f"{type(exc).__name__}: {exc}")
+        outbox.put((ticket, *out))
+
+
+class WorkerPool:
+    """N worker processes running `jobs[key](*args)` tasks; `submit` numbers them, `result` returns
+    each task's value (or raises its BadRecordError) and may be asked in any order."""
+
+    def __init__(self, workers: int, jobs: Sequence[Callable]) -> None:
+        if workers < 1:
+            raise ValueError(f"a worker pool needs at least one worker, got {workers}")
+        ctx = mp.get_context("spawn")  # no fork of a process holding torch threads and CUDA state
+        self.jobs = [_materialise, *jobs]
+        self.inboxes = [ctx.Queue() for _ in range(workers)]
+        self.outboxes = [ctx.Queue() for _ in range(workers)]
+        self.procs = [ctx.Process(target=_worker, args=(self.jobs, i, o, os.getpid()), daemon=True,
+                                  name=f"vlmsweep-data-{w}")
+                      for w, (i, o) in enumerate(zip(self.inboxes, self.outboxes))]
+        for p in self.procs:
+            p.start()
+        self.next_ticket = 0
+        self.done: dict[int, tuple] = {}
+        self.about: dict[int, str] = {}  # ticket → what it is (for a dead worker's message)
+        self.cancelled: set[int] = set()
+
+    @property
+    def size(self) -> int:
+        return len(self.procs)
+
+    def job_key(self, job: Callable) -> int:
+        """The key of `job` (one of the jobs the pool was made with)."""
+        return next(k for k, j in enumerate(self.jobs) if j is job)
+
+    def submit(self, key: int, args: tuple, about: str = "") -> int:
+        ticket, self.next_ticket = self.next_ticket, self.next_ticket + 1
+        self.about[ticket] = about
+        self.inboxes[ticket % self.size].put((ticket, key, args))
+        return ticket
+
+    def cancel(self, tickets) -> None:
+        """Forget tasks whose results are no longer wanted (a stream resumed elsewhere)."""
+        for t in tickets:
+            if self.done.pop(t, None) is None:
+                self.cancelled.add(t)
+            self.about.pop(t, None)
+
+    def ready(self, ticket: int) -> bool:
+        self._drain(ticket % self.size, block=False)
+        return ticket in self.done
+
+    def result(self, ticket: int) -> Any:
+        w = ticket % self.size
+        while ticket not in self.done:
+            self._drain(w, block=True, waiting_for=ticket)
+        self.about.pop(ticket, None)
+        status, value = self.done.pop(ticket)
+        if status == "bad":
+            raise BadRecordError(*value)
+        if status == "error":
+            raise DataWorkerError(f"data worker {w} failed on {self.about.get(ticket) or 'a task'}: {value}")
+        return value
+
+    def map(self, key: int, args: list[tuple], about: Callable[[int], str] = str) -> list[tuple[str, Any]]:
+        """Every task's outcome in order: ("ok", value) or ("bad", BadRecordError)."""
+        tickets = [self.submit(key, a, about(i)) for i, a in enumerate(args)]
+        out = []
+        for t in tickets:
+            try:
+                out.append(("ok", self.result(t)))
+            except BadRecordError as err:
+                out.append(("bad", err))
+        return out
+
+    def materialise(self, images: list) -> list:
+        """Images of a batch with lazy ones decoded by the workers (in order)."""
+        tickets = [self.submit(0, (im,), "an image") if callable(im) else None for im in images]
+        return [im if t is None else self.result(t) for im, t in zip(images, tickets)]
+
+    def _drain(self, w: int, *, block: bool, waiting_for: int | None = None) -> None:
+        try:
+            ticket, status, value = self.outboxes[w].get(timeout=POLL_S if block else 0.0) if block \
+                else self.outboxes[w].get_nowait()
+        except queue.Empty:
+            if block:
+                self._check_alive(w, waiting_for)
+            return
+        if ticket in self.cancelled:
+            self.cancelled.discard(ticket)
+        else:
+            self.done[ticket] = (status, value)
+
+    def _check_alive(self, w: int, ticket: int | None) -> None:
+        proc = self.procs[w]
+        if proc.is_alive():
+            return
+        code = proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        held = self.about.get(ticket, "") if ticket is not None else ""
+        self.close()
+        raise DataWorkerError(f"data worker {w} (pid {proc.pid}) died ({how})"
+                              f"{' while reading ' + held if held else ''}; the step stops here and "
+                              "resumes from its last checkpoint when run again")
+
+    def close(self) -> None:
+        for box, p in zip(self.inboxes, self.procs):
+            if p.is_alive():
+                try:
+                    box.put(None)
+                except (OSError, ValueError):
+                    pass
+        for p in self.procs:
+            p.join(timeout=2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=2.0)
+        for box in (*self.inboxes, *self.outboxes):
+            box.cancel_join_thread()
+            box.close()
+        self.procs = []
+
+
+class Prefetch:
+    """The in-flight tasks of one source, oldest first, each with what the source needs to consume
+    it; grows its depth (`ahead`) when the consumer had to wait, up to `cap`."""
+
+    def __init__(self, pool: WorkerPool, key: int, cap: int) -> None:
+        self.pool, self.key, self.cap = pool, key, cap
+        self.ahead = 4 * pool.size
+        self.queue: deque = deque()
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def want(self) -> bool:
+        return len(self.queue) < self.ahead
+
+    def push(self, entry: tuple) -> None:
+        self.queue.append(entry)
+
+    def pop(self) -> tuple:
+        entry = self.queue.popleft()
+        if isinstance(entry[0], int) and not self.pool.ready(entry[0]) and self.ahead < self.cap:
+            self.ahead = min(self.cap, 2 * self.ahead)  # the workers fell behind: look further ahead
+        return entry
+
+    def clear(self) -> None:
+        self.pool.cancel(e[0] for e in self.queue if isinstance(e[0], int))
+        self.queue.clear()
+
+
+# -- what the workers run for a stream ---------------------------------------------------------
+
+PREFETCH_CAP = {"text": 2048, "pairs": 1024, "instructions": 1024}  # records in flight, at most
+
+
+def tokenise(tok: Any, role: str, sample: Any) -> Any:
+    """A parsed sample with its text as token ids (what `models.data.packing` accepts either way)."""
+    if role == "text":
+        return tok.encode(sample)
+    image, text = sample
+    if role == "pairs":
+        return image, tok.encode(text)
+    return image, [(tok.encode(q), tok.encode(a)) for q, a in text]
+
+
+class ParseJob:
+    """A worker's task for one source: parse a record (decoding its image), tokenise its text."""
+
+    def __init__(self, parse: Callable, tok: Any, role: str) -> None:
+        self.parse, self.tok, self.role = parse, tok, role
+
+    def __call__(self, rec: Any, shard: str, idx: int) -> Any:
+        return tokenise(self.tok, self.role, self.parse(rec, shard, idx))
+
+
+def start_workers(stream: Any, workers: int) -> WorkerPool | None:
+    """Hand the file sources of `stream` (`stream.worker_parts()`) to a pool of `workers`
+    processes; None (nothing changes) with no workers or no file source (the built-in world
+    renders in the training process)."""
+    parts = stream.worker_parts() if workers > 0 else []
+    if not parts:
+        return None
+    jobs = [ParseJob(source.parse, stream.tok, role) for role, source in parts]
+    pool = WorkerPool(workers, jobs)
+    for (role, source), job in zip(parts, jobs):
+        source.attach(Prefetch(pool, pool.job_key(job), PREFETCH_CAP[role]))
+    stream.pool = pool
+    return pool
