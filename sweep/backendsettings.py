@@ -76,6 +76,9 @@ class BackendSettings:
     micro_batch_per_scale: tuple[tuple[str, int], ...] = ()
     compile: bool = False
     collective_timeout_s: float = COLLECTIVE_TIMEOUT_S
+    # Data worker processes per rank that parse, decode and tokenise file records ahead of the
+    # step (models.data.workers); -1 = the rank's CPUs − 1, at most 8; 0 = in the training process.
+    data_workers: int = -1
 
     def _layers(self, kind: str, scale: str) -> list[Layer]:
         return [layer for layer in self.slurm_layers if layer[0] in ("", scale) and layer[1] in ("", kind)]
@@ -107,6 +110,8 @@ class BackendSettings:
             out["strategy"] = strategy
         if self.collective_timeout_s != COLLECTIVE_TIMEOUT_S:
             out["collective_timeout_s"] = self.collective_timeout_s
+        if self.data_workers >= 0:
+            out["data_workers"] = self.data_workers
         return out
 
 
@@ -192,7 +197,8 @@ def read_backend(t: Table, scales: tuple[str, ...] = ()) -> BackendSettings:
                         micro_batch=micro_batch, micro_batch_per_scale=per_scale,
                         compile=t.bool("compile", False),
                         collective_timeout_s=t.float("collective_timeout_s", COLLECTIVE_TIMEOUT_S,
-                                                     lo=0.0, lo_open=True))
+                                                     lo=0.0, lo_open=True),
+                        data_workers=t.int("data_workers", -1, lo=-1))
     t.finish()
     return s
 

@@ -23,12 +23,15 @@ in-process path raises, so `on_bad_record` behaves identically.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
+import types
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from models.data.errors import BadRecordError
 
@@ -37,6 +40,19 @@ POLL_S = 0.5  # how often a wait checks that the workers are alive
 
 class DataWorkerError(RuntimeError):
     """A data worker process died: the step fails with this reason (it resumes from a checkpoint)."""
+
+
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """Hide the parent's __main__ while workers are spawned: `spawn` would re-run the parent's main
+    script in each (a benchmark, a test runner); workers need only this module. (The launcher's
+    `sweep.launch.pool.bare_main` does the same for its own workers; models cannot import sweep.)"""
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = saved
 
 
 def _materialise(image: Any) -> Any:
@@ -78,8 +94,9 @@ class WorkerPool:
         self.procs = [ctx.Process(target=_worker, args=(self.jobs, i, o, os.getpid()), daemon=True,
                                   name=f"vlmsweep-data-{w}")
                       for w, (i, o) in enumerate(zip(self.inboxes, self.outboxes))]
-        for p in self.procs:
-            p.start()
+        with _bare_main():
+            for p in self.procs:
+                p.start()
         self.next_ticket = 0
         self.done: dict[int, tuple] = {}
         self.about: dict[int, str] = {}  # ticket → what it is (for a dead worker's message)
@@ -237,10 +254,10 @@ class ParseJob:
 
 def start_workers(stream: Any, workers: int) -> WorkerPool | None:
     """Hand the file sources of `stream` (`stream.worker_parts()`) to a pool of `workers`
-    processes; None (nothing changes) with no workers or no file source (the built-in world
-    renders in the training process)."""
+    processes; None (nothing changes) with no workers, no file source (the built-in world renders
+    in the training process), or in a daemonic process (which may not start any)."""
     parts = stream.worker_parts() if workers > 0 else []
-    if not parts:
+    if not parts or mp.current_process().daemon:  # a daemonic process may not start processes
         return None
     jobs = [ParseJob(source.parse, stream.tok, role) for role, source in parts]
     pool = WorkerPool(workers, jobs)
