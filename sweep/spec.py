@@ -38,7 +38,7 @@ from sweep.settings import (
 AXES = ("scale", "text_data", "image_data", "intro_fraction", "image_ratio", "instruction_share",
         "finetune_epochs", "seed", "schedule")
 SCHEDULES = ("paper", "continue", "rewarm")
-TEXT_KINDS = ("world", "jsonl", "parquet")
+TEXT_KINDS = ("world", "jsonl", "parquet", "tokens")
 IMAGE_KINDS = ("world", "webdataset", "parquet_images")
 FINETUNE_KINDS = ("world", "llava")
 EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
@@ -49,6 +49,8 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     # `heldout`: a path or glob of held-out shards, the fixed set every eval's validation loss uses
     "jsonl": {"tokenizer": str, "text_field": str, "heldout": str},
     "parquet": {"tokenizer": str, "text_field": str, "heldout": str},
+    # pre-tokenised text: the folder `vlmsweep tokenize` wrote; tokenizer and held-out set are its origin's
+    "tokens": {},
     # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
     "webdataset": {"image_ext": str, "tokenizer": str, "heldout": str},
     "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str},

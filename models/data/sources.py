@@ -20,7 +20,7 @@ from models.data.world import WorldData
 from models.data.world.entities import world_identity
 
 ROLES = ("text", "pairs", "instructions")
-KINDS_BY_ROLE = {"text": ("world", "jsonl", "parquet"),
+KINDS_BY_ROLE = {"text": ("world", "jsonl", "parquet", "tokens"),
                  "pairs": ("world", "webdataset", "parquet_images"),
                  "instructions": ("world", "llava")}
 Turns = list[tuple[str, str]]
@@ -87,6 +87,7 @@ class ShardSource:
         self._consumed: dict = self._cursor()
         self._good_in_epoch, self._epoch_seen = 0, 0
         self.prefetch = None  # models.data.workers.Prefetch once a pool is attached
+        self.parallel = True  # whether parsing is worth a data worker (token arrays are not)
 
     def make_lazy(self) -> None:
         """Decode images only when asked, where that cannot change the stream: with on_bad_record
@@ -294,6 +295,14 @@ def open_source(source, role: str, *, image_size: int = 32, seed: int = 0,
             return WorldSource(wd.text)
         fn = wd.pair if role == "pairs" else wd.instruction
         return WorldSource(partial(fn, image_size=image_size), partial(fn, image_size=image_size, lazy=True))
+    if source.kind == "tokens":  # pre-tokenised: reading a memory-mapped array is all there is
+        from models.data import tokens as tk
+
+        shuffle = tk.origin_source(source).option("shuffle_shards", True)
+        src = ShardSource(tk.token_shards(source), tk.iter_tokens, tk.parse_tokens, seed=seed,
+                          on_bad_record=on_bad_record, shuffle_shards=bool(shuffle))
+        src.parallel = False
+        return src
     it, parse = _reader(source, image_size)
     lazy = partial(parse, lazy=True) if role != "text" else None
     return ShardSource(resolve_paths(source), it, parse, seed=seed, on_bad_record=on_bad_record,

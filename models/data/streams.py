@@ -56,7 +56,7 @@ class BatchStream:
 
     def worker_parts(self) -> list[tuple[str, Any]]:
         """(role, source) of each file source whose records data workers may parse."""
-        return [(role, s) for role, s in self._roles() if hasattr(s, "attach")]
+        return [(role, s) for role, s in self._roles() if getattr(s, "parallel", True) and hasattr(s, "attach")]
 
     def _roles(self) -> list[tuple[str, Any]]:
         return []
