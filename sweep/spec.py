@@ -52,15 +52,19 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     # pre-tokenised text: the folder `vlmsweep tokenize` wrote; tokenizer and held-out set are its origin's
     "tokens": {},
     # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
-    "webdataset": {"image_ext": str, "tokenizer": str, "heldout": str},
-    "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str},
-    "llava": {"image_root": str},
+    # `resize`: where images get their one resize to the encoder's size, "cpu" (data workers, PIL
+    # bicubic) or "device" (after the uint8 copy; models.vision.pixels): other pixels, other step ids
+    "webdataset": {"image_ext": str, "tokenizer": str, "heldout": str, "resize": str},
+    "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str,
+                       "resize": str},
+    "llava": {"image_root": str, "resize": str},
     # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
     # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored
     "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
     "mc_jsonl": {"task": str, "chance": float, "group": str, "metric": str},
 }
-OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES)}
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES),
+                                              "resize": ("cpu", "device")}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

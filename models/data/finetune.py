@@ -20,7 +20,7 @@ import numpy as np
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, check_on_bad_record
 from models.data.packing import TextPacker, encode_conversation, rows_to_batch, text_row
-from models.data.sources import parse_llava, resolve_paths, world_data
+from models.data.sources import image_size_for, parse_llava, resolve_paths, world_data
 from models.data.streams import BatchStream
 from models.data.types import LOSS_NONE, Batch
 from models.steps import replay_rows
@@ -36,7 +36,7 @@ class InstructionSet:
     """Random access to a source's conversations: the world's, or LLaVA JSON files."""
 
     def __init__(self, source, image_size: int, max_samples: int = 0) -> None:
-        self.image_size, self.lazy, self.source_kind = image_size, False, source.kind
+        self.image_size, self.lazy, self.source_kind = image_size_for(source, image_size), False, source.kind
         if source.kind == "world":
             wd = world_data(source)
             # The world generates any number: as many as asked for, else its default size.

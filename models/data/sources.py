@@ -266,8 +266,15 @@ def decodes_file(image: Any) -> bool:
     return isinstance(image, LazyImage) and image.fn in (rd.decode_image, _read_image)
 
 
+def image_size_for(source, image_size: int) -> int:
+    """The size images of `source` are decoded to: `image_size`, or with `resize = "device"` a
+    `DeviceResize` (decoded at least that large, resized once on the model's device)."""
+    return rd.DeviceResize(image_size) if source.option("resize", "cpu") == "device" else image_size
+
+
 def _reader(source, image_size: int) -> tuple[Callable, Callable]:
     """(iterate a shard, parse a record) for a shard-backed source kind."""
+    image_size = image_size_for(source, image_size)
     text = partial(parse_text, key=source.option("text_field", "text"))
     readers = {"jsonl": (rd.iter_jsonl, text), "parquet": (rd.iter_parquet, text),
                "webdataset": (rd.iter_webdataset, partial(parse_wds, image_size=image_size)),
