@@ -197,3 +197,39 @@ def test_hf_encoder_pixels_match_the_siglip_processor(source_side, draft, device
         assert float(diff.max()) < (0.008 if device else 1e-5)
     else:
         assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.15
+
+
+def test_status_and_the_runs_table_show_data_bound_steps(tmp_path):
+    from models import stepfiles as sf
+    from sweep.launch.cli import format_table
+    from sweep.status import reconcile
+    from tests.launch_helpers import small_plan
+
+    plan = small_plan(tmp_path)
+    encoder, evaluation = (next(s for s in plan.steps if s.kind == k) for k in ("encoder", "eval"))
+    for step, share in ((encoder, 0.4), (evaluation, 0.05)):
+        paths = sf.step_paths(plan.root, step.kind, step.step_id)
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        sf.write_result(paths.dir, {"step_id": step.step_id, "kind": step.kind, "status": "done",
+                                    "data_wait_share": share})
+    table = format_table(plan, reconcile(plan))
+    bound = [line for line in table.splitlines() if "data-bound" in line]
+    assert len(bound) == 1 and encoder.step_id in bound[0] and "40% of step time" in bound[0]
+    # the share itself, from metrics rows: 2 s of waiting in 4 s of steps (1,000 tokens at 500/s)
+    rows = [(s, 1000 * s, "data_wait_s", 1.0) for s in (1, 2)] + \
+           [(s, 1000 * s, "tokens_per_s", 500.0) for s in (1, 2)]
+    assert sf.data_wait_share(rows) == pytest.approx(0.5)
+
+
+def test_the_catalog_computes_the_same_share(tmp_path):
+    import duckdb
+
+    from analysis.queries import data_wait_shares
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE metrics (step_id VARCHAR, step BIGINT, tokens BIGINT, name VARCHAR, value DOUBLE)")
+    con.execute("INSERT INTO metrics VALUES ('a', 1, 1000, 'data_wait_s', 1.0), ('a', 2, 2000, 'data_wait_s', 1.0),"
+                "('a', 1, 1000, 'tokens_per_s', 500.0), ('a', 2, 2000, 'tokens_per_s', 500.0),"
+                "('b', 1, 1000, 'tokens_per_s', 'nan')")
+    shares = dict(data_wait_shares(con).iter_rows())
+    assert shares == {"a": pytest.approx(0.5)}

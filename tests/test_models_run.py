@@ -33,7 +33,7 @@ from tests.models_helpers import (
 
 RESULT_KEYS = {"step_id", "kind", "status", "tokens", "flops", "params", "wall_time_s",
                "peak_memory_bytes", "code_salt", "git_commit", "started_at", "finished_at",
-               "hostname", "device", "ranks"}
+               "hostname", "device", "ranks", "data_wait_share"}
 
 
 def test_trunk_writes_every_file_with_the_contracted_columns(tmp_path) -> None:
@@ -49,6 +49,7 @@ def test_trunk_writes_every_file_with_the_contracted_columns(tmp_path) -> None:
         "vision": 0, "projector": 0}
     assert result["flops"] > 6 * result["params"]["non_embedding"] * result["tokens"]
     assert result["checkpoint_fractions"] == [0.0, 0.5]
+    assert 0.0 <= result["data_wait_share"] < 1.0  # Σ data_wait_s ÷ Σ step seconds
     m = pl.read_parquet(d / "metrics.parquet")
     assert m.schema == pl.Schema({"step": pl.Int64, "tokens": pl.Int64, "name": pl.String,
                                   "value": pl.Float64})
@@ -59,7 +60,7 @@ def test_trunk_writes_every_file_with_the_contracted_columns(tmp_path) -> None:
     losses = m.filter(pl.col("name") == "train_loss")["value"]
     assert losses[-1] < losses[0]
     progress = json.loads((d / "progress.json").read_text())
-    assert set(progress) == {"tokens", "total_tokens", "tokens_per_s", "updated_at"}
+    assert set(progress) == {"tokens", "total_tokens", "tokens_per_s", "data_wait_share", "updated_at"}
     assert not (d / "ckpt" / "latest.pt").exists()
     for f in (0.0, 0.5):
         assert ck.load_torch(step_paths(tmp_path, "trunk", step.step_id).fraction(f))["step"] == \

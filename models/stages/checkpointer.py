@@ -112,6 +112,7 @@ class Checkpointer(L.Callback):
             self._save(module, [self.latest])
         if self.progress and module.global_rank == 0 and now - self._last_progress >= opts.progress_every_s:
             self._last_progress = now
-            self.progress(module.step_count * module.tokens_per_step, module.last_tokens_per_s)
+            self.progress(module.step_count * module.tokens_per_step, module.last_tokens_per_s,
+                          module.take_data_wait_share())
         if self.stop_at is not None and module.step_count >= self.stop_at:
             trainer.should_stop = True

@@ -60,6 +60,7 @@ class StageModule(L.LightningModule):
         # `rows` is read), so that a training step never waits for the accelerator.
         self._pending: list[tuple[int, list[tuple[str, int]], torch.Tensor, dict[str, float]]] = []
         self.last_tokens_per_s = 0.0
+        self._window = [0.0, 0.0]  # data wait and step seconds since `take_data_wait_share`
         self.data_state: dict | None = None  # the stream's position after the last trained batch
         self.resume: dict[str, Any] | None = None  # optimizer / RNG state to restore at start
         self._last_time: float | None = None
@@ -180,6 +181,9 @@ class StageModule(L.LightningModule):
         values = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device)])
         now = time.perf_counter()
         tps = self.tokens_per_step / (now - self._last_time) if self._last_time else float("nan")
+        if self._last_time:
+            self._window[0] += data_wait_s
+            self._window[1] += now - self._last_time
         self._last_time, self.last_tokens_per_s = now, tps
         host = {"lr": lr, "tokens_per_s": tps, "skipped_records": float(skipped),
                 "data_wait_s": data_wait_s}
@@ -205,6 +209,12 @@ class StageModule(L.LightningModule):
             tokens = step * self.tokens_per_step
             self._rows.extend((step, tokens, k, v) for k, v in row.items())
         self._pending.clear()
+
+    def take_data_wait_share(self) -> float | None:
+        """The share of step time spent waiting for data since the last call (progress.json)."""
+        wait, total = self._window
+        self._window = [0.0, 0.0]
+        return wait / total if total > 0 else None
 
     @property
     def rows(self) -> list[tuple[int, int, str, float]]:
