@@ -89,8 +89,7 @@ class InstructionSet:
         records = [self._records[int(i)] for i in indices]
         bad = {k: rec for k, (_, _, rec) in enumerate(records) if isinstance(rec, BadRecordError)}
         good = [(rec, path, idx) for k, (path, idx, rec) in enumerate(records) if k not in bad]
-        done = iter(self.prefetch.pool.map(self.prefetch.key, good,
-                                           lambda k: f"{good[k][1]}: record {good[k][2]}"))
+        done = iter(self.prefetch.map_records(good))
         return [("bad", bad[k]) if k in bad else next(done) for k in range(len(records))]
 
     def __len__(self) -> int:

@@ -175,19 +175,8 @@ class ShardSource:
                 return got
 
     def _next_prefetched(self) -> tuple[Any, dict] | None:
-        pf = self.prefetch
-        while pf.want():
-            rec, path, idx, epoch, after = self._read()
-            task = rec if isinstance(rec, BadRecordError) else pf.pool.submit(
-                pf.key, (rec, path, idx), f"{path}: record {idx}")
-            pf.push((task, path, idx, epoch, after))
-        task, path, idx, epoch, after = pf.pop()
-        if isinstance(task, int):
-            try:
-                task = pf.pool.result(task)
-            except BadRecordError as err:
-                task = err
-        return self._consume(task, path, idx, epoch, after)
+        self.prefetch.fill(self._read)
+        return self._consume(*self.prefetch.next())
 
     def state_dict(self) -> dict:
         return dict(self._consumed)

@@ -135,17 +135,6 @@ class WorkerPool:
             raise DataWorkerError(f"data worker {w} failed on {self.about.get(ticket) or 'a task'}: {value}")
         return value
 
-    def map(self, key: int, args: list[tuple], about: Callable[[int], str] = str) -> list[tuple[str, Any]]:
-        """Every task's outcome in order: ("ok", value) or ("bad", BadRecordError)."""
-        tickets = [self.submit(key, a, about(i)) for i, a in enumerate(args)]
-        out = []
-        for t in tickets:
-            try:
-                out.append(("ok", self.result(t)))
-            except BadRecordError as err:
-                out.append(("bad", err))
-        return out
-
     def materialise(self, images: list) -> list:
         """Images of a batch with lazy ones decoded by the workers (in order)."""
         tickets = [self.submit(0, (im,), "an image") if callable(im) else None for im in images]
@@ -193,32 +182,60 @@ class WorkerPool:
         self.procs = []
 
 
+CHUNK = 8  # records per task: one round trip per 8 records (a short document is ~50 µs of work)
+
+
 class Prefetch:
-    """The in-flight tasks of one source, oldest first, each with what the source needs to consume
-    it. `ahead` tasks per worker keep every worker busy while the training process is away (a
-    step); more would only hold memory and, at a stream's start or resume, decode records that are
-    dropped (a resume) or needed much later."""
+    """One source's records in flight, oldest first, sent to the workers CHUNK at a time.
+    `ahead` records per worker keep every worker busy while the training process is away (a step);
+    more would only hold memory and, at a start or resume, parse records dropped or needed much
+    later. Each record keeps what its source needs to consume it (shard, index, epoch, position)."""
 
     def __init__(self, pool: WorkerPool, key: int, per_worker: int) -> None:
         self.pool, self.key = pool, key
         self.ahead = per_worker * pool.size
-        self.queue: deque = deque()
+        self.chunks: deque = deque()  # (ticket or None, [meta]); meta = (error or None, path, idx, epoch, after)
+        self.ready: deque = deque()  # (outcome, path, idx, epoch, after) of a chunk already back
+        self.in_flight = 0
 
-    def __len__(self) -> int:
-        return len(self.queue)
+    def fill(self, read: Callable[[], tuple]) -> None:
+        """Read and send records until `ahead` are in flight."""
+        while self.in_flight < self.ahead:
+            metas, args = [], []
+            for _ in range(CHUNK):
+                rec, path, idx, epoch, after = read()
+                bad = rec if isinstance(rec, BadRecordError) else None
+                metas.append((bad, path, idx, epoch, after))
+                args.append((None if bad else rec, path, idx))
+            about = f"{metas[0][1]}: records {metas[0][2]}–{metas[-1][2]}"
+            self.chunks.append((self.pool.submit(self.key, (args,), about), metas))
+            self.in_flight += len(metas)
 
-    def want(self) -> bool:
-        return len(self.queue) < self.ahead
+    def next(self) -> tuple:
+        """(sample or BadRecordError, path, idx, epoch, cursor after) of the oldest record."""
+        if not self.ready:
+            ticket, metas = self.chunks.popleft()
+            for (bad, *where), out in zip(metas, self.pool.result(ticket)):
+                self.ready.append((bad or _outcome(out), *where))
+        self.in_flight -= 1
+        return self.ready.popleft()
 
-    def push(self, entry: tuple) -> None:
-        self.queue.append(entry)
-
-    def pop(self) -> tuple:
-        return self.queue.popleft()
+    def map_records(self, records: list[tuple]) -> list[tuple[str, Any]]:
+        """("ok", sample) or ("bad", BadRecordError) of each (rec, path, idx), in order."""
+        tickets = [self.pool.submit(self.key, (records[i:i + CHUNK],), f"{records[i][1]}: record {records[i][2]}")
+                   for i in range(0, len(records), CHUNK)]
+        outs = [_outcome(o) for t in tickets for o in self.pool.result(t)]
+        return [("bad", o) if isinstance(o, BadRecordError) else ("ok", o) for o in outs]
 
     def clear(self) -> None:
-        self.pool.cancel(e[0] for e in self.queue if isinstance(e[0], int))
-        self.queue.clear()
+        self.pool.cancel(t for t, _ in self.chunks)
+        self.chunks.clear()
+        self.ready.clear()
+        self.in_flight = 0
+
+
+def _outcome(out: tuple) -> Any:
+    return BadRecordError(*out[1]) if out[0] == "bad" else out[1]
 
 
 # -- what the workers run for a stream ---------------------------------------------------------
@@ -239,13 +256,24 @@ def tokenise(tok: Any, role: str, sample: Any) -> Any:
 
 
 class ParseJob:
-    """A worker's task for one source: parse a record (decoding its image), tokenise its text."""
+    """A worker's task for one source: parse records (decoding images) and tokenise their text;
+    each record's outcome ("ok", sample) or ("bad", (shard, index, reason)), None for a record
+    the reader already found bad (the training process holds its error)."""
 
     def __init__(self, parse: Callable, tok: Any, role: str) -> None:
         self.parse, self.tok, self.role = parse, tok, role
 
-    def __call__(self, rec: Any, shard: str, idx: int) -> Any:
-        return tokenise(self.tok, self.role, self.parse(rec, shard, idx))
+    def __call__(self, records: list[tuple]) -> list[tuple | None]:
+        out: list[tuple | None] = []
+        for rec, shard, idx in records:
+            if rec is None:
+                out.append(None)
+                continue
+            try:
+                out.append(("ok", tokenise(self.tok, self.role, self.parse(rec, shard, idx))))
+            except BadRecordError as err:
+                out.append(("bad", (err.shard, err.index, err.reason)))
+        return out
 
 
 def start_workers(stream: Any, workers: int) -> WorkerPool | None:
