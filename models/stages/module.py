@@ -93,8 +93,12 @@ class StageModule(L.LightningModule):
         return torch.optim.AdamW(self.param_groups(), lr=self.schedule.lr_at(self.step_count),
                                  betas=(self.optim.beta1, self.optim.beta2), fused=cuda or None)
 
+    def on_fit_start(self) -> None:
+        # The first step's clock starts before Lightning fetches its batch (which it does before
+        # on_train_start), so that its time holds its data wait: its tokens/s includes warm-up.
+        self._last_time = time.perf_counter()
+
     def on_train_start(self) -> None:
-        self._last_time = time.perf_counter()  # the first step's tokens/s includes warm-up
         if self.resume is None:
             return
         optimizer, strategy = self.optimizers().optimizer, self.trainer.strategy
