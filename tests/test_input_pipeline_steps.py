@@ -44,13 +44,18 @@ def file_trunk(source: DataSource, steps: int) -> Step:
 
 
 def _children(pid: int) -> list[int]:
+    """Data worker processes of `pid` (spawned children; not multiprocessing's resource tracker)."""
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        try:
+            spawned = b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and spawned:
             out.append(int(stat.parent.name))
     return out
 
@@ -126,3 +131,30 @@ class FileJob:
 
     def is_preempted(self, error: BaseException) -> bool:
         return False
+
+
+def test_a_worker_killed_mid_step_fails_the_step_with_its_reason(text_files, tmp_path):
+    import threading
+
+    from models import stepfiles as sf
+    from models.data.workers import DataWorkerError
+
+    step = file_trunk(text_files, 400)
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            workers = _children(os.getpid())
+            if len(workers) >= 2 and (step_dir(tmp_path, "trunk", step.step_id) / "progress.json").exists():
+                os.kill(workers[-1], signal.SIGKILL)
+                killed.append(workers[-1])
+            time.sleep(0.05)
+    thread = threading.Thread(target=kill_a_worker, daemon=True)
+    thread.start()
+    with pytest.raises(DataWorkerError, match=r"data worker \d \(pid \d+\) died \(killed by signal 9\)"):
+        run_step(step, tmp_path, RunOptions(data_workers=2, progress_every_s=0.0))
+    thread.join(timeout=5)
+    assert killed
+    failure = sf.read_failure(step_dir(tmp_path, "trunk", step.step_id))
+    assert "killed by signal 9" in failure.summary and "DataWorkerError" in failure.summary
