@@ -254,12 +254,29 @@ def _merged_points(chosen: str) -> str:
 
 
 def runs_table(con: duckdb.DuckDBPyConnection, root: Path, filters: Filters) -> pl.DataFrame:
-    """The filtered steps with where their files and job log are, for the Runs page."""
+    """The filtered steps with where their files and job log are, and the share of their step time
+    spent waiting for data (`data_wait_share`, null without timing rows), for the Runs page."""
     steps = filtered_steps(con, filters)
     logs = job_logs(root)
     step_dirs = [str(sf.step_dir(root, k, sid)) for k, sid in zip(steps["kind"], steps["step_id"])]
+    steps = steps.join(data_wait_shares(con), on="step_id", how="left")
     return steps.with_columns(pl.Series("step_dir", step_dirs, dtype=pl.String),
                               pl.Series("log", [logs.get(s, "") for s in steps["step_id"]], dtype=pl.String))
+
+
+DATA_BOUND_SHARE = sf.DATA_BOUND_SHARE  # the step files' rule, for the app
+
+
+def data_wait_shares(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """step_id → Σ data_wait_s ÷ Σ step seconds (tokens per step ÷ tokens_per_s), as
+    `models.stepfiles.data_wait_share` computes it; above `DATA_BOUND_SHARE` a step is data-bound."""
+    frame = _frame(con,
+        "SELECT w.step_id, sum(w.value) / sum(t.tokens / t.step / t.value) AS data_wait_share "
+        "FROM (SELECT step_id, step, value FROM metrics WHERE name = 'data_wait_s') w "
+        "JOIN (SELECT step_id, step, tokens, value FROM metrics WHERE name = 'tokens_per_s' "
+        "AND step > 0 AND value > 0 AND isfinite(value)) t USING (step_id, step) "
+        "GROUP BY w.step_id", [])
+    return frame.with_columns(pl.col("step_id").cast(pl.String), pl.col("data_wait_share").cast(pl.Float64))
 
 
 def job_logs(root: Path) -> dict[str, str]:

@@ -223,11 +223,25 @@ def default_threads() -> int:
     threads = _positive_env("VLMSWEEP_THREADS")
     if threads is not None:
         return threads
+    cores = rank_cpus()
+    workers = _positive_env("VLMSWEEP_WORKERS")
+    return max(1, cores // workers) if workers is not None else max(1, cores)
+
+
+def rank_cpus() -> int:
+    """The CPUs one rank of a step may use: those it is pinned to (a SLURM task), else the node's
+    shared among its ranks."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores == os.cpu_count():
         cores //= ranks_from_env().per_node
-    workers = _positive_env("VLMSWEEP_WORKERS")
-    return max(1, cores // workers) if workers is not None else max(1, cores)
+    return max(1, cores)
+
+
+def default_data_workers() -> int:
+    """Data worker processes per rank when the study does not say: the CPUs this rank may use
+    minus the one the training process needs, at most 8 (more rarely pays: packing in the training
+    process is then the limit)."""
+    return max(0, min(rank_cpus() - 1, 8))
 
 
 def _positive_env(name: str) -> int | None:
@@ -267,6 +281,9 @@ class RunOptions:
     # event in the step's metrics (`[train] loss_spike`); it is recorded, never acted on.
     spike_factor: float = 2.0
     spike_window: int = 50
+    # Processes per rank that parse, decode and tokenise file records ahead of the step
+    # (models.data.workers); 0 = in the training process. Default: the rank's CPUs − 1, at most 8.
+    data_workers: int = field(default_factory=lambda: default_data_workers())
 
     def __post_init__(self) -> None:
         if min(self.nonfinite_skip_batches, self.nonfinite_rewinds) < 0:
@@ -276,6 +293,8 @@ class RunOptions:
                              f"{self.spike_factor} and {self.spike_window}")
         if self.threads < 1:
             raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
+        if self.data_workers < 0:
+            raise ValueError(f"RunOptions.data_workers must be >= 0, got {self.data_workers}")
         if self.micro_batch < 0:
             raise ValueError(f"RunOptions.micro_batch must be >= 0, got {self.micro_batch}")
         if self.strategy not in STRATEGIES:

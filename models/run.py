@@ -165,6 +165,8 @@ def _execute(step: Step, root: Path, paths: sf.StepPaths, options: Any, data: An
               "ranks": ranks.world}
     events = Counter(row[2] for row in out.metrics or () if row[2] in sf.EVENT_METRICS)
     result |= {name: events[name] for name in sf.EVENT_METRICS if events[name]}  # status shows them
+    if out.metrics:
+        result["data_wait_share"] = sf.data_wait_share(out.metrics)
     if step.kind == "trunk":
         result["checkpoint_fractions"] = sorted(float(f) for f in step.meta.get("checkpoint_fractions", ()))
     sf.write_result(paths.dir, result)
@@ -185,11 +187,11 @@ def _check_finite(out: Any) -> None:
 
 
 def _progress_writer(paths: sf.StepPaths) -> Any:
-    def write(tokens: int, total: int, tokens_per_s: float) -> None:
+    def write(tokens: int, total: int, tokens_per_s: float, data_wait_share: float | None = None) -> None:
         sf.write_json(paths.progress, {
             "tokens": tokens, "total_tokens": total,
             "tokens_per_s": None if math.isnan(tokens_per_s) else tokens_per_s,
-            "updated_at": sf.now_iso()})
+            "data_wait_share": data_wait_share, "updated_at": sf.now_iso()})
     return write
 
 

@@ -44,6 +44,27 @@ STOPPED_MARK = "stopped"  # in a job's log folder: the run was stopped (Ctrl-C) 
 SIGNED_FILES = (CONFIG, RESULT, FAILURE, METRICS, EVALS)
 
 # -- parquet tables: column names and Arrow types (pyarrow is imported only when writing) ---------
+# Wall-clock metrics rows (seconds and rates): never equal across runs, so resume comparisons skip
+# them. data_wait_s: seconds the training process spent getting the step's batch (packing, waiting
+# for data workers); a step whose data_wait_s exceeds DATA_BOUND_SHARE of its time is data-bound.
+TIMING_METRICS = ("tokens_per_s", "data_wait_s")
+DATA_BOUND_SHARE = 0.1
+
+
+def data_wait_share(rows) -> float | None:
+    """The share of a run's step time spent waiting for data, from its metrics rows (step, tokens,
+    name, value): Σ data_wait_s ÷ Σ step seconds (tokens per step ÷ tokens_per_s); None without
+    both. Steps whose rate is not known (the first of an attempt) are left out of both sums."""
+    waits: dict[int, float] = {}
+    seconds: dict[int, float] = {}
+    for step, tokens, name, value in rows:
+        if name == "data_wait_s":
+            waits[step] = float(value)
+        elif name == "tokens_per_s" and step > 0 and math.isfinite(value) and value > 0:
+            seconds[step] = tokens / step / float(value)
+    both = waits.keys() & seconds.keys()
+    total = sum(seconds[s] for s in both)
+    return sum(waits[s] for s in both) / total if total > 0 else None
 METRICS_COLUMNS = (("step", "int64"), ("tokens", "int64"), ("name", "string"), ("value", "float64"))
 # One evals row per (task, metric); `primary_metric` marks the row a task's stable score uses.
 EVALS_COLUMNS = (("task", "string"), ("group", "string"), ("metric", "string"),

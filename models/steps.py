@@ -34,7 +34,7 @@ class DataSource:
     """A named data source: the built-in world, or shards on disk. The name is only a label."""
 
     name: str = field(metadata={"identity": False})  # what the study calls it
-    kind: str  # world | jsonl | parquet | webdataset | parquet_images | llava | vqa_jsonl | mc_jsonl
+    kind: str  # world | jsonl | parquet | tokens | webdataset | parquet_images | llava | vqa_jsonl | mc_jsonl
     paths: tuple[str, ...] = ()  # absolute shard paths or globs (empty for the world)
     options: tuple[tuple[str, Any], ...] = ()  # kind-specific settings, sorted (e.g. world seed)
 
@@ -137,7 +137,14 @@ CONFIG_TYPES: dict[str, type] = {"encoder": EncoderConfig, "trunk": TrunkConfig,
 
 def identity(obj: Any) -> Any:
     """The JSON-able value of a config with every non-identity field (labels) left out, and every
-    field added after steps were cached (metadata `omit_default`) left out while at its default."""
+    field added after steps were cached (metadata `omit_default`) left out while at its default. A
+    `tokens` source counts as the text it was tokenised from while its tokens are exactly that
+    text's (`models.data.tokens.tokens_identity`)."""
+    if isinstance(obj, DataSource) and obj.kind == "tokens":
+        from models.data.tokens import identity_source
+
+        origin, own = identity_source(obj)
+        return identity(origin) if origin is not None else own
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: identity(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if f.metadata.get("identity", True) and not _at_added_default(f, getattr(obj, f.name))}

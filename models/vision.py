@@ -1,7 +1,11 @@
 """The image side: a bare linear patch projection, a small ViT, or a frozen local Hugging Face encoder.
 
-Every encoder maps images float32[N, 3, H, W] to patch features [N, n_patches, width] (no CLS token
-is passed on). Parameter counts match `models.accounting.vision_param_count` for `patch` and `vit`.
+Every encoder maps images to patch features [N, n_patches, width] (no CLS token is passed on).
+Images arrive as the data loader ships them, uint8 [N, H, W, 3], and are normalised here, on the
+model's device (`pixels`): the world's encoders see (x/255 - 0.5)/0.5, a Hugging Face encoder its
+processor's mean and std. Float32 [N, 3, H, W] images (evaluation items, synthetic batches) are
+already in the world's [-1, 1] convention. Parameter counts match
+`models.accounting.vision_param_count` for `patch` and `vit`.
 """
 
 from __future__ import annotations
@@ -16,17 +20,42 @@ from torch import nn
 from models.config import VisionConfig
 
 
+def pixels(images: torch.Tensor, mean: torch.Tensor | None = None,
+           std: torch.Tensor | None = None, size: int = 0) -> torch.Tensor:
+    """Encoder input float32 [N, 3, H, W] from uint8 [N, H, W, 3] (or float [-1, 1] NCHW, as is).
+
+    uint8 images not `size` pixels square (a `resize = "device"` source) are resized here first,
+    bicubic with antialiasing (torch's PIL-matching mode), rounded and clipped to 0–255 as PIL's
+    resize is. Without `mean`/`std`: the world's convention, x·(2/255) − 1 (bit for bit what the
+    data layer computed in float32 before images travelled as uint8). With them (a Hugging Face
+    encoder): the processor's rescale then normalise, (x/255 − mean)/std; a float [-1, 1] input is
+    mapped back to [0, 1] first.
+    """
+    if images.dtype == torch.uint8:
+        x = images.permute(0, 3, 1, 2).float()
+        if size and tuple(x.shape[2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True,
+                              align_corners=False).round_().clamp_(0, 255)
+        if mean is None:
+            return x * (2.0 / 255.0) - 1.0
+        return (x * (1.0 / 255.0) - mean) / std
+    if mean is None:
+        return images
+    return ((images + 1.0) * 0.5 - mean) / std
+
+
 class PatchEncoder(nn.Module):
     """The paper's no-encoder ablation: one trained linear map from each C·p·p patch to `width`."""
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
-        self.patch_size = cfg.patch_size
+        self.patch_size, self.image_size = cfg.patch_size, cfg.image_size
         self.proj = nn.Linear(cfg.channels * cfg.patch_size ** 2, cfg.width)
         self.out_width = cfg.width
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
+        images = pixels(images, size=self.image_size)
         n, c, h, w = images.shape
         patches = images.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return self.proj(patches.reshape(n, (h // p) * (w // p), c * p * p))
@@ -60,6 +89,7 @@ class ViT(nn.Module):
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
+        self.image_size = cfg.image_size
         self.patch_embed = nn.Conv2d(cfg.channels, cfg.width, cfg.patch_size, cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.n_patches, cfg.width))
         self.blocks = nn.ModuleList(ViTBlock(cfg.width, cfg.n_heads, cfg.mlp_width)
@@ -70,7 +100,7 @@ class ViT(nn.Module):
             nn.init.normal_(self.pos_embed, 0.0, 0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed
+        x = self.patch_embed(pixels(images, size=self.image_size)).flatten(2).transpose(1, 2) + self.pos_embed
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -94,6 +124,7 @@ class HFEncoder(nn.Module):
         self.model = getattr(model, "vision_model", model)
         self.out_width = int(hf_cfg.hidden_size)
         self.n_patches = (int(hf_cfg.image_size) // int(hf_cfg.patch_size)) ** 2
+        self.image_size = int(hf_cfg.image_size)
         if int(hf_cfg.image_size) != cfg.image_size:
             raise ValueError(f"vision.image_size {cfg.image_size} differs from {path}/config.json "
                              f"image_size {hf_cfg.image_size}")
@@ -102,7 +133,7 @@ class HFEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=(images - self.mean) / self.std).last_hidden_state
+        out = self.model(pixel_values=pixels(images, self.mean, self.std, self.image_size)).last_hidden_state
         return out[:, -self.n_patches:]  # CLIP-style towers prepend a CLS token: drop it
 
 

@@ -79,6 +79,9 @@ class BackendSettings:
     # a resumable checkpoint every N optimizer steps besides the time-based one (0 = time only):
     # what a preempted step resumes from, and what `[train] on_nonfinite` rewinds to
     checkpoint_every_steps: int = 0
+    # Data worker processes per rank that parse, decode and tokenise file records ahead of the
+    # step (models.data.workers); -1 = the rank's CPUs − 1, at most 8; 0 = in the training process.
+    data_workers: int = -1
 
     def _layers(self, kind: str, scale: str) -> list[Layer]:
         return [layer for layer in self.slurm_layers if layer[0] in ("", scale) and layer[1] in ("", kind)]
@@ -112,6 +115,8 @@ class BackendSettings:
             out["collective_timeout_s"] = self.collective_timeout_s
         if self.checkpoint_every_steps:
             out["checkpoint_every_steps"] = self.checkpoint_every_steps
+        if self.data_workers >= 0:
+            out["data_workers"] = self.data_workers
         return out
 
 
@@ -198,7 +203,8 @@ def read_backend(t: Table, scales: tuple[str, ...] = ()) -> BackendSettings:
                         compile=t.bool("compile", False),
                         collective_timeout_s=t.float("collective_timeout_s", COLLECTIVE_TIMEOUT_S,
                                                      lo=0.0, lo_open=True),
-                        checkpoint_every_steps=t.int("checkpoint_every_steps", 0, lo=0))
+                        checkpoint_every_steps=t.int("checkpoint_every_steps", 0, lo=0),
+                        data_workers=t.int("data_workers", -1, lo=-1))
     t.finish()
     return s
 

@@ -230,6 +230,17 @@ def _study_arg_only(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", type=Path, help="the study file (TOML), e.g. studies/paper.toml")
 
 
+def _add_tokenize(sub) -> None:
+    p = sub.add_parser("tokenize", help="pre-tokenise a study's text source into token arrays",
+                       description="Tokenise a jsonl/parquet text source once into memory-mapped "
+                       "token shards and a manifest; a study names the folder as a source of kind "
+                       "'tokens' (same step ids as the text while the tokens are identical).")
+    from sweep.tokenizecli import add_tokenize_arguments  # argparse only
+
+    add_tokenize_arguments(p)
+    p.set_defaults(handler="sweep.tokenizecli:run_tokenize")
+
+
 def _add_fit_scaling(sub) -> None:
     from analysis.cli import add_fit_scaling_arguments  # argparse only; no heavy imports
 
@@ -256,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_plan, _add_run, _add_status, _add_ingest, _add_report, _add_predict, _add_app,
-                _add_search, _add_demo, _add_world, _add_convert, _add_rehearse, _add_fit_scaling,
-                _add_export):
+                _add_search, _add_demo, _add_world, _add_convert, _add_rehearse, _add_tokenize,
+                _add_fit_scaling, _add_export):
         add(sub)
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true",

@@ -163,7 +163,7 @@ class _Builder:
     def _run(self, scale: str, kind: str) -> dict[str, Any]:
         """meta["run"]: how an LM step runs (RunOptions fields), never part of its id."""
         run = self.study.backend.run_options(scale, kind) | self.study.train.run_options()
-        return {"run": run} if any(run.values()) else {}
+        return {"run": run} if any(run.values()) or "data_workers" in run else {}
 
     def _tracking(self) -> dict[str, Any]:
         """meta["logging"]: the study's trackers, its (possibly renamed) name as the runs' group."""

@@ -42,7 +42,7 @@ from sweep.trackingsettings import read_logging
 AXES = ("scale", "text_data", "image_data", "intro_fraction", "image_ratio", "instruction_share",
         "finetune_epochs", "seed", "schedule")
 SCHEDULES = ("paper", "continue", "rewarm")
-TEXT_KINDS = ("world", "jsonl", "parquet")
+TEXT_KINDS = ("world", "jsonl", "parquet", "tokens")
 IMAGE_KINDS = ("world", "webdataset", "parquet_images")
 FINETUNE_KINDS = ("world", "llava")
 EVAL_KINDS = ("world", "vqa_jsonl", "mc_jsonl")
@@ -56,16 +56,20 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     # `endpoint_url`: the object store's address for s3:// paths (an S3-compatible server)
     "jsonl": {"tokenizer": str, "text_field": str, "heldout": str, "endpoint_url": str},
     "parquet": {"tokenizer": str, "text_field": str, "heldout": str, "endpoint_url": str},
+    # pre-tokenised text: the folder `vlmsweep tokenize` wrote; tokenizer and held-out set are its origin's
+    "tokens": {},
     # image-caption sources take a `tokenizer` for the captions when the small ViT is pre-trained on them
     # `image_ext`: the image member (`jpg`, or alternatives `jpg;png`); `caption_field`: the caption
     # is this field of KEY.json (default: KEY.txt, else the JSON's `caption`)
+    # `resize`: where images get their one resize to the encoder's size, "cpu" (data workers, PIL
+    # bicubic) or "device" (after the uint8 copy; models.vision.pixels): other pixels, other step ids
     "webdataset": {"image_ext": str, "caption_field": str, "tokenizer": str, "heldout": str,
-                   "endpoint_url": str},
+                   "endpoint_url": str, "resize": str},
     "parquet_images": {"image_field": str, "caption_field": str, "tokenizer": str, "heldout": str,
-                       "endpoint_url": str},
+                       "endpoint_url": str, "resize": str},
     # `image_root`: the folder images lie in (LLaVA: its paths are relative to it); a record's image
     # outside it is refused unless `allow_outside_root = true`
-    "llava": {"image_root": str, "allow_outside_root": bool, "endpoint_url": str},
+    "llava": {"image_root": str, "allow_outside_root": bool, "endpoint_url": str, "resize": str},
     # `chance`: the task's floor when a blind answer beats a uniform guess (stable score = acc. − it);
     # `group`: vl | text (default: vl when the records have images); `metric`: how records are scored
     "vqa_jsonl": {"task": str, "chance": float, "group": str, "metric": str, "image_root": str,
@@ -75,7 +79,8 @@ SOURCE_OPTIONS: dict[str, dict[str, type]] = {
                  # a folder of training splits, `<task>.jsonl` each, to draw few-shot examples from
                  "fewshot": str},
 }
-OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES)}
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"group": GROUPS, "metric": tuple(FAMILIES),
+                                              "resize": ("cpu", "device")}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -18,7 +18,7 @@ from models import checkpoint as ck
 from models.config import ProjectorConfig, VisionConfig
 from models.presets import get_preset
 from models.run import run_step
-from models.stepfiles import step_dir
+from models.stepfiles import TIMING_METRICS, step_dir
 from models.steps import BranchConfig, DataSource, EvalConfig, FinetuneConfig, Step, TrunkConfig
 
 SRC = DataSource(name="synthetic", kind="world")
@@ -26,7 +26,7 @@ PRESET = get_preset("debug")
 LM = dataclasses.replace(PRESET.model.lm, vocab_size=syn.VOCAB)
 VISION = VisionConfig(kind="vit", image_size=16, patch_size=8, width=32, n_layers=1, n_heads=2,
                       frozen=False, pretrain=False)
-TIMING = {"tokens_per_s"}  # wall-clock rows can never repeat exactly
+TIMING = set(TIMING_METRICS)  # wall-clock rows can never repeat exactly
 
 
 def trunk_step(steps: int = 12, fractions=(0.0, 0.5, 1.0)) -> Step:

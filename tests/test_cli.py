@@ -10,7 +10,7 @@ import pytest
 
 from sweep.cli import build_parser, main
 
-COMMANDS = ["plan", "run", "status", "ingest", "report", "app", "search", "demo", "world", "fit-scaling"]
+COMMANDS = ["plan", "run", "status", "ingest", "report", "app", "search", "demo", "world", "tokenize", "fit-scaling"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -100,8 +100,8 @@ def test_image_rows_hold_whole_images_with_masked_targets():
         assert (lengths == 16).all()  # every image is one whole run of image_tokens
         runs += len(lengths)
         assert (b.targets[row][np.flatnonzero(is_img)[:-1] if is_img.any() else []] == IGNORE).all()
-    assert runs == b.images.shape[0] and b.images.shape[1:] == (3, 32, 32)
-    assert b.images.dtype == np.float32 and b.images.min() >= -1 and b.images.max() <= 1
+    assert runs == b.images.shape[0] and b.images.shape[1:] == (32, 32, 3)
+    assert b.images.dtype == np.uint8  # as decoded: normalised on the device (models.vision.pixels)
     assert ((b.targets == IGNORE) == (b.loss_kind == -1)).all()
     assert {0, 1, 2} <= set(np.unique(b.loss_kind).tolist())
     # prompts (user questions) carry no loss: a <user> token is never followed by a loss target
@@ -127,7 +127,7 @@ def test_mix_rejects_bad_settings():
 def test_caption_pairs_for_the_encoder():
     s = caption_pairs(WORLD, TOK, batch_size=6, image_size=32, max_caption_len=20, seed=0)
     b = next(s)
-    assert b.tokens.shape == (6, 20) and b.images.shape == (6, 3, 32, 32)
+    assert b.tokens.shape == (6, 20) and b.images.shape == (6, 32, 32, 3)
     assert (b.tokens[:, 0] != TOK.pad_id).all() and TOK.image_id not in b.tokens
     state = s.state_dict()
     after = next(s)

@@ -83,7 +83,7 @@ def _trunk(plan, checkpoint_every_steps: int = 0):
 
 def _metrics(plan, step) -> pl.DataFrame:
     df = pl.read_parquet(plan.dir(step) / sf.METRICS)
-    return df.filter(pl.col("name") != "tokens_per_s").sort("step", "name")
+    return df.filter(~pl.col("name").is_in(sf.TIMING_METRICS)).sort("step", "name")
 
 
 def _losses(plan, step) -> np.ndarray:

@@ -40,10 +40,11 @@ def test_hf_encoder_matches_the_transformers_model_and_is_frozen(siglip_dir) -> 
     encoder = build_vision(cfg)
     assert encoder.out_width == 32 == vision_out_width(cfg)
     assert not any(p.requires_grad for p in encoder.parameters())
-    images = torch.rand(2, 3, 16, 16)
+    images = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)  # as the loader ships them
     reference = SiglipVisionModel.from_pretrained(siglip_dir).eval()
-    torch.testing.assert_close(encoder.eval()(images),
-                               reference(pixel_values=images).last_hidden_state)
+    # No preprocessor_config.json: mean 0, std 1, so the tower sees the rescaled pixels x/255.
+    torch.testing.assert_close(encoder.eval()(images), reference(
+        pixel_values=images.permute(0, 3, 1, 2).float() / 255).last_hidden_state)
     model = VLM(LMConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2), cfg, ProjectorConfig())
     tokens = torch.tensor([[2] * 4 + [9, 10], [2] * 4 + [11, 12]])
     logits = model(tokens, images, image_id=2)

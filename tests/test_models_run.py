@@ -18,7 +18,7 @@ import models.synthetic as syn
 from models import checkpoint as ck
 from models.config import ProjectorConfig
 from models.run import run_step
-from models.stepfiles import fraction_step, step_dir, step_paths
+from models.stepfiles import TIMING_METRICS, fraction_step, step_dir, step_paths
 from models.steps import EncoderConfig, Step
 from tests.models_helpers import (
     LM,
@@ -33,7 +33,7 @@ from tests.models_helpers import (
 
 RESULT_KEYS = {"step_id", "kind", "status", "tokens", "flops", "params", "wall_time_s",
                "peak_memory_bytes", "code_salt", "git_commit", "started_at", "finished_at",
-               "hostname", "device", "ranks"}
+               "hostname", "device", "ranks", "data_wait_share"}
 
 
 def test_trunk_writes_every_file_with_the_contracted_columns(tmp_path) -> None:
@@ -49,16 +49,18 @@ def test_trunk_writes_every_file_with_the_contracted_columns(tmp_path) -> None:
         "vision": 0, "projector": 0}
     assert result["flops"] > 6 * result["params"]["non_embedding"] * result["tokens"]
     assert result["checkpoint_fractions"] == [0.0, 0.5]
+    assert 0.0 <= result["data_wait_share"] < 1.0  # Σ data_wait_s ÷ Σ step seconds
     m = pl.read_parquet(d / "metrics.parquet")
     assert m.schema == pl.Schema({"step": pl.Int64, "tokens": pl.Int64, "name": pl.String,
                                   "value": pl.Float64})
     names = set(m["name"])
-    assert {"train_loss", "text_loss", "lr", "grad_norm", "tokens_per_s", "skipped_records"} <= names
+    assert {"train_loss", "text_loss", "lr", "grad_norm", "tokens_per_s", "skipped_records",
+            "data_wait_s"} <= names
     assert sorted(set(m["step"])) == list(range(1, 7))
     losses = m.filter(pl.col("name") == "train_loss")["value"]
     assert losses[-1] < losses[0]
     progress = json.loads((d / "progress.json").read_text())
-    assert set(progress) == {"tokens", "total_tokens", "tokens_per_s", "updated_at"}
+    assert set(progress) == {"tokens", "total_tokens", "tokens_per_s", "data_wait_share", "updated_at"}
     assert not (d / "ckpt" / "latest.pt").exists()
     for f in (0.0, 0.5):
         assert ck.load_torch(step_paths(tmp_path, "trunk", step.step_id).fraction(f))["step"] == \
@@ -113,7 +115,7 @@ def test_done_trunk_replays_a_missing_fraction_identically(tmp_path) -> None:
     a = ck.load_torch(step_paths(tmp_path / "a", "trunk", full.step_id).fraction(0.3))
     b = ck.load_torch(step_paths(tmp_path / "b", "trunk", full.step_id).fraction(0.3))
     assert a["step"] == b["step"] == 3 and a["data"] == b["data"]
-    untimed = [[r for r in x["metrics"] if r[2] != "tokens_per_s"] for x in (a, b)]
+    untimed = [[r for r in x["metrics"] if r[2] not in TIMING_METRICS] for x in (a, b)]
     assert untimed[0] == untimed[1]
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from models.accounting import param_counts
+from models.config import RunOptions
 from models.presets import PRESETS
 from models.steps import DataSource, Step
 from sweep.plan import plan_study, sharing_savings, step_cost
@@ -146,6 +147,17 @@ def test_micro_batch_and_compile_reach_the_training_steps_not_their_ids(tmp_path
         else:
             assert "run" not in step.meta
     assert all("run" not in s.meta for s in base.steps)  # defaults leave meta (and plan.json) as it was
+
+
+def test_data_workers_reach_the_training_steps_not_their_ids(tmp_path):
+    base = plan_study(_study(tmp_path))
+    for workers in (0, 3):
+        run = plan_study(_study(tmp_path, SMALL + f"\n[backend]\ndata_workers = {workers}\n", "t.toml"))
+        assert [s.step_id for s in base.steps] == [s.step_id for s in run.steps]
+        for step in run.steps:
+            if step.kind in ("trunk", "branch", "finetune"):
+                assert step.meta["run"]["data_workers"] == workers
+                assert RunOptions(**step.meta["run"]).data_workers == workers
 
 
 def test_a_result_changing_setting_changes_ids(tmp_path):

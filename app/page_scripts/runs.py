@@ -9,11 +9,12 @@ import polars as pl
 import streamlit as st
 
 from analysis.mdtext import md_text
+from analysis.queries import DATA_BOUND_SHARE
 from analysis.schema import AXES
 from app import loaders, session
 
-SHOWN = ("step_id", "kind", "status", *AXES, "tokens", "flops", "wall_time_s", "failure_reason",
-         "step_dir", "log")
+SHOWN = ("step_id", "kind", "status", *AXES, "tokens", "flops", "wall_time_s", "data_wait_share",
+         "failure_reason", "step_dir", "log")
 
 
 def runs_page() -> None:
@@ -32,6 +33,14 @@ def runs_page() -> None:
         table = table.filter(pl.col("step_id").str.contains(text, literal=True))
     shown = table.select([c for c in SHOWN if c in table.columns])
     st.caption(f"{len(shown)} steps")
+    if "data_wait_share" in table.columns:
+        bound = table.filter(pl.col("data_wait_share") > DATA_BOUND_SHARE)
+        if len(bound):
+            st.warning(f"{len(bound)} step(s) data-bound: they waited for data more than "
+                       f"{DATA_BOUND_SHARE:.0%} of their step time ({', '.join(bound['step_id'].to_list()[:5])}"
+                       f"{' …' if len(bound) > 5 else ''}); give them more data workers "
+                       "([backend] data_workers) or pre-tokenise their text (vlmsweep tokenize).",
+                       icon="⏳")
     st.dataframe(shown, hide_index=True, key="runs_table")
     st.download_button("Download CSV", shown.write_csv(), file_name="runs.csv", mime="text/csv",
                        key="runs_csv")

@@ -2,7 +2,8 @@
 few functions the training stages call. Everything returns numpy (no torch here).
 
 Sources are `models.steps.DataSource`s: kind `world` serves every role; `jsonl`/`parquet` text,
-`webdataset`/`parquet_images` image-caption pairs, `llava` fine-tune data, `vqa_jsonl`/`mc_jsonl`
+`tokens` pre-tokenised text (`models.data.tokens`), `webdataset`/`parquet_images` image-caption
+pairs, `llava` fine-tune data, `vqa_jsonl`/`mc_jsonl`
 evaluation files.
 """
 
@@ -25,6 +26,10 @@ def get_tokenizer(source, vocab_limit: int | None = None) -> Tokenizer:
     """The world's word-level tokenizer, or the `tokenizer` option's local tokenizer.json."""
     if source.kind == "world":
         tok = world_tokenizer()
+    elif source.kind == "tokens":  # the tokenizer the tokens were written with
+        from models.data.tokens import tokenizer_path
+
+        tok = HFTokenizer(tokenizer_path(source))
     else:
         path = source.option("tokenizer")
         if not path:

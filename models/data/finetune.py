@@ -13,6 +13,7 @@ the VL tasks otherwise erases what pre-training taught about text.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from models.data import files
 from models.data import readers as rd
 from models.data.errors import BadRecordError, DataError, check_on_bad_record
 from models.data.packing import TextPacker, encode_conversation, rows_to_batch, text_row
-from models.data.sources import llava_parser, resolve_paths, world_data
+from models.data.sources import image_size_for, llava_parser, resolve_paths, world_data
 from models.data.streams import BatchStream
 from models.data.types import LOSS_NONE, Batch
 from models.steps import replay_rows
@@ -36,7 +37,7 @@ class InstructionSet:
     """Random access to a source's conversations: the world's, or LLaVA JSON files."""
 
     def __init__(self, source, image_size: int, max_samples: int = 0) -> None:
-        self.image_size, self.lazy = image_size, False
+        self.image_size, self.lazy, self.source_kind = image_size_for(source, image_size), False, source.kind
         if source.kind == "world":
             wd = world_data(source)
             # The world generates any number: as many as asked for, else its default size.
@@ -49,22 +50,49 @@ class InstructionSet:
             self._records = [(path, idx, rec) for path in resolve_paths(source)
                              for idx, rec in rd.iter_llava(path, storage=store)]
             self._n = len(self._records)
-            self._get, self._parse_llava = self._parse, llava_parser(source, image_size)
+            self._get, self._parse_llava = self._parse, llava_parser(source, self.image_size)
         else:
             raise DataError(f"data source {source.name!r}: kind {source.kind!r} is not fine-tune "
                             "data; use 'world' or 'llava'")
         if self._n == 0:
             raise DataError(f"data source {source.name!r} holds no fine-tune records")
 
+        self.prefetch = None  # models.data.workers.Prefetch: records parsed by data workers
+
     def make_lazy(self) -> None:
         """Decode (or render) a conversation's image only when a rank trains on its row."""
         self.lazy = True
+
+    @property
+    def parse(self):
+        """A LLaVA record → (image, turns), as data workers run it (llava sources only)."""
+        return partial(self._parse_llava, lazy=self.lazy)
+
+    def attach(self, prefetch) -> None:
+        self.prefetch = prefetch
 
     def _parse(self, i: int):
         path, idx, rec = self._records[i]
         if isinstance(rec, BadRecordError):
             raise rec
         return self._parse_llava(rec, path, idx, lazy=self.lazy)
+
+    def outcomes(self, indices) -> list[tuple[str, object]]:
+        """("ok", sample) or ("bad", BadRecordError) of each index, in order (by the data workers
+        when attached)."""
+        if self.prefetch is None or not hasattr(self, "_records"):
+            out = []
+            for i in indices:
+                try:
+                    out.append(("ok", self[int(i)]))
+                except BadRecordError as err:
+                    out.append(("bad", err))
+            return out
+        records = [self._records[int(i)] for i in indices]
+        bad = {k: rec for k, (_, _, rec) in enumerate(records) if isinstance(rec, BadRecordError)}
+        good = [(rec, path, idx) for k, (path, idx, rec) in enumerate(records) if k not in bad]
+        done = iter(self.prefetch.map_records(good))
+        return [("bad", bad[k]) if k in bad else next(done) for k in range(len(records))]
 
     def __len__(self) -> int:
         return self._n
@@ -99,6 +127,10 @@ class FinetuneStream(BatchStream):
     def __len__(self) -> int:
         return self.per_epoch * self.epochs
 
+    def _roles(self) -> list:
+        roles = [("instructions", self.data)] if self.data.source_kind == "llava" else []
+        return roles + ([("text", self.replay.source)] if self.replay is not None else [])
+
     def _image_sources(self) -> list:
         # A bad record skipped on one rank must be skipped on all: only "error" defers decoding.
         return [self.data] if self.on_bad == "error" else []
@@ -111,14 +143,13 @@ class FinetuneStream(BatchStream):
         span = GROUP_BATCHES * self.B
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n)[j * span:(j + 1) * span]
         good, skipped = [], 0
-        for i in order:
-            try:
-                image, turns = self.data[int(i)]
-            except BadRecordError:
+        for status, sample in self.data.outcomes(order):
+            if status == "bad":
                 if self.on_bad == "error":
-                    raise
+                    raise sample
                 skipped += 1
                 continue
+            image, turns = sample
             # A text-only conversation (no image) has no image positions.
             n_image = self.image_tokens if image is not None else 0
             good.append((encode_conversation(self.tok, turns, n_image, self.L), image))

@@ -26,6 +26,10 @@ def _heldout_samples(source, role: str, image_size: int):
         if role == "text":
             return WorldSource(wd.heldout_text)
         return WorldSource(lambda i: wd.heldout_pair(i, image_size))
+    if source.kind == "tokens":  # the held-out shards of the text it was tokenised from
+        from models.data.tokens import origin_source
+
+        source = origin_source(source)
     path = source.option("heldout")
     if not path:
         return None

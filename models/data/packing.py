@@ -12,13 +12,29 @@ from typing import Iterator
 
 import numpy as np
 
+from models.data.readers import stack_images
 from models.data.tokenizer import encode_chunks
 from models.data.types import IGNORE, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE, LOSS_TEXT, Batch, materialise
 
 
+def token_ids(tok, text: "str | list[int]") -> list[int]:
+    """`text`'s token ids: encoded here, or as a data worker already encoded them."""
+    return tok.encode(text) if isinstance(text, str) else text
+
+
+def document_pieces(tok, text: "str | np.ndarray | list[int]") -> Iterator[list[int]]:
+    """A document's token ids a bounded piece at a time: encoded here (`encode_chunks`), or sliced
+    from the ids a data worker already encoded (`models.data.workers.tokenise`) or a `tokens` shard held."""
+    if isinstance(text, str):
+        return encode_chunks(tok, text)
+    step = 1 << 16
+    ids = np.asarray(text)
+    return (ids[i:i + step].tolist() for i in range(0, len(ids), step))
+
+
 def encode_caption(tok, caption: str, image_tokens: int, max_len: int) -> tuple[list[int], list[int]]:
     """Image placeholders, the caption, EOS; loss on the caption and EOS (truncated to max_len)."""
-    cap = tok.encode(caption)[: max(0, max_len - image_tokens - 1)] + [tok.eos_id]
+    cap = token_ids(tok, caption)[: max(0, max_len - image_tokens - 1)] + [tok.eos_id]
     return [tok.image_id] * image_tokens + cap, [LOSS_NONE] * image_tokens + [LOSS_CAPTION] * len(cap)
 
 
@@ -28,8 +44,8 @@ def encode_conversation(tok, turns, image_tokens: int, max_len: int) -> tuple[li
     ids, kinds = [tok.image_id] * image_tokens, [LOSS_NONE] * image_tokens
     after_answer = False
     for question, answer in turns:
-        q = [tok.user_id] + tok.encode(question) + [tok.assistant_id]
-        a = tok.encode(answer)
+        q = [tok.user_id] + token_ids(tok, question) + [tok.assistant_id]
+        a = token_ids(tok, answer)
         ids += q + a
         kinds += [LOSS_INSTRUCTION if after_answer else LOSS_NONE] + [LOSS_NONE] * (len(q) - 1)
         kinds += [LOSS_INSTRUCTION] * len(a)
@@ -56,7 +72,7 @@ class TextPacker:
 
     def _load(self) -> None:
         text, self.doc_state = self.source.next()
-        self.pieces = itertools.chain(encode_chunks(self.tok, text), [[self.tok.eos_id]])
+        self.pieces = itertools.chain(document_pieces(self.tok, text), [[self.tok.eos_id]])
         self.chunk, self.at, self.pos = [], 0, 0
 
     def _fill(self) -> None:
@@ -108,13 +124,13 @@ class TextPacker:
 def rows_to_batch(rows: list[tuple[list[int], list[int]]], images: list[np.ndarray], *, pad_id: int,
                   image_counts: list[int], image_size: int, skipped: int) -> Batch:
     """Rows of L+1 (ids, kinds) slots → a Batch; `image_counts[b]` = image-data tokens of row b."""
-    from models.data.world.render import normalise
     ids = np.array([r[0] for r in rows], np.int64)
     kinds = np.array([r[1] for r in rows], np.int8)
     tokens, targets, loss_kind = ids[:, :-1], ids[:, 1:].copy(), kinds[:, 1:].copy()
     targets[loss_kind == LOSS_NONE] = IGNORE
-    imgs = (normalise(np.stack([materialise(i) for i in images])) if images
-            else np.zeros((0, 3, image_size, image_size), np.float32))
+    # uint8 as decoded: normalised on the device (models.vision.pixels), a quarter of the bytes
+    imgs = (stack_images([materialise(i) for i in images], image_size) if images
+            else np.zeros((0, image_size, image_size, 3), np.uint8))
     return Batch(tokens=np.ascontiguousarray(tokens), targets=targets, loss_kind=loss_kind,
                  images=imgs, n_tokens=int((tokens != pad_id).sum()),
                  n_image_tokens=int(sum(image_counts)), skipped_records=skipped)

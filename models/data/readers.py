@@ -181,17 +181,50 @@ def iter_llava(path: str, start: int = 0, *, storage: files.Storage = ()) -> Ite
         yield i, rec if isinstance(rec, dict) else BadRecordError(path, i, "record is not an object")
 
 
+class DeviceResize(int):
+    """An image size whose one resize is left to the model's device (a source with `resize =
+    "device"`): `decode_image` decodes to at least this size (JPEG draft) and stops there."""
+
+    def __reduce__(self):
+        return DeviceResize, (int(self),)
+
+
 def decode_image(data: bytes, image_size: int, shard: str, index: int) -> np.ndarray:
-    """Image bytes → uint8 [S, S, 3], resized with bicubic when the size differs."""
+    """Image bytes → uint8 [S, S, 3], resized once with bicubic (SigLIP's processor filter) when the
+    size differs.
+
+    A JPEG at least twice the target on its short side is decoded at the smallest DCT scale (1/2,
+    1/4, 1/8) that still covers the target (`Image.draft`): for a 224-pixel target a 1024-pixel JPEG
+    decodes at 256, a 384-pixel one in full (192 would not cover 224). The resize then starts from
+    fewer pixels; the result differs from a full decode by a little DCT-domain smoothing, bounded
+    against Hugging Face's processor in `tests/test_input_pipeline.py`.
+    Greyscale, palette and CMYK images are converted to RGB; RGB images are not touched. With a
+    `DeviceResize` size the image stays at its decoded size (`models.vision.pixels` resizes it).
+    """
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if im.size != (image_size, image_size):
+            if im.format == "JPEG" and min(im.size) >= 2 * image_size:
+                im.draft("RGB", (image_size, image_size))  # keeps every side >= the target
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            if im.size != (image_size, image_size) and not isinstance(image_size, DeviceResize):
                 im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # Pillow raises many types for undecodable bytes
         raise BadRecordError(shard, index, f"undecodable image ({type(exc).__name__}: {exc})") from None
+
+
+def stack_images(images: list[np.ndarray], image_size: int) -> np.ndarray:
+    """Decoded images as one uint8 [N, H, W, 3] array: as they are when they share a shape (a
+    device-resize source's images of one size), else each resized on the CPU to the target."""
+    if all(im.shape == images[0].shape for im in images):
+        return np.stack(images)
+    from PIL import Image
+
+    size = (int(image_size), int(image_size))
+    return np.stack([im if im.shape[:2] == size[::-1] else np.asarray(
+        Image.fromarray(im).resize(size, Image.Resampling.BICUBIC)) for im in images])
 
 
 def field(rec: dict, name: str, shard: str, index: int, types=(str,)) -> Any:

@@ -20,7 +20,7 @@ from models.data.world import WorldData
 from models.data.world.entities import world_identity
 
 ROLES = ("text", "pairs", "instructions")
-KINDS_BY_ROLE = {"text": ("world", "jsonl", "parquet"),
+KINDS_BY_ROLE = {"text": ("world", "jsonl", "parquet", "tokens"),
                  "pairs": ("world", "webdataset", "parquet_images"),
                  "instructions": ("world", "llava")}
 Turns = list[tuple[str, str]]
@@ -61,7 +61,14 @@ class WorldSource:
 
 
 class ShardSource:
-    """Records of sharded files, parsed into samples, forever (epoch after epoch)."""
+    """Records of sharded files, parsed into samples, forever (epoch after epoch).
+
+    Reading (the cursor: epoch, shard, record) and consuming are apart so that a worker pool
+    (`attach`) can parse records ahead of the stream: each record read is queued with the cursor's
+    state after it, and `state_dict` is always that of the last record *consumed*. Bad records are
+    counted, and an epoch without a good record detected, when consumed, so both are the same with
+    and without workers.
+    """
 
     def __init__(self, paths: list[str], iter_shard: Callable, parse: Callable, *, seed: int,
                  on_bad_record: str = "error", shuffle_shards: bool = True,
@@ -72,7 +79,11 @@ class ShardSource:
         self.epoch = self.shard = self.record = self.skipped = 0
         self.resume: int | None = None  # where record `record` starts in the shard, if the reader says
         self._it = None
-        self._good_in_epoch = 0
+        self._consumed: dict = self._cursor()
+        self._good_in_epoch, self._epoch_seen = 0, 0
+        self.prefetch = None  # models.data.workers.Prefetch once a pool is attached
+        self.parallel = True  # whether parsing is worth a data worker (token arrays are not)
+        self._order_of: tuple[int | None, np.ndarray] = (None, np.arange(0))
 
     def make_lazy(self) -> None:
         """Decode images only when asked, where that cannot change the stream: with on_bad_record
@@ -80,64 +91,98 @@ class ShardSource:
         if self.on_bad == "error" and self.lazy_parse is not None:
             self.parse = self.lazy_parse
 
+    def attach(self, prefetch) -> None:
+        """Parse records ahead in a worker pool from now on (`prefetch` holds the pool and key)."""
+        self.prefetch = prefetch
+
     def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.paths))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.paths))
+        # Asked for every record read: made once per epoch (a seeded permutation costs ~0.2 ms).
+        if self._order_of[0] != self.epoch:
+            order = (np.random.default_rng([self.seed, self.epoch]).permutation(len(self.paths))
+                     if self.shuffle else np.arange(len(self.paths)))
+            self._order_of = (self.epoch, order)
+        return self._order_of[1]
 
     def _path(self) -> str:
         return self.paths[int(self._order()[self.shard])]
+
+    def _cursor(self) -> dict:
+        state = {"epoch": self.epoch, "shard": self.shard, "record": self.record}
+        return state if self.resume is None else state | {"resume": self.resume}
 
     def _open(self) -> None:
         # Resumed mid-shard: the reader skips the records this shard already gave, undecoded.
         seek = {} if self.resume is None else {"resume": self.resume}
         self._it, self._seen = self.iter_shard(self._path(), start=self.record, **seek), 0
 
-    def _bad(self, err: BadRecordError) -> None:
-        if self.on_bad == "error":
-            raise err
-        self.skipped += 1
-
-    def _next_shard(self) -> None:
-        if self._seen == 0 and self.record == 0:
-            self._bad(BadRecordError(self._path(), -1, "empty shard: no records"))
-        self._it, self.record, self.shard, self.resume = None, 0, self.shard + 1, None
-        if self.shard == len(self.paths):
-            if self._good_in_epoch == 0:
-                raise EmptySourceError(f"no readable record in {len(self.paths)} shard(s): "
-                                       f"{', '.join(self.paths[:3])}{' …' if len(self.paths) > 3 else ''}")
-            self.epoch, self.shard, self._good_in_epoch = self.epoch + 1, 0, 0
-
-    def next(self) -> tuple[Any, dict]:
+    def _read(self) -> tuple[Any, str, int, int, dict]:
+        """The next record: (record dict or BadRecordError, shard path, index, epoch, cursor after)."""
         while True:
             if self._it is None:
                 self._open()
             item = next(self._it, None)
             if item is None:
-                self._next_shard()
+                path, epoch, empty = self._path(), self.epoch, self._seen == 0 and self.record == 0
+                self._it, self.record, self.shard, self.resume = None, 0, self.shard + 1, None
+                if self.shard == len(self.paths):
+                    self.epoch, self.shard = self.epoch + 1, 0
+                if empty:
+                    return BadRecordError(path, -1, "empty shard: no records"), path, -1, epoch, self._cursor()
                 continue
             self._seen += 1
             idx, rec = item
             self.record = idx + 1
             self.resume = rec.pop(rd.RESUME, None) if isinstance(rec, dict) else None
-            try:
-                if isinstance(rec, BadRecordError):
-                    raise rec
-                sample = self.parse(rec, self._path(), idx)
-            except BadRecordError as err:
-                self._bad(err)
-                continue
-            self._good_in_epoch += 1
-            return sample, {"epoch": self.epoch, "shard": self.shard, "record": idx}
+            return rec, self._path(), idx, self.epoch, self._cursor()
+
+    def _consume(self, outcome: Any, path: str, idx: int, epoch: int, after: dict) -> tuple[Any, dict] | None:
+        """Account for one record read: its sample and position, or None (skipped)."""
+        if epoch != self._epoch_seen:
+            if self._good_in_epoch == 0:
+                raise EmptySourceError(f"no readable record in {len(self.paths)} shard(s): "
+                                       f"{', '.join(self.paths[:3])}{' …' if len(self.paths) > 3 else ''}")
+            self._epoch_seen, self._good_in_epoch = epoch, 0
+        self._consumed = after
+        if isinstance(outcome, BadRecordError):
+            if self.on_bad == "error":
+                raise outcome
+            self.skipped += 1
+            return None
+        self._good_in_epoch += 1
+        return outcome, {"epoch": epoch, "shard": after["shard"], "record": idx}
+
+    def _parse_here(self, rec: Any, path: str, idx: int) -> Any:
+        if isinstance(rec, BadRecordError):
+            return rec
+        try:
+            return self.parse(rec, path, idx)
+        except BadRecordError as err:
+            return err
+
+    def next(self) -> tuple[Any, dict]:
+        while True:
+            if self.prefetch is None:
+                rec, path, idx, epoch, after = self._read()
+                got = self._consume(self._parse_here(rec, path, idx), path, idx, epoch, after)
+            else:
+                got = self._next_prefetched()
+            if got is not None:
+                return got
+
+    def _next_prefetched(self) -> tuple[Any, dict] | None:
+        self.prefetch.fill(self._read)
+        return self._consume(*self.prefetch.next())
 
     def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "shard": self.shard, "record": self.record}
-        return state if self.resume is None else state | {"resume": self.resume}
+        return dict(self._consumed)
 
     def load_state_dict(self, state: dict) -> None:
+        if self.prefetch is not None:
+            self.prefetch.clear()  # read ahead of a position no longer current
         self.epoch, self.shard, self.record = (int(state[k]) for k in ("epoch", "shard", "record"))
         self.resume = int(state["resume"]) if state.get("resume") is not None else None
-        self._it, self._good_in_epoch = None, 1  # resumed mid-epoch: records were read before
+        self._it, self._consumed = None, self._cursor()
+        self._epoch_seen, self._good_in_epoch = self.epoch, 1  # resumed mid-epoch: records were read before
 
 
 # --- parsers: record → sample -----------------------------------------------------------------
@@ -254,8 +299,20 @@ def llava_parser(source, image_size: int) -> Callable:
                    storage=files.storage_of(source))
 
 
+def decodes_file(image: Any) -> bool:
+    """Whether `image` is a file's image left undecoded (which a data worker can decode)."""
+    return isinstance(image, LazyImage) and image.fn in (rd.decode_image, _read_image)
+
+
+def image_size_for(source, image_size: int) -> int:
+    """The size images of `source` are decoded to: `image_size`, or with `resize = "device"` a
+    `DeviceResize` (decoded at least that large, resized once on the model's device)."""
+    return rd.DeviceResize(image_size) if source.option("resize", "cpu") == "device" else image_size
+
+
 def _reader(source, image_size: int) -> tuple[Callable, Callable]:
     """(iterate a shard, parse a record) for a shard-backed source kind."""
+    image_size = image_size_for(source, image_size)
     text = partial(parse_text, key=source.option("text_field", "text"))
     store = files.storage_of(source)
     jsonl, parquet = partial(rd.iter_jsonl, storage=store), partial(rd.iter_parquet, storage=store)
@@ -287,6 +344,14 @@ def open_source(source, role: str, *, image_size: int = 32, seed: int = 0,
             return WorldSource(wd.text)
         fn = wd.pair if role == "pairs" else wd.instruction
         return WorldSource(partial(fn, image_size=image_size), partial(fn, image_size=image_size, lazy=True))
+    if source.kind == "tokens":  # pre-tokenised: reading a memory-mapped array is all there is
+        from models.data import tokens as tk
+
+        shuffle = tk.origin_source(source).option("shuffle_shards", True)
+        src = ShardSource(tk.token_shards(source), tk.iter_tokens, tk.parse_tokens, seed=seed,
+                          on_bad_record=on_bad_record, shuffle_shards=bool(shuffle))
+        src.parallel = False
+        return src
     it, parse = _reader(source, image_size)
     lazy = partial(parse, lazy=True) if role != "text" else None
     return ShardSource(resolve_paths(source), it, parse, seed=seed, on_bad_record=on_bad_record,

@@ -13,6 +13,8 @@ on counters kept in the state, so a resumed stream yields exactly the uninterrup
 
 from __future__ import annotations
 
+from typing import Any
+
 from models.data.errors import DataError
 from models.data.packing import (
     TextPacker,
@@ -21,8 +23,10 @@ from models.data.packing import (
     rank_rows,
     rows_to_batch,
     text_row,
+    token_ids,
 )
-from models.data.types import LOSS_NONE, Batch
+from models.data.sources import decodes_file
+from models.data.types import LOSS_NONE, Batch, materialise
 
 
 class BatchStream:
@@ -36,6 +40,7 @@ class BatchStream:
     """
 
     rank, world = 0, 1
+    pool = None  # a models.data.workers.WorkerPool parsing this stream's file records ahead
 
     def __iter__(self) -> "BatchStream":
         return self
@@ -49,9 +54,19 @@ class BatchStream:
     def _image_sources(self) -> list:
         return []
 
+    def worker_parts(self) -> list[tuple[str, Any]]:
+        """(role, source) of each file source whose records data workers may parse."""
+        return [(role, s) for role, s in self._roles() if getattr(s, "parallel", True) and hasattr(s, "attach")]
+
+    def _roles(self) -> list[tuple[str, Any]]:
+        return []
+
     def _mine(self, rows: list, row_images: list[list], pad_id: int,
               counts: list[int] | None = None) -> tuple[list, list, list[int]]:
-        return rank_rows(rows, row_images, self.rank, self.world, pad_id, counts)
+        rows, images, counts = rank_rows(rows, row_images, self.rank, self.world, pad_id, counts)
+        if self.pool is not None and any(decodes_file(im) for im in images):
+            images = self.pool.materialise([im if decodes_file(im) else materialise(im) for im in images])
+        return rows, images, counts
 
     def __next__(self) -> Batch:
         raise NotImplementedError
@@ -83,6 +98,9 @@ class TextStream(BatchStream):
         rows, _, _ = self._mine(rows, [[] for _ in rows], self.tok.pad_id)
         return rows_to_batch(rows, [], pad_id=self.tok.pad_id, image_counts=[0], image_size=1,
                              skipped=self.source.skipped - before)
+
+    def _roles(self) -> list[tuple[str, Any]]:
+        return [("text", self.source)]
 
     def state_dict(self) -> dict:
         return {"batches": self.batches, "text": self.packer.state_dict()}
@@ -127,6 +145,10 @@ class MixedStream(BatchStream):
 
     def _image_sources(self) -> list:
         return [s for s in (self.pairs, self.instructions) if s is not None]
+
+    def _roles(self) -> list[tuple[str, Any]]:
+        return [(r, s) for r, s in (("text", self.text), ("pairs", self.pairs),
+                                    ("instructions", self.instructions)) if s is not None]
 
     def _deviation(self) -> float:
         return self.counts["image"] - self.ratio * self.counts["total"]
@@ -231,7 +253,7 @@ class CaptionPairStream(BatchStream):
         rows, images = [], []
         for _ in range(self.B):
             (image, caption), _ = self.source.next()
-            ids = (self.tok.encode(caption)[: self.Lc - 1] + [self.tok.eos_id])
+            ids = (token_ids(self.tok, caption)[: self.Lc - 1] + [self.tok.eos_id])
             pad = self.Lc + 1 - len(ids)
             rows.append((ids + [self.tok.pad_id] * pad, [1] * len(ids) + [LOSS_NONE] * pad))
             images.append(image)
@@ -240,6 +262,9 @@ class CaptionPairStream(BatchStream):
                               image_size=self.image_size, skipped=self.source.skipped - before)
         batch.n_image_tokens = batch.n_tokens
         return batch
+
+    def _roles(self) -> list[tuple[str, Any]]:
+        return [("pairs", self.source)]
 
     def state_dict(self) -> dict:
         return {"batches": self.batches, "source": self.source.state_dict()}

@@ -38,7 +38,8 @@ class Batch:
     tokens: np.ndarray  # int64 [B, L]; image positions hold image_id, one per image token
     targets: np.ndarray  # int64 [B, L]; next-token targets, IGNORE where no loss
     loss_kind: np.ndarray  # int8 [B, L]; 0 text, 1 caption, 2 instruction response, -1 none
-    images: np.ndarray  # float32 [N, 3, H, W], normalised, in order of appearance (row-major)
+    images: np.ndarray  # uint8 [N, H, W, 3] as decoded, in order of appearance (row-major); the
+    # model normalises them on its device (models.vision.pixels)
     n_tokens: int  # non-pad tokens
     n_image_tokens: int  # tokens from image data: placeholders + caption/instruction tokens + EOS
     skipped_records: int = 0  # bad records skipped while producing this batch

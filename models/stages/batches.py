@@ -3,11 +3,15 @@ this rank's rows (DDP) and into micro-batches, and the stream wrapper a DataLoad
 
 Resumability: each batch travels with the data stream's state *after* it, so a checkpoint taken
 after optimizer step s records exactly where step s+1's batch starts, however far Lightning
-prefetches.
+prefetches. The stream's file records are parsed, decoded and tokenised ahead by data worker
+processes (`models.data.workers`) when the run has any; packing stays here, so the batches are the
+same for every worker count. Each batch carries `data_wait_s`, the seconds the training process
+spent getting it (packing plus any wait for the workers): the step's metrics record it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -18,7 +22,7 @@ from models.data.types import IGNORE, LOSS_NONE
 
 
 def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
-    """A data-layer Batch (numpy arrays) as tensors; images may be empty."""
+    """A data-layer Batch (numpy arrays) as tensors; images may be empty and keep their dtype."""
     out: dict[str, torch.Tensor | int] = {
         "tokens": torch.as_tensor(np.asarray(batch.tokens, dtype=np.int64)),
         "targets": torch.as_tensor(np.asarray(batch.targets, dtype=np.int64)),
@@ -26,8 +30,8 @@ def to_tensors(batch: Any) -> dict[str, torch.Tensor | int]:
         "skipped_records": int(getattr(batch, "skipped_records", 0)),
     }
     images = getattr(batch, "images", None)
-    if images is not None and len(images):
-        out["images"] = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    if images is not None and len(images):  # uint8 from files and the world, float32 synthetic
+        out["images"] = torch.as_tensor(np.ascontiguousarray(images))
     return out
 
 
@@ -91,22 +95,35 @@ def micro_batches(batch: dict[str, Any], size: int, image_id: int, image_tokens:
 
 
 class StreamDataset(IterableDataset):
-    """Yields (tensors, stream state after this batch) from a BatchStream, finite or infinite."""
+    """Yields (tensors, stream state after this batch) from a BatchStream, finite or infinite;
+    the tensors hold `data_wait_s`. With `pin`, images go to pinned memory, so that the copy to
+    the GPU (Lightning's, non-blocking) overlaps the step."""
 
-    def __init__(self, stream: Any, split: Callable[[dict], dict] | None = None) -> None:
-        self.stream, self.split = stream, split
+    def __init__(self, stream: Any, split: Callable[[dict], dict] | None = None, pin: bool = False) -> None:
+        self.stream, self.split, self.pin = stream, split, pin
 
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
-        for batch in self.stream:
+        it = iter(self.stream)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
             tensors = to_tensors(batch)
-            yield (self.split(tensors) if self.split else tensors), self.stream.state_dict()
+            if self.pin and "images" in tensors:
+                tensors["images"] = tensors["images"].pin_memory()
+            tensors = self.split(tensors) if self.split else tensors
+            tensors["data_wait_s"] = time.perf_counter() - start
+            yield tensors, self.stream.state_dict()
 
 
 def _first(item: Any) -> Any:
     return item
 
 
-def make_loader(stream: Any, split: Callable[[dict], dict] | None = None) -> DataLoader:
-    # num_workers=0: the stream's position must be the main process's to checkpoint it exactly.
-    return DataLoader(StreamDataset(stream, split), batch_size=None, num_workers=0,
+def make_loader(stream: Any, split: Callable[[dict], dict] | None = None, pin: bool = False) -> DataLoader:
+    # num_workers=0: the stream's position (packing state) stays in this process to checkpoint it
+    # exactly; the parallel work runs in the stream's own data workers (models.data.workers).
+    return DataLoader(StreamDataset(stream, split, pin), batch_size=None, num_workers=0,
                       collate_fn=_first)

@@ -112,7 +112,8 @@ class Checkpointer(L.Callback):
             self._save(module, [self.latest])
         if self.progress and module.global_rank == 0 and now - self._last_progress >= opts.progress_every_s:
             self._last_progress = now
-            self.progress(module.step_count * module.tokens_per_step, module.last_tokens_per_s)
+            self.progress(module.step_count * module.tokens_per_step, module.last_tokens_per_s,
+                          module.take_data_wait_share())
         # A skipped batch (models.stages.guard) moves the step counter without an optimizer step,
         # so Lightning's max_steps may not end the fit at the last step: this does.
         if module.step_count >= (self.total_steps if self.stop_at is None else min(self.stop_at, self.total_steps)):

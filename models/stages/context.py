@@ -20,7 +20,7 @@ class Context:
     dir: Path
     options: RunOptions
     data: Any  # the data provider module (models.data, or models.synthetic in tests)
-    progress: Callable[[int, int, float], None]
+    progress: Callable[..., None]  # (tokens, total tokens, tokens/s, data-wait share or None)
     writes_files: bool = True  # global rank 0: the one rank that writes the step's files
 
 

@@ -61,6 +61,7 @@ class StageModule(L.LightningModule):
         # `rows` is read), so that a training step never waits for the accelerator.
         self._pending: list[tuple[int, list[tuple[str, int]], torch.Tensor, dict[str, float]]] = []
         self.last_tokens_per_s = 0.0
+        self._window = [0.0, 0.0]  # data wait and step seconds since `take_data_wait_share`
         self.data_state: dict | None = None  # the stream's position after the last trained batch
         self.resume: dict[str, Any] | None = None  # optimizer / RNG state to restore at start
         self._last_time: float | None = None
@@ -95,8 +96,12 @@ class StageModule(L.LightningModule):
         return torch.optim.AdamW(self.param_groups(), lr=self.schedule.lr_at(self.step_count),
                                  betas=(self.optim.beta1, self.optim.beta2), fused=cuda or None)
 
+    def on_fit_start(self) -> None:
+        # The first step's clock starts before Lightning fetches its batch (which it does before
+        # on_train_start), so that its time holds its data wait: its tokens/s includes warm-up.
+        self._last_time = time.perf_counter()
+
     def on_train_start(self) -> None:
-        self._last_time = time.perf_counter()  # the first step's tokens/s includes warm-up
         if self.resume is None:
             return
         optimizer, strategy = self.optimizers().optimizer, self.trainer.strategy
@@ -130,7 +135,8 @@ class StageModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.step_count += 1
         self.data_state = data_state
-        self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)))
+        self._record(loss, parts, lr, grad_norm, int(batch.get("skipped_records", 0)),
+                     float(batch.get("data_wait_s", 0.0)))
 
     @property
     def world(self) -> int:
@@ -175,7 +181,7 @@ class StageModule(L.LightningModule):
         return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
 
     def _record(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float,
-                grad_norm: torch.Tensor, skipped: int) -> None:
+                grad_norm: torch.Tensor, skipped: int, data_wait_s: float = 0.0) -> None:
         layout, flat = [], []
         for name, value in {"train_loss": loss.detach(), **parts}.items():
             value = value.detach().float().reshape(-1)
@@ -186,8 +192,12 @@ class StageModule(L.LightningModule):
         values = torch.cat([values, grad_norm.detach().float().reshape(1).to(values.device)])
         now = time.perf_counter()
         tps = self.tokens_per_step / (now - self._last_time) if self._last_time else float("nan")
+        if self._last_time:
+            self._window[0] += data_wait_s
+            self._window[1] += now - self._last_time
         self._last_time, self.last_tokens_per_s = now, tps
-        host = {"lr": lr, "tokens_per_s": tps, "skipped_records": float(skipped)}
+        host = {"lr": lr, "tokens_per_s": tps, "skipped_records": float(skipped),
+                "data_wait_s": data_wait_s}
         self._pending.append((self.step_count, layout, values, host))
         if len(self._pending) >= self.FLUSH_STEPS:
             self._flush()
@@ -206,7 +216,7 @@ class StageModule(L.LightningModule):
             row = part_means(parts)  # train_loss first, then the parts present, then grad_norm
             grad_norm = row.pop("grad_norm")
             row.update(lr=host["lr"], grad_norm=grad_norm, tokens_per_s=host["tokens_per_s"],
-                       skipped_records=host["skipped_records"])
+                       skipped_records=host["skipped_records"], data_wait_s=host["data_wait_s"])
             tokens = step * self.tokens_per_step
             self._rows.extend((step, tokens, k, v) for k, v in row.items())
             if self._spike_window is None:
@@ -215,6 +225,12 @@ class StageModule(L.LightningModule):
             if spike is not None:
                 self._rows.append(spike)
         self._pending.clear()
+
+    def take_data_wait_share(self) -> float | None:
+        """The share of step time spent waiting for data since the last call (progress.json)."""
+        wait, total = self._window
+        self._window = [0.0, 0.0]
+        return wait / total if total > 0 else None
 
     @property
     def rows(self) -> list[tuple[int, int, str, float]]:

@@ -65,7 +65,8 @@ def _train(ctx: Context, module: StageModule, stream: Any, total: int, *,
     checkpointer = Checkpointer(
         latest=sf.paths_of(ctx.root, ctx.step).latest,
         total_steps=total, fraction_paths=fractions or {}, options=options or ctx.options,
-        progress=lambda tokens, tps: ctx.progress(tokens, total_tokens, tps), stop_at=stop_at)
+        progress=lambda tokens, tps, wait=None: ctx.progress(tokens, total_tokens, tps, wait),
+        stop_at=stop_at)
     # A trunk replaying a fraction checkpoint retrains steps its run holds already: not tracked.
     tracking = open_tracking(ctx.step, ctx.dir) if track and ctx.writes_files else None
     try:

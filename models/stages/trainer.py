@@ -120,14 +120,20 @@ def fit(module: StageModule, stream: Any, *, options: RunOptions, total_steps: i
                            loggers=tracking.loggers if tracking else None)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from models.data.workers import start_workers
+
+    pool = start_workers(stream, options.data_workers) if hasattr(stream, "worker_parts") else None
+    pin = torch.cuda.is_available() and options.accelerator != "cpu"
     try:
-        trainer.fit(module, train_dataloaders=make_loader(stream, split))
+        trainer.fit(module, train_dataloaders=make_loader(stream, split, pin))
     except SIGTERMException as exc:
         # A SIGTERM before the checkpointer took the signal over (during setup): the module is at
         # a step boundary; save it, and stop the way every preemption does.
         checkpointer.save_latest(module)
         raise ck.Preempted(f"SIGTERM: checkpointed at step {module.step_count}") from exc
     finally:
+        if pool is not None:
+            pool.close()
         _end_process_group()
 
 

@@ -191,6 +191,13 @@ def run_run(args: argparse.Namespace, plan: Any = None) -> int:
     return code
 
 
+def _data_bound(share: Any) -> str:
+    """"data-bound (…)" when a step waited for data more than DATA_BOUND_SHARE of its time."""
+    if share is None or share <= sf.DATA_BOUND_SHARE:
+        return ""
+    return f"  data-bound: {100 * share:.0f}% of step time waiting for data (more data_workers?)"
+
+
 def format_table(plan: Any, statuses: dict[str, StepStatus]) -> str:
     counts = summary(statuses)
     lines = [f"{plan.study.name}: {len(statuses)} steps under {plan.root}: "
@@ -200,12 +207,16 @@ def format_table(plan: Any, statuses: dict[str, StepStatus]) -> str:
             events = training_events(plan.root, s)
             if events:  # a done step that spiked, skipped batches or rewound: worth a look
                 lines.append(f"  {s.state:<13} {s.kind:<8} {s.step_id}  {events}")
+            result = sf.read_result(sf.step_paths(plan.root, s.kind, s.step_id).dir) or {}
+            if _data_bound(result.get("data_wait_share")):
+                lines.append(f"  {s.state:<13} {s.kind:<8} {s.step_id}{_data_bound(result['data_wait_share'])}")
             continue
         line = f"  {s.state:<13} {s.kind:<8} {s.step_id}"
         if s.job_id:
             line += f"  job {s.job_id}"
         if s.progress and s.progress.get("total_tokens"):
             line += f"  {100 * s.progress['tokens'] / s.progress['total_tokens']:.0f}%"
+            line += _data_bound(s.progress.get("data_wait_share"))
         if s.reason:
             line += f"  {s.reason}"
         if s.state == FAILED and s.log:

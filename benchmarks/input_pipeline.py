@@ -1,0 +1,345 @@
+"""Input-pipeline throughput on files in the paper data's published layouts, at 79m shapes: per
+stage, tokens/s of the old in-process path and of the data-worker loader with 1 and 2 workers, the
+tokens each CPU-second buys, and the cores one GPU needs to be fed 1.5× an H200's 79m rate.
+
+    .venv/bin/python benchmarks/input_pipeline.py [--seconds 6] [--skip-e2e]
+
+The fixture is made here, seeded: a WebDataset shard of 384×384 JPEGs (~31 KB) with .txt captions,
+DCLM-style jsonl.zst documents of 200–2,000 words, a byte-level BPE tokenizer.json trained on them
+with `tokenizers`, LLaVA-format conversations over JPEG files, and the text pre-tokenised with
+`models.data.tokenize`. Stages: trunk (seq 2048) on the fly and pre-tokenised; image stage (seq
+1024, 196 image tokens of 224 px) at 20% and 100% image tokens; fine-tune on the conversations.
+
+"old": the in-process path as it was — decode with an unconditional RGB conversion and no JPEG
+draft, float32 normalisation of every image on the CPU, float32 tensors. "new N": this loader
+(`models.data.workers`, uint8 images normalised on the device) with N worker processes. CPU time
+is the training process's plus its workers' (from /proc), so "tokens per CPU-second" is what one
+core buys; cores per H200 = 1.5 × 1.05M tokens/s ÷ that. Also measured: one resize on the CPU
+(PIL bicubic) against one on the device after the uint8 copy (torch bicubic with antialias, run
+on this CPU as a stand-in), and end to end the `1m` trunk trained from files through the loader
+against the same step fed from memory (`train_throughput.py`'s baseline). Last line:
+`result: image20 per-core speedup …x, 2-worker scaling …x, cores per H200 at 79m: image20 …, text …, pre-tokenised …`
+where image20 is the image stage with `resize = "device"` ("image20 dev"; the CPU-resize figures are
+printed above it), the per-core speedup compares tokens per CPU-second of the loader with one
+worker against the old path, and the scaling compares tokens/s with 2 workers against 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+H200_79M_TOKENS_PER_S = 1.05e6  # benchmarks/gpu_mfu.py at 79m on one H200
+FEED_MARGIN = 1.5
+IMAGE_SIZE, IMAGE_TOKENS, SOURCE_SIDE = 224, 196, 384
+
+
+# -- fixture --------------------------------------------------------------------------------------
+
+def _words(rng: np.random.Generator, n: int) -> list[str]:
+    syllables = ["ka", "lo", "mi", "ter", "an", "sol", "ve", "ri", "du", "pen", "or", "la", "qua", "zi"]
+    return ["".join(rng.choice(syllables, rng.integers(1, 4))) for _ in range(n)]
+
+
+def _sentence(rng, vocab, p, n) -> str:
+    return " ".join(vocab[i] for i in rng.choice(len(vocab), n, p=p))
+
+
+def _photo(rng: np.random.Generator) -> bytes:
+    """A 384×384 JPEG of ~31 KB: smooth colour fields plus grain, as photos compress."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:SOURCE_SIDE, 0:SOURCE_SIDE] / SOURCE_SIDE
+    f = rng.uniform(2, 9, (3, 2))
+    base = np.stack([128 + 90 * np.sin(f[c, 0] * x + c) * np.cos(f[c, 1] * y - c) for c in range(3)], -1)
+    img = np.clip(base + rng.normal(0, 9, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def make_fixture(root: Path, seed: int = 0, docs: int = 240, images: int = 192) -> dict:
+    import zstandard
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    rng = np.random.default_rng(seed)
+    vocab = _words(rng, 20_000)
+    p = 1.0 / np.arange(1, len(vocab) + 1)
+    p /= p.sum()  # Zipf
+    texts = [_sentence(rng, vocab, p, int(rng.integers(200, 2001))) for _ in range(docs)]
+    (root / "text").mkdir()
+    for s in range(4):
+        lines = "".join(json.dumps({"text": t}) + "\n" for t in texts[s::4]).encode()
+        (root / "text" / f"{s:05d}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=16_384, special_tokens=["<|endoftext|>", "<|padding|>", "<image>", "<user>", "<assistant>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.save(str(root / "tokenizer.json"))
+    photos = [_photo(rng) for _ in range(images)]
+    (root / "images").mkdir()
+    with tarfile.open(root / "pairs-00000.tar", "w") as tar:
+        for i, jpg in enumerate(photos):
+            (root / "images" / f"{i:05d}.jpg").write_bytes(jpg)
+            caption = _sentence(rng, vocab, p, int(rng.integers(8, 21))).encode()
+            for ext, data in (("jpg", jpg), ("txt", caption)):
+                info = tarfile.TarInfo(f"{i:05d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    llava = [{"id": str(i), "image": f"images/{i % images:05d}.jpg", "conversations": [
+        {"from": "human", "value": "<image>\n" + _sentence(rng, vocab, p, 12)},
+        {"from": "gpt", "value": _sentence(rng, vocab, p, int(rng.integers(10, 60)))},
+        {"from": "human", "value": _sentence(rng, vocab, p, 10)},
+        {"from": "gpt", "value": _sentence(rng, vocab, p, int(rng.integers(10, 60)))}]} for i in range(256)]
+    (root / "llava.json").write_text(json.dumps(llava))
+    return {"jpeg_kb": np.mean([len(j) for j in photos]) / 1024, "docs": docs, "images": images}
+
+
+def sources(root: Path) -> dict:
+    from models.data.tokenize import write_tokens
+    from models.steps import DataSource
+
+    tok = (("tokenizer", str(root / "tokenizer.json")),)
+    text = DataSource(name="text", kind="jsonl", paths=(str(root / "text" / "*.jsonl.zst"),), options=tok)
+    if not (root / "tokens").exists():
+        write_tokens(text, root / "tokens")
+    return {"text": text,
+            "tokens": DataSource(name="tokens", kind="tokens", paths=(str(root / "tokens"),)),
+            "pairs": DataSource(name="pairs", kind="webdataset", paths=(str(root / "pairs-00000.tar"),), options=tok),
+            "llava": DataSource(name="llava", kind="llava", paths=(str(root / "llava.json"),))}
+
+
+def stages(src: dict) -> dict:
+    import dataclasses
+
+    from models import data as d
+
+    tok = d.get_tokenizer(src["text"])
+    device = dataclasses.replace(src["pairs"], options=src["pairs"].options + (("resize", "device"),))
+    image = dict(seq_len=1024, instruction_share=0.0, image_size=IMAGE_SIZE, image_tokens=IMAGE_TOKENS, seed=0)
+    return {
+        "trunk": lambda: d.text_stream(src["text"], tok, batch_size=8, seq_len=2048, seed=0),
+        "pre-tokenised": lambda: d.text_stream(src["tokens"], tok, batch_size=8, seq_len=2048, seed=0),
+        "image20": lambda: d.mixed_stream(src["text"], src["pairs"], None, tok, batch_size=16,
+                                          image_ratio=0.2, **image),
+        "image100": lambda: d.mixed_stream(None, src["pairs"], None, tok, batch_size=16,
+                                           image_ratio=1.0, **image),
+        "image20 dev": lambda: d.mixed_stream(src["text"], device, None, tok, batch_size=16,
+                                              image_ratio=0.2, **image),
+        "image100 dev": lambda: d.mixed_stream(None, device, None, tok, batch_size=16,
+                                               image_ratio=1.0, **image),
+        "finetune": lambda: d.finetune_epochs(src["llava"], tok, batch_size=16, seq_len=1024,
+                                              image_size=IMAGE_SIZE, image_tokens=IMAGE_TOKENS,
+                                              epochs=1000, seed=0),
+    }
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds of this process (all threads) and of `pids` (children, from /proc)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def old_decode_image(data: bytes, image_size: int, shard: str, index: int) -> np.ndarray:
+    """The decode before this loader: always convert, never draft."""
+    from PIL import Image
+
+    from models.data.errors import BadRecordError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            if im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            return np.asarray(im, dtype=np.uint8)
+    except Exception as exc:
+        raise BadRecordError(shard, index, f"undecodable image ({exc})") from None
+
+
+def _old_batches(stream):
+    """The old hand-off: float32 normalisation on the CPU, float32 tensors."""
+    from models.data.world.render import normalise
+    from models.stages.batches import to_tensors
+    for batch in stream:
+        if len(batch.images):
+            batch.images = np.asarray(normalise(batch.images), dtype=np.float32)
+        yield to_tensors(batch)
+
+
+def measure(make, workers: int | None, seconds: float) -> dict:
+    """tokens/s and tokens per CPU-second of a stage; workers None = the old in-process path."""
+    from models.data import readers as rd
+    from models.data.workers import start_workers
+    from models.stages.batches import StreamDataset
+
+    saved = rd.decode_image
+    if workers is None:
+        rd.decode_image = old_decode_image
+    try:
+        stream = make()
+        pool = start_workers(stream, workers or 0)
+        it = _old_batches(stream) if workers is None else (t for t, _ in StreamDataset(stream))
+        pids = [p.pid for p in pool.procs] if pool else []
+        next(it)  # warm-up: worker start, caches
+        cpu0, t0, tokens = _cpu_s(pids), time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            tokens += next(it)["tokens"].numel()
+        wall, cpu = time.perf_counter() - t0, _cpu_s(pids) - cpu0
+        if pool:
+            pool.close()
+    finally:
+        rd.decode_image = saved
+    return {"tokens_per_s": tokens / wall, "per_cpu_s": tokens / max(cpu, 1e-9), "cpu_share": cpu / wall}
+
+
+def resize_costs(root: Path, n: int = 40) -> dict:
+    """ms per image: decode (+ draft where it applies), PIL bicubic resize on the CPU, and torch
+    bicubic-antialias resize of the uint8 copy (as the device would, here on the CPU)."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    jpgs = [p.read_bytes() for p in sorted((root / "images").iterdir())[:n]]
+
+    def timed(fn) -> float:  # CPU time: a shared machine's load does not inflate it
+        fn(jpgs[0])
+        t = time.process_time()
+        for j in jpgs:
+            fn(j)
+        return (time.process_time() - t) / len(jpgs) * 1e3
+
+    def decode(j):
+        return np.asarray(Image.open(io.BytesIO(j)))
+    decoded = [decode(j) for j in jpgs]
+    cpu = timed(lambda j: Image.open(io.BytesIO(j)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+    batch = torch.from_numpy(np.stack(decoded))
+    t = time.process_time()
+    x = batch.permute(0, 3, 1, 2).float()
+    F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True, align_corners=False)
+    device = (time.process_time() - t) / len(jpgs) * 1e3
+    return {"decode": timed(decode), "decode+cpu_resize": cpu, "torch_resize": device}
+
+
+def end_to_end(steps: int = 60, rounds: int = 3) -> float:
+    """The 1m trunk's tokens/s trained from files through the loader (1 worker) ÷ fed from memory."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
+    from train_throughput import ListStream, StepTimes, tokens_per_s
+
+    from models import data as d
+    from models.config import OptimConfig, RunOptions
+    from models.data.materialize import read_world_manifest, write_world
+    from models.presets import get_preset
+    from models.schedules import trunk_schedule
+    from models.stages import trainer as base
+    from models.stages.checkpointer import Checkpointer
+    from models.stages.lm import TrunkModule
+    from models.steps import DataSource
+    from models.vlm import VLM
+
+    preset = get_preset("1m")
+    train, lm = preset.train, preset.model.lm
+    with tempfile.TemporaryDirectory() as tmp:
+        write_world(Path(tmp) / "w", 0, text_docs=2000, pairs=4, instructions=4, eval_items=4, shards=4)
+        s = read_world_manifest(Path(tmp) / "w")["sources"]["text"]
+        src = DataSource(name="text", kind=s["kind"], paths=tuple(s["paths"]),
+                         options=tuple(sorted(s.get("options", {}).items())))
+        tok = d.get_tokenizer(src)
+
+        def files():
+            return d.text_stream(src, tok, batch_size=train.batch_size, seq_len=train.seq_len, seed=0)
+        memory = ListStream([next(files()) for _ in range(8)])
+        best = {"files": 0.0, "memory": 0.0}
+        for r in range(rounds):
+            for name, stream, workers in (("files", files(), 1), ("memory", memory, 0)):
+                torch.manual_seed(0)
+                module = TrunkModule(VLM(lm), trunk_schedule(train, steps), optim=OptimConfig(),
+                                     tokens_per_step=train.batch_size * train.seq_len, image_id=tok.image_id)
+                timer, options = StepTimes(), RunOptions(checkpoint_every_s=math.inf, accelerator="cpu",
+                                                         data_workers=workers)
+                factory = base.make_trainer
+                base.make_trainer = (lambda o, m, cbs, factory=factory, timer=timer, **kw:
+                                     factory(o, m, cbs + [timer], **kw))
+                try:
+                    base.fit(module, stream, options=options, total_steps=steps, checkpointer=Checkpointer(
+                        latest=Path(tmp) / f"{name}{r}.pt", total_steps=steps, options=options))
+                finally:
+                    base.make_trainer = factory
+                best[name] = max(best[name], tokens_per_s(timer.times, 5, train.batch_size * train.seq_len))
+    return best["files"] / best["memory"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per stage and loader")
+    parser.add_argument("--skip-e2e", action="store_true", help="leave out the 1m end-to-end run")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        info = make_fixture(root)
+        src = sources(root)
+        print(f"fixture: {info['docs']} docs, {info['images']} JPEGs of {info['jpeg_kb']:.1f} KB "
+              f"({time.perf_counter() - t:.0f} s); load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        results: dict = {}
+        print(f"{'stage':<14}{'loader':<8}{'tokens/s':>11}{'tok/CPU-s':>11}{'CPU use':>9}")
+        for stage, make in stages(src).items():
+            loaders = [("new 1", 1), ("new 2", 2)]
+            if stage == "pre-tokenised":  # nothing of it runs in workers: the in-process loader is it
+                loaders = [("new 0", 0)]
+            elif not stage.endswith("dev"):  # the old path had no device resize
+                loaders = [("old", None), ("new 0", 0)] + loaders
+            for name, workers in loaders:
+                r = measure(make, workers, args.seconds)
+                results[(stage, name)] = r
+                print(f"{stage:<14}{name:<8}{r['tokens_per_s']:>11,.0f}{r['per_cpu_s']:>11,.0f}"
+                      f"{r['cpu_share']:>9.2f}", flush=True)
+        costs = resize_costs(root)
+        print("per image, CPU ms: decode {decode:.2f}; decode + PIL bicubic resize on the CPU "
+              "{decode+cpu_resize:.2f}; torch bicubic-antialias resize (device stand-in, on this CPU) "
+              "{torch_resize:.2f}".format(**costs))
+    if not args.skip_e2e:
+        print(f"end to end, 1m trunk from files (1 worker) / from memory: {end_to_end():.2f}x")
+    need = FEED_MARGIN * H200_79M_TOKENS_PER_S
+
+    def cores(stage: str, name: str) -> int:
+        return math.ceil(need / results[(stage, name)]["per_cpu_s"])
+    for stage in ("trunk", "image20", "image100", "image20 dev", "image100 dev", "finetune", "pre-tokenised"):
+        name = "new 0" if stage == "pre-tokenised" else "new 2"
+        print(f"cores per H200 at 79m, {stage}: {cores(stage, name)}")
+    for stage in ("image20", "image20 dev"):
+        speedup = results[(stage, "new 1")]["per_cpu_s"] / results[("image20", "old")]["per_cpu_s"]
+        print(f"{stage} per-core speedup over old (new 1): {speedup:.1f}x")
+    # The result line: the image stage with its resize on the device (resize = "device").
+    speedup = results[("image20 dev", "new 1")]["per_cpu_s"] / results[("image20", "old")]["per_cpu_s"]
+    scaling = results[("image20 dev", "new 2")]["tokens_per_s"] / results[("image20 dev", "new 1")]["tokens_per_s"]
+    print(f"result: image20 per-core speedup {speedup:.1f}x, 2-worker scaling {scaling:.2f}x, cores per "
+          f"H200 at 79m: image20 {cores('image20 dev', 'new 2')}, text {cores('trunk', 'new 2')}, "
+          f"pre-tokenised {cores('pre-tokenised', 'new 0')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Data worker processes: an ordered parallel map that parses, decodes and tokenises records ahead
+of the training step, outside the training process.
+
+The training process keeps the cheap, order-deciding work — walking the shards' record order and
+packing rows — and hands each record's expensive work (JPEG decode and resize, tokenisation) to a
+pool of spawned processes as a numbered task. Task t goes to worker t mod N and each worker answers
+in the order it was asked, so results are read back in submission order with no reordering
+protocol: the samples a stream sees, and therefore every batch, do not depend on N. Prefetched
+results are only a cache: a stream's checkpointed state is the position of the last record it
+*consumed*, and a resume (with any worker count) drops what was in flight.
+
+Why not torchdata's `StatefulDataLoader`: it runs one copy of an IterableDataset per worker and
+interleaves their batches, so the batch sequence (and what a checkpoint means) depends on the
+worker count; making our packed, mixed streams shard across its workers would split the single
+packing state that decides every row. An ordered map keeps that state in one place and still
+parallelises the part that costs (decode, tokenise): ~95% of a record's time.
+
+A worker that dies (OOM killer, SIGKILL) ends the wait with `DataWorkerError` naming it, its exit
+signal and the record it held, never a hang; a worker whose parent died exits by itself. A bad
+record found in a worker comes back as the same `BadRecordError` (shard, record, reason) the
+in-process path raises, so `on_bad_record` behaves identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import types
+from collections import deque
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from models.data.errors import BadRecordError
+from models.data.tokenizer import encode_chunks
+
+POLL_S = 0.5  # how often a wait checks that the workers are alive
+
+
+class DataWorkerError(RuntimeError):
+    """A data worker process died: the step fails with this reason (it resumes from a checkpoint)."""
+
+
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """Hide the parent's __main__ while workers are spawned: `spawn` would re-run the parent's main
+    script in each (a benchmark, a test runner); workers need only this module. (The launcher's
+    `sweep.launch.pool.bare_main` does the same for its own workers; models cannot import sweep.)"""
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = saved
+
+
+def _materialise(image: Any) -> Any:
+    return image() if callable(image) else image
+
+
+def _worker(jobs: Sequence[Callable], inbox: Any, outbox: Any, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process owns signals
+    while True:
+        try:
+            task = inbox.get(timeout=POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:  # the training process was killed: nobody will ask again
+                return
+            continue
+        if task is None:
+            return
+        ticket, key, args = task
+        try:
+            out = ("ok", jobs[key](*args))
+        except BadRecordError as err:  # its own constructor does not survive pickling: send fields
+            out = ("bad", (err.shard, err.index, err.reason))
+        except Exception as exc:  # noqa: BLE001 — reported in the training process, with its type
+            out = ("error", f"{type(exc).__name__}: {exc}")
+        outbox.put((ticket, *out))
+
+
+class WorkerPool:
+    """N worker processes running `jobs[key](*args)` tasks; `submit` numbers them, `result` returns
+    each task's value (or raises its BadRecordError) and may be asked in any order."""
+
+    def __init__(self, workers: int, jobs: Sequence[Callable]) -> None:
+        if workers < 1:
+            raise ValueError(f"a worker pool needs at least one worker, got {workers}")
+        ctx = mp.get_context("spawn")  # no fork of a process holding torch threads and CUDA state
+        self.jobs = [_materialise, *jobs]
+        self.inboxes = [ctx.Queue() for _ in range(workers)]
+        self.outboxes = [ctx.Queue() for _ in range(workers)]
+        self.procs = [ctx.Process(target=_worker, args=(self.jobs, i, o, os.getpid()), daemon=True,
+                                  name=f"vlmsweep-data-{w}")
+                      for w, (i, o) in enumerate(zip(self.inboxes, self.outboxes))]
+        with _bare_main():
+            for p in self.procs:
+                p.start()
+        self.next_ticket = 0
+        self.done: dict[int, tuple] = {}
+        self.about: dict[int, str] = {}  # ticket → what it is (for a dead worker's message)
+        self.cancelled: set[int] = set()
+
+    @property
+    def size(self) -> int:
+        return len(self.procs)
+
+    def job_key(self, job: Callable) -> int:
+        """The key of `job` (one of the jobs the pool was made with)."""
+        return next(k for k, j in enumerate(self.jobs) if j is job)
+
+    def submit(self, key: int, args: tuple, about: str = "") -> int:
+        ticket, self.next_ticket = self.next_ticket, self.next_ticket + 1
+        self.about[ticket] = about
+        self.inboxes[ticket % self.size].put((ticket, key, args))
+        return ticket
+
+    def cancel(self, tickets) -> None:
+        """Forget tasks whose results are no longer wanted (a stream resumed elsewhere)."""
+        for t in tickets:
+            if self.done.pop(t, None) is None:
+                self.cancelled.add(t)
+            self.about.pop(t, None)
+
+    def result(self, ticket: int) -> Any:
+        w = ticket % self.size
+        while ticket not in self.done:
+            self._drain(w, ticket)
+        self.about.pop(ticket, None)
+        status, value = self.done.pop(ticket)
+        if status == "bad":
+            raise BadRecordError(*value)
+        if status == "error":
+            raise DataWorkerError(f"data worker {w} failed on {self.about.get(ticket) or 'a task'}: {value}")
+        return value
+
+    def materialise(self, images: list) -> list:
+        """Images of a batch with lazy ones decoded by the workers (in order)."""
+        tickets = [self.submit(0, (im,), "an image") if callable(im) else None for im in images]
+        return [im if t is None else self.result(t) for im, t in zip(images, tickets)]
+
+    def _drain(self, w: int, waiting_for: int) -> None:
+        """Take worker w's next answer, or find it dead (after POLL_S without one)."""
+        try:
+            ticket, status, value = self.outboxes[w].get(timeout=POLL_S)
+        except queue.Empty:
+            self._check_alive(w, waiting_for)
+            return
+        if ticket in self.cancelled:
+            self.cancelled.discard(ticket)
+        else:
+            self.done[ticket] = (status, value)
+
+    def _check_alive(self, w: int, ticket: int) -> None:
+        proc = self.procs[w]
+        if proc.is_alive():
+            return
+        code = proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        held = self.about.get(ticket, "")
+        self.close()
+        raise DataWorkerError(f"data worker {w} (pid {proc.pid}) died ({how})"
+                              f"{' while reading ' + held if held else ''}; the step stops here and "
+                              "resumes from its last checkpoint when run again")
+
+    def close(self) -> None:
+        for box, p in zip(self.inboxes, self.procs):
+            if p.is_alive():
+                try:
+                    box.put(None)
+                except (OSError, ValueError):
+                    pass
+        for p in self.procs:
+            p.join(timeout=2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=2.0)
+        for box in (*self.inboxes, *self.outboxes):
+            box.cancel_join_thread()
+            box.close()
+        self.procs = []
+
+
+CHUNK = 8  # records per task: one round trip per 8 records (a short document is ~50 µs of work)
+
+
+class Prefetch:
+    """One source's records in flight, oldest first, sent to the workers CHUNK at a time.
+    `ahead` records per worker keep every worker busy while the training process is away (a step);
+    more would only hold memory and, at a start or resume, parse records dropped or needed much
+    later. Each record keeps what its source needs to consume it (shard, index, epoch, position)."""
+
+    def __init__(self, pool: WorkerPool, key: int, per_worker: int) -> None:
+        self.pool, self.key = pool, key
+        self.ahead = per_worker * pool.size
+        self.chunks: deque = deque()  # (ticket or None, [meta]); meta = (error or None, path, idx, epoch, after)
+        self.ready: deque = deque()  # (outcome, path, idx, epoch, after) of a chunk already back
+        self.in_flight = 0
+
+    def fill(self, read: Callable[[], tuple]) -> None:
+        """Read and send records until `ahead` are in flight."""
+        while self.in_flight < self.ahead:
+            metas, args = [], []
+            for _ in range(CHUNK):
+                rec, path, idx, epoch, after = read()
+                bad = rec if isinstance(rec, BadRecordError) else None
+                metas.append((bad, path, idx, epoch, after))
+                args.append((None if bad else rec, path, idx))
+            about = f"{metas[0][1]}: records {metas[0][2]}–{metas[-1][2]}"
+            self.chunks.append((self.pool.submit(self.key, (args,), about), metas))
+            self.in_flight += len(metas)
+
+    def next(self) -> tuple:
+        """(sample or BadRecordError, path, idx, epoch, cursor after) of the oldest record."""
+        if not self.ready:
+            ticket, metas = self.chunks.popleft()
+            for (bad, *where), out in zip(metas, self.pool.result(ticket)):
+                self.ready.append((bad or _outcome(out), *where))
+        self.in_flight -= 1
+        return self.ready.popleft()
+
+    def map_records(self, records: list[tuple]) -> list[tuple[str, Any]]:
+        """("ok", sample) or ("bad", BadRecordError) of each (rec, path, idx), in order."""
+        tickets = [self.pool.submit(self.key, (records[i:i + CHUNK],), f"{records[i][1]}: record {records[i][2]}")
+                   for i in range(0, len(records), CHUNK)]
+        outs = [_outcome(o) for t in tickets for o in self.pool.result(t)]
+        return [("bad", o) if isinstance(o, BadRecordError) else ("ok", o) for o in outs]
+
+    def clear(self) -> None:
+        self.pool.cancel(t for t, _ in self.chunks)
+        self.chunks.clear()
+        self.ready.clear()
+        self.in_flight = 0
+
+
+def _outcome(out: tuple) -> Any:
+    return BadRecordError(*out[1]) if out[0] == "bad" else out[1]
+
+
+# -- what the workers run for a stream ---------------------------------------------------------
+
+# Records in flight per worker and source: a 79m image-stage batch holds ~400 images and ~300
+# documents; 32 per worker keeps 8 workers ~2/3 of a batch ahead (~40 MB of 224 px images).
+PREFETCH_PER_WORKER = {"text": 32, "pairs": 32, "instructions": 32}
+
+
+def tokenise(tok: Any, role: str, sample: Any) -> Any:
+    """A parsed sample with its text as token ids (what `models.data.packing` accepts either way)."""
+    if role == "text":  # bounded pieces, kept as int32: a huge document costs ~4 bytes a token
+        return np.fromiter(itertools.chain.from_iterable(encode_chunks(tok, sample)), dtype=np.int32)
+    image, text = sample
+    if role == "pairs":
+        return image, tok.encode(text)
+    return image, [(tok.encode(q), tok.encode(a)) for q, a in text]
+
+
+class ParseJob:
+    """A worker's task for one source: parse records (decoding images) and tokenise their text;
+    each record's outcome ("ok", sample) or ("bad", (shard, index, reason)), None for a record
+    the reader already found bad (the training process holds its error)."""
+
+    def __init__(self, parse: Callable, tok: Any, role: str) -> None:
+        self.parse, self.tok, self.role = parse, tok, role
+
+    def __call__(self, records: list[tuple]) -> list[tuple | None]:
+        out: list[tuple | None] = []
+        for rec, shard, idx in records:
+            if rec is None:
+                out.append(None)
+                continue
+            try:
+                out.append(("ok", tokenise(self.tok, self.role, self.parse(rec, shard, idx))))
+            except BadRecordError as err:
+                out.append(("bad", (err.shard, err.index, err.reason)))
+        return out
+
+
+def start_workers(stream: Any, workers: int) -> WorkerPool | None:
+    """Hand the file sources of `stream` (`stream.worker_parts()`) to a pool of `workers`
+    processes; None (nothing changes) with no workers, no file source (the built-in world renders
+    in the training process), or in a daemonic process (which may not start any)."""
+    parts = stream.worker_parts() if workers > 0 else []
+    if not parts or mp.current_process().daemon:  # a daemonic process may not start processes
+        return None
+    jobs = [ParseJob(source.parse, stream.tok, role) for role, source in parts]
+    pool = WorkerPool(workers, jobs)
+    for (role, source), job in zip(parts, jobs):
+        source.attach(Prefetch(pool, pool.job_key(job), PREFETCH_PER_WORKER[role]))
+    stream.pool = pool
+    return pool
