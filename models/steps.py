@@ -147,12 +147,29 @@ def identity(obj: Any) -> Any:
         return identity(origin) if origin is not None else own
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: identity(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.metadata.get("identity", True) and not _at_added_default(f, getattr(obj, f.name))}
+                if f.metadata.get("identity", True) and not _at_added_default(f, getattr(obj, f.name))
+                } | _revision(obj)
     if isinstance(obj, (list, tuple)):
         return [identity(v) for v in obj]
     if isinstance(obj, Mapping):
         return {str(k): identity(v) for k, v in obj.items()}
     return obj
+
+
+# Inputs whose processing changed without any config field changing carry a revision in their
+# identity, so the steps that read them run again while every other step keeps its id (bumping
+# CODE_SALT would retrain the built-in world's studies too, which compute exactly as before).
+IMAGE_FILE_KINDS = ("webdataset", "parquet_images", "llava")
+DECODE_REVISION = 2  # image files: JPEG draft decoding when >= 2x the target, one bicubic resize
+HF_PIXELS_REVISION = 2  # the hf encoder: pixels normalised once by its mean/std (SigLIP saw [-3, 1])
+
+
+def _revision(obj: Any) -> dict[str, int]:
+    if isinstance(obj, DataSource) and obj.kind in IMAGE_FILE_KINDS:
+        return {"decode_revision": DECODE_REVISION}
+    if isinstance(obj, VisionConfig) and obj.kind == "hf":
+        return {"pixels_revision": HF_PIXELS_REVISION}
+    return {}
 
 
 def _at_added_default(f: dataclasses.Field, value: Any) -> bool:

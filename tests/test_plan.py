@@ -291,3 +291,15 @@ def test_a_seed_offset_replicates_the_demo_with_every_training_seed_moved():
         before = {s.config.seed for s in one.steps if s.kind == kind}
         after = {s.config.seed for s in two.steps if s.kind == kind}
         assert after == {seed + 10 for seed in before}, kind
+
+
+def test_a_processing_revision_renews_the_ids_of_steps_that_read_image_files_or_use_an_hf_encoder():
+    from models.config import VisionConfig
+    from models.steps import DECODE_REVISION, HF_PIXELS_REVISION, identity
+
+    world = DataSource(name="w", kind="world", options=(("seed", 0),))
+    shards = DataSource(name="s", kind="webdataset", paths=("/d/{0..1}.tar",))
+    assert "decode_revision" not in identity(world)  # the world's studies keep their ids
+    assert identity(shards)["decode_revision"] == DECODE_REVISION
+    assert "pixels_revision" not in identity(VisionConfig(kind="vit"))
+    assert identity(VisionConfig(kind="hf", hf_path="/m"))["pixels_revision"] == HF_PIXELS_REVISION
