@@ -100,5 +100,5 @@ def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, 
         best = [(f.scale, f.params, f.best_intro_fraction, f.intervals.get("intro_fraction")) for f in score_fits]
         out.append(f"\n{best_fraction_verdict(best, best_fraction_trend(score_fits))} ({score})")
     if skipped:
-        out += ["", "## Figures not drawn", ""] + [f"- {md_text(name)}: {md_text(why)}" for name, why in skipped]
+        out += ["", "## Figures not drawn", ""] + [f"- `{name}`: {md_text(why)}" for name, why in skipped]  # names: our figure ids
     return "\n".join(out) + "\n"
