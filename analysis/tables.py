@@ -100,5 +100,6 @@ def findings_markdown(*, study: str | None, n_runs: int, missing: pl.DataFrame, 
         best = [(f.scale, f.params, f.best_intro_fraction, f.intervals.get("intro_fraction")) for f in score_fits]
         out.append(f"\n{best_fraction_verdict(best, best_fraction_trend(score_fits))} ({score})")
     if skipped:
-        out += ["", "## Figures not drawn", ""] + [f"- `{name}`: {md_text(why)}" for name, why in skipped]  # names: our figure ids
+        # figure names are our own ids (code); the reasons may hold task names (escaped)
+        out += ["", "## Figures not drawn", ""] + [f"- `{name}`: {md_text(why)}" for name, why in skipped]
     return "\n".join(out) + "\n"
