@@ -2,8 +2,8 @@
 at, the study's total, and its makespan with each step on its configured nodes × GPUs.
 
 The MFU figures are `benchmarks/gpu_mfu.py` runs (bf16, torch.compile, one GPU, the paper
-study's micro-batches; peak 989 TFLOP/s dense bf16 for both cards): on an H100 the README's
-("GPU clusters"), on an H200 issue 16's. A scale measured on one card only borrows that card's
+study's micro-batches; peak 989 TFLOP/s dense bf16 for both cards): on an H100 and an H200 those
+of docs/gpu.md and docs/measurements.md. A scale measured on one card only borrows that card's
 figure and says so; the CPU presets were never measured (no GPU-hours). A step on N GPUs is
 assumed to run N times as fast (DDP at these sizes scales near linearly; benchmarks/ddp_scaling.py
 measures it), and an eval step (a forward pass per item) is not priced.
@@ -19,8 +19,8 @@ from sweep.errors import UserError
 
 PEAK_FLOPS = {"h100": 989e12, "h200": 989e12}  # dense bf16, SXM
 GPUS = tuple(PEAK_FLOPS)
-SOURCES = {"h100": "README 'GPU clusters' (benchmarks/gpu_mfu.py, one H100)",
-           "h200": "issue 16 (benchmarks/gpu_mfu.py, one H200)"}
+SOURCES = {"h100": "docs/gpu.md (benchmarks/gpu_mfu.py, one H100)",
+           "h200": "docs/measurements.md (benchmarks/gpu_mfu.py, one H200)"}
 MEASURED_MFU = {  # scale → GPU → model FLOP utilisation
     "79m": {"h100": 0.403, "h200": 0.446},
     "154m": {"h100": 0.358},

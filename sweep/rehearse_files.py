@@ -166,7 +166,10 @@ def _write_evals(folder: Path, source: DataSource, n: int, seed: int) -> DataSou
         out = folder / f"{stem}.jsonl"
         convert(fmt, out, **inputs)
         paths.append(str(out))
-    return replace(source, paths=tuple(paths))
+    options = dict(source.options)
+    if "image_root" in options:  # the study's image folder, here: the converted files' images lie below
+        options["image_root"] = str(folder)
+    return replace(source, paths=tuple(paths), options=tuple(sorted(options.items())))
 
 
 def write_tokenizer(folder: Path) -> Path:

@@ -116,6 +116,6 @@ def test_makespan_is_the_longest_chain_or_the_work_over_a_gpu_limit(tmp_path, ca
     assert serial["makespan_hours"] == pytest.approx(serial["total_gpu_hours"] / 8)
     assert main(["plan", str(path), "--gpus", "8"]) == 0
     out = capsys.readouterr().out
-    assert "MFU measured on H100: README 'GPU clusters'" in out and "at most 8 GPUs at once" in out
+    assert "MFU measured on H100: docs/gpu.md" in out and "at most 8 GPUs at once" in out
     assert main(["plan", str(path), "--gpus", "4"]) == 2  # fewer GPUs than one step takes
     assert "--gpus 4 is fewer than the 8 GPUs" in capsys.readouterr().err
