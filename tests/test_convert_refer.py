@@ -26,8 +26,9 @@ def _convert(tmp_path, fmt: str, n: int = 5):
     argv = ["convert", fmt, *[a for k, v in inputs.items() for a in (f"--{k}", v)], "--out", str(out)]
     assert main(argv) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    (task,) = eval_tasks(DataSource(name="vl", kind="vqa_jsonl", paths=(str(out),)), TOK, n_per_task=0,
-                         image_size=16, seed=0)
+    source = DataSource(name="vl", kind="vqa_jsonl", paths=(str(out),),
+                        options=(("image_root", str(tmp_path)),))  # the images lie in raw/, beside evals/
+    (task,) = eval_tasks(source, TOK, n_per_task=0, image_size=16, seed=0)
     return inputs, records, task
 
 
