@@ -77,7 +77,78 @@ def _worker(jobs: Sequence[Callable], inbox: Any, outbox: Any, parent: int) -> N
             out = ("bad", (err.shard, err.index, err.reason))
         except Exception as exc:  # noqa: BLE001 — reported in the training process, with its type
             out = ("error", f"{type(exc).__name__}: {exc}")
-        outbox.put((ticket, *out))
+        outbox.put((ticket, out[0], _to_shared(out[1])))
+
+
+SHARED_MIN_BYTES = 1 << 16  # arrays this large (images) travel through shared memory, not the pipe
+
+
+def _arrays(value: Any, found: list) -> Any:
+    """`value` with each large numpy array replaced by its index in `found` (nested lists/tuples)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray) and value.nbytes >= SHARED_MIN_BYTES:
+        found.append(value)
+        return _SharedSlot(len(found) - 1)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_arrays(v, found) for v in value)
+    return value
+
+
+class _SharedSlot(int):
+    """Where an array of a task's answer lies in its shared-memory block."""
+
+    def __reduce__(self):
+        return _SharedSlot, (int(self),)
+
+
+def _to_shared(value: Any) -> Any:
+    """A worker's answer with its large arrays (decoded images) copied into one shared-memory
+    block: a pipe moves ~0.7 ms of a 384-px image through the training process, this one memcpy.
+    The block stays registered with the resource tracker the workers share with the training
+    process, which unlinks it once read (or at exit, if it never is)."""
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    found: list = []
+    value = _arrays(value, found)
+    if not found:
+        return value
+    block = shared_memory.SharedMemory(create=True, size=sum(a.nbytes for a in found))
+    layout, at = [], 0
+    for a in found:
+        np.ndarray(a.shape, a.dtype, buffer=block.buf, offset=at)[...] = a
+        layout.append((a.shape, a.dtype.str, at))
+        at += a.nbytes
+    name = block.name
+    block.close()
+    return ("__shared__", name, layout, value)
+
+
+def _from_shared(value: Any) -> Any:
+    """The answer as the worker made it: large arrays copied out of its block, which is freed."""
+    if not (isinstance(value, tuple) and len(value) == 4 and value[0] == "__shared__"):
+        return value
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    _, name, layout, value = value
+    block = shared_memory.SharedMemory(name=name)
+    try:
+        arrays = [np.ndarray(shape, np.dtype(dt), buffer=block.buf, offset=at).copy() for shape, dt, at in layout]
+    finally:
+        block.close()
+        block.unlink()
+
+    def put(v: Any) -> Any:
+        if isinstance(v, _SharedSlot):
+            return arrays[v]
+        if isinstance(v, (list, tuple)):
+            return type(v)(put(x) for x in v)
+        return v
+    return put(value)
 
 
 class WorkerPool:
@@ -129,6 +200,7 @@ class WorkerPool:
             self._drain(w, ticket)
         self.about.pop(ticket, None)
         status, value = self.done.pop(ticket)
+        value = _from_shared(value)
         if status == "bad":
             raise BadRecordError(*value)
         if status == "error":
