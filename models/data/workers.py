@@ -90,9 +90,9 @@ def _arrays(value: Any, found: list) -> Any:
     if isinstance(value, np.ndarray) and value.nbytes >= SHARED_MIN_BYTES:
         found.append(value)
         return _SharedSlot(len(found) - 1)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, tuple) or (isinstance(value, list) and value and not isinstance(value[0], int)):
         return type(value)(_arrays(v, found) for v in value)
-    return value
+    return value  # token ids (a list of ints) hold no array: not walked
 
 
 class _SharedSlot(int):
@@ -145,7 +145,7 @@ def _from_shared(value: Any) -> Any:
     def put(v: Any) -> Any:
         if isinstance(v, _SharedSlot):
             return arrays[v]
-        if isinstance(v, (list, tuple)):
+        if isinstance(v, tuple) or (isinstance(v, list) and v and not isinstance(v[0], int)):
             return type(v)(put(x) for x in v)
         return v
     return put(value)
