@@ -29,6 +29,7 @@ import os
 import queue
 import signal
 import sys
+import time
 import types
 from collections import deque
 from typing import Any, Callable, Iterator, Sequence
@@ -59,9 +60,9 @@ def _materialise(image: Any) -> Any:
     return image() if callable(image) else image
 
 
-def _worker(jobs: Sequence[Callable], inbox: Any, outbox: Any, parent: int) -> None:
+def _worker(jobs: Sequence[Callable], inbox: Any, outbox: Any, parent: int, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process owns signals
-    while True:
+    while not stop.value:  # set by `close`: the tasks still queued are not wanted
         try:
             task = inbox.get(timeout=POLL_S)
         except queue.Empty:
@@ -162,7 +163,9 @@ class WorkerPool:
         self.jobs = [_materialise, *jobs]
         self.inboxes = [ctx.Queue() for _ in range(workers)]
         self.outboxes = [ctx.Queue() for _ in range(workers)]
-        self.procs = [ctx.Process(target=_worker, args=(self.jobs, i, o, os.getpid()), daemon=True,
+        # A lock-free flag: a worker killed while holding an Event's lock would hang `close`.
+        self.stop = ctx.RawValue("b", 0)
+        self.procs = [ctx.Process(target=_worker, args=(self.jobs, i, o, os.getpid(), self.stop), daemon=True,
                                   name=f"vlmsweep-data-{w}")
                       for w, (i, o) in enumerate(zip(self.inboxes, self.outboxes))]
         with _bare_main():
@@ -190,8 +193,11 @@ class WorkerPool:
     def cancel(self, tickets) -> None:
         """Forget tasks whose results are no longer wanted (a stream resumed elsewhere)."""
         for t in tickets:
-            if self.done.pop(t, None) is None:
+            done = self.done.pop(t, None)
+            if done is None:
                 self.cancelled.add(t)
+            else:
+                _from_shared(done[1])  # frees its shared-memory block, if it has one
             self.about.pop(t, None)
 
     def result(self, ticket: int) -> Any:
@@ -221,6 +227,7 @@ class WorkerPool:
             return
         if ticket in self.cancelled:
             self.cancelled.discard(ticket)
+            _from_shared(value)
         else:
             self.done[ticket] = (status, value)
 
@@ -237,21 +244,38 @@ class WorkerPool:
                               "resumes from its last checkpoint when run again")
 
     def close(self) -> None:
+        """Stop the workers; answers never asked for have their shared-memory blocks freed."""
+        self.stop.value = 1
         for box, p in zip(self.inboxes, self.procs):
             if p.is_alive():
                 try:
                     box.put(None)
                 except (OSError, ValueError):
                     pass
+        deadline = time.monotonic() + 5.0
+        while any(p.is_alive() for p in self.procs) and time.monotonic() < deadline:
+            self._discard_answers()  # a worker exits only once its answers left the pipe
+            time.sleep(0.01)
         for p in self.procs:
-            p.join(timeout=2.0)
             if p.is_alive():
                 p.kill()
-                p.join(timeout=2.0)
+            p.join(timeout=2.0)
+        self._discard_answers()
         for box in (*self.inboxes, *self.outboxes):
             box.cancel_join_thread()
             box.close()
         self.procs = []
+
+    def _discard_answers(self) -> None:
+        for _, value in self.done.values():
+            _from_shared(value)
+        self.done.clear()
+        for box in self.outboxes:
+            while True:
+                try:
+                    _from_shared(box.get_nowait()[2])
+                except (queue.Empty, OSError, ValueError, EOFError):
+                    break
 
 
 CHUNK = 8  # records per task: one round trip per 8 records (a short document is ~50 µs of work)
