@@ -82,7 +82,7 @@ def _worker(jobs: Sequence[Callable], inbox: Any, outbox: Any, parent: int, stop
             out = ("bad", (err.shard, err.index, err.reason))
         except Exception as exc:  # noqa: BLE001 — reported in the training process, with its type
             out = ("error", f"{type(exc).__name__}: {exc}")
-        outbox.put((ticket, out[0], _to_shared(out[1])))
+        outbox.send((ticket, out[0], _to_shared(out[1])))
 
 
 SHARED_MIN_BYTES = 1 << 16  # arrays this large (images) travel through shared memory, not the pipe
@@ -166,15 +166,22 @@ class WorkerPool:
         ctx = mp.get_context("spawn")  # no fork of a process holding torch threads and CUDA state
         self.jobs = [_materialise, *jobs]
         self.inboxes = [ctx.Queue() for _ in range(workers)]
-        self.outboxes = [ctx.Queue() for _ in range(workers)]
+        # Answers come back through one-way pipes whose write end only the worker holds: a worker
+        # killed half-way through an answer is end-of-file here, never a wait for bytes that cannot
+        # come (an mp.Queue's pipe is held open at both ends by this process too).
+        pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        self.outboxes = [reader for reader, _ in pipes]
+        writers = [writer for _, writer in pipes]
         # A lock-free flag: a worker killed while holding an Event's lock would hang `close`.
         self.stop = ctx.RawValue("b", 0)
         self.procs = [ctx.Process(target=_worker, args=(self.jobs, i, o, os.getpid(), self.stop), daemon=True,
                                   name=f"vlmsweep-data-{w}")
-                      for w, (i, o) in enumerate(zip(self.inboxes, self.outboxes))]
+                      for w, (i, o) in enumerate(zip(self.inboxes, writers))]
         with _bare_main():
             for p in self.procs:
                 p.start()
+        for writer in writers:
+            writer.close()
         self.next_ticket = 0
         self.done: dict[int, tuple] = {}
         self.about: dict[int, str] = {}  # ticket → what it is (for a dead worker's message)
@@ -223,12 +230,20 @@ class WorkerPool:
         return [im if t is None else self.result(t) for im, t in zip(images, tickets)]
 
     def _drain(self, w: int, waiting_for: int) -> None:
-        """Take worker w's next answer, or find it dead (after POLL_S without one)."""
+        """Take worker w's next answer, or find it dead (after POLL_S without one, or at the end of
+        its pipe: it died, perhaps half-way through an answer)."""
+        box = self.outboxes[w]
         try:
-            ticket, status, value = self.outboxes[w].get(timeout=POLL_S)
-        except queue.Empty:
+            if not box.poll(POLL_S):
+                self._check_alive(w, waiting_for)
+                return
+            ticket, status, value = box.recv()
+        except (EOFError, OSError):
+            self.procs[w].join(timeout=5 * POLL_S)
             self._check_alive(w, waiting_for)
-            return
+            self.close()
+            raise DataWorkerError(f"data worker {w} closed its answers' pipe while alive; the step stops "
+                                  "here and resumes from its last checkpoint when run again") from None
         if ticket in self.cancelled:
             self.cancelled.discard(ticket)
             _from_shared(value)
@@ -265,8 +280,10 @@ class WorkerPool:
                 p.kill()
             p.join(timeout=2.0)
         self._discard_answers()
-        for box in (*self.inboxes, *self.outboxes):
+        for box in self.inboxes:
             box.cancel_join_thread()
+            box.close()
+        for box in self.outboxes:
             box.close()
         self.procs = []
 
@@ -275,11 +292,11 @@ class WorkerPool:
             _from_shared(value)
         self.done.clear()
         for box in self.outboxes:
-            while True:
-                try:
-                    _from_shared(box.get_nowait()[2])
-                except (queue.Empty, OSError, ValueError, EOFError):
-                    break
+            try:
+                while box.poll(0):
+                    _from_shared(box.recv()[2])
+            except (OSError, ValueError, EOFError):  # a dead worker's pipe, or one already closed
+                pass
 
 
 CHUNK = 8  # records per task: one round trip per 8 records (a short document is ~50 µs of work)
