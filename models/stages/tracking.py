@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ def _make_loggers(step: Step, directory: Path, settings: TrackingConfig) -> list
         if tracker == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
+            _after_earlier_event_files(save / "tensorboard" / name)
             out.append(TensorBoardLogger(save_dir=str(save / "tensorboard"), name="", version=name,
                                          default_hp_metric=False))
         elif tracker == "csv":
@@ -81,6 +83,19 @@ def _make_loggers(step: Step, directory: Path, settings: TrackingConfig) -> list
         elif tracker == "mlflow":
             out.append(_mlflow_logger(step, directory, settings))
     return out
+
+
+def _after_earlier_event_files(folder: Path) -> None:
+    """Wait, on a resume, until the clock is past the second of the run's newest event file.
+
+    TensorBoard reads a run's event files in name order (`events.out.tfevents.<second>.<host>.
+    <pid>…`): a resumed attempt's file written in the same second as the killed one's sorts by pid
+    and may be read first, and the killed attempt's earlier steps then read as out of order and
+    are purged from the run. A later second sorts after: at most a one-second wait, on resume only."""
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
 
 
 def _csv_logger(save: Path, name: str) -> Any:
