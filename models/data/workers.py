@@ -23,41 +23,26 @@ in-process path raises, so `on_bad_record` behaves identically.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import multiprocessing as mp
 import os
 import queue
 import signal
-import sys
 import time
-import types
 from collections import deque
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from models.data.errors import BadRecordError
 from models.data.tokenizer import encode_chunks
+from models.spawn import bare_main
 
 POLL_S = 0.5  # how often a wait checks that the workers are alive
 
 
 class DataWorkerError(RuntimeError):
     """A data worker process died: the step fails with this reason (it resumes from a checkpoint)."""
-
-
-@contextlib.contextmanager
-def _bare_main() -> Iterator[None]:
-    """Hide the parent's __main__ while workers are spawned: `spawn` would re-run the parent's main
-    script in each (a benchmark, a test runner); workers need only this module. (The launcher's
-    `sweep.launch.pool.bare_main` does the same for its own workers; models cannot import sweep.)"""
-    saved = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = saved
 
 
 def _materialise(image: Any) -> Any:
@@ -177,7 +162,7 @@ class WorkerPool:
         self.procs = [ctx.Process(target=_worker, args=(self.jobs, i, o, os.getpid(), self.stop), daemon=True,
                                   name=f"vlmsweep-data-{w}")
                       for w, (i, o) in enumerate(zip(self.inboxes, writers))]
-        with _bare_main():
+        with bare_main():
             for p in self.procs:
                 p.start()
         for writer in writers:

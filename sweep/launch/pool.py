@@ -19,13 +19,13 @@ import signal
 import sys
 import time
 import traceback
-import types
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Iterator
 
 from models import stepfiles as sf
+from models.spawn import bare_main
 from sweep.launch.journal import append_failure
 from sweep.launch.memory import oom_kills
 
@@ -87,22 +87,6 @@ class PoolJob:
         self.outcome = outcome
         # A stopped or declined job is no traceless death (sweep.launch.kills counts those).
         self._lock.release(stopped=outcome in ("interrupted", "declined"))
-
-
-@contextlib.contextmanager
-def bare_main() -> Iterator[None]:
-    """Hide the parent's __main__ while a worker is spawned.
-
-    `spawn` re-runs the parent's main script (by path or module name) in every child. Workers only
-    need sweep.launch.pool, and the parent's main may be anything: the vlmsweep console script, a
-    benchmark, or a test runner whose __main__ was swapped for a temporary script.
-    """
-    saved = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = saved
 
 
 class _Worker:

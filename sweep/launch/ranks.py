@@ -21,7 +21,8 @@ import traceback
 from typing import Any, Iterator
 
 from models.distributed import LOCAL_VARIABLES
-from sweep.launch.pool import bare_main, die_with_parent
+from models.spawn import bare_main
+from sweep.launch.pool import die_with_parent
 
 JOIN_S = 60.0  # how long finished ranks may take to exit before they are killed
 
