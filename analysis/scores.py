@@ -61,7 +61,8 @@ def benchmark(task: str) -> str:
     return next((suite for suite in FOLDED_SUITES if task.startswith(suite + "_")), task)
 
 
-def _benchmark_expr() -> pl.Expr:
+def benchmark_expr() -> pl.Expr:
+    """`benchmark` of the `task` column, as a polars expression (aliased `benchmark`)."""
     expr = pl.col("task")
     for suite in FOLDED_SUITES:
         expr = pl.when(pl.col("task").str.starts_with(suite + "_")).then(pl.lit(suite)).otherwise(expr)
@@ -79,7 +80,7 @@ def step_scores(scores: pl.DataFrame, *, average_tasks: Sequence[str] | None = N
     if "stable_score" not in scores.columns:
         scores = stable_scores(scores)
     axes = [a for a in (*AXES, "config_id") if a in scores.columns]
-    scores = scores.with_columns(_benchmark_expr()).group_by(
+    scores = scores.with_columns(benchmark_expr()).group_by(
         ["step_id", *axes, "group", "benchmark"], maintain_order=True).agg(pl.col("stable_score").mean())
     listed = None if average_tasks is None else sorted({benchmark(t) for t in average_tasks})
     in_avg = pl.lit(True) if listed is None else pl.col("benchmark").is_in(listed)
