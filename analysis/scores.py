@@ -24,9 +24,21 @@ CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # the axes a configuration 
 # What tells configurations apart: those axes and config_id (analysis.configid: every other
 # result-changing field), so an edited study's old and new runs are never averaged as seeds.
 CONFIG_KEYS = (*CONFIG_AXES, "config_id")
-SCORE_LABELS = {"vl_score": "VL stable score (score − chance)",
-                "text_score": "text stable score (score − chance)",
-                "avg_score": "k-task average stable score (score − chance)"}
+# How each definition (models.stepfiles.STABLE_DEFINITIONS) is written in axis titles and legends.
+STABLE_FORMULAS = {"difference": "score − chance", "centered": "(score − chance) / (1 − chance)"}
+_SCORE_TITLES = {"vl_score": "VL stable score", "text_score": "text stable score",
+                 "avg_score": "k-task average stable score"}
+
+
+def stable_title(definition: str = "difference") -> str:
+    """'stable score (<its formula>)' under the study's definition."""
+    return f"stable score ({STABLE_FORMULAS[definition]})"
+
+
+def score_label(score: str, definition: str = "difference") -> str:
+    """A per-step score's title under the study's definition ('VL stable score (score − chance)');
+    any other name as it is."""
+    return f"{_SCORE_TITLES[score]} ({STABLE_FORMULAS[definition]})" if score in _SCORE_TITLES else score
 
 
 def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:
