@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from analysis.filters import format_value
 from analysis.frontier import FrontierFit
 from analysis.scaling import ScalingFit, predict_loss
-from analysis.scores import SCORE_LABELS
+from analysis.scores import score_label, stable_title
 from models.stepfiles import fraction_step
 
 AXIS_LABELS = {
@@ -32,8 +32,12 @@ AXIS_LABELS = {
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
-def _label(axis: str) -> str:
-    return AXIS_LABELS.get(axis, SCORE_LABELS.get(axis, axis.replace("_", " ")))
+def _label(axis: str, definition: str = "difference") -> str:
+    """An axis's title; a score's names the study's stable-score definition."""
+    if axis in AXIS_LABELS:
+        return AXIS_LABELS[axis]
+    label = score_label(axis, definition)
+    return axis.replace("_", " ") if label == axis else label
 
 
 def _groups(frame: pl.DataFrame, by: str) -> list[tuple[object, pl.DataFrame]]:
@@ -102,9 +106,10 @@ def _log_ratio_ticks(fig: go.Figure, ratios: Sequence[float], axis: str = "x", *
 
 
 def score_vs_axis_figure(agg: pl.DataFrame, axis: str, *, scores: Sequence[str] = ("vl_score", "text_score"),
-                         color: str = "scale", title: str = "") -> go.Figure:
-    """Scores (one panel each) vs a varied axis, one line per `color` value, stderr bars over seeds."""
-    fig = make_subplots(rows=1, cols=len(scores), subplot_titles=[SCORE_LABELS.get(s, s) for s in scores],
+                         color: str = "scale", title: str = "", definition: str = "difference") -> go.Figure:
+    """Scores (one panel each) vs a varied axis, one line per `color` value, stderr bars over seeds;
+    titled by the study's stable-score `definition`."""
+    fig = make_subplots(rows=1, cols=len(scores), subplot_titles=[score_label(s, definition) for s in scores],
                         horizontal_spacing=0.08)
     for i, (value, rows) in enumerate(_groups(agg, color)):
         rows = rows.sort(axis)
@@ -118,7 +123,7 @@ def score_vs_axis_figure(agg: pl.DataFrame, axis: str, *, scores: Sequence[str] 
                 marker={"symbol": _symbols(rows), "size": 9, "line": {"width": 2, "color": colour}},
                 hovertext=_hover(rows, score)), row=1, col=j + 1)
             fig.update_xaxes(title_text=_label(axis), row=1, col=j + 1)
-            fig.update_yaxes(title_text="stable score (score − chance)" if j == 0 else "", row=1, col=j + 1)
+            fig.update_yaxes(title_text=stable_title(definition) if j == 0 else "", row=1, col=j + 1)
     if axis == "image_ratio":
         _log_ratio_ticks(fig, agg[axis].to_list())
     elif axis == "finetune_epochs":
@@ -126,8 +131,9 @@ def score_vs_axis_figure(agg: pl.DataFrame, axis: str, *, scores: Sequence[str] 
     return _layout(fig, (title or f"Scores vs {_label(axis)}") + _rewarm_key(fig), legend=color, top=100)
 
 
-def per_task_figure(task_agg: pl.DataFrame, axis: str, *, color: str = "scale", title: str = "") -> go.Figure:
-    """One panel per task: its stable score vs `axis` (Fig. 4 per task)."""
+def per_task_figure(task_agg: pl.DataFrame, axis: str, *, color: str = "scale", title: str = "",
+                    definition: str = "difference") -> go.Figure:
+    """One panel per task: its stable score (under `definition`) vs `axis` (Fig. 4 per task)."""
     tasks = task_agg.sort("group", "task")["task"].unique(maintain_order=True).to_list()
     cols = min(4, len(tasks))
     rows_n = (len(tasks) + cols - 1) // cols
@@ -147,15 +153,16 @@ def per_task_figure(task_agg: pl.DataFrame, axis: str, *, color: str = "scale", 
                                      error_y=_error(sub, "stable_score")), row=r, col=c)
             bottom = k + cols >= len(tasks)  # no panel below this one
             fig.update_xaxes(title_text=axis.replace("_", " ") if bottom else "", row=r, col=c)
-            fig.update_yaxes(title_text="stable score" if c == 1 else "", row=r, col=c)
+            fig.update_yaxes(title_text=stable_title(definition) if c == 1 else "", row=r, col=c)
     return _layout(fig, (title or f"Per-task stable scores vs {_label(axis)}") + _rewarm_key(fig), legend=color,
                    height=260 * rows_n + 120, top=100)
 
 
 def ratio_origin_figure(agg: pl.DataFrame, *, checkpoint_fraction: float,
-                        scores: Sequence[str] = ("vl_score", "text_score")) -> go.Figure:
+                        scores: Sequence[str] = ("vl_score", "text_score"),
+                        definition: str = "difference") -> go.Figure:
     """Scores vs image ratio, branching from a trunk checkpoint (solid) and from scratch (dashed)."""
-    fig = make_subplots(rows=1, cols=len(scores), subplot_titles=[SCORE_LABELS.get(s, s) for s in scores],
+    fig = make_subplots(rows=1, cols=len(scores), subplot_titles=[score_label(s, definition) for s in scores],
                         horizontal_spacing=0.08)
     origins = ((f"from trunk checkpoint f = {checkpoint_fraction:g}", checkpoint_fraction, "solid"),
                ("from scratch (f = 0)", 0.0, "dash"))
@@ -174,7 +181,7 @@ def ratio_origin_figure(agg: pl.DataFrame, *, checkpoint_fraction: float,
                                          marker={"symbol": _symbols(sub), "size": 9,
                                                  "line": {"width": 2, "color": colour}}), row=1, col=j + 1)
                 fig.update_xaxes(title_text=_label("image_ratio"), row=1, col=j + 1)
-                fig.update_yaxes(title_text="stable score (score − chance)" if j == 0 else "", row=1, col=j + 1)
+                fig.update_yaxes(title_text=stable_title(definition) if j == 0 else "", row=1, col=j + 1)
     _log_ratio_ticks(fig, agg["image_ratio"].to_list())
     return _layout(fig, "Scores vs image ratio: from a trunk checkpoint and from scratch" + _rewarm_key(fig),
                    legend="scale, origin", top=100)
@@ -256,7 +263,7 @@ def loss_curves_figure(metrics: pl.DataFrame, *, color: str, name: str = "train_
     return _layout(fig, title or f"{name.replace('_', ' ')} by {_label(color)}", legend=color)
 
 
-def tradeoff_figure(frontier: FrontierFit, *, color: str = "scale") -> go.Figure:
+def tradeoff_figure(frontier: FrontierFit, *, color: str = "scale", definition: str = "difference") -> go.Figure:
     """VL vs text scatter of configurations, the frontier highlighted, the fitted curve with its band."""
     fig = go.Figure()
     curve = frontier.curve
@@ -280,8 +287,8 @@ def tradeoff_figure(frontier: FrontierFit, *, color: str = "scale") -> go.Figure
             legendgroup=str(value), hovertext=_point_labels(rows),
             marker={"color": colour, "size": 11, "line": {"width": 2, "color": colour},
                     "symbol": _symbols(rows, shape)}))
-    fig.update_xaxes(title_text=_label(frontier.x))
-    fig.update_yaxes(title_text=_label(frontier.y))
+    fig.update_xaxes(title_text=_label(frontier.x, definition))
+    fig.update_yaxes(title_text=_label(frontier.y, definition))
     key = _rewarm_key(fig)
     notes = [*frontier.notes, *([REWARM_NOTE] if key else [])]
     sub = "<br>".join(notes)  # one line each: a long joined line runs off the image
@@ -321,7 +328,7 @@ def scaling_fit_figure(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray,
 
 
 def response_surface_figure(grid: pl.DataFrame, *, scale: str, score: str,
-                            observed: pl.DataFrame | None = None) -> go.Figure:
+                            observed: pl.DataFrame | None = None, definition: str = "difference") -> go.Figure:
     """Predicted score over (intro_fraction, image_ratio) for one scale, as a heatmap; the runs the
     surface was fitted to are marked, so where it extrapolates is visible."""
     pivot = grid.sort("intro_fraction", "image_ratio")
@@ -340,7 +347,7 @@ def response_surface_figure(grid: pl.DataFrame, *, scale: str, score: str,
     fig.update_yaxes(title_text=_label("image_ratio"))
     _log_ratio_ticks(fig, rs if observed is None else observed["image_ratio"].to_list(), axis="y")
     fig.update_layout(legend={"orientation": "h", "y": -0.25})  # the colour bar holds the right side
-    return _layout(fig, f"Response surface of {SCORE_LABELS.get(score, score)} at {scale}", legend="")
+    return _layout(fig, f"Response surface of {score_label(score, definition)} at {scale}", legend="")
 
 
 def _layout(fig: go.Figure, title: str, *, legend: str, height: int = 450, top: int = 80) -> go.Figure:

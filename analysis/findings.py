@@ -83,8 +83,20 @@ def _binomial_se() -> pl.Expr:
     return (pl.col("value").clip(0, 1) * (1 - pl.col("value").clip(0, 1)) / pl.col("n").clip(1)).sqrt()
 
 
+def _benchmark_rows(task_scores: pl.DataFrame) -> pl.DataFrame:
+    """Per step and benchmark: a folded suite's splits (POPE's) as one task, their mean value and
+    stable score, and the item SE of that mean (independent splits: √Σse² / k)."""
+    keys = [c for c in ("step_id", "scale", "group", "stage", "checkpoint") if c in task_scores.columns]
+    return (task_scores.with_columns(_binomial_se().alias("_se"), sc.benchmark_expr().alias("_benchmark"))
+            .group_by([*keys, "_benchmark"], maintain_order=True)
+            .agg(pl.col("stable_score").mean(), (pl.col("_se").pow(2).sum().sqrt() / pl.len()).alias("_se"))
+            .rename({"_benchmark": "task"}))
+
+
 def core_tasks(task_scores: pl.DataFrame, main: pl.DataFrame, *, z: float = CORE_Z) -> pl.DataFrame:
-    """Per scale and task: the level the rule looks at, its item SE, the basis, and `core`."""
+    """Per scale and benchmark (POPE's splits folded into `pope`, as every average counts them): the
+    level the rule looks at, its item SE, the basis, and `core`."""
+    task_scores = _benchmark_rows(task_scores)
     final = task_scores.join(main.select("step_id"), on="step_id")
     trunks = task_scores.filter(pl.col("stage") == "trunk")
     if len(trunks):
@@ -97,7 +109,7 @@ def core_tasks(task_scores: pl.DataFrame, main: pl.DataFrame, *, z: float = CORE
         if group == "text" and basis == "final models":
             rows = rows.filter(~pl.col("scale").is_in(trunks["scale"].unique().to_list()))
         if len(rows):
-            parts.append(rows.with_columns(_binomial_se().alias("_se")).group_by("scale", "group", "task").agg(
+            parts.append(rows.group_by("scale", "group", "task").agg(
                 pl.col("stable_score").mean().alias("level"), pl.col("_se").pow(2).mean().sqrt().alias("item_se"),
                 pl.len().alias("runs")).with_columns(pl.lit(basis).alias("basis")))
     if not parts:
@@ -108,8 +120,10 @@ def core_tasks(task_scores: pl.DataFrame, main: pl.DataFrame, *, z: float = CORE
 
 
 def with_core_scores(steps: pl.DataFrame, task_scores: pl.DataFrame, core: pl.DataFrame) -> pl.DataFrame:
-    """Add `vl_core` and `text_core` (mean stable score over the scale's core tasks) to step rows."""
-    chosen = task_scores.join(core.filter("core").select("scale", "group", "task"), on=["scale", "group", "task"])
+    """Add `vl_core` and `text_core` (mean stable score over the scale's core benchmarks, POPE's splits
+    one of them) to step rows."""
+    chosen = _benchmark_rows(task_scores).join(core.filter("core").select("scale", "group", "task"),
+                                               on=["scale", "group", "task"])
     per_step = chosen.group_by("step_id").agg(
         pl.col("stable_score").filter(pl.col("group") == "vl").mean().alias("vl_core"),
         pl.col("stable_score").filter(pl.col("group") == "text").mean().alias("text_core"))
@@ -118,26 +132,30 @@ def with_core_scores(steps: pl.DataFrame, task_scores: pl.DataFrame, core: pl.Da
 
 # -- the item bootstrap -------------------------------------------------------------------------
 def _score_rows(task_scores: pl.DataFrame, core: pl.DataFrame, score: str) -> pl.DataFrame:
+    """The task rows behind `score`, each with its `benchmark` (a core score: the core ones)."""
     group = score.split("_")[0]
-    rows = task_scores.filter(pl.col("group") == group)
+    rows = task_scores.filter(pl.col("group") == group).with_columns(sc.benchmark_expr())
     if score.endswith("_core"):
-        rows = rows.join(core.filter("core").select("scale", "group", "task"), on=["scale", "group", "task"])
+        core = core.filter("core").select("scale", "group", pl.col("task").alias("benchmark"))
+        rows = rows.join(core, on=["scale", "group", "benchmark"])
     return rows
 
 
 def item_draws(rows: pl.DataFrame, step_ids: Sequence[str], bootstrap: int,
                rng: np.random.Generator) -> np.ndarray:
-    """[bootstrap, steps]: each step's score (mean stable score of its rows) with every task's
-    accuracy redrawn from its items."""
+    """[bootstrap, steps]: each step's score (mean stable score of its rows; with a `benchmark`
+    column, mean over benchmarks of their rows' mean) with every task's accuracy redrawn from its items."""
     index = {sid: k for k, sid in enumerate(step_ids)}
     rows = rows.filter(pl.col("step_id").is_in(list(step_ids)))
+    by = ["step_id", "benchmark"] if "benchmark" in rows.columns else ["step_id", "task"]
+    weight = rows.select(1.0 / pl.len().over(by))[:, 0].to_numpy()
     n = np.maximum(rows["n"].fill_null(1).to_numpy().astype(np.int64), 1)
     p = np.clip(rows["value"].to_numpy().astype(float), 0.0, 1.0)
-    drawn = rng.binomial(n, p, size=(bootstrap, len(n))) / n - rows["chance"].to_numpy()
+    drawn = (rng.binomial(n, p, size=(bootstrap, len(n))) / n - rows["chance"].to_numpy()) * weight
     owner = np.array([index[s] for s in rows["step_id"]], dtype=np.int64)
     sums = np.zeros((bootstrap, len(step_ids)))
     np.add.at(sums.T, owner, drawn.T)
-    counts = np.bincount(owner, minlength=len(step_ids))
+    counts = np.bincount(owner, weights=weight, minlength=len(step_ids))
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts
 

@@ -3,8 +3,10 @@
 `analysis/data/paper_numbers.csv` holds one number of Keh et al. (ICLR 2025, arXiv 2503.07603) a row:
 its table or figure (`source`), the cell it describes (`scale` and the axes it fixes; empty = not
 fixed), its `metric`, `value` (and `value_high` for a range), the paper's `uncertainty` where it gives
-one, and `verified`: `abstract` (checked against the paper's abstract), `summary` (from summaries of
-the paper) or `unverified` (the paper's PDF was not reached; taken from DESIGN.md). Metrics:
+one, and `verified`: `abstract` (checked against the paper's abstract), `arxiv_html` (checked against
+the paper's own tables and figure captions in its arXiv HTML, v1; docs/evaluation.md says which
+passage), `pdf` (against the PDF), `summary` (only third-party summaries of the paper say it) or
+`unverified` (not checked). Metrics:
 `vl_score` / `text_score` / `avg_score` (stable-score averages; with `intro_fraction_ref`, the
 difference of the cell at `intro_fraction` minus the one at the reference), `task:<task>` (a task's
 primary metric), `seed_range:<task>` (max − min over seeds), `best_<axis>` (the axis value with the
@@ -27,7 +29,7 @@ CELL_AXES = ("intro_fraction", "image_ratio", "image_data", "finetune_epochs")
 _FLOATS = ("intro_fraction", "intro_fraction_ref", "image_ratio", "value", "value_high", "uncertainty")
 _COLUMNS = ("id", "source", "scale", *CELL_AXES, "intro_fraction_ref", "encoder", "metric", "value",
             "value_high", "uncertainty", "verified", "note")
-VERIFIED = ("abstract", "pdf", "summary", "unverified")
+VERIFIED = ("abstract", "arxiv_html", "pdf", "summary", "unverified")
 OUT_COLUMNS = ("id", "source", "cell", "metric", "ours", "ours_stderr", "ours_runs", "paper", "paper_high",
                "paper_uncertainty", "verified")
 

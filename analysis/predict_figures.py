@@ -58,9 +58,10 @@ def prediction_figure(prediction: Prediction, observed: pl.DataFrame) -> go.Figu
     return _layout(fig, f"Where to put images at the next scale<br><sup>{note}</sup>", legend="", height=700)
 
 
-def predicted_frontier_figure(prediction: Prediction, observed: pl.DataFrame | None = None) -> go.Figure:
+def predicted_frontier_figure(prediction: Prediction, observed: pl.DataFrame | None = None, *,
+                              definition: str = "difference") -> go.Figure:
     """The predicted VL-vs-text frontier at the target with its band; `observed`: frontier points
-    (x_mean, y_mean, scale) of the trained scales, for comparison."""
+    (x_mean, y_mean, scale) of the trained scales, for comparison. Axes titled by `definition`."""
     fig = go.Figure()
     curve = prediction.frontier
     if len(curve) and curve["y_lo"].is_not_null().any():
@@ -75,6 +76,6 @@ def predicted_frontier_figure(prediction: Prediction, observed: pl.DataFrame | N
         for i, (scale, rows) in enumerate(observed.group_by("scale", maintain_order=True)):
             fig.add_trace(go.Scatter(x=rows["x_mean"].to_list(), y=rows["y_mean"].to_list(), mode="markers",
                                      name=f"{scale[0]} (trained)", marker={"color": PALETTE[(i + 2) % len(PALETTE)]}))
-    fig.update_xaxes(title_text=_label("text_score"))
-    fig.update_yaxes(title_text=_label("vl_score"))
+    fig.update_xaxes(title_text=_label("text_score", definition))
+    fig.update_yaxes(title_text=_label("vl_score", definition))
     return _layout(fig, "Predicted VL vs text frontier", legend="")

@@ -38,9 +38,10 @@ def assemble_runs(steps: pl.DataFrame, losses: pl.DataFrame,
 
 
 def prediction_runs(con, study: str | None) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """`assemble_runs` of the study's catalog rows."""
-    return assemble_runs(scores.step_scores(queries.load_stable_scores(con, study)),
-                         queries.load_heldout_losses(con, study), queries.trunk_tokens(con, study))
+    """`assemble_runs` of the study's catalog rows, scored by the study's stable-score definition."""
+    task_scores = scores.centered(queries.load_stable_scores(con, study), queries.stable_definition(con, study))
+    return assemble_runs(scores.step_scores(task_scores), queries.load_heldout_losses(con, study),
+                         queries.trunk_tokens(con, study))
 
 
 def run_prediction_on(runs: pl.DataFrame, *, params: float, tokens: float | None = None, bootstrap: int = 1000,

@@ -63,12 +63,14 @@ class ReportSummary:
 
 
 def load_study(con, study: str | None, average_tasks: Sequence[str] | None = None) -> StudyData:
-    task_scores = scores.centered(queries.load_stable_scores(con, study), queries.stable_definition(con, study))
+    definition = queries.stable_definition(con, study)
+    task_scores = scores.centered(queries.load_stable_scores(con, study), definition)
     steps = scores.step_scores(task_scores, average_tasks=average_tasks)
     main = scores.main_stage(steps)
     core = findings.core_tasks(task_scores, main)
     steps = findings.with_core_scores(steps, task_scores, core)
     return StudyData(task_scores=task_scores, steps=steps, main=scores.main_stage(steps), core=core,
+                     definition=definition,
                      lr=queries.load_metrics(con, ["lr"], study, kinds=("trunk", "branch")),
                      losses=queries.load_metrics(con, ["train_loss", "text_loss"], study, kinds=("trunk", "branch")),
                      missing=queries.missing_cells(con, study), prediction_runs=prediction_runs(con, study)[0],
@@ -116,7 +118,6 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
     with connect(root) as con:
         name = queries.resolve_study(con, study)
         data = load_study(con, name, average_tasks)
-        definition = queries.stable_definition(con, name)
     search = load_comparisons(root, name)  # read first: a malformed file fails before any rendering
     if len(data.steps) == 0 and len(data.lr) == 0 and len(data.losses) == 0:
         diverged = f" ({len(data.diverged)} step(s) diverged: see `vlmsweep status`)" if len(data.diverged) else ""
@@ -124,7 +125,7 @@ def write_report(root, out_dir, *, study: str | None = None, average_tasks: Sequ
                                  f"curves to report{diverged}")
     built = Built(bootstrap=bootstrap, seed=seed)
     built.notes += _data_notes(data)
-    if definition == "centered":
+    if data.definition == "centered":
         built.notes.append("stable scores are centered as DCLM's: (score − chance) / (1 − chance)")
     for builder in (axis_figures, ratio_figure, curve_figures, fit_figures, prediction_figures):
         _guarded(builder, data, built)

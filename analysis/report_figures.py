@@ -36,6 +36,7 @@ class StudyData:
     prediction_runs: pl.DataFrame  # one row per final model with held-out losses and D (analysis.predict)
     events: pl.DataFrame  # loss spikes, skipped batches, rewinds (analysis.queries.training_events)
     diverged: pl.DataFrame  # steps failed with reason diverged (analysis.queries.diverged_steps)
+    definition: str = "difference"  # the study's stable score (models.stepfiles.STABLE_DEFINITIONS)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -66,12 +67,13 @@ def axis_figures(data: StudyData, built: Built) -> None:
         note = ", ".join(f"{k} = {v}" for k, v in fixed.items())
         built.figures.append((name, figures.score_vs_axis_figure(
             scores.aggregate_over_seeds(rows), axis, scores=scores.SCORES,
-            title=f"Scores vs {axis}" + (f" ({note})" if note else ""))))
+            title=f"Scores vs {axis}" + (f" ({note})" if note else ""), definition=data.definition)))
         if axis == "intro_fraction":
             tasks = data.task_scores.join(rows.select("step_id"), on="step_id")
             agg = scores.aggregate_over_seeds(tasks, scores=("stable_score",),
                                               by=(*scores.CONFIG_KEYS, "task", "group"))
-            built.figures.append(("scores_vs_intro_fraction_per_task", figures.per_task_figure(agg, axis)))
+            built.figures.append(("scores_vs_intro_fraction_per_task",
+                                  figures.per_task_figure(agg, axis, definition=data.definition)))
 
 
 def ratio_figure(data: StudyData, built: Built) -> None:
@@ -92,7 +94,8 @@ def ratio_figure(data: StudyData, built: Built) -> None:
     varied_at = [f for f in fractions if rows.filter(pl.col("intro_fraction") == f)["image_ratio"].n_unique() > 1]
     checkpoint = min(varied_at or fractions, key=lambda f: abs(f - 0.8))
     built.figures.append((name, figures.ratio_origin_figure(
-        scores.aggregate_over_seeds(rows), checkpoint_fraction=checkpoint, scores=scores.SCORES)))
+        scores.aggregate_over_seeds(rows), checkpoint_fraction=checkpoint, scores=scores.SCORES,
+        definition=data.definition)))
 
 
 def curve_figures(data: StudyData, built: Built) -> None:
@@ -158,7 +161,7 @@ def _tradeoff(data: StudyData, built: Built) -> None:
         built.skipped.append(("vl_vs_text_tradeoff", str(exc)))
         return
     built.notes += [f"trade-off frontier: {n}" for n in frontier.notes]
-    built.figures.append(("vl_vs_text_tradeoff", figures.tradeoff_figure(frontier)))
+    built.figures.append(("vl_vs_text_tradeoff", figures.tradeoff_figure(frontier, definition=data.definition)))
 
 
 def _surfaces(data: StudyData, built: Built) -> None:
@@ -183,7 +186,7 @@ def _surfaces(data: StudyData, built: Built) -> None:
         for fit in built.fits["surfaces"]["vl_score"]:
             observed = rows.filter(pl.col("scale") == fit.scale)
             built.figures.append((f"response_surface_{fit.scale}", figures.response_surface_figure(
-                fit.grid, scale=fit.scale, score=fit.score, observed=observed)))
+                fit.grid, scale=fit.scale, score=fit.score, observed=observed, definition=data.definition)))
 
 
 def _scaling_figure(data: StudyData, built: Built) -> None:
@@ -220,4 +223,5 @@ def prediction_figures(data: StudyData, built: Built) -> None:
     observed = best_by_scale(fit_response_surface(report.runs, score="vl_score", bootstrap=built.bootstrap,
                                                   seed=built.seed))
     built.figures.append(("prediction_best_mix", prediction_figure(report.prediction, observed)))
-    built.figures.append(("prediction_frontier", predicted_frontier_figure(report.prediction)))
+    built.figures.append(("prediction_frontier",
+                          predicted_frontier_figure(report.prediction, definition=data.definition)))

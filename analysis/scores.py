@@ -24,9 +24,21 @@ CONFIG_AXES = tuple(a for a in AXES if a != "seed")  # the axes a configuration 
 # What tells configurations apart: those axes and config_id (analysis.configid: every other
 # result-changing field), so an edited study's old and new runs are never averaged as seeds.
 CONFIG_KEYS = (*CONFIG_AXES, "config_id")
-SCORE_LABELS = {"vl_score": "VL stable score (score − chance)",
-                "text_score": "text stable score (score − chance)",
-                "avg_score": "k-task average stable score (score − chance)"}
+# How each definition (models.stepfiles.STABLE_DEFINITIONS) is written in axis titles and legends.
+STABLE_FORMULAS = {"difference": "score − chance", "centered": "(score − chance) / (1 − chance)"}
+_SCORE_TITLES = {"vl_score": "VL stable score", "text_score": "text stable score",
+                 "avg_score": "k-task average stable score"}
+
+
+def stable_title(definition: str = "difference") -> str:
+    """'stable score (<its formula>)' under the study's definition."""
+    return f"stable score ({STABLE_FORMULAS[definition]})"
+
+
+def score_label(score: str, definition: str = "difference") -> str:
+    """A per-step score's title under the study's definition ('VL stable score (score − chance)');
+    any other name as it is."""
+    return f"{_SCORE_TITLES[score]} ({STABLE_FORMULAS[definition]})" if score in _SCORE_TITLES else score
 
 
 def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:
@@ -61,7 +73,8 @@ def benchmark(task: str) -> str:
     return next((suite for suite in FOLDED_SUITES if task.startswith(suite + "_")), task)
 
 
-def _benchmark_expr() -> pl.Expr:
+def benchmark_expr() -> pl.Expr:
+    """`benchmark` of the `task` column, as a polars expression (aliased `benchmark`)."""
     expr = pl.col("task")
     for suite in FOLDED_SUITES:
         expr = pl.when(pl.col("task").str.starts_with(suite + "_")).then(pl.lit(suite)).otherwise(expr)
@@ -79,7 +92,7 @@ def step_scores(scores: pl.DataFrame, *, average_tasks: Sequence[str] | None = N
     if "stable_score" not in scores.columns:
         scores = stable_scores(scores)
     axes = [a for a in (*AXES, "config_id") if a in scores.columns]
-    scores = scores.with_columns(_benchmark_expr()).group_by(
+    scores = scores.with_columns(benchmark_expr()).group_by(
         ["step_id", *axes, "group", "benchmark"], maintain_order=True).agg(pl.col("stable_score").mean())
     listed = None if average_tasks is None else sorted({benchmark(t) for t in average_tasks})
     in_avg = pl.lit(True) if listed is None else pl.col("benchmark").is_in(listed)

@@ -84,6 +84,13 @@ def curves(version: CatalogVersion, filters: Filters, names: tuple[str, ...], ki
 
 
 @st.cache_data(**_CACHE)
+def stable_definition(version: CatalogVersion, filters: Filters) -> str:
+    """The chosen study's stable-score definition (`[eval] stable_score`; no study: difference)."""
+    with cursor(version) as cur:
+        return queries.stable_definition(cur, filters.study)
+
+
+@st.cache_data(**_CACHE)
 def task_scores(version: CatalogVersion, filters: Filters) -> pl.DataFrame:
     """Per-task stable scores of done eval steps, with the evaluated chain's axes."""
     with cursor(version) as cur:

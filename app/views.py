@@ -135,14 +135,15 @@ def build_scores(version: CatalogVersion, filters: Filters, opts: ScoresOptions)
     if opts.axis not in final.columns or final[opts.axis].drop_nulls().n_unique() < 1:
         raise NothingToPlot(f"{opts.axis} has no values among the evaluated runs")
     kept, notes = _fix(final, [opts.axis, opts.color])
+    definition = loaders.stable_definition(version, filters)
     if opts.per_task:
         tasks = loaders.task_scores(version, filters).filter(pl.col("step_id").is_in(kept["step_id"].to_list()))
         agg = scores.aggregate_over_seeds(tasks, scores=("stable_score",),
                                           by=(*scores.CONFIG_KEYS, "task", "group"))
-        fig = afig.per_task_figure(agg, opts.axis, color=opts.color)
+        fig = afig.per_task_figure(agg, opts.axis, color=opts.color, definition=definition)
     else:
         agg = scores.aggregate_over_seeds(kept)
-        fig = afig.score_vs_axis_figure(agg, opts.axis, scores=opts.scores, color=opts.color)
+        fig = afig.score_vs_axis_figure(agg, opts.axis, scores=opts.scores, color=opts.color, definition=definition)
     notes.append("error bars: standard error over seeds; n per point in the hover")
     return Built(figure=fig, notes=tuple(notes), table=agg.drop("seeds", strict=False))
 
@@ -157,7 +158,8 @@ def build_tradeoff(version: CatalogVersion, filters: Filters, opts: TradeoffOpti
         values = final[opts.color].drop_nulls().unique().to_list() if opts.color in final.columns else []
         fit = replace(fit, points=fit.points.with_columns(pl.lit(values[0] if len(values) == 1 else None)
                                                           .alias(opts.color)))
-    fig = afig.tradeoff_figure(fit, color=opts.color)  # its hover names each point's configuration
+    fig = afig.tradeoff_figure(fit, color=opts.color,  # its hover names each point's configuration
+                               definition=loaders.stable_definition(version, filters))
     curve = f"; fitted frontier: the least-squares {fit.shape} curve through them" if fit.shape else ""
     notes = (f"{len(fit.points)} configurations (means over seeds), {int(fit.points['on_frontier'].sum())} "
              f"on the frontier{curve}",)
@@ -209,7 +211,8 @@ def build_prediction(version: CatalogVersion, filters: Filters, opts: Prediction
 
 def build_predicted_frontier(version: CatalogVersion, filters: Filters, opts: PredictionOptions) -> Built:
     report = loaders.prediction(version, filters, prediction_target(version, filters, opts), opts.bootstrap)
-    return Built(figure=predicted_frontier_figure(report.prediction), notes=(
+    figure = predicted_frontier_figure(report.prediction, definition=loaders.stable_definition(version, filters))
+    return Built(figure=figure, notes=(
         f"the VL/text frontier the models predict at {report.prediction.params:.3g} parameters; band: "
         f"{report.prediction.bootstrap} bootstrap refits",))
 

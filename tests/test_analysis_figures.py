@@ -3,6 +3,7 @@ hollow markers; the CSV of the plotted data; and a real kaleido render to PNG, S
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import plotly.graph_objects as go
 import polars as pl
 import pytest
 
-from analysis import figures, queries
+from analysis import figures, queries, report
 from analysis.export import export_figures, figure_data
 from analysis.frontier import fit_frontier
+from analysis.report_figures import Built, axis_figures, ratio_figure
 from analysis.scaling import fit_scaling_law
-from analysis.scores import CONFIG_AXES, aggregate_over_seeds, fix_other_axes, main_stage, step_scores
+from analysis.scores import CONFIG_AXES, STABLE_FORMULAS, aggregate_over_seeds, fix_other_axes, main_stage, step_scores
 from analysis.store import connect, ingest
 from analysis.surface import fit_response_surface
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
@@ -156,3 +158,34 @@ def test_export_really_renders(tmp_path: Path) -> None:
     assert b"<svg" in (tmp_path / "tiny.svg").read_bytes()[:500]
     csv = pl.read_csv(tmp_path / "tiny.csv")
     assert len(csv) == 4 and set(csv["trace"]) == {"scale = a"}
+
+
+@pytest.mark.parametrize("definition", ["difference", "centered"])
+def test_score_axes_are_titled_by_the_studys_stable_score_definition(tmp_path, definition) -> None:
+    """A study with `[eval] stable_score = "centered"` gets its score axes and panels titled
+    (score − chance) / (1 − chance) in the report's figures, as its numbers are; others score − chance."""
+    study = write_synthetic_study(tmp_path, SyntheticSpec(scales=("79m",), intro_fractions=(0.0, 0.8, 1.0),
+                                                          image_ratios=(0.1, 0.5), finetune_epochs=(1,),
+                                                          metric_rows=2))
+    manifest = json.loads(study.manifest.read_text())
+    study.manifest.write_text(json.dumps({**manifest, "stable_score": definition}))
+    ingest(tmp_path)
+    with connect(tmp_path) as con:
+        loaded = report.load_study(con, "synthetic")
+    assert loaded.definition == definition
+    built = Built(bootstrap=20, seed=0)
+    for builder in (axis_figures, ratio_figure):
+        builder(loaded, built)
+    formula = STABLE_FORMULAS[definition]
+    drawn = dict(built.figures)
+    assert {"scores_vs_intro_fraction", "scores_vs_intro_fraction_per_task", "scores_vs_image_ratio"} <= set(drawn)
+    for fig in drawn.values():
+        assert fig.layout.yaxis.title.text == f"stable score ({formula})"
+    panels = [a.text for a in drawn["scores_vs_intro_fraction"].layout.annotations]
+    assert f"VL stable score ({formula})" in panels and f"text stable score ({formula})" in panels
+    other = STABLE_FORMULAS["centered" if definition == "difference" else "difference"]
+    assert not any(text.endswith(f"({other})") for fig in drawn.values()
+                   for text in [fig.layout.yaxis.title.text, *(a.text for a in fig.layout.annotations)])
+    frontier = fit_frontier(loaded.main, bootstrap=20)
+    fig = figures.tradeoff_figure(frontier, definition=definition)
+    assert fig.layout.xaxis.title.text == f"text stable score ({formula})"

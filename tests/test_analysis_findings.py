@@ -135,3 +135,28 @@ def test_best_f_trend_from_overlapping_intervals_is_not_stated() -> None:
     apart = [("170k", 170_000, 0.3, (0.2, 0.4)), ("1m", 1_000_000, 0.8, (0.7, 0.9))]
     assert "moves by +0.650 per tenfold" in findings.best_fraction_verdict(apart, 0.65)
     assert NOT_RESOLVED in findings.best_fraction_verdict([apart[0], ("1m", 1_000_000, 0.8, None)], 0.65)
+
+
+def test_core_scores_count_popes_splits_as_one_task_as_every_average_does() -> None:
+    """POPE's splits fold into `pope` (their mean) in the core rule, the core scores and the item
+    bootstrap: a split at chance does not drop out of vl_core while its siblings stay in."""
+    rng = np.random.default_rng(3)
+    learned = {"attribute": 0.2, "pope_random": 0.3, "pope_popular": 0.2, "pope_adversarial": 0.0}
+    chance = {"attribute": 0.4, "pope_random": 0.5, "pope_popular": 0.5, "pope_adversarial": 0.5}
+    rows = [dict(step_id=f"ft-{s}", stage="finetune", checkpoint=None, intro_fraction=0.8, seed=s, task=task,
+                 group="vl", value=rng.binomial(4000, chance[task] + gain) / 4000, chance=chance[task])
+            for s in range(3) for task, gain in learned.items()]
+    task_scores = scores.stable_scores(pl.DataFrame(rows).with_columns(
+        scale=pl.lit("1m"), params=pl.lit(1_000_000), image_ratio=pl.lit(0.2), instruction_share=pl.lit(0.0),
+        finetune_epochs=pl.lit(1), n=pl.lit(4000)))
+    _, main, core = analysed(task_scores)
+    assert sorted(core["task"].to_list()) == ["attribute", "pope"] and core["core"].all()
+    for step in main.iter_rows(named=True):
+        mine = {r["task"]: r["stable_score"] for r in task_scores.filter(pl.col("step_id") == step["step_id"])
+                .iter_rows(named=True)}
+        pope = (mine["pope_random"] + mine["pope_popular"] + mine["pope_adversarial"]) / 3
+        assert step["vl_core"] == pytest.approx((mine["attribute"] + pope) / 2)
+        assert step["vl_core"] == pytest.approx(step["vl_score"])  # both averages count two benchmarks
+    rows = findings._score_rows(task_scores, core, "vl_core")
+    draws = findings.item_draws(rows, main["step_id"].to_list(), 400, np.random.default_rng(0))
+    assert draws.mean(0) == pytest.approx(main["vl_core"].to_numpy(), abs=0.005)

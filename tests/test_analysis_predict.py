@@ -6,17 +6,20 @@ least squares, and the closed-form best mix matches a dense grid."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
+from analysis import queries
 from analysis.backtest import backtest_largest, decision_accuracy
 from analysis.crossscale import NormalEquations, box_argmax, fit_linear, make_design
 from analysis.errors import AnalysisInputError
 from analysis.predict import predict_scale, runs_arrays
 from analysis.predict_io import prediction_runs
+from analysis.scores import centered, step_scores
 from analysis.store import connect, ingest
 from analysis.synthetic import SyntheticSpec, write_synthetic_study
 from analysis.synthetic_law import KnownLaw
@@ -171,3 +174,24 @@ def test_tokens_enter_the_law_only_when_tokens_per_parameter_vary(runs) -> None:
     assert "h(D)" in make_design("fixed_optimum", arrays).columns
     p = predict_scale(varied, params=3e9, tokens=1e12, bootstrap=10)
     assert p.tokens == 1e12 and not p.notes
+
+
+def test_the_runs_are_scored_by_the_studys_stable_score_definition(tmp_path) -> None:
+    """`[eval] stable_score = "centered"` (carried in the manifest) rescales the scores the
+    prediction is fitted to, as it does the report's and the app's."""
+    spec = SyntheticSpec(scales=("79m",), intro_fractions=(0.8, 1.0), image_ratios=(0.1,), finetune_epochs=(1,),
+                         seeds=(0,), metric_rows=2)
+    study = write_synthetic_study(tmp_path, spec)
+    ingest(tmp_path)
+    with connect(tmp_path) as con:
+        plain = prediction_runs(con, "synthetic")[0].sort("step_id")
+    manifest = json.loads(study.manifest.read_text())
+    study.manifest.write_text(json.dumps({**manifest, "stable_score": "centered"}))
+    ingest(tmp_path)
+    with connect(tmp_path) as con:
+        runs = prediction_runs(con, "synthetic")[0].sort("step_id")
+        want = step_scores(centered(queries.load_stable_scores(con, "synthetic"), "centered"))
+    want = want.filter(pl.col("step_id").is_in(runs["step_id"].to_list())).sort("step_id")
+    for score in ("vl_score", "text_score"):
+        assert runs[score].to_list() == pytest.approx(want[score].to_list())
+    assert (runs["text_score"] > plain["text_score"]).all()  # text chances > 0: divided by 1 − chance

@@ -104,3 +104,12 @@ def test_the_paper_study_uses_dclms_centered_scores():
     assert study.eval.stable_score == "centered"
     names = {Path(p).name.split(".")[0] for p in study.data["vl_evals"].paths}
     assert {"refcoco", "refcoco+", "refcocog", "ocid_ref"} <= names
+
+
+def test_every_definition_has_its_formula_for_axis_titles():
+    from analysis.scores import STABLE_FORMULAS, score_label, stable_title
+    from models.stepfiles import STABLE_DEFINITIONS
+
+    assert set(STABLE_FORMULAS) == set(STABLE_DEFINITIONS)
+    assert stable_title("centered") == "stable score ((score − chance) / (1 − chance))"
+    assert score_label("vl_score") == "VL stable score (score − chance)" and score_label("val_loss") == "val_loss"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.scores import SCORE_LABELS, SCORES
-from app import session
+from analysis.scores import SCORES, score_label
+from app import loaders, session
 from app.views import SCORE_AXES, ScoresOptions, build_scores
 
 
@@ -22,8 +22,9 @@ def scores_page() -> None:
     color = c.selectbox("one line per", colors, key="scores_color")
     chosen = SCORES[:2]
     if view == "aggregate":
+        definition = loaders.stable_definition(ctx.version, ctx.filters)
         chosen = st.multiselect("aggregates", SCORES, default=list(SCORES[:2]), key="scores_which",
-                                format_func=lambda s: SCORE_LABELS.get(s, s)) or list(SCORES[:2])
+                                format_func=lambda s: score_label(s, definition)) or list(SCORES[:2])
     built = session.show("scores", build_scores, ScoresOptions(
         axis=axis, scores=tuple(chosen), per_task=view == "per task", color=color))
     if built is not None:
