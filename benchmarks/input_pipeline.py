@@ -138,6 +138,8 @@ def stages(src: dict) -> dict:
                                               image_ratio=0.2, **image),
         "image100 dev": lambda: d.mixed_stream(None, device, None, tok, batch_size=16,
                                                image_ratio=1.0, **image),
+        "image20 tok": lambda: d.mixed_stream(src["tokens"], device, None, tok, batch_size=16,
+                                              image_ratio=0.2, **image),
         "finetune": lambda: d.finetune_epochs(src["llava"], tok, batch_size=16, seq_len=1024,
                                               image_size=IMAGE_SIZE, image_tokens=IMAGE_TOKENS,
                                               epochs=1000, seed=0),
@@ -310,7 +312,7 @@ def main() -> None:
             loaders = [("new 1", 1), ("new 2", 2)]
             if stage == "pre-tokenised":  # nothing of it runs in workers: the in-process loader is it
                 loaders = [("new 0", 0)]
-            elif not stage.endswith("dev"):  # the old path had no device resize
+            elif not stage.endswith(("dev", "tok")):  # the old path had no device resize, no tokens
                 loaders = [("old", None), ("new 0", 0)] + loaders
             for name, workers in loaders:
                 r = measure(make, workers, args.seconds)
