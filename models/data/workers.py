@@ -29,7 +29,9 @@ import os
 import queue
 import signal
 import time
+import weakref
 from collections import deque
+from multiprocessing import shared_memory
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -78,6 +80,7 @@ def _worker(jobs: Sequence[Callable], inbox: Any, outbox: Any, parent: int, stop
 SHARED_MIN_BYTES = 1 << 16  # arrays this large (images) travel through the shared ring, not the pipe
 RING_BYTES = 32 << 20  # each worker's ring; smaller where /dev/shm holds less (see `_ring_bytes`)
 MIN_RING_BYTES = 4 << 20  # less room than this per worker in /dev/shm: answers through the pipes
+RING_WAIT_S = 0.05  # a worker waits this long for room in its ring, then uses the pipe
 ALIGN = 64
 _STOPPED = object()
 
@@ -115,15 +118,17 @@ class _RingWriter:
     """A worker's side of its ring: one producer, one consumer (the training process), answers in
     order. An answer's large arrays (decoded images) are copied into the next free stretch — wrapping
     to the start when the end is too near — and the pipe carries only where they lie. The training
-    process copies them out on receipt, in the same order, and advances `tail`: the stretch is free
-    again. Creating and unlinking a shared-memory block per answer cost ~1 ms of the training
-    process's time per 8 images; the ring costs one memcpy each side."""
+    process reads them in place (`_RingReader`) and frees each stretch once nothing refers to it
+    (the batch they went into was stacked). Creating and unlinking a shared-memory block per answer
+    cost ~1 ms of the training process's time per 8 images; the ring costs one memcpy here and the
+    batch's stacking there. A ring still full after RING_WAIT_S (the training process holds more
+    images than it can take, e.g. a batch's worth being assembled) sends the answer through the
+    pipe instead: waiting longer could wait for what waits for this worker."""
 
     def __init__(self, name: str, tail: Any, *, stop: Any, parent: int) -> None:
-        from multiprocessing import shared_memory
-
         self.block = shared_memory.SharedMemory(name=name)
         self.size, self.tail, self.head, self.stop, self.parent = self.block.size, tail, 0, stop, parent
+        self.stuck_at = -1  # the tail when a wait for room last gave up
 
     def put(self, value: Any) -> Any:
         found: list = []
@@ -134,10 +139,15 @@ class _RingWriter:
         start = self.head
         if start % self.size + need > self.size:  # not enough before the end: wrap
             start += self.size - start % self.size
+        deadline = time.monotonic() + RING_WAIT_S
         while start + need - self.tail.value > self.size:  # wait for the consumer to free room
             if self.stop.value or os.getppid() != self.parent:
                 return _STOPPED
-            time.sleep(0.0005)
+            if self.tail.value == self.stuck_at or time.monotonic() > deadline:
+                # Still no room where the last wait gave up: the pipe, at once, until room is made.
+                self.stuck_at = self.tail.value
+                return _restore(value, found)
+            time.sleep(0.0002)
         layout, at = [], start % self.size
         for a in found:
             np.ndarray(a.shape, a.dtype, buffer=self.block.buf, offset=at)[...] = a
@@ -156,14 +166,41 @@ def _restore(value: Any, arrays: list) -> Any:
     return value
 
 
-def _from_ring(value: Any, ring: Any, tail: Any) -> Any:
-    """An answer as the worker made it: its arrays copied out of the ring, whose stretch is freed."""
-    if not (isinstance(value, tuple) and len(value) == 4 and value[0] == "__ring__"):
-        return value
-    _, end, layout, value = value
-    arrays = [np.ndarray(shape, np.dtype(dt), buffer=ring.buf, offset=at).copy() for shape, dt, at in layout]
-    tail.value = end
-    return _restore(value, arrays)
+class _RingReader:
+    """The training process's side of a worker's ring: an answer's arrays are views of the ring,
+    and its stretch is freed — `tail` moved past it, in ring order — once every view of it is gone
+    (a weakref finalizer per array; numpy views keep their base alive, so a slice counts too)."""
+
+    def __init__(self, block: Any, tail: Any) -> None:
+        self.block, self.tail = block, tail
+        self.held: deque = deque()  # [end, arrays still referenced] per answer, oldest first
+
+    def take(self, value: Any) -> Any:
+        if not (isinstance(value, tuple) and len(value) == 4 and value[0] == "__ring__"):
+            return value
+        _, end, layout, value = value
+        entry = [end, len(layout)]
+        self.held.append(entry)
+        arrays = [np.ndarray(shape, np.dtype(dt), buffer=self.block.buf, offset=at) for shape, dt, at in layout]
+        for a in arrays:
+            weakref.finalize(a, self._release, entry)
+        return _restore(value, arrays)
+
+    def _release(self, entry: list) -> None:
+        entry[1] -= 1
+        while self.held and self.held[0][1] == 0:
+            self.tail.value = self.held.popleft()[0]
+
+
+class _Ring(shared_memory.SharedMemory):
+    """A ring's block, whose `close` leaves the mapping to the views still using it (images not yet
+    stacked): it goes with the last of them, instead of raising BufferError."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except BufferError:
+            pass
 
 
 class WorkerPool:
@@ -185,6 +222,7 @@ class WorkerPool:
         # A lock-free flag: a worker killed while holding an Event's lock would hang `close`.
         self.stop = ctx.RawValue("b", 0)
         self.rings, self.tails = self._make_rings(ctx, workers)
+        self.readers = [_RingReader(r, t) for r, t in zip(self.rings, self.tails)]
         self.procs = [ctx.Process(target=_worker, daemon=True, name=f"vlmsweep-data-{w}", args=(
                           self.jobs, i, o, os.getpid(), self.stop,
                           (self.rings[w].name, self.tails[w]) if self.rings else None))
@@ -203,17 +241,15 @@ class WorkerPool:
     def _make_rings(ctx: Any, workers: int) -> tuple[list, list]:
         """One shared-memory ring per worker (unlinked by `close`; by the resource tracker if this
         process is killed), with the counter of what the training process has taken from it."""
-        from multiprocessing import shared_memory
-
         size = _ring_bytes(workers)
         if not size:
             return [], []
-        return ([shared_memory.SharedMemory(create=True, size=size) for _ in range(workers)],
+        return ([_Ring(create=True, size=size) for _ in range(workers)],
                 [ctx.RawValue("Q", 0) for _ in range(workers)])
 
     def _take(self, w: int, value: Any) -> Any:
-        """Worker w's answer with its arrays out of its ring (done on receipt, in the ring's order)."""
-        return _from_ring(value, self.rings[w], self.tails[w]) if self.rings else value
+        """Worker w's answer, its arrays read in place from its ring (taken on receipt, in ring order)."""
+        return self.readers[w].take(value) if self.rings else value
 
     @property
     def size(self) -> int:
