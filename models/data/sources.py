@@ -72,8 +72,11 @@ class ShardSource:
 
     def __init__(self, paths: list[str], iter_shard: Callable, parse: Callable, *, seed: int,
                  on_bad_record: str = "error", shuffle_shards: bool = True,
-                 lazy_parse: Callable | None = None) -> None:
+                 lazy_parse: Callable | None = None, iter_refs: Callable | None = None) -> None:
         self.paths, self.iter_shard, self.parse, self.lazy_parse = paths, iter_shard, parse, lazy_parse
+        # The same records with their large members left unread (`readers.Member`), for a worker pool
+        # to read: they never pass through the training process. Shards opened after `attach` use it.
+        self.iter_refs = iter_refs
         self.seed, self.shuffle = seed, shuffle_shards
         self.on_bad = check_on_bad_record(on_bad_record)
         self.epoch = self.shard = self.record = self.skipped = 0
@@ -113,7 +116,8 @@ class ShardSource:
     def _open(self) -> None:
         # Resumed mid-shard: the reader skips the records this shard already gave, undecoded.
         seek = {} if self.resume is None else {"resume": self.resume}
-        self._it, self._seen = self.iter_shard(self._path(), start=self.record, **seek), 0
+        reader = self.iter_refs if self.prefetch is not None and self.iter_refs else self.iter_shard
+        self._it, self._seen = reader(self._path(), start=self.record, **seek), 0
 
     def _read(self) -> tuple[Any, str, int, int, dict]:
         """The next record: (record dict or BadRecordError, shard path, index, epoch, cursor after)."""
@@ -354,8 +358,10 @@ def open_source(source, role: str, *, image_size: int = 32, seed: int = 0,
         return src
     it, parse = _reader(source, image_size)
     lazy = partial(parse, lazy=True) if role != "text" else None
+    refs = partial(it, refs=True) if source.kind == "webdataset" else None
     return ShardSource(resolve_paths(source), it, parse, seed=seed, on_bad_record=on_bad_record,
-                       shuffle_shards=bool(source.option("shuffle_shards", True)), lazy_parse=lazy)
+                       shuffle_shards=bool(source.option("shuffle_shards", True)), lazy_parse=lazy,
+                       iter_refs=refs)
 
 
 def check_first_records(source, role: str, path: str, *, records: int = 2, image_size: int = 32) -> None:

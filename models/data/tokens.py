@@ -124,8 +124,10 @@ def token_shards(source) -> list[str]:
 def iter_tokens(path: str, start: int = 0) -> Iterator[tuple[int, Any]]:
     """The documents of one token shard as (index, uint array view), memory-mapped."""
     try:
-        tokens = np.load(path, mmap_mode="r")
-        offsets = np.load(path.replace(".tokens.npy", ".offsets.npy"))
+        # A plain ndarray over the mapping: slicing an np.memmap runs its __array_finalize__ for
+        # every document (~25 µs, a third of the pre-tokenised stream's time).
+        tokens = np.asarray(np.load(path, mmap_mode="r"))
+        offsets = np.load(path.replace(".tokens.npy", ".offsets.npy")).tolist()
     except (OSError, ValueError) as exc:
         yield start, BadRecordError(path, start, f"unreadable token shard ({type(exc).__name__}: {exc})")
         return

@@ -1,0 +1,125 @@
+"""How decoded images and tar members travel between the training process and the data workers:
+through each worker's shared-memory ring (wrapping, waiting when full, the pipe for an answer larger
+than the ring), and by reference for a plain local tar (a worker reads the bytes); the batches are
+the in-process path's in every case, and nothing is left in /dev/shm."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from models.data import BadRecordError, get_tokenizer, mixed_stream
+from models.data import readers as rd
+from models.data import workers as wk
+from models.steps import DataSource
+
+TOK = get_tokenizer(DataSource(name="world", kind="world", options=(("seed", 5),)))
+SIDE = 160  # 160 x 160 x 3 = 76,800 bytes: above SHARED_MIN_BYTES, so images use the ring
+
+
+def _jpeg(rng: np.random.Generator) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)).save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rings") / "pairs-000.tar"
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(48):
+            _add(tar, f"{i:05d}.jpg", _jpeg(rng))
+            _add(tar, f"{i:05d}.txt", f"a red ball {i} near the tree".encode())
+    return path
+
+
+def _batches(path, workers: int, n: int = 6) -> tuple[list, list]:
+    src = DataSource(name="pairs", kind="webdataset", paths=(str(path),))
+    stream = mixed_stream(None, src, None, TOK, batch_size=4, seq_len=64, image_ratio=1.0, instruction_share=0.0,
+                          image_size=SIDE, image_tokens=16, seed=0)
+    pool = wk.start_workers(stream, workers)
+    try:
+        return [next(stream) for _ in range(n)], ([r.size for r in pool.rings] if pool else [])
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _shm() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")} if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.parametrize("ring", ["default", "tight", "smaller than an answer", "none"])
+def test_images_cross_the_ring_exactly_whether_it_wraps_fills_or_is_bypassed(shard, monkeypatch, ring):
+    serial, _ = _batches(shard, 0)
+    assert sum(b.images.shape[0] for b in serial) >= 20
+    before = _shm()
+    answer = wk.CHUNK * SIDE * SIDE * 3  # 8 images: ~615 KB
+    if ring == "tight":  # two answers fit: the worker waits for room, and wraps every other answer
+        monkeypatch.setattr(wk, "RING_BYTES", 2 * answer + 4096)
+        monkeypatch.setattr(wk, "MIN_RING_BYTES", 1)
+    elif ring == "smaller than an answer":  # every answer goes through the pipe
+        monkeypatch.setattr(wk, "RING_BYTES", answer // 2)
+        monkeypatch.setattr(wk, "MIN_RING_BYTES", 1)
+    elif ring == "none":  # no room in /dev/shm: pipes only
+        monkeypatch.setattr(wk, "MIN_RING_BYTES", 1 << 62)
+    got, sizes = _batches(shard, 2)
+    assert sizes == ([] if ring == "none" else [wk.RING_BYTES // wk.ALIGN * wk.ALIGN] * 2)
+    for a, b in zip(serial, got):
+        for field in ("tokens", "targets", "loss_kind", "images"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    assert _shm() == before  # every ring unlinked
+
+
+def test_a_plain_tar_read_by_reference_gives_the_same_records_and_names_a_cut_member(shard, tmp_path):
+    full = list(rd.iter_webdataset(str(shard)))
+    refs = list(rd.iter_webdataset(str(shard), refs=True))
+    assert all(isinstance(r["jpg"], rd.Member) for _, r in refs)
+    read = rd.MemberReader()
+    assert [(i, read(r, str(shard), i)) for i, r in refs] == full
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(shard.read_bytes())
+    refs = list(rd.iter_webdataset(str(cut), refs=True))
+    with open(cut, "r+b") as f:  # the shard shrinks after its headers were read
+        f.truncate(refs[30][1]["jpg"].offset + 100)
+    with pytest.raises(BadRecordError, match=r"cut\.tar.*record 30.*member \.jpg is cut off"):
+        for i, r in refs:
+            read(r, str(cut), i)
+    read.close()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_fast_header_walk_reads_every_format_as_tarfile_does(tmp_path, fmt):
+    """Long names (a ustar prefix, a GNU long-name header, a pax header), directories, empty members:
+    the fast walk hands what it does not decode to tarfile and the members come out the same."""
+    path = tmp_path / "t.tar"
+    deep = "/".join(["folder"] * 12)  # > 100 characters: a prefix, a long-name or a pax header
+    with tarfile.open(path, "w", format=fmt) as tar:
+        tar.addfile(_dir("dir"))
+        for i, name in enumerate(["a.jpg", "a.txt", f"{deep}/b.jpg", f"{deep}/b.txt", "c.txt", "é.txt"]):
+            _add(tar, name, b"x" * (i * 300))
+    with open(path, "rb") as f:
+        fast = list(rd._plain_members(f, 0))
+    with open(path, "rb") as f:
+        slow = list(rd._tarfile_members(f, 0, "r:"))
+    assert fast == slow and len([m for m in fast if m[4]]) == 6
+    assert [r["__key__"] for _, r in rd.iter_webdataset(str(path))] == ["a", f"{deep}/b", "c", "é"]
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
