@@ -404,7 +404,9 @@ class Prefetch:
         """("ok", sample) or ("bad", BadRecordError) of each (rec, path, idx), in order."""
         tickets = [self.pool.submit(self.key, (records[i:i + CHUNK],), f"{records[i][1]}: record {records[i][2]}")
                    for i in range(0, len(records), CHUNK)]
-        outs = [_outcome(o) for t in tickets for o in self.pool.result(t)]
+        # Copied out of the ring: a fine-tune keeps a megabatch's samples (~128 images) while it
+        # serves them, which would keep the worker's ring full; a stream's samples live a batch.
+        outs = [_outcome(_owned(o)) for t in tickets for o in self.pool.result(t)]
         return [("bad", o) if isinstance(o, BadRecordError) else ("ok", o) for o in outs]
 
     def clear(self) -> None:
@@ -412,6 +414,13 @@ class Prefetch:
         self.chunks.clear()
         self.ready.clear()
         self.in_flight = 0
+
+
+def _owned(value: Any) -> Any:
+    """`value` with its large arrays (views of a worker's ring) copied."""
+    found: list = []
+    value = _arrays(value, found)
+    return _restore(value, [np.array(a) for a in found]) if found else value
 
 
 def _outcome(out: tuple) -> Any:
