@@ -150,3 +150,23 @@ def test_samples_a_fine_tune_keeps_are_copied_out_of_the_ring_and_streamed_ones_
         assert np.array_equal(image, kept[0][1][0])
     finally:
         pool.close()
+
+
+def test_the_rings_share_dev_shm_with_the_nodes_other_ranks(monkeypatch):
+    """Every rank of a node sizes its rings at once from the same free space: each takes its share,
+    and a share under MIN_RING_BYTES per worker means pipes, never a ring that could SIGBUS."""
+    free = 64 << 20  # a container's default /dev/shm
+
+    class Stat:
+        f_bavail, f_frsize = free // 4096, 4096
+    monkeypatch.setattr(wk.os, "statvfs", lambda path: Stat())
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert wk._ring_bytes(4) == min(wk.RING_BYTES, free // 8)  # one rank, 4 workers: 8 MB each
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert wk._ring_bytes(4) == 0  # 8 ranks x 4 workers: 1 MB each, under MIN_RING_BYTES
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert wk._ring_bytes(1) == free // 4  # 2 ranks x 1 worker: 16 MB each

@@ -103,12 +103,19 @@ class _SharedSlot(int):
 
 
 def _ring_bytes(workers: int) -> int:
-    """Ring size per worker: RING_BYTES, or what half of /dev/shm's free space allows (a container's
-    /dev/shm is often 64 MB; writing past it is SIGBUS); 0 (answers through the pipes) where less
-    than MIN_RING_BYTES is free per worker."""
+    """Ring size per worker: RING_BYTES, or what half of /dev/shm's free space allows, shared by the
+    node's ranks, each starting its workers at once (a container's /dev/shm is often 64 MB; writing
+    past it is SIGBUS); 0 (answers through the pipes) where less than MIN_RING_BYTES is free per
+    worker."""
+    from models.distributed import ranks_from_env
+
+    try:
+        per_node = max(1, ranks_from_env().per_node)
+    except ValueError:  # a malformed rank variable is the launcher's error to report, not this one
+        per_node = 1
     try:
         st = os.statvfs("/dev/shm")
-        room = st.f_bavail * st.f_frsize // (2 * workers)
+        room = st.f_bavail * st.f_frsize // (2 * workers * per_node)
     except OSError:
         room = RING_BYTES
     return 0 if room < MIN_RING_BYTES else min(RING_BYTES, room) // ALIGN * ALIGN
