@@ -151,7 +151,9 @@ def item_draws(rows: pl.DataFrame, step_ids: Sequence[str], bootstrap: int,
     weight = rows.select(1.0 / pl.len().over(by))[:, 0].to_numpy()
     n = np.maximum(rows["n"].fill_null(1).to_numpy().astype(np.int64), 1)
     p = np.clip(rows["value"].to_numpy().astype(float), 0.0, 1.0)
-    drawn = (rng.binomial(n, p, size=(bootstrap, len(n))) / n - rows["chance"].to_numpy()) * weight
+    # On the scale of the rows' stable scores (`scores.centered`: 1/(1 − chance) under "centered").
+    scale = rows["stable_scale"].fill_null(np.nan).to_numpy() if "stable_scale" in rows.columns else 1.0
+    drawn = (rng.binomial(n, p, size=(bootstrap, len(n))) / n - rows["chance"].to_numpy()) * scale * weight
     owner = np.array([index[s] for s in rows["step_id"]], dtype=np.int64)
     sums = np.zeros((bootstrap, len(step_ids)))
     np.add.at(sums.T, owner, drawn.T)

@@ -57,15 +57,18 @@ def stable_scores(evals: pl.DataFrame) -> pl.DataFrame:
 
 def centered(scores: pl.DataFrame, definition: str = "difference") -> pl.DataFrame:
     """Stable scores under `definition`: `difference` leaves them; `centered` divides each by
-    1 − chance (DCLM's centered accuracy; null where chance is 1, which leaves nothing to score)."""
+    1 − chance (DCLM's centered accuracy; null where chance is 1, which leaves nothing to score).
+    `stable_scale` is the factor on score − chance (1, or 1/(1 − chance)): what an item bootstrap
+    redrawing accuracies multiplies by to stay on the same scale."""
     if definition not in STABLE_DEFINITIONS:
         raise AnalysisInputError(f"stable score definition {definition!r}; known: {', '.join(STABLE_DEFINITIONS)}")
     if "stable_score" not in scores.columns:
         scores = stable_scores(scores)
     if definition == "difference":
-        return scores
-    return scores.with_columns(pl.when(pl.col("chance") < 1).then(pl.col("stable_score") / (1 - pl.col("chance")))
-                               .otherwise(None).alias("stable_score"))
+        return scores.with_columns(pl.lit(1.0).alias("stable_scale"))
+    scale = pl.when(pl.col("chance") < 1).then(1 / (1 - pl.col("chance"))).otherwise(None)
+    return scores.with_columns(scale.alias("stable_scale")).with_columns(
+        (pl.col("stable_score") * pl.col("stable_scale")).alias("stable_score"))
 
 
 def benchmark(task: str) -> str:

@@ -4,6 +4,8 @@ tasks follow the rule fixed in advance, and the best-f trend is not stated from 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 import pytest
@@ -160,3 +162,19 @@ def test_core_scores_count_popes_splits_as_one_task_as_every_average_does() -> N
     rows = findings._score_rows(task_scores, core, "vl_core")
     draws = findings.item_draws(rows, main["step_id"].to_list(), 400, np.random.default_rng(0))
     assert draws.mean(0) == pytest.approx(main["vl_core"].to_numpy(), abs=0.005)
+
+
+@pytest.mark.parametrize("definition", ["difference", "centered"])
+def test_the_item_bootstrap_draws_on_the_scale_of_the_studys_stable_score(definition):
+    """Under "centered" a task's score is (acc − chance)/(1 − chance): its item draws are spread by
+    the same 1/(1 − chance), or the intervals of text scores (chance 1/4) read 3/4 of their width."""
+    from analysis import scores as sc
+
+    frame = pl.DataFrame({"step_id": ["s"], "task": ["arc"], "group": ["text"], "value": [0.55],
+                          "chance": [0.25], "n": [400]}).with_columns(
+        (pl.col("value") - pl.col("chance")).alias("stable_score"))
+    rows = sc.centered(frame, definition)
+    draws = findings.item_draws(rows, ["s"], 4000, np.random.default_rng(0))[:, 0]
+    scale = 1 / 0.75 if definition == "centered" else 1.0
+    assert draws.mean() == pytest.approx(rows["stable_score"][0], abs=0.004)
+    assert draws.std() == pytest.approx(math.sqrt(0.55 * 0.45 / 400) * scale, rel=0.06)

@@ -123,3 +123,50 @@ def _dir(name: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE
     return info
+
+
+def test_samples_a_fine_tune_keeps_are_copied_out_of_the_ring_and_streamed_ones_are_not(shard):
+    """A fine-tune holds a megabatch's samples while it serves them (`map_records`): they are copied,
+    or the worker's ring would stay full; a stream's samples live one batch and are read in place."""
+    from functools import partial
+
+    from models.data.sources import parse_wds
+
+    parse = partial(parse_wds, image_size=SIDE)
+    job = wk.ParseJob(parse, TOK, "pairs")
+    pool = wk.WorkerPool(1, [job])
+    try:
+        records = [(r, str(shard), i) for i, r in rd.iter_webdataset(str(shard), refs=True)][:16]
+        for r, _, _ in records:
+            r.pop(rd.RESUME, None)
+        prefetch = wk.Prefetch(pool, pool.job_key(job), 16)
+        kept = prefetch.map_records(records)
+        assert [s for s, _ in kept] == ["ok"] * 16
+        assert all(sample[0].flags.owndata for _, sample in kept)
+        streamed = iter(records)
+        prefetch.fill(lambda: (*next(streamed), 0, {}))
+        image = prefetch.next()[0][0]
+        assert image.shape == (SIDE, SIDE, 3) and not image.flags.owndata  # a view of the ring
+        assert np.array_equal(image, kept[0][1][0])
+    finally:
+        pool.close()
+
+
+def test_the_rings_share_dev_shm_with_the_nodes_other_ranks(monkeypatch):
+    """Every rank of a node sizes its rings at once from the same free space: each takes its share,
+    and a share under MIN_RING_BYTES per worker means pipes, never a ring that could SIGBUS."""
+    free = 64 << 20  # a container's default /dev/shm
+
+    class Stat:
+        f_bavail, f_frsize = free // 4096, 4096
+    monkeypatch.setattr(wk.os, "statvfs", lambda path: Stat())
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert wk._ring_bytes(4) == min(wk.RING_BYTES, free // 8)  # one rank, 4 workers: 8 MB each
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert wk._ring_bytes(4) == 0  # 8 ranks x 4 workers: 1 MB each, under MIN_RING_BYTES
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert wk._ring_bytes(1) == free // 4  # 2 ranks x 1 worker: 16 MB each

@@ -103,12 +103,19 @@ class _SharedSlot(int):
 
 
 def _ring_bytes(workers: int) -> int:
-    """Ring size per worker: RING_BYTES, or what half of /dev/shm's free space allows (a container's
-    /dev/shm is often 64 MB; writing past it is SIGBUS); 0 (answers through the pipes) where less
-    than MIN_RING_BYTES is free per worker."""
+    """Ring size per worker: RING_BYTES, or what half of /dev/shm's free space allows, shared by the
+    node's ranks, each starting its workers at once (a container's /dev/shm is often 64 MB; writing
+    past it is SIGBUS); 0 (answers through the pipes) where less than MIN_RING_BYTES is free per
+    worker."""
+    from models.distributed import ranks_from_env
+
+    try:
+        per_node = max(1, ranks_from_env().per_node)
+    except ValueError:  # a malformed rank variable is the launcher's error to report, not this one
+        per_node = 1
     try:
         st = os.statvfs("/dev/shm")
-        room = st.f_bavail * st.f_frsize // (2 * workers)
+        room = st.f_bavail * st.f_frsize // (2 * workers * per_node)
     except OSError:
         room = RING_BYTES
     return 0 if room < MIN_RING_BYTES else min(RING_BYTES, room) // ALIGN * ALIGN
@@ -404,7 +411,9 @@ class Prefetch:
         """("ok", sample) or ("bad", BadRecordError) of each (rec, path, idx), in order."""
         tickets = [self.pool.submit(self.key, (records[i:i + CHUNK],), f"{records[i][1]}: record {records[i][2]}")
                    for i in range(0, len(records), CHUNK)]
-        outs = [_outcome(o) for t in tickets for o in self.pool.result(t)]
+        # Copied out of the ring: a fine-tune keeps a megabatch's samples (~128 images) while it
+        # serves them, which would keep the worker's ring full; a stream's samples live a batch.
+        outs = [_outcome(_owned(o)) for t in tickets for o in self.pool.result(t)]
         return [("bad", o) if isinstance(o, BadRecordError) else ("ok", o) for o in outs]
 
     def clear(self) -> None:
@@ -412,6 +421,13 @@ class Prefetch:
         self.chunks.clear()
         self.ready.clear()
         self.in_flight = 0
+
+
+def _owned(value: Any) -> Any:
+    """`value` with its large arrays (views of a worker's ring) copied."""
+    found: list = []
+    value = _arrays(value, found)
+    return _restore(value, [np.array(a) for a in found]) if found else value
 
 
 def _outcome(out: tuple) -> Any:
