@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from sweep.errors import UserError
@@ -15,6 +16,9 @@ def add_tokenize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="the folder to write (new or empty); name it in the study as "
                         "[data.NAME] kind = \"tokens\", paths = [\"DIR\"]")
+    p.add_argument("--workers", type=int, default=None,
+                   help="shards tokenised at once, each in its own process (default: the CPUs this "
+                        "process may use); the output does not depend on it")
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
@@ -28,10 +32,14 @@ def run_tokenize(args: argparse.Namespace) -> int:
     source = study.data[args.source]
 
     def progress(done: int, total: int, tokens: int) -> None:
-        print(f"  shard {done}/{total}: {tokens:,} tokens", flush=True)
-    print(f"tokenizing {args.source} ({source.kind}, {len(source.paths)} path(s)) into {args.out}")
+        print(f"  shard {done}/{total} done: {tokens:,} tokens", flush=True)
+    workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    print(f"tokenizing {args.source} ({source.kind}, {len(source.paths)} path(s)) into {args.out} "
+          f"with {workers} worker(s)")
     try:
-        manifest = write_tokens(source, args.out, progress=progress)
+        manifest = write_tokens(source, args.out, progress=progress, workers=workers)
     except DataError as exc:
         raise UserError(str(exc)) from None
     total = sum(s["n_tokens"] for s in manifest["shards"])

@@ -91,3 +91,25 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(world, tmp_path, capsys
     err = capsys.readouterr().err
     assert f"{shard}: record 1: not valid JSON" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]
+
+
+def test_tokenizing_in_parallel_writes_the_same_folder_and_names_a_bad_record(world, tmp_path, capsys):
+    study = str(world / "study.toml")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["tokenize", study, "--source", "text", "--out", str(one), "--workers", "1"]) == 0
+    assert main(["tokenize", study, "--source", "text", "--out", str(two), "--workers", "3"]) == 0
+    assert "with 3 worker(s)" in capsys.readouterr().out
+    files = sorted(p.name for p in one.iterdir())
+    assert files == sorted(p.name for p in two.iterdir()) and len(files) == 7  # 3 shards x 2 + manifest
+    for name in files:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    import zstandard
+
+    shard = sorted((world / "text").iterdir())[2]
+    shard.write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "a dax"}\n{"text": 7}\n'))
+    assert main(["tokenize", study, "--source", "text", "--out", str(tmp_path / "b"), "--workers", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{shard}: record 1: field 'text' is a int" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]
+    assert main(["tokenize", study, "--source", "text", "--out", str(tmp_path / "c"), "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
