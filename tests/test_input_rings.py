@@ -88,8 +88,11 @@ def test_a_plain_tar_read_by_reference_gives_the_same_records_and_names_a_cut_me
     full = list(rd.iter_webdataset(str(shard)))
     refs = list(rd.iter_webdataset(str(shard), refs=True))
     assert all(isinstance(r["jpg"], rd.Member) for _, r in refs)
-    read = rd.MemberReader()
-    assert [(i, read(r, str(shard), i)) for i, r in refs] == full
+    assert [(i, rd.read_members(r, str(shard), i)) for i, r in refs] == full
+    kept = rd.read_members(refs[0][1], str(shard), 0, images=False)  # the image left for decode_image
+    assert isinstance(kept["jpg"], rd.Member) and kept["txt"] == full[0][1]["txt"]
+    assert np.array_equal(rd.decode_image(kept["jpg"], SIDE, str(shard), 0),
+                          rd.decode_image(full[0][1]["jpg"], SIDE, str(shard), 0))
     cut = tmp_path / "cut.tar"
     cut.write_bytes(shard.read_bytes())
     refs = list(rd.iter_webdataset(str(cut), refs=True))
@@ -97,8 +100,9 @@ def test_a_plain_tar_read_by_reference_gives_the_same_records_and_names_a_cut_me
         f.truncate(refs[30][1]["jpg"].offset + 100)
     with pytest.raises(BadRecordError, match=r"cut\.tar.*record 30.*member \.jpg is cut off"):
         for i, r in refs:
-            read(r, str(cut), i)
-    read.close()
+            rd.read_members(r, str(cut), i)
+    with pytest.raises(BadRecordError, match=r"cut\.tar.*record 30.*member \.image is cut off"):
+        rd.decode_image(refs[30][1]["jpg"], SIDE, str(cut), 30)
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -170,3 +174,32 @@ def test_the_rings_share_dev_shm_with_the_nodes_other_ranks(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert wk._ring_bytes(1) == free // 4  # 2 ranks x 1 worker: 16 MB each
+
+
+def test_a_ranks_lazy_images_cross_as_references_and_batches_match_the_in_process_rank(shard):
+    """On 2 ranks each stream parses every record but decodes only its own rows' images: the other
+    images come back to the training process as tar references (no bytes), and each rank's batches
+    equal that rank's without workers."""
+    from models.data.types import LazyImage
+
+    src = DataSource(name="pairs", kind="webdataset", paths=(str(shard),))
+
+    def stream(rank: int):
+        s = mixed_stream(None, src, None, TOK, batch_size=4, seq_len=64, image_ratio=1.0, instruction_share=0.0,
+                         image_size=SIDE, image_tokens=16, seed=0)
+        s.select_rows(rank, 2)
+        return s
+    for rank in (0, 1):
+        serial = stream(rank)
+        expect = [next(serial) for _ in range(4)]
+        s = stream(rank)
+        pool = wk.start_workers(s, 2)
+        try:
+            got = [next(s) for _ in range(4)]
+            sample, _ = s.pairs.next()
+            assert isinstance(sample[0], LazyImage) and isinstance(sample[0].args[0], rd.Member)
+        finally:
+            pool.close()
+        for a, b in zip(expect, got):
+            assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.images, b.images)
+            assert len(a.images) > 0

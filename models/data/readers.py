@@ -114,7 +114,8 @@ RESUME = "__resume__"  # a record's key for where the next record starts (reader
 
 
 class Member(NamedTuple):
-    """A member of a plain local tar left unread: where its bytes are (`read_members` reads them)."""
+    """A member of a plain local tar left unread: where its bytes are (`read_members` and
+    `decode_image` read them)."""
     path: str
     offset: int
     size: int
@@ -230,29 +231,38 @@ class MemberReader:
     def __init__(self) -> None:
         self.path, self.fd = None, -1
 
-    def __call__(self, rec: Any, shard: str, index: int) -> Any:
-        """`rec` with its `Member`s read; a member the file no longer holds is a BadRecordError."""
-        if not isinstance(rec, dict) or not any(isinstance(v, Member) for v in rec.values()):
-            return rec
-        out = dict(rec)
-        for name, m in rec.items():
-            if isinstance(m, Member):
-                try:
-                    if m.path != self.path:
-                        self.close()
-                        self.fd, self.path = os.open(m.path, os.O_RDONLY), m.path
-                    data = os.pread(self.fd, m.size, m.offset)
-                except OSError as exc:
-                    raise BadRecordError(shard, index, f"member .{name} unreadable ({exc.strerror or exc})") from None
-                if len(data) != m.size:
-                    raise BadRecordError(shard, index, f"truncated or corrupt tar (member .{name} is cut off)")
-                out[name] = data
-        return out
+    def read(self, m: Member, shard: str, index: int, name: str) -> bytes:
+        """The member's bytes; one the file no longer holds (cut after its header was read) is a
+        BadRecordError naming the record and member."""
+        try:
+            if m.path != self.path:
+                self.close()
+                self.fd, self.path = os.open(m.path, os.O_RDONLY), m.path
+            data = os.pread(self.fd, m.size, m.offset)
+        except OSError as exc:
+            raise BadRecordError(shard, index, f"member .{name} unreadable ({exc.strerror or exc})") from None
+        if len(data) != m.size:
+            raise BadRecordError(shard, index, f"truncated or corrupt tar (member .{name} is cut off)")
+        return data
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
         self.path, self.fd = None, -1
+
+
+_MEMBERS = MemberReader()  # this process's (each data worker's) reader
+
+
+def read_members(rec: Any, shard: str, index: int, *, images: bool = True) -> Any:
+    """`rec` with its `Member`s read. With `images=False` image members stay references, read by
+    `decode_image` when (and where) the image is decoded: a rank's lazy image crosses to the
+    training process and back to a worker as a reference, not as its bytes twice."""
+    if not isinstance(rec, dict) or not any(isinstance(v, Member) for v in rec.values()):
+        return rec
+    return {name: _MEMBERS.read(v, shard, index, name)
+            if isinstance(v, Member) and (images or "." + name not in IMAGE_EXTS) else v
+            for name, v in rec.items()}
 
 
 def iter_llava(path: str, start: int = 0, *, storage: files.Storage = ()) -> Iterator[Item]:
@@ -282,9 +292,9 @@ class DeviceResize(int):
         return DeviceResize, (int(self),)
 
 
-def decode_image(data: bytes, image_size: int, shard: str, index: int) -> np.ndarray:
-    """Image bytes → uint8 [S, S, 3], resized once with bicubic (SigLIP's processor filter) when the
-    size differs.
+def decode_image(data: bytes | Member, image_size: int, shard: str, index: int) -> np.ndarray:
+    """Image bytes (or a tar member holding them) → uint8 [S, S, 3], resized once with bicubic
+    (SigLIP's processor filter) when the size differs.
 
     A JPEG at least twice the target on its short side is decoded at the smallest DCT scale (1/2,
     1/4, 1/8) that still covers the target (`Image.draft`): for a 224-pixel target a 1024-pixel JPEG
@@ -295,6 +305,8 @@ def decode_image(data: bytes, image_size: int, shard: str, index: int) -> np.nda
     `DeviceResize` size the image stays at its decoded size (`models.vision.pixels` resizes it).
     """
     from PIL import Image
+    if isinstance(data, Member):
+        data = _MEMBERS.read(data, shard, index, "image")
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format == "JPEG" and min(im.size) >= 2 * image_size:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from models.data.errors import BadRecordError
-from models.data.readers import MemberReader
+from models.data.readers import read_members
 from models.data.tokenizer import encode_chunks
 from models.spawn import bare_main
 
@@ -458,13 +458,6 @@ class ParseJob:
 
     def __init__(self, parse: Callable, tok: Any, role: str) -> None:
         self.parse, self.tok, self.role = parse, tok, role
-        self.members = MemberReader()  # a tar's members the training process left unread
-
-    def __getstate__(self) -> dict:  # sent to each worker without an open file
-        return {"parse": self.parse, "tok": self.tok, "role": self.role}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["parse"], state["tok"], state["role"])
 
     def __call__(self, records: list[tuple]) -> list[tuple | None]:
         out: list[tuple | None] = []
@@ -473,7 +466,7 @@ class ParseJob:
                 out.append(None)
                 continue
             try:
-                rec = self.members(rec, shard, idx)
+                rec = read_members(rec, shard, idx, images=False)  # images: read where decoded
                 out.append(("ok", tokenise(self.tok, self.role, self.parse(rec, shard, idx))))
             except BadRecordError as err:
                 out.append(("bad", (err.shard, err.index, err.reason)))
