@@ -8,7 +8,9 @@ are those of a full read.
 
 Formats: JSONL (optionally zstd), Parquet, WebDataset tar (an image and a `.txt` per key), and a
 LLaVA JSON list. Files are local or remote: `storage` is the source's connection settings and
-`models.data.files.open_binary` opens them (a remote plain tar's seek is a ranged read).
+`models.data.files.open_binary` opens them (a remote plain tar's seek is a ranged read). A plain
+tar's headers are walked here without `tarfile` where they are plain ustar (`_plain_members`), and
+with `refs` its members are left unread (`Member`) for a data worker to read.
 Decoding a record into a sample (image bytes → array) is `decode_image`'s job.
 """
 

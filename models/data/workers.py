@@ -9,6 +9,10 @@ protocol: the samples a stream sees, and therefore every batch, do not depend on
 results are only a cache: a stream's checkpointed state is the position of the last record it
 *consumed*, and a resume (with any worker count) drops what was in flight.
 
+Little crosses between the processes: a plain local tar's members go out as references the worker
+reads itself (`readers.Member`), and decoded images come back through a shared-memory ring per
+worker that the training process reads in place (`_RingWriter`, `_RingReader`).
+
 Why not torchdata's `StatefulDataLoader`: it runs one copy of an IterableDataset per worker and
 interleaves their batches, so the batch sequence (and what a checkpoint means) depends on the
 worker count; making our packed, mixed streams shard across its workers would split the single
