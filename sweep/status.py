@@ -156,6 +156,8 @@ def _one(plan: Any, step: Any, record: JobRecord | None, states: dict[str, JobSt
     blocker = _blocking_parent(step, out)
     why_blocked = f"{blocker.kind} {blocker.step_id} {blocker.state}" if blocker else ""
     if job is not None and job.state == "UNKNOWN" and record is not None:
+        if blocker:  # whatever SLURM later says of its job, it waits on a parent without a result
+            return StepStatus(state=BLOCKED, reason=why_blocked, **base)
         if time.time() - record.submitted_at < UNKNOWN_GRACE_S:  # accounting lags sbatch a little
             return StepStatus(state=PENDING, reason="just submitted", **base)
         return StepStatus(state=FAILED, reason=f"job {job.job_id} is unknown to squeue and "

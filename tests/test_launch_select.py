@@ -12,7 +12,7 @@ import pytest
 from models.stepfiles import step_paths
 from sweep.launch import run_levels, select_steps
 from sweep.launch.journal import JobRecord, JournalError, append_failure, append_jobs, read_jobs
-from sweep.launch.queue import expand_job_ids, parse_sacct, parse_squeue
+from sweep.launch.queue import JobState, expand_job_ids, parse_sacct, parse_squeue
 from sweep.locking import LockBusy, root_lock
 from sweep.status import reconcile, summary
 from tests.launch_helpers import small_plan
@@ -107,6 +107,25 @@ def test_slurm_reasons_and_never_started_jobs(tmp_path):
     assert statuses[trunk.step_id].failures == 1
     assert statuses[branch.step_id].state == "blocked"
     assert summary(statuses)["failed"] == 1
+
+
+def test_a_job_slurm_lost_sight_of_under_a_failed_parent_is_blocked_not_pending(tmp_path):
+    """kill_invalid_depend cancels a job whose parent failed; until slurmdbd records it, neither
+    squeue nor sacct lists it. Under a failed parent that step is blocked (a retry resubmits it),
+    not "just submitted" pending (which a retry skips: CI saw 3 of 11 steps resubmitted)."""
+    plan = small_plan(tmp_path)
+    trunk = _trunk(plan)
+    branch = next(s for s in plan.steps if s.kind == "branch")
+    _record(plan, trunk, "7_0")
+    _record(plan, branch, "8_0")
+    lost = {"8_0": JobState(job_id="8_0", state="UNKNOWN", started=False)}  # what query_slurm gives
+    statuses = reconcile(plan, states=parse_sacct("7_0|FAILED|NonZeroExitCode|2026-01-01T00:00:00|node1\n") | lost)
+    assert statuses[trunk.step_id].state == "failed"
+    assert statuses[branch.step_id].state == "blocked" and "trunk" in statuses[branch.step_id].reason
+    assert branch in select_steps(plan, True, 3, statuses=statuses)
+    _record(plan, trunk, "9_0")  # the trunk resubmitted and queued: its child's lost job is pending
+    statuses = reconcile(plan, states=parse_squeue("9_0|PENDING|Priority\n") | lost)
+    assert statuses[branch.step_id].state == "pending" and statuses[branch.step_id].reason == "just submitted"
 
 
 def test_expand_array_ids():
