@@ -186,8 +186,9 @@ TarMember = tuple[str, int, int, int, bool, Any]  # name, header offset, data of
 def _plain_members(f: Any, at: int) -> Iterator[TarMember]:
     """A plain tar's members from byte `at`, headers parsed here (data None: the caller reads it).
 
-    Reads what `tarfile` reads (one 512-byte header per member) at ~1/5 of its cost: only the name,
-    size and type are decoded. The end-of-archive block, a short read or an unreadable size end the
+    Reads what `tarfile` reads (one 512-byte header per member) at about a third of its cost (0.08
+    → 0.024 ms a sample in the training process, profiled): only the name, size and type are
+    decoded. The end-of-archive block, a short read or an unreadable size end the
     walk as they end tarfile's (the caller then finds the missing end marker); anything else this
     does not decode itself — a pax or GNU long-name header, a bad checksum, base-256 sizes, a V7
     header — hands the rest of the shard to `tarfile` from that header on."""

@@ -70,8 +70,10 @@ def _tokenize_shard(task: tuple) -> tuple[int, dict | tuple]:
     (i, (shard, record, reason)) for a bad record."""
     source, i, path, dtype, tmp = task
     iter_shard, parse = _reader(source, image_size=1)
-    path_of_tok = source.option("tokenizer")
-    tok = _TOKENIZERS.get(path_of_tok) or _TOKENIZERS.setdefault(path_of_tok, HFTokenizer(path_of_tok))
+    tokenizer = source.option("tokenizer")
+    if tokenizer not in _TOKENIZERS:
+        _TOKENIZERS[tokenizer] = HFTokenizer(tokenizer)
+    tok = _TOKENIZERS[tokenizer]
     docs: list[np.ndarray] = []
     try:
         for idx, rec in iter_shard(path):
