@@ -103,16 +103,16 @@ def test_the_packer_encodes_a_huge_document_a_piece_at_a_time_and_resumes_exactl
     docs = [_document(20, 1), _document(40_000, 2), _document(30, 3)]  # the middle one: ~200K chars
     whole = [i for d in docs for i in tok.tok.encode(d) + [tok.eos_id]]
     packer = TextPacker(_Docs(docs), tok)
-    got = packer.take(len(whole) // 3)
+    got = packer.take(len(whole) // 3).tolist()
     state = packer.state_dict()  # mid-way through the huge document
     assert state["doc"] == {"i": 1} and 0 < state["pos"]
-    rest = packer.take(len(whole) - len(got))
+    rest = packer.take(len(whole) - len(got)).tolist()
     assert got + rest == whole
     assert tok.longest <= 5000 < len(docs[1]) // 10
     small = _Recording(tok.tok)
     resumed = TextPacker(_Docs(docs), small)
     resumed.load_state_dict(state)
-    assert resumed.take(len(rest)) == rest
+    assert resumed.take(len(rest)).tolist() == rest
     assert got + rest == whole
 
 

@@ -7,6 +7,7 @@ next token whenever one is known (text continues into the next row).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Iterator
 
@@ -22,14 +23,15 @@ def token_ids(tok, text: "str | list[int]") -> list[int]:
     return tok.encode(text) if isinstance(text, str) else text
 
 
-def document_pieces(tok, text: "str | np.ndarray | list[int]") -> Iterator[list[int]]:
-    """A document's token ids a bounded piece at a time: encoded here (`encode_chunks`), or sliced
-    from the ids a data worker already encoded (`models.data.workers.tokenise`) or a `tokens` shard held."""
+def document_pieces(tok, text: "str | np.ndarray | list[int]") -> Iterator[np.ndarray]:
+    """A document's token ids a bounded piece at a time, as arrays: encoded here (`encode_chunks`),
+    or sliced (views, no copy) from the ids a data worker already encoded
+    (`models.data.workers.tokenise`) or a `tokens` shard held."""
     if isinstance(text, str):
-        return encode_chunks(tok, text)
+        return (np.array(piece, np.int64) for piece in encode_chunks(tok, text))
     step = 1 << 16
     ids = np.asarray(text)
-    return (ids[i:i + step].tolist() for i in range(0, len(ids), step))
+    return (ids[i:i + step] for i in range(0, len(ids), step))
 
 
 def encode_caption(tok, caption: str, image_tokens: int, max_len: int) -> tuple[list[int], list[int]]:
@@ -60,20 +62,23 @@ class TextPacker:
 
     A document is encoded a bounded piece at a time (`encode_chunks`), as it is consumed, so a
     single huge record costs its text plus one piece's encoding, never its whole encoding; `pos`
-    counts the tokens of the current document already taken (what a resume skips).
+    counts the tokens of the current document already taken (what a resume skips). Pieces stay
+    arrays (a token shard's are views of its mapping) and rows are filled from them slice by slice:
+    no token becomes a Python int on the way to the batch.
     """
 
     def __init__(self, source, tok) -> None:
         self.source, self.tok = source, tok
-        self.chunk: list[int] = []  # the current piece of the current document's tokens
+        self.chunk: np.ndarray = _EMPTY  # the current piece of the current document's tokens
         self.at = 0  # next token inside `chunk`
-        self.pieces: Iterator[list[int]] = iter(())  # the document's pieces still to encode
+        self.pieces: Iterator[np.ndarray] = iter(())  # the document's pieces still to encode
         self.pos, self.doc_state = 0, None
+        self.eos = np.array([tok.eos_id], np.int64)
 
     def _load(self) -> None:
         text, self.doc_state = self.source.next()
-        self.pieces = itertools.chain(document_pieces(self.tok, text), [[self.tok.eos_id]])
-        self.chunk, self.at, self.pos = [], 0, 0
+        self.pieces = itertools.chain(document_pieces(self.tok, text), [self.eos])
+        self.chunk, self.at, self.pos = _EMPTY, 0, 0
 
     def _fill(self) -> None:
         """Make `chunk[at]` the next token, encoding the next piece or loading the next document."""
@@ -84,19 +89,24 @@ class TextPacker:
             else:
                 self.chunk, self.at = piece, 0
 
-    def take(self, n: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < n:
+    def take(self, n: int, *, peek: bool = False) -> np.ndarray:
+        """The next n tokens (int64), and with `peek` the one after them too, not consumed."""
+        out = np.empty(n + peek, np.int64)
+        got = 0
+        while got < n:
             self._fill()
-            k = min(n - len(out), len(self.chunk) - self.at)
-            out += self.chunk[self.at:self.at + k]
+            k = min(n - got, len(self.chunk) - self.at)
+            out[got:got + k] = self.chunk[self.at:self.at + k]
+            got += k
             self.at += k
             self.pos += k
+        if peek:
+            out[n] = self.peek()
         return out
 
     def peek(self) -> int:
         self._fill()
-        return self.chunk[self.at]
+        return int(self.chunk[self.at])
 
     def state_dict(self) -> dict:
         return {"doc": self.doc_state, "pos": self.pos, "source": self.source.state_dict()}
@@ -104,7 +114,7 @@ class TextPacker:
     def load_state_dict(self, state: dict) -> None:
         if state["doc"] is None:
             self.source.load_state_dict(state["source"])
-            self.chunk, self.at, self.pieces, self.pos, self.doc_state = [], 0, iter(()), 0, None
+            self.chunk, self.at, self.pieces, self.pos, self.doc_state = _EMPTY, 0, iter(()), 0, None
         else:
             self.source.load_state_dict(state["doc"])
             self._load()
@@ -121,11 +131,15 @@ class TextPacker:
             self.pos += self.at
 
 
+_EMPTY = np.zeros(0, np.int64)
+
+
 def rows_to_batch(rows: list[tuple[list[int], list[int]]], images: list[np.ndarray], *, pad_id: int,
                   image_counts: list[int], image_size: int, skipped: int) -> Batch:
     """Rows of L+1 (ids, kinds) slots → a Batch; `image_counts[b]` = image-data tokens of row b."""
-    ids = np.array([r[0] for r in rows], np.int64)
-    kinds = np.array([r[1] for r in rows], np.int8)
+    # A row is lists (samples encoded here) or arrays (packed text): stacked row by row.
+    ids = np.stack([np.asarray(r[0], np.int64) for r in rows])
+    kinds = np.stack([np.asarray(r[1], np.int8) for r in rows])
     tokens, targets, loss_kind = ids[:, :-1], ids[:, 1:].copy(), kinds[:, 1:].copy()
     targets[loss_kind == LOSS_NONE] = IGNORE
     # uint8 as decoded: normalised on the device (models.vision.pixels), a quarter of the bytes
@@ -152,6 +166,12 @@ def rank_rows(rows: list, row_images: list[list], rank: int, world: int, pad_id:
     return rows[mine], [image for images in row_images[mine] for image in images], counts[mine]
 
 
-def text_row(packer: TextPacker, seq_len: int) -> tuple[list[int], list[int]]:
-    ids = packer.take(seq_len) + [packer.peek()]
-    return ids, [LOSS_TEXT] * len(ids)
+def text_row(packer: TextPacker, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    return packer.take(seq_len, peek=True), _text_kinds(seq_len + 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _text_kinds(n: int) -> np.ndarray:
+    kinds = np.full(n, LOSS_TEXT, np.int8)
+    kinds.flags.writeable = False  # shared by every text row of this length
+    return kinds

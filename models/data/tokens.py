@@ -135,5 +135,6 @@ def iter_tokens(path: str, start: int = 0) -> Iterator[tuple[int, Any]]:
         yield i, tokens[offsets[i]:offsets[i + 1]]
 
 
-def parse_tokens(rec: np.ndarray, shard: str, idx: int) -> list[int]:
-    return rec.tolist()
+def parse_tokens(rec: np.ndarray, shard: str, idx: int) -> np.ndarray:
+    """A document's tokens: the view of the shard's mapping, as `TextPacker` slices it."""
+    return rec
