@@ -308,7 +308,7 @@ def main() -> None:
         print(f"fixture: {info['docs']} docs, {info['images']} JPEGs of {info['jpeg_kb']:.1f} KB "
               f"({time.perf_counter() - t:.0f} s); load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         results: dict = {}
-        print(f"{'stage':<14}{'loader':<8}{'tokens/s':>11}{'tok/CPU-s':>11}{'CPU use':>9}{'ceiling':>12}")
+        print(f"{'stage':<14}{'loader':<8}{'tokens/s':>12}{'tok/CPU-s':>12}{'CPU use':>9}{'ceiling':>13}")
         for stage, make in stages(src).items():
             loaders = [("new 1", 1), ("new 2", 2)]
             if stage == "pre-tokenised":  # nothing of it runs in workers: the in-process loader is it
@@ -318,8 +318,8 @@ def main() -> None:
             for name, workers in loaders:
                 r = measure(make, workers, args.seconds)
                 results[(stage, name)] = r
-                print(f"{stage:<14}{name:<8}{r['tokens_per_s']:>11,.0f}{r['per_cpu_s']:>11,.0f}"
-                      f"{r['cpu_share']:>9.2f}{r['main_per_cpu_s']:>12,.0f}", flush=True)
+                print(f"{stage:<14}{name:<8}{r['tokens_per_s']:>12,.0f}{r['per_cpu_s']:>12,.0f}"
+                      f"{r['cpu_share']:>9.2f}{r['main_per_cpu_s']:>13,.0f}", flush=True)
         costs = resize_costs(root)
         print("per image, CPU ms: decode {decode:.2f}; decode + PIL bicubic resize on the CPU "
               "{decode+cpu_resize:.2f}; torch bicubic-antialias resize (device stand-in, on this CPU) "

@@ -91,6 +91,21 @@ def _bad_text(tmp_path):
     return DataSource(name="t", kind="jsonl", paths=(str(path),), options=(("shuffle_shards", False),))
 
 
+def _served_before_error(make, workers: int) -> int:
+    stream = make()
+    pool = start_workers(stream, workers)
+    served = 0
+    try:
+        with pytest.raises(BadRecordError):
+            while True:
+                next(stream)
+                served += 1
+    finally:
+        if pool is not None:
+            pool.close()
+    return served
+
+
 def test_a_bad_record_in_a_worker_reads_as_in_process_and_skips_count_the_same(tmp_path):
     source = _bad_text(tmp_path)
 
@@ -103,6 +118,9 @@ def test_a_bad_record_in_a_worker_reads_as_in_process_and_skips_count_the_same(t
         messages.append(str(err.value))
     assert messages[0] == messages[1] and "a.jsonl: record 17: not valid JSON" in messages[0]
     assert "\n" not in messages[0]
+    # Served one batch late with workers (the next is packed meanwhile), the error still comes
+    # after the same batches: a step fails where it failed in process.
+    assert _served_before_error(make(), 0) == _served_before_error(make(), 2) > 0
     _same(_run(make("skip"), 0, 30), _run(make("skip"), 2, 30))
 
 

@@ -46,13 +46,16 @@ def shard(tmp_path_factory):
     return path
 
 
-def _batches(path, workers: int, n: int = 6) -> tuple[list, list]:
+def _batches(path, workers: int, n: int = 6) -> tuple[list, list, int]:
+    """n batches, the rings' sizes, and how many batches a worker stacked (into a shared block)."""
     src = DataSource(name="pairs", kind="webdataset", paths=(str(path),))
     stream = mixed_stream(None, src, None, TOK, batch_size=4, seq_len=64, image_ratio=1.0, instruction_share=0.0,
                           image_size=SIDE, image_tokens=16, seed=0)
     pool = wk.start_workers(stream, workers)
     try:
-        return [next(stream) for _ in range(n)], ([r.size for r in pool.rings] if pool else [])
+        batches = [next(stream) for _ in range(n)]
+        gathered = sum(id(b.images) in pool.buffers.names for b in batches) if pool else 0
+        return batches, ([r.size for r in pool.rings] if pool else []), gathered
     finally:
         if pool is not None:
             pool.close()
@@ -64,7 +67,7 @@ def _shm() -> set[str]:
 
 @pytest.mark.parametrize("ring", ["default", "tight", "smaller than an answer", "none"])
 def test_images_cross_the_ring_exactly_whether_it_wraps_fills_or_is_bypassed(shard, monkeypatch, ring):
-    serial, _ = _batches(shard, 0)
+    serial, _, _ = _batches(shard, 0)
     assert sum(b.images.shape[0] for b in serial) >= 20
     before = _shm()
     answer = wk.CHUNK * SIDE * SIDE * 3  # 8 images: ~615 KB
@@ -76,8 +79,11 @@ def test_images_cross_the_ring_exactly_whether_it_wraps_fills_or_is_bypassed(sha
         monkeypatch.setattr(wk, "MIN_RING_BYTES", 1)
     elif ring == "none":  # no room in /dev/shm: pipes only
         monkeypatch.setattr(wk, "MIN_RING_BYTES", 1 << 62)
-    got, sizes = _batches(shard, 2)
+    got, sizes, gathered = _batches(shard, 2)
     assert sizes == ([] if ring == "none" else [wk.RING_BYTES // wk.ALIGN * wk.ALIGN] * 2)
+    # Through the rings a worker stacks each batch's images; through the pipes this process does.
+    assert gathered == {"default": len(got), "smaller than an answer": 0, "none": 0}.get(ring, gathered)
+    # Read after the pool closed: the batches' shared blocks stay mapped while their arrays live.
     for a, b in zip(serial, got):
         for field in ("tokens", "targets", "loss_kind", "images"):
             assert np.array_equal(getattr(a, field), getattr(b, field)), field

@@ -161,7 +161,7 @@ class FinetuneStream(BatchStream):
         self._cached = ((epoch, j), batches, skipped)
         return batches, skipped
 
-    def __next__(self) -> Batch:
+    def _next(self) -> Batch:
         if self.batch >= len(self):
             raise StopIteration
         epoch, b = divmod(self.batch, self.per_epoch)
@@ -188,13 +188,13 @@ class FinetuneStream(BatchStream):
         batch.n_image_tokens = conversation_tokens
         return batch
 
-    def state_dict(self) -> dict:
+    def _state(self) -> dict:
         state: dict = {"batch": self.batch}
         if self.replay is not None:
             state["replay"] = self.replay.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def _load_state(self, state: dict) -> None:
         self.batch = int(state["batch"])
         if self.replay is not None and "replay" in state:
             self.replay.load_state_dict(state["replay"])

@@ -16,6 +16,7 @@ import numpy as np
 from models.data.readers import stack_images
 from models.data.tokenizer import encode_chunks
 from models.data.types import IGNORE, LOSS_CAPTION, LOSS_INSTRUCTION, LOSS_NONE, LOSS_TEXT, Batch, materialise
+from models.data.workers import Gathering
 
 
 def token_ids(tok, text: "str | list[int]") -> list[int]:
@@ -143,7 +144,9 @@ def rows_to_batch(rows: list[tuple[list[int], list[int]]], images: list[np.ndarr
     tokens, targets, loss_kind = ids[:, :-1], ids[:, 1:].copy(), kinds[:, 1:].copy()
     targets[loss_kind == LOSS_NONE] = IGNORE
     # uint8 as decoded: normalised on the device (models.vision.pixels), a quarter of the bytes
-    imgs = (stack_images([materialise(i) for i in images], image_size) if images
+    # A Gathering: a data worker is stacking them (the stream waits for it when it serves the batch).
+    imgs = (images if isinstance(images, Gathering)
+            else stack_images([materialise(i) for i in images], image_size) if images
             else np.zeros((0, image_size, image_size, 3), np.uint8))
     return Batch(tokens=np.ascontiguousarray(tokens), targets=targets, loss_kind=loss_kind,
                  images=imgs, n_tokens=int((tokens != pad_id).sum()),

@@ -13,6 +13,7 @@ on counters kept in the state, so a resumed stream yields exactly the uninterrup
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,9 @@ from models.data.packing import (
 )
 from models.data.sources import decodes_file
 from models.data.types import LOSS_NONE, LOSS_TEXT, Batch, materialise
+from models.data.workers import Gathering
+
+LOOKAHEAD = 1  # batches packed beyond the one served, with data workers
 
 
 class BatchStream:
@@ -39,6 +43,12 @@ class BatchStream:
     the global batch's, whatever the rank count), but it turns only its own rows into arrays, and
     its sources skip decoding or rendering the other rows' images where they can
     (`models.data.sources`: `make_lazy`).
+
+    With data workers (`pool`), a batch is served one batch late: a worker stacks its images while
+    this process packs the next (`models.data.workers.WorkerPool.gather`); `state_dict` is the
+    state after the batch served, and an error met packing the next batch is raised after it, so
+    every batch, state and failure point is the in-process path's. Subclasses implement `_next`,
+    `_state` and `_load_state`.
     """
 
     rank, world = 0, 1
@@ -68,15 +78,51 @@ class BatchStream:
         rows, images, counts = rank_rows(rows, row_images, self.rank, self.world, pad_id, counts)
         if self.pool is not None and any(decodes_file(im) for im in images):
             images = self.pool.materialise([im if decodes_file(im) else materialise(im) for im in images])
+        if self.pool is not None:  # stacked by a worker while the next batch is packed
+            images = self.pool.gather(images) or images
         return rows, images, counts
 
+    _ahead: deque | None = None
+    _served: dict | None = None
+    _failed: BaseException | None = None
+
     def __next__(self) -> Batch:
-        raise NotImplementedError
+        if self.pool is None:
+            return self._next()
+        if self._ahead is None:
+            self._ahead = deque()
+        while len(self._ahead) <= LOOKAHEAD and self._failed is None:
+            try:
+                batch = self._next()
+            except Exception as exc:  # noqa: BLE001 — raised where the stream would have: after
+                self._failed = exc    # the batches packed before it are served
+                break
+            self._ahead.append((batch, self._state()))
+        if not self._ahead:
+            failed, self._failed = self._failed, None
+            raise failed if failed is not None else StopIteration
+        batch, self._served = self._ahead.popleft()
+        if isinstance(batch.images, Gathering):
+            batch.images = batch.images.result()
+        return batch
 
     def state_dict(self) -> dict:
-        raise NotImplementedError
+        return self._served if self._ahead else self._state()
 
     def load_state_dict(self, state: dict) -> None:
+        for batch, _ in self._ahead or ():  # a worker may still write a packed batch's images
+            if isinstance(batch.images, Gathering):
+                batch.images.discard()
+        self._ahead, self._served, self._failed = None, None, None
+        self._load_state(state)
+
+    def _next(self) -> Batch:
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _load_state(self, state: dict) -> None:
         raise NotImplementedError
 
 
@@ -93,7 +139,7 @@ class TextStream(BatchStream):
         self.source, self.tok, self.packer = source, tok, TextPacker(source, tok)
         self.batch_size, self.seq_len, self.batches = batch_size, seq_len, 0
 
-    def __next__(self) -> Batch:
+    def _next(self) -> Batch:
         before = self.source.skipped
         rows = [text_row(self.packer, self.seq_len) for _ in range(self.batch_size)]
         self.batches += 1
@@ -104,10 +150,10 @@ class TextStream(BatchStream):
     def _roles(self) -> list[tuple[str, Any]]:
         return [("text", self.source)]
 
-    def state_dict(self) -> dict:
+    def _state(self) -> dict:
         return {"batches": self.batches, "text": self.packer.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def _load_state(self, state: dict) -> None:
         self.batches = int(state["batches"])
         self.packer.load_state_dict(state["text"])
 
@@ -127,7 +173,7 @@ class MixedStream(BatchStream):
         self.row_estimate = float(seq_len)  # image tokens the last image row held
         self.pending = None  # (role, ids, kinds, image, state_before): drawn, did not fit
 
-    def __next__(self) -> Batch:
+    def _next(self) -> Batch:
         before = _skipped(self.text, self.pairs, self.instructions)
         rows, row_images, counts = [], [], []
         for _ in range(self.B):
@@ -208,14 +254,14 @@ class MixedStream(BatchStream):
             row_kinds[n_image:] = LOSS_TEXT
         return (row_ids, row_kinds), n_image
 
-    def state_dict(self) -> dict:
+    def _state(self) -> dict:
         pending = None if self.pending is None else {"role": self.pending[0], "state": self.pending[4]}
         return {"counts": dict(self.counts), "row_estimate": self.row_estimate, "pending": pending,
                 "text": self.packer.state_dict() if self.packer else None,
                 "pairs": self.pairs.state_dict(),
                 "instructions": self.instructions.state_dict() if self.instructions else None}
 
-    def load_state_dict(self, state: dict) -> None:
+    def _load_state(self, state: dict) -> None:
         self.counts = {k: int(v) for k, v in state["counts"].items()}
         self.row_estimate = float(state["row_estimate"])
         if self.packer is not None:
@@ -252,7 +298,7 @@ class CaptionPairStream(BatchStream):
         self.source, self.tok, self.B, self.Lc = source, tok, batch_size, max_caption_len
         self.image_size, self.batches = image_size, 0
 
-    def __next__(self) -> Batch:
+    def _next(self) -> Batch:
         before = self.source.skipped
         rows, images = [], []
         for _ in range(self.B):
@@ -270,9 +316,9 @@ class CaptionPairStream(BatchStream):
     def _roles(self) -> list[tuple[str, Any]]:
         return [("pairs", self.source)]
 
-    def state_dict(self) -> dict:
+    def _state(self) -> dict:
         return {"batches": self.batches, "source": self.source.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def _load_state(self, state: dict) -> None:
         self.batches = int(state["batches"])
         self.source.load_state_dict(state["source"])

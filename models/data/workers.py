@@ -11,7 +11,10 @@ results are only a cache: a stream's checkpointed state is the position of the l
 
 Little crosses between the processes: a plain local tar's members go out as references the worker
 reads itself (`readers.Member`), and decoded images come back through a shared-memory ring per
-worker that the training process reads in place (`_RingWriter`, `_RingReader`).
+worker (`_RingWriter`, `_RingReader`). The training process never touches their bytes: once a
+batch is packed, a worker copies its images from the rings into a shared batch block (`gather`,
+`_BatchBuffers`), asked through a pipe of its own that it reads between two records, while the
+training process packs the next batch (`models.data.streams.BatchStream` serves batches one late).
 
 Why not torchdata's `StatefulDataLoader`: it runs one copy of an IterableDataset per worker and
 interleaves their batches, so the batch sequence (and what a checkpoint means) depends on the
@@ -28,6 +31,7 @@ in-process path raises, so `on_bad_record` behaves identically.
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -46,6 +50,7 @@ from models.data.tokenizer import encode_chunks
 from models.spawn import bare_main
 
 POLL_S = 0.5  # how often a wait checks that the workers are alive
+URGENT_POLL_S = 0.002  # how often an idle worker looks for an urgent task (a batch's gather)
 
 
 class DataWorkerError(RuntimeError):
@@ -56,29 +61,72 @@ def _materialise(image: Any) -> Any:
     return image() if callable(image) else image
 
 
-def _worker(jobs: Sequence[Callable], inbox: Any, outbox: Any, parent: int, stop: Any, ring: tuple | None) -> None:
+def _run(jobs: Sequence[Callable], task: tuple, writer: "_RingWriter | None", outbox: Any) -> bool:
+    """Run one task and send its answer; False once the pool is stopping."""
+    ticket, key, args = task
+    try:
+        out = ("ok", jobs[key](*args))
+    except BadRecordError as err:  # its own constructor does not survive pickling: send fields
+        out = ("bad", (err.shard, err.index, err.reason))
+    except Exception as exc:  # noqa: BLE001 — reported in the training process, with its type
+        out = ("error", f"{type(exc).__name__}: {exc}")
+    value = writer.put(out[1]) if writer else out[1]
+    if value is _STOPPED:
+        return False
+    outbox.send((ticket, out[0], value))
+    return True
+
+
+def _worker(jobs: Sequence[Callable], inbox: Any, urgent: Any, outbox: Any, parent: int, stop: Any,
+            ring: tuple | None, rings: list[str]) -> None:
+    global _between
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process owns signals
     writer = _RingWriter(*ring, stop=stop, parent=parent) if ring else None
+    _RINGS[:] = rings
+
+    def serve_urgent() -> None:  # a batch's gather: between two records, not after the queue
+        while urgent.poll(0):
+            _run(jobs, urgent.recv(), writer, outbox)
+    _between = serve_urgent
+    idle = 0.0
     while not stop.value:  # set by `close`: the tasks still queued are not wanted
+        serve_urgent()
         try:
-            task = inbox.get(timeout=POLL_S)
+            # A short wait: a gather asked for while this worker has nothing queued starts soon.
+            task = inbox.get(timeout=URGENT_POLL_S)
         except queue.Empty:
-            if os.getppid() != parent:  # the training process was killed: nobody will ask again
-                return
+            idle += URGENT_POLL_S
+            if idle >= POLL_S:
+                idle = 0.0
+                if os.getppid() != parent:  # the training process was killed: nobody will ask again
+                    return
             continue
-        if task is None:
+        except (EOFError, OSError):  # the training process is gone
             return
-        ticket, key, args = task
-        try:
-            out = ("ok", jobs[key](*args))
-        except BadRecordError as err:  # its own constructor does not survive pickling: send fields
-            out = ("bad", (err.shard, err.index, err.reason))
-        except Exception as exc:  # noqa: BLE001 — reported in the training process, with its type
-            out = ("error", f"{type(exc).__name__}: {exc}")
-        value = writer.put(out[1]) if writer else out[1]
-        if value is _STOPPED:
+        idle = 0.0
+        if task is None or not _run(jobs, task, writer, outbox):
             return
-        outbox.send((ticket, out[0], value))
+
+
+_between: Callable[[], None] | None = None  # in a worker: serve urgent tasks (called between records)
+_RINGS: list[str] = []  # in a worker: every worker's ring, by index (a gather reads them all)
+_ATTACHED: dict[str, shared_memory.SharedMemory] = {}
+
+
+def _block(name: str) -> shared_memory.SharedMemory:
+    if name not in _ATTACHED:
+        _ATTACHED[name] = shared_memory.SharedMemory(name=name)
+    return _ATTACHED[name]
+
+
+def _gather(dest: str, parts: list[tuple[int, int, int]]) -> None:
+    """Copy `parts` (ring index, offset, bytes) of the workers' rings one after another into the
+    shared block `dest`: a batch's images stacked here, not in the training process."""
+    out = _block(dest).buf
+    at = 0
+    for w, offset, n in parts:
+        out[at:at + n] = _block(_RINGS[w]).buf[offset:offset + n]
+        at += n
 
 
 SHARED_MIN_BYTES = 1 << 16  # arrays this large (images) travel through the shared ring, not the pipe
@@ -177,13 +225,30 @@ def _restore(value: Any, arrays: list) -> Any:
     return value
 
 
+class RingView(np.ndarray):
+    """An array of a worker's answer, read in place from its ring: `where` = (worker, offset) of
+    its bytes there (None for arrays derived from it), so a gather can copy it without this process
+    touching the bytes."""
+
+    where: tuple[int, int] | None = None
+
+
+def _view(block: Any, shape: tuple, dtype: Any, offset: int, kind: type = np.ndarray) -> np.ndarray:
+    """An array over `block`'s bytes that holds an export of its mapping: closing the block while
+    the array lives raises BufferError (caught by `_Ring.close`) instead of unmapping it under the
+    array (`np.ndarray(buffer=...)` holds no export: a read after `close` would be a segfault)."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    return np.frombuffer(block.buf, dtype, count, offset).reshape(shape).view(kind)
+
+
 class _RingReader:
     """The training process's side of a worker's ring: an answer's arrays are views of the ring,
     and its stretch is freed — `tail` moved past it, in ring order — once every view of it is gone
     (a weakref finalizer per array; numpy views keep their base alive, so a slice counts too)."""
 
-    def __init__(self, block: Any, tail: Any) -> None:
-        self.block, self.tail = block, tail
+    def __init__(self, block: Any, tail: Any, index: int) -> None:
+        self.block, self.tail, self.index = block, tail, index
         self.held: deque = deque()  # [end, arrays still referenced] per answer, oldest first
 
     def take(self, value: Any) -> Any:
@@ -192,8 +257,9 @@ class _RingReader:
         _, end, layout, value = value
         entry = [end, len(layout)]
         self.held.append(entry)
-        arrays = [np.ndarray(shape, np.dtype(dt), buffer=self.block.buf, offset=at) for shape, dt, at in layout]
-        for a in arrays:
+        arrays = [_view(self.block, shape, dt, at, RingView) for shape, dt, at in layout]
+        for a, (_, _, at) in zip(arrays, layout):
+            a.where = (self.index, at)
             weakref.finalize(a, self._release, entry)
         return _restore(value, arrays)
 
@@ -222,8 +288,10 @@ class WorkerPool:
         if workers < 1:
             raise ValueError(f"a worker pool needs at least one worker, got {workers}")
         ctx = mp.get_context("spawn")  # no fork of a process holding torch threads and CUDA state
-        self.jobs = [_materialise, *jobs]
+        self.jobs = [_materialise, _gather, *jobs]
         self.inboxes = [ctx.Queue() for _ in range(workers)]
+        urgent = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        self.urgent = [writer for _, writer in urgent]
         # Answers come back through one-way pipes whose write end only the worker holds: a worker
         # killed half-way through an answer is end-of-file here, never a wait for bytes that cannot
         # come (an mp.Queue's pipe is held open at both ends by this process too).
@@ -233,17 +301,25 @@ class WorkerPool:
         # A lock-free flag: a worker killed while holding an Event's lock would hang `close`.
         self.stop = ctx.RawValue("b", 0)
         self.rings, self.tails = self._make_rings(ctx, workers)
-        self.readers = [_RingReader(r, t) for r, t in zip(self.rings, self.tails)]
+        self.readers = [_RingReader(r, t, w) for w, (r, t) in enumerate(zip(self.rings, self.tails))]
+        names = [r.name for r in self.rings]
         self.procs = [ctx.Process(target=_worker, daemon=True, name=f"vlmsweep-data-{w}", args=(
-                          self.jobs, i, o, os.getpid(), self.stop,
-                          (self.rings[w].name, self.tails[w]) if self.rings else None))
-                      for w, (i, o) in enumerate(zip(self.inboxes, writers))]
+                          self.jobs, i, u, o, os.getpid(), self.stop,
+                          (self.rings[w].name, self.tails[w]) if self.rings else None, names))
+                      for w, (i, (u, _), o) in enumerate(zip(self.inboxes, urgent, writers))]
         with bare_main():
             for p in self.procs:
                 p.start()
         for writer in writers:
             writer.close()
+        for reader, _ in urgent:
+            reader.close()
         self.next_ticket = 0
+        self.urgent_tickets = itertools.count(-1, -1)  # urgent tasks: negative, routed by `route`
+        self.route: dict[int, int] = {}
+        self.buffers = _BatchBuffers()
+        self.gathers = 0  # gathers asked for: the next goes to worker `gathers mod N`
+        self.gathering: dict[int, Gathering] = {}  # ticket → a gather not answered yet
         self.done: dict[int, tuple] = {}
         self.about: dict[int, str] = {}  # ticket → what it is (for a dead worker's message)
         self.cancelled: set[int] = set()
@@ -284,7 +360,7 @@ class WorkerPool:
             self.about.pop(t, None)
 
     def result(self, ticket: int) -> Any:
-        w = ticket % self.size
+        w = self.route.pop(ticket) if ticket < 0 else ticket % self.size
         while ticket not in self.done:
             self._drain(w, ticket)
         self.about.pop(ticket, None)
@@ -294,6 +370,32 @@ class WorkerPool:
         if status == "error":
             raise DataWorkerError(f"data worker {w} failed on {self.about.get(ticket) or 'a task'}: {value}")
         return value
+
+    def gather(self, images: list) -> "Gathering | None":
+        """Have a worker stack `images` (views of the rings, of one shape) into a shared batch
+        buffer; None where they cannot be (an image came through a pipe, shapes differ, they are
+        a large share of the rings, or /dev/shm has no room): the caller stacks them itself."""
+        if not images or not self.rings or not all(
+                isinstance(im, RingView) and im.where is not None and im.shape == images[0].shape
+                and im.dtype == images[0].dtype and im.flags.c_contiguous for im in images):
+            return None
+        if len(images) * images[0].nbytes > sum(r.size for r in self.rings) // GATHER_RING_SHARE:
+            return None  # the rings would hold a packed batch's images as well as those in flight
+        out = self.buffers.array((len(images), *images[0].shape), images[0].dtype)
+        if out is None:
+            return None
+        ticket = next(self.urgent_tickets)
+        self.gathers, w = self.gathers + 1, self.gathers % self.size
+        self.route[ticket] = w
+        self.about[ticket] = f"stacking a batch's {len(images)} images"
+        parts = [(im.where[0], im.where[1], im.nbytes) for im in images]
+        try:
+            self.urgent[w].send((ticket, GATHER, (self.buffers.name_of(out), parts)))
+        except (BrokenPipeError, ConnectionResetError):
+            self._check_alive(w, ticket)
+            raise
+        self.gathering[ticket] = gathering = Gathering(self, ticket, images, out)
+        return gathering
 
     def materialise(self, images: list) -> list:
         """Images of a batch with lazy ones decoded by the workers (in order)."""
@@ -320,6 +422,9 @@ class WorkerPool:
             self.cancelled.discard(ticket)
         else:
             self.done[ticket] = (status, value)
+        gathering = self.gathering.pop(ticket, None)
+        if gathering is not None and status == "ok":  # copied: its stretches of the rings are free
+            gathering.clear()
 
     def _check_alive(self, w: int, ticket: int) -> None:
         proc = self.procs[w]
@@ -359,18 +464,112 @@ class WorkerPool:
         for ring in self.rings:
             ring.close()
             ring.unlink()
-        self.procs, self.rings = [], []
+        for conn in self.urgent:
+            conn.close()
+        self.buffers.close()
+        self.procs, self.rings, self.urgent = [], [], []
 
     def _discard_answers(self) -> None:
         """Take every answer still in the pipes (a worker blocked on a full ring, or on a full pipe,
         exits only once they are read); nobody will ask for them."""
         self.done.clear()
+        self.gathering.clear()
         for w, box in enumerate(self.outboxes):
             try:
                 while box.poll(0):
                     self._take(w, box.recv()[2])
             except (OSError, ValueError, EOFError):  # a dead worker's pipe, or one already closed
                 pass
+
+
+GATHER = 1  # the job key of `_gather`
+# A batch whose images take more than this share of the rings is stacked by the training process:
+# held one batch longer while a worker copies them, they would leave the rings too little room
+# for the records in flight (measured: 100% image tokens of 384 px, 33 MB a batch in two 32 MB
+# rings, was 15% slower gathered).
+GATHER_RING_SHARE = 4
+
+
+class Gathering(list):
+    """A batch's images (ring views) being stacked by a worker into `out`; `result()` waits for
+    it. The views are let go (their stretches of the rings freed) as soon as the worker's answer is
+    read, whoever waits for what: a batch packed ahead must not keep a ring full."""
+
+    def __init__(self, pool: WorkerPool, ticket: int, images: list, out: np.ndarray) -> None:
+        super().__init__(images)
+        self.pool, self.ticket, self.out = pool, ticket, out
+
+    def result(self) -> np.ndarray:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.result(self.ticket)
+            self.clear()
+        return self.out
+
+    def discard(self) -> None:
+        """Wait for the worker to be done writing `out` (it may be reused), if the pool still runs."""
+        if self.pool is not None and self.pool.procs:
+            try:
+                self.result()
+            except DataWorkerError:
+                pass
+        self.pool = None
+        self.clear()
+
+
+MAX_BATCH_BUFFERS = 8  # batches alive at once with their images in shared blocks (~7 MB each at 79m)
+
+
+class _BatchBuffers:
+    """Shared blocks that gathered batches' images live in, reused once a batch is gone (a weakref
+    finalizer on its array): pages a worker and this process both touch once, not per batch. A
+    new block is made only while /dev/shm keeps twice its size free (writing past a full tmpfs is
+    SIGBUS); else the caller stacks in this process."""
+
+    def __init__(self) -> None:
+        self.free: list[_Ring] = []
+        self.blocks: list[_Ring] = []
+        self.names: dict[int, str] = {}  # id(array) → its block's name, while the array lives
+
+    def array(self, shape: tuple, dtype: np.dtype) -> np.ndarray | None:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        fits = [b for b in self.free if b.size >= nbytes]
+        if fits:
+            block = min(fits, key=lambda b: b.size)
+            self.free.remove(block)
+        elif len(self.blocks) >= MAX_BATCH_BUFFERS:  # batches kept by the caller: stacked there
+            return None
+        else:
+            size = -(-nbytes * 5 // 4 // (1 << 20)) << 20  # room for a batch a little larger
+            try:
+                st = os.statvfs("/dev/shm")
+                if st.f_bavail * st.f_frsize < 2 * size:
+                    return None
+                block = _Ring(create=True, size=size)
+            except OSError:
+                return None
+            self.blocks.append(block)
+        out = _view(block, shape, dtype, 0)
+        self.names[id(out)] = block.name
+        weakref.finalize(out, self._release, id(out), block)
+        return out
+
+    def name_of(self, out: np.ndarray) -> str:
+        return self.names[id(out)]
+
+    def _release(self, key: int, block: "_Ring") -> None:
+        self.names.pop(key, None)
+        if block in self.blocks:  # not after close
+            self.free.append(block)
+
+    def close(self) -> None:
+        for block in self.blocks:
+            block.close()
+            try:
+                block.unlink()
+            except FileNotFoundError:
+                pass
+        self.blocks, self.free = [], []
 
 
 CHUNK = 8  # records per task: one round trip per 8 records (a short document is ~50 µs of work)
@@ -466,6 +665,8 @@ class ParseJob:
     def __call__(self, records: list[tuple]) -> list[tuple | None]:
         out: list[tuple | None] = []
         for rec, shard, idx in records:
+            if _between is not None:
+                _between()
             if rec is None:
                 out.append(None)
                 continue
