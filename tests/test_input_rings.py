@@ -209,3 +209,55 @@ def test_a_ranks_lazy_images_cross_as_references_and_batches_match_the_in_proces
         for a, b in zip(expect, got):
             assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.images, b.images)
             assert len(a.images) > 0
+
+
+def _ring_stream(shard):
+    src = DataSource(name="pairs", kind="webdataset", paths=(str(shard),))
+    return mixed_stream(None, src, None, TOK, batch_size=4, seq_len=64, image_ratio=1.0, instruction_share=0.0,
+                        image_size=SIDE, image_tokens=16, seed=0)
+
+
+def test_a_stream_served_one_batch_late_checkpoints_and_resumes_where_the_in_process_one_does(shard):
+    """With workers a batch's images are stacked by a worker while the next batch is packed: the
+    state after each batch is still the in-process one, a resume under another worker count (or
+    of the same stream, its packed-ahead batch dropped while a worker may still be copying it)
+    continues the same batches."""
+    serial = _ring_stream(shard)
+    expect = [(next(serial), serial.state_dict()) for _ in range(8)]
+    stream = _ring_stream(shard)
+    pool = wk.start_workers(stream, 2)
+    try:
+        got = [(next(stream), stream.state_dict()) for _ in range(3)]
+        assert [s for _, s in got] == [s for _, s in expect[:3]]
+        assert all(id(b.images) in pool.buffers.names for b, _ in got)  # stacked by a worker
+        stream.load_state_dict(expect[1][1])  # back two batches, with batch 4 packed ahead
+        again = [next(stream) for _ in range(3)]
+    finally:
+        pool.close()
+    other = _ring_stream(shard)
+    other.load_state_dict(got[-1][1])
+    pool = wk.start_workers(other, 1)
+    try:
+        rest = [next(other) for _ in range(5)]
+    finally:
+        pool.close()
+    for a, b in zip([b for b, _ in expect[2:5]] + [b for b, _ in expect[3:8]], again + rest):
+        for field in ("tokens", "targets", "loss_kind", "images"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_a_worker_killed_while_batches_are_gathered_ends_the_wait_with_its_reason(shard):
+    import signal
+
+    stream = _ring_stream(shard)
+    pool = wk.start_workers(stream, 2)
+    try:
+        next(stream)
+        os.kill(pool.procs[0].pid, signal.SIGKILL)
+        pool.procs[0].join(timeout=10)
+        with pytest.raises(wk.DataWorkerError, match=r"data worker 0 \(pid \d+\) died \(killed by signal 9\)"):
+            for _ in range(50):
+                next(stream)
+    finally:
+        pool.close()
+    assert not pool.buffers.blocks  # the batch blocks were unlinked

@@ -30,7 +30,7 @@ from models.data.packing import (
 )
 from models.data.sources import decodes_file
 from models.data.types import LOSS_NONE, LOSS_TEXT, Batch, materialise
-from models.data.workers import Gathering
+from models.data.workers import DataWorkerError, Gathering
 
 LOOKAHEAD = 1  # batches packed beyond the one served, with data workers
 
@@ -94,6 +94,8 @@ class BatchStream:
         while len(self._ahead) <= LOOKAHEAD and self._failed is None:
             try:
                 batch = self._next()
+            except DataWorkerError:  # the pool is gone: nothing packed can be finished
+                raise
             except Exception as exc:  # noqa: BLE001 — raised where the stream would have: after
                 self._failed = exc    # the batches packed before it are served
                 break

@@ -50,6 +50,7 @@ from models.data.tokenizer import encode_chunks
 from models.spawn import bare_main
 
 POLL_S = 0.5  # how often a wait checks that the workers are alive
+WORKER_NICENESS = 5  # measured on 2 cores, one worker: 10% less CPU a batch (12.3-13.5 vs 14.1-15.0 ms)
 URGENT_POLL_S = 0.002  # how often an idle worker looks for an urgent task (a batch's gather)
 
 
@@ -81,6 +82,9 @@ def _worker(jobs: Sequence[Callable], inbox: Any, urgent: Any, outbox: Any, pare
             ring: tuple | None, rings: list[str]) -> None:
     global _between
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process owns signals
+    # Below the training process: where cores are short, it (packing, driving the GPU) goes first
+    # and its workers take the rest, instead of a woken worker displacing it from its core.
+    os.nice(WORKER_NICENESS)
     writer = _RingWriter(*ring, stop=stop, parent=parent) if ring else None
     _RINGS[:] = rings
 
@@ -502,6 +506,9 @@ class Gathering(list):
     def result(self) -> np.ndarray:
         if self.pool is not None:
             pool, self.pool = self.pool, None
+            if not pool.procs and self.ticket not in pool.done:
+                raise DataWorkerError("the data workers were stopped before this batch's images were "
+                                      "stacked; the step resumes from its last checkpoint when run again")
             pool.result(self.ticket)
             self.clear()
         return self.out
