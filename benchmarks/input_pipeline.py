@@ -20,10 +20,10 @@ on this CPU as a stand-in), and end to end the `1m` trunk trained from files thr
 against the same step fed from memory (`train_throughput.py`'s baseline). Last line:
 `result: image20 per-core speedup …x, 2-worker scaling …x, cores per H200 at 79m: image20 …, text …, pre-tokenised …`
 where image20 is the image stage as a paper-scale run feeds it, text pre-tokenised and
-`resize = "device"` ("image20 tok"; on-the-fly and CPU-resize figures are printed above it), the per-core speedup compares tokens per CPU-second of the loader with one
-worker against the old path, and the scaling compares tokens/s with 2 workers against 1: each the
-median of `--rounds` rounds (old path, 1 worker, 2 workers measured in turn), all of them printed
-on the line above it.
+`resize = "device"` ("image20 tok"; on-the-fly and CPU-resize figures are printed above it), the
+per-core speedup compares tokens per CPU-second of the loader with one worker against the old
+path, and the scaling compares tokens/s with 2 workers against 1: each the median of `--rounds`
+rounds (old path, 1 worker, 2 workers measured in turn), all of them printed on the line above it.
 """
 
 from __future__ import annotations
