@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,31 @@ def encode_caption(tok, caption: str, image_tokens: int, max_len: int) -> tuple[
     """Image placeholders, the caption, EOS; loss on the caption and EOS (truncated to max_len)."""
     cap = token_ids(tok, caption)[: max(0, max_len - image_tokens - 1)] + [tok.eos_id]
     return [tok.image_id] * image_tokens + cap, [LOSS_NONE] * image_tokens + [LOSS_CAPTION] * len(cap)
+
+
+class CaptionSample(NamedTuple):
+    """An image-caption sample as `encode_caption` lays it out — `image_tokens` placeholders, then
+    `caption` (its ids and EOS, truncated), loss on the caption — kept this compact so that a row
+    is filled with two slice writes, not from a list of ~200 Python ints."""
+
+    image_tokens: int
+    caption: list[int]
+
+    def __len__(self) -> int:
+        return self.image_tokens + len(self.caption)
+
+    def write(self, ids: np.ndarray, kinds: np.ndarray, at: int, image_id: int) -> None:
+        """Lay the sample out at `at` of a row (`ids`, `kinds`)."""
+        cap = at + self.image_tokens
+        ids[at:cap] = image_id
+        kinds[at:cap] = LOSS_NONE
+        ids[cap:cap + len(self.caption)] = self.caption
+        kinds[cap:cap + len(self.caption)] = LOSS_CAPTION
+
+
+def caption_sample(tok, caption: "str | list[int]", image_tokens: int, max_len: int) -> CaptionSample:
+    """`encode_caption`'s sample, compact (the same ids and loss kinds)."""
+    return CaptionSample(image_tokens, token_ids(tok, caption)[: max(0, max_len - image_tokens - 1)] + [tok.eos_id])
 
 
 def encode_conversation(tok, turns, image_tokens: int, max_len: int) -> tuple[list[int], list[int]]:

@@ -20,8 +20,9 @@ import numpy as np
 
 from models.data.errors import DataError
 from models.data.packing import (
+    CaptionSample,
     TextPacker,
-    encode_caption,
+    caption_sample,
     encode_conversation,
     rank_rows,
     rows_to_batch,
@@ -174,6 +175,7 @@ class MixedStream(BatchStream):
         self.counts = {"image": 0, "total": 0, "instruction": 0, "image_part": 0, "batches": 0}
         self.row_estimate = float(seq_len)  # image tokens the last image row held
         self.pending = None  # (role, ids, kinds, image, state_before): drawn, did not fit
+        self._blank: tuple[np.ndarray, np.ndarray] | None = None  # an image row before it is filled
 
     def _next(self) -> Batch:
         before = _skipped(self.text, self.pairs, self.instructions)
@@ -219,37 +221,40 @@ class MixedStream(BatchStream):
         ids, kinds = self._encode(role, text, image)
         return role, ids, kinds, image, state
 
-    def _encode(self, role: str, text, image) -> tuple[list[int], list[int]]:
-        """A text-only conversation (a LLaVA record without an image) gets no image positions."""
+    def _encode(self, role: str, text, image) -> tuple[list[int] | CaptionSample, list[int] | None]:
+        """A text-only conversation (a LLaVA record without an image) gets no image positions. A
+        caption comes as a `CaptionSample` (its kinds implied), a conversation as (ids, kinds)."""
         if role == "instructions":
             return encode_conversation(self.tok, text, self.image_tokens if image is not None else 0, self.L)
-        return encode_caption(self.tok, text, self.image_tokens, self.L)
+        return caption_sample(self.tok, text, self.image_tokens, self.L), None
 
     def _image_row(self, images: list) -> tuple[tuple[np.ndarray, np.ndarray], int]:
-        ids: list[int] = []
-        kinds: list[int] = []
+        if self._blank is None or len(self._blank[0]) != self.L + 1:
+            self._blank = (np.full(self.L + 1, self.tok.pad_id, np.int64), np.full(self.L + 1, LOSS_NONE, np.int8))
+        row_ids, row_kinds = self._blank[0].copy(), self._blank[1].copy()
+        n_image = 0
         while True:
             drawn = self.pending or self._draw()
             self.pending = None
-            if len(ids) + len(drawn[1]) > self.L:
+            n = len(drawn[1])
+            if n_image + n > self.L:
                 self.pending = drawn
                 break
             role, s_ids, s_kinds, image, _ = drawn
-            ids += s_ids
-            kinds += s_kinds
+            if s_kinds is None:
+                s_ids.write(row_ids, row_kinds, n_image, self.tok.image_id)
+            else:
+                row_ids[n_image:n_image + n], row_kinds[n_image:n_image + n] = s_ids, s_kinds
+            n_image += n
             if image is not None:
                 images.append(image)
-            self.counts["image_part"] += len(s_ids)
+            self.counts["image_part"] += n
             if role == "instructions":
-                self.counts["instruction"] += len(s_ids)
-        n_image = len(ids)
+                self.counts["instruction"] += n
         self.row_estimate = float(n_image)
         dev = self._deviation()
         # Fill the tail with text unless padding keeps the image share nearer its target
         # (high ratios: a text tail would cap the share below what was asked).
-        row_ids = np.full(self.L + 1, self.tok.pad_id, np.int64)
-        row_kinds = np.full(self.L + 1, LOSS_NONE, np.int8)
-        row_ids[:n_image], row_kinds[:n_image] = ids, kinds
         if self.packer is not None and (abs(dev + n_image - self.ratio * self.L)
                                         <= abs(dev + n_image * (1 - self.ratio))):
             row_ids[n_image:] = self.packer.take(self.L - n_image, peek=True)
