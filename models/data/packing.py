@@ -37,7 +37,7 @@ def document_pieces(tok, text: "str | np.ndarray | list[int]") -> Iterator[np.nd
 
 def encode_caption(tok, caption: str, image_tokens: int, max_len: int) -> tuple[list[int], list[int]]:
     """Image placeholders, the caption, EOS; loss on the caption and EOS (truncated to max_len)."""
-    cap = token_ids(tok, caption)[: max(0, max_len - image_tokens - 1)] + [tok.eos_id]
+    cap = caption_sample(tok, caption, image_tokens, max_len).caption
     return [tok.image_id] * image_tokens + cap, [LOSS_NONE] * image_tokens + [LOSS_CAPTION] * len(cap)
 
 

@@ -175,7 +175,8 @@ class MixedStream(BatchStream):
         self.counts = {"image": 0, "total": 0, "instruction": 0, "image_part": 0, "batches": 0}
         self.row_estimate = float(seq_len)  # image tokens the last image row held
         self.pending = None  # (role, ids, kinds, image, state_before): drawn, did not fit
-        self._blank: tuple[np.ndarray, np.ndarray] | None = None  # an image row before it is filled
+        # An image row before it is filled: padding that scores nothing (copied for each row).
+        self._blank = (np.full(seq_len + 1, tok.pad_id, np.int64), np.full(seq_len + 1, LOSS_NONE, np.int8))
 
     def _next(self) -> Batch:
         before = _skipped(self.text, self.pairs, self.instructions)
@@ -229,8 +230,6 @@ class MixedStream(BatchStream):
         return caption_sample(self.tok, text, self.image_tokens, self.L), None
 
     def _image_row(self, images: list) -> tuple[tuple[np.ndarray, np.ndarray], int]:
-        if self._blank is None or len(self._blank[0]) != self.L + 1:
-            self._blank = (np.full(self.L + 1, self.tok.pad_id, np.int64), np.full(self.L + 1, LOSS_NONE, np.int8))
         row_ids, row_kinds = self._blank[0].copy(), self._blank[1].copy()
         n_image = 0
         while True:
