@@ -313,7 +313,8 @@ def main() -> None:
               f"({time.perf_counter() - t:.0f} s); load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         results: dict = {}
         print(f"{'stage':<14}{'loader':<8}{'tokens/s':>12}{'tok/CPU-s':>12}{'CPU use':>9}{'ceiling':>13}")
-        for stage, make in stages(src).items():
+        made = stages(src)
+        for stage, make in made.items():
             loaders = [("new 1", 1), ("new 2", 2)]
             if stage == "pre-tokenised":  # nothing of it runs in workers: the in-process loader is it
                 loaders = [("new 0", 0)]
@@ -325,7 +326,6 @@ def main() -> None:
                 print(f"{stage:<14}{name:<8}{r['tokens_per_s']:>12,.0f}{r['per_cpu_s']:>12,.0f}"
                       f"{r['cpu_share']:>9.2f}{r['main_per_cpu_s']:>13,.0f}", flush=True)
         # More rounds of the result line's stage (see there): old path, 1 and 2 workers in turn.
-        made = stages(src)
         rounds = [tuple(results[k] for k in (("image20", "old"), ("image20 tok", "new 1"), ("image20 tok", "new 2")))]
         for _ in range(args.rounds - 1):
             rounds.append((measure(made["image20"], None, args.seconds), measure(made["image20 tok"], 1, args.seconds),

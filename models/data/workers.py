@@ -87,6 +87,8 @@ def _worker(jobs: Sequence[Callable], inbox: Any, urgent: Any, outbox: Any, pare
     os.nice(WORKER_NICENESS)
     writer = _RingWriter(*ring, stop=stop, parent=parent) if ring else None
     _RINGS[:] = rings
+    if writer is not None:  # its own ring is mapped already
+        _ATTACHED[ring[0]] = writer.block
 
     def serve_urgent() -> None:  # a batch's gather: between two records, not after the queue
         while urgent.poll(0):
@@ -319,10 +321,8 @@ class WorkerPool:
         for reader, _ in urgent:
             reader.close()
         self.next_ticket = 0
-        self.urgent_tickets = itertools.count(-1, -1)  # urgent tasks: negative, routed by `route`
-        self.route: dict[int, int] = {}
         self.buffers = _BatchBuffers()
-        self.gathers = 0  # gathers asked for: the next goes to worker `gathers mod N`
+        self.gathers = 0  # gathers asked for: gather g is ticket -g, on worker (g - 1) mod N
         self.gathering: dict[int, Gathering] = {}  # ticket → a gather not answered yet
         self.done: dict[int, tuple] = {}
         self.about: dict[int, str] = {}  # ticket → what it is (for a dead worker's message)
@@ -364,7 +364,7 @@ class WorkerPool:
             self.about.pop(t, None)
 
     def result(self, ticket: int) -> Any:
-        w = self.route.pop(ticket) if ticket < 0 else ticket % self.size
+        w = (-ticket - 1) % self.size if ticket < 0 else ticket % self.size
         while ticket not in self.done:
             self._drain(w, ticket)
         self.about.pop(ticket, None)
@@ -388,9 +388,9 @@ class WorkerPool:
         out = self.buffers.array((len(images), *images[0].shape), images[0].dtype)
         if out is None:
             return None
-        ticket = next(self.urgent_tickets)
-        self.gathers, w = self.gathers + 1, self.gathers % self.size
-        self.route[ticket] = w
+        w = self.gathers % self.size
+        self.gathers += 1
+        ticket = -self.gathers
         self.about[ticket] = f"stacking a batch's {len(images)} images"
         parts = [(im.where[0], im.where[1], im.nbytes) for im in images]
         try:
