@@ -261,3 +261,39 @@ def test_a_worker_killed_while_batches_are_gathered_ends_the_wait_with_its_reaso
     finally:
         pool.close()
     assert not pool.buffers.blocks  # the batch blocks were unlinked
+
+
+@pytest.mark.timeout(120)  # a deadlock would hang here: fail instead
+def test_many_large_tasks_at_once_are_held_back_not_deadlocked_and_answered_in_order():
+    """Tasks go through a pipe the training process writes itself, and answers too large for the
+    ring come back through the worker's pipe: written blindly, 40 tasks of 100 KB each (answered
+    with 100 KB each) fill both pipes, the worker blocked on its answers and this process on its
+    tasks. Tasks that would overfill the pipe wait here, and go as answers come back."""
+    rng = np.random.default_rng(0)
+    payloads = [rng.bytes(100_000) for _ in range(40)]
+    pool = wk.WorkerPool(2, [bytes])
+    try:
+        key = pool.job_key(bytes)
+        tickets = [pool.submit(key, (p,)) for p in payloads]
+        assert any(pool.backlog), "every task went at once: nothing was held back"
+        assert all(sum(n for _, n in unread) <= room + 100_008 for unread, room in zip(pool.unread, pool.room))
+        assert [pool.result(t) for t in tickets] == payloads
+        assert not any(pool.backlog) and not any(pool.unread)
+    finally:
+        pool.close()
+
+
+def test_a_task_for_a_dead_worker_ends_with_its_reason():
+    import signal
+    import zlib
+
+    pool = wk.WorkerPool(1, [zlib.crc32])
+    try:
+        key = pool.job_key(zlib.crc32)
+        assert pool.result(pool.submit(key, (b"abc",))) == zlib.crc32(b"abc")
+        os.kill(pool.procs[0].pid, signal.SIGKILL)
+        pool.procs[0].join(timeout=10)
+        with pytest.raises(wk.DataWorkerError, match=r"data worker 0 \(pid \d+\) died \(killed by signal 9\)"):
+            pool.result(pool.submit(key, (b"abc",)))
+    finally:
+        pool.close()

@@ -49,6 +49,8 @@ def iter_jsonl(path: str, start: int = 0, *, storage: files.Storage = ()) -> Ite
             except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
                 yield index, BadRecordError(path, index, f"not valid JSON: {exc}")
             index += 1
+    except GeneratorExit:  # closed early; at interpreter exit the names below may be gone already
+        raise
     except DataError:  # the source cannot be opened at all (a missing extra): not a bad record
         raise
     except Exception as exc:  # truncated or corrupt compression (zstandard has its own error type)
@@ -105,6 +107,8 @@ def iter_parquet(path: str, columns: list[str] | None = None, start: int = 0, *,
             for row in table.slice(skip).to_pylist():
                 yield index, row
                 index += 1
+    except GeneratorExit:  # closed early; at interpreter exit the names below may be gone already
+        raise
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises several types for corrupt files
@@ -170,6 +174,8 @@ def iter_webdataset(path: str, start: int = 0, resume: int | None = None, *,
                 sample["__key__"], sample[ext.lower()] = k, data
         if plain and end + 1024 > size:
             raise EOFError("no end-of-archive marker")
+    except GeneratorExit:  # closed early; at interpreter exit the names below may be gone already
+        raise
     except (tarfile.TarError, OSError, EOFError) as exc:
         if index >= start:
             yield index, BadRecordError(path, index, f"truncated or corrupt tar ({type(exc).__name__}: {exc})")

@@ -34,12 +34,12 @@ import itertools
 import math
 import multiprocessing as mp
 import os
-import queue
 import signal
 import time
 import weakref
 from collections import deque
 from multiprocessing import shared_memory
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -52,6 +52,28 @@ from models.spawn import bare_main
 POLL_S = 0.5  # how often a wait checks that the workers are alive
 WORKER_NICENESS = 5  # measured on 2 cores, one worker: 10% less CPU a batch (12.3-13.5 vs 14.1-15.0 ms)
 URGENT_POLL_S = 0.002  # how often an idle worker looks for an urgent task (a batch's gather)
+# The size asked of Linux (default 64 KiB) for a worker's task and answer pipes. A worker's records
+# in flight must fit both ways: text goes out as bytes (8 DCLM documents a task, ~50 KB) and comes
+# back as token arrays too small for the ring (8 a task, ~34 KB). In 64 KiB two answers filled the
+# pipe and a worker sat blocked (26% of its time, 2 workers, image stage tokenising on the fly) until
+# the training process wanted one of its answers. 256 KiB each keeps 8 ranks × 12 workers within
+# the default per-user allowance for large pipes (64 MiB; beyond it Linux refuses the size asked).
+PIPE_BYTES = 1 << 18
+
+
+def _widen(fd: int, size: int) -> int:
+    """Ask for a pipe of `size` bytes; the bytes it surely holds (less a margin for framing)."""
+    try:
+        import fcntl
+        if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+            except OSError:  # over the user's limit on large pipes: the size it has
+                pass
+            return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) - 1024
+    except ImportError:  # no fcntl (Windows)
+        pass
+    return 16_384 - 1024  # the least a pipe holds elsewhere (macOS starts at 16 KiB)
 
 
 class DataWorkerError(RuntimeError):
@@ -99,18 +121,18 @@ def _worker(jobs: Sequence[Callable], inbox: Any, urgent: Any, outbox: Any, pare
         serve_urgent()
         try:
             # A short wait: a gather asked for while this worker has nothing queued starts soon.
-            task = inbox.get(timeout=URGENT_POLL_S)
-        except queue.Empty:
+            task = inbox.recv() if inbox.poll(URGENT_POLL_S) else None
+        except (EOFError, OSError):  # the training process is gone
+            return
+        if task is None:
             idle += URGENT_POLL_S
             if idle >= POLL_S:
                 idle = 0.0
                 if os.getppid() != parent:  # the training process was killed: nobody will ask again
                     return
             continue
-        except (EOFError, OSError):  # the training process is gone
-            return
         idle = 0.0
-        if task is None or not _run(jobs, task, writer, outbox):
+        if not _run(jobs, task, writer, outbox):
             return
 
 
@@ -295,7 +317,14 @@ class WorkerPool:
             raise ValueError(f"a worker pool needs at least one worker, got {workers}")
         ctx = mp.get_context("spawn")  # no fork of a process holding torch threads and CUDA state
         self.jobs = [_materialise, _gather, *jobs]
-        self.inboxes = [ctx.Queue() for _ in range(workers)]
+        # Tasks go through a pipe per worker written by this thread (an mp.Queue's feeder thread
+        # cost the training process ~20% of its time a batch, in GIL hand-offs); `_send` keeps a
+        # write from ever blocking, so a worker waiting on this process never deadlocks it.
+        tasks = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        self.inboxes = [writer for _, writer in tasks]
+        self.room = [_widen(writer.fileno(), PIPE_BYTES) for writer in self.inboxes]
+        self.unread: list[deque] = [deque() for _ in range(workers)]  # (ticket, bytes) sent, not answered
+        self.backlog: list[deque] = [deque() for _ in range(workers)]  # (ticket, pickled task) not sent yet
         urgent = [ctx.Pipe(duplex=False) for _ in range(workers)]
         self.urgent = [writer for _, writer in urgent]
         # Answers come back through one-way pipes whose write end only the worker holds: a worker
@@ -303,6 +332,8 @@ class WorkerPool:
         # come (an mp.Queue's pipe is held open at both ends by this process too).
         pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
         self.outboxes = [reader for reader, _ in pipes]
+        for reader in self.outboxes:
+            _widen(reader.fileno(), PIPE_BYTES)
         writers = [writer for _, writer in pipes]
         # A lock-free flag: a worker killed while holding an Event's lock would hang `close`.
         self.stop = ctx.RawValue("b", 0)
@@ -312,13 +343,13 @@ class WorkerPool:
         self.procs = [ctx.Process(target=_worker, daemon=True, name=f"vlmsweep-data-{w}", args=(
                           self.jobs, i, u, o, os.getpid(), self.stop,
                           (self.rings[w].name, self.tails[w]) if self.rings else None, names))
-                      for w, (i, (u, _), o) in enumerate(zip(self.inboxes, urgent, writers))]
+                      for w, ((i, _), (u, _), o) in enumerate(zip(tasks, urgent, writers))]
         with bare_main():
             for p in self.procs:
                 p.start()
         for writer in writers:
             writer.close()
-        for reader, _ in urgent:
+        for reader, _ in (*urgent, *tasks):
             reader.close()
         self.next_ticket = 0
         self.buffers = _BatchBuffers()
@@ -353,8 +384,29 @@ class WorkerPool:
     def submit(self, key: int, args: tuple, about: str = "") -> int:
         ticket, self.next_ticket = self.next_ticket, self.next_ticket + 1
         self.about[ticket] = about
-        self.inboxes[ticket % self.size].put((ticket, key, args))
+        w = ticket % self.size
+        self.backlog[w].append((ticket, ForkingPickler.dumps((ticket, key, args))))
+        self._send(w)
         return ticket
+
+    def _send(self, w: int) -> None:
+        """Write worker w's tasks not sent yet while its pipe surely has room: the bytes of tasks
+        it has not answered may all still be in the pipe (it reads a task only when it starts it),
+        so they are counted against `TASK_PIPE_ROOM` until its answer comes back. A task larger
+        than the room goes alone, into an empty pipe, which the worker is reading (or will be: what
+        it may be doing instead, a gather, does not wait for this process)."""
+        backlog, unread = self.backlog[w], self.unread[w]
+        while backlog:
+            ticket, data = backlog[0]
+            held = sum(n for _, n in unread)
+            if held and held + len(data) + 8 > self.room[w]:
+                return
+            try:
+                self.inboxes[w].send_bytes(data)
+            except OSError:
+                self._lost(w, ticket, "its tasks' pipe")
+            backlog.popleft()
+            unread.append((ticket, len(data) + 8))
 
     def cancel(self, tickets) -> None:
         """Forget tasks whose results are no longer wanted (a stream resumed elsewhere)."""
@@ -395,9 +447,8 @@ class WorkerPool:
         parts = [(im.where[0], im.where[1], im.nbytes) for im in images]
         try:
             self.urgent[w].send((ticket, GATHER, (self.buffers.name_of(out), parts)))
-        except (BrokenPipeError, ConnectionResetError):
-            self._check_alive(w, ticket)
-            raise
+        except OSError:
+            self._lost(w, ticket, "its urgent tasks' pipe")
         self.gathering[ticket] = gathering = Gathering(self, ticket, images, out)
         return gathering
 
@@ -416,12 +467,13 @@ class WorkerPool:
                 return
             ticket, status, value = box.recv()
         except (EOFError, OSError):
-            self.procs[w].join(timeout=5 * POLL_S)
-            self._check_alive(w, waiting_for)
-            self.close()
-            raise DataWorkerError(f"data worker {w} closed its answers' pipe while alive; the step stops "
-                                  "here and resumes from its last checkpoint when run again") from None
+            self._lost(w, waiting_for, "its answers' pipe")
         value = self._take(w, value)  # frees its stretch of the ring even if nobody wants it
+        if ticket >= 0:  # the worker has read this task and those sent before it
+            unread = self.unread[w]
+            while unread and unread[0][0] <= ticket:
+                unread.popleft()
+            self._send(w)
         if ticket in self.cancelled:
             self.cancelled.discard(ticket)
         else:
@@ -429,6 +481,14 @@ class WorkerPool:
         gathering = self.gathering.pop(ticket, None)
         if gathering is not None and status == "ok":  # copied: its stretches of the rings are free
             gathering.clear()
+
+    def _lost(self, w: int, ticket: int, pipe: str) -> None:
+        """A pipe to worker w broke: it died (say how), or, alive, closed it."""
+        self.procs[w].join(timeout=5 * POLL_S)
+        self._check_alive(w, ticket)
+        self.close()
+        raise DataWorkerError(f"data worker {w} closed {pipe} while alive; the step stops here and "
+                              "resumes from its last checkpoint when run again") from None
 
     def _check_alive(self, w: int, ticket: int) -> None:
         proc = self.procs[w]
@@ -444,13 +504,7 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop the workers; answers never asked for have their shared-memory blocks freed."""
-        self.stop.value = 1
-        for box, p in zip(self.inboxes, self.procs):
-            if p.is_alive():
-                try:
-                    box.put(None)
-                except (OSError, ValueError):
-                    pass
+        self.stop.value = 1  # a worker sees it within URGENT_POLL_S, or in a wait for ring room
         deadline = time.monotonic() + 5.0
         while any(p.is_alive() for p in self.procs) and time.monotonic() < deadline:
             self._discard_answers()  # a worker exits only once its answers left the pipe
@@ -461,7 +515,6 @@ class WorkerPool:
             p.join(timeout=2.0)
         self._discard_answers()
         for box in self.inboxes:
-            box.cancel_join_thread()
             box.close()
         for box in self.outboxes:
             box.close()
@@ -478,6 +531,8 @@ class WorkerPool:
         exits only once they are read); nobody will ask for them."""
         self.done.clear()
         self.gathering.clear()
+        for tasks in (*self.unread, *self.backlog):
+            tasks.clear()
         for w, box in enumerate(self.outboxes):
             try:
                 while box.poll(0):
