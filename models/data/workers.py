@@ -392,7 +392,7 @@ class WorkerPool:
     def _send(self, w: int) -> None:
         """Write worker w's tasks not sent yet while its pipe surely has room: the bytes of tasks
         it has not answered may all still be in the pipe (it reads a task only when it starts it),
-        so they are counted against `TASK_PIPE_ROOM` until its answer comes back. A task larger
+        so they are counted against its room (`PIPE_BYTES`) until its answer comes back. A task larger
         than the room goes alone, into an empty pipe, which the worker is reading (or will be: what
         it may be doing instead, a gather, does not wait for this process)."""
         backlog, unread = self.backlog[w], self.unread[w]
