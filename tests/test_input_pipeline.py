@@ -185,6 +185,35 @@ def _jpeg(side: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.parametrize("mode, options", [("RGB", {}), ("RGB", {"subsampling": 0}), ("RGB", {"subsampling": 1}),
+                                           ("RGB", {"progressive": True}), ("L", {}), ("CMYK", {})])
+def test_a_jpeg_decoded_by_libjpeg_turbo_directly_has_pils_pixels(monkeypatch, mode, options):
+    """`_jpeg_direct` (simplejpeg) against Pillow's decode + convert("RGB"), bit for bit, for the
+    chroma subsamplings photos use (4:2:0, 4:4:4, 4:2:2), progressive and greyscale JPEGs, through
+    a CPU target of the image's own size and a device resize; a CMYK JPEG, a draft-sized one and
+    one needing a CPU resize are left to Pillow."""
+    from PIL import Image
+
+    from models.data import readers as rd
+
+    rng = np.random.default_rng(3)
+    photo = np.asarray(Image.open(io.BytesIO(_jpeg(96, 5))))
+    img = Image.fromarray(np.clip(photo + rng.normal(0, 6, photo.shape), 0, 255).astype(np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85, **options)
+    data = buf.getvalue()
+    taken = []
+    for size in (96, rd.DeviceResize(64), 48, rd.DeviceResize(48)):  # 48: a draft, a resize
+        taken.append(rd._jpeg_direct(data, size) is not None)
+        direct = rd.decode_image(data, size, "s.tar", 0)
+        with monkeypatch.context() as m:
+            m.setattr(rd, "_simplejpeg", None)
+            by_pil = rd.decode_image(data, size, "s.tar", 0)
+        assert direct.dtype == np.uint8 and direct.shape == by_pil.shape
+        np.testing.assert_array_equal(direct, by_pil)
+    assert taken == ([False] * 4 if mode == "CMYK" else [True, True, False, False])
+
+
 @pytest.mark.parametrize("source_side, draft, device", [(384, False, False), (448, True, False),
                                                          (1024, True, False), (384, False, True),
                                                          (1024, True, True)])

@@ -310,12 +310,17 @@ def decode_image(data: bytes | Member, image_size: int, shard: str, index: int) 
     decodes at 256, a 384-pixel one in full (192 would not cover 224). The resize then starts from
     fewer pixels; the result differs from a full decode by a little DCT-domain smoothing, bounded
     against Hugging Face's processor in `tests/test_input_pipeline.py`.
-    Greyscale, palette and CMYK images are converted to RGB; RGB images are not touched. With a
+    Greyscale, palette and CMYK images are converted to RGB; RGB images are not touched. A JPEG
+    that needs neither a draft nor a resize here goes to libjpeg-turbo directly (`_jpeg_direct`:
+    the same pixels, a quarter less time). With a
     `DeviceResize` size the image stays at its decoded size (`models.vision.pixels` resizes it).
     """
     from PIL import Image
     if isinstance(data, Member):
         data = _MEMBERS.read(data, shard, index, "image")
+    direct = _jpeg_direct(data, image_size)
+    if direct is not None:
+        return direct
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format == "JPEG" and min(im.size) >= 2 * image_size:
@@ -327,6 +332,34 @@ def decode_image(data: bytes | Member, image_size: int, shard: str, index: int) 
             return np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # Pillow raises many types for undecodable bytes
         raise BadRecordError(shard, index, f"undecodable image ({type(exc).__name__}: {exc})") from None
+
+
+try:  # libjpeg-turbo's decoder straight to packed RGB (a dependency; PIL decodes where it is missing)
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover — e.g. a device image without it
+    _simplejpeg = None
+
+
+def _jpeg_direct(data: bytes, image_size: int) -> np.ndarray | None:
+    """A JPEG that needs no draft, no resize on the CPU and no CMYK conversion, decoded by
+    libjpeg-turbo (simplejpeg) straight into packed RGB; None where PIL decodes it.
+
+    The pixels are PIL's: Pillow decodes with the same libjpeg-turbo, and simplejpeg's defaults are
+    Pillow's (accurate integer DCT, smooth chroma upsampling; greyscale replicated into R, G and B
+    as `convert("RGB")` does) — `tests/test_input_pipeline.py` checks them equal bit for bit. What
+    it saves is Pillow's RGBX → RGB repack (`tobytes`) and the image object: a 384-pixel JPEG in
+    0.39 ms instead of 0.52 on the benchmark machine. Anything it refuses (strictly: any decoder
+    warning) goes to PIL, which decides as before whether the image is bad."""
+    if _simplejpeg is None or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        height, width, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
+        if (colorspace not in ("YCbCr", "Gray") or min(height, width) >= 2 * image_size
+                or ((width, height) != (image_size, image_size) and not isinstance(image_size, DeviceResize))):
+            return None  # CMYK/YCCK, a draft decode, or a resize: PIL
+        return _simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ValueError:
+        return None
 
 
 def stack_images(images: list[np.ndarray], image_size: int) -> np.ndarray:

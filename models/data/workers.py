@@ -107,6 +107,7 @@ def _worker(jobs: Sequence[Callable], inbox: Any, urgent: Any, outbox: Any, pare
     # Below the training process: where cores are short, it (packing, driving the GPU) goes first
     # and its workers take the rest, instead of a woken worker displacing it from its core.
     os.nice(WORKER_NICENESS)
+    _hold_freed_memory()
     writer = _RingWriter(*ring, stop=stop, parent=parent) if ring else None
     _RINGS[:] = rings
     if writer is not None:  # its own ring is mapped already
@@ -134,6 +135,22 @@ def _worker(jobs: Sequence[Callable], inbox: Any, urgent: Any, outbox: Any, pare
         idle = 0.0
         if not _run(jobs, task, writer, outbox):
             return
+
+
+def _hold_freed_memory() -> None:
+    """Keep freed memory in this process for the next image, instead of glibc's default: a block
+    over 128 KiB is mapped afresh and unmapped when freed (or the heap's top trimmed back), so each
+    decoded 384-pixel image (442 KB) faulted ~110 new pages in. Measured, one worker from tokens:
+    1.55M → 2.0–2.1M tokens/s with libjpeg-turbo's decoder (Pillow's own arena had hidden it).
+    Glibc only (elsewhere nothing changes); the worker holds its peak, a few batches of images."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: its largest value on 64-bit
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 _between: Callable[[], None] | None = None  # in a worker: serve urgent tasks (called between records)
