@@ -216,7 +216,8 @@ def measure(make, workers: int | None, seconds: float) -> dict:
 
 
 def resize_costs(root: Path, n: int = 40) -> dict:
-    """ms per image: decode (+ draft where it applies), PIL bicubic resize on the CPU, and torch
+    """ms per image: decode by Pillow, decode by libjpeg-turbo straight to RGB (what a device-resize
+    source's workers run: `readers._jpeg_direct`), PIL bicubic resize on the CPU, and torch
     bicubic-antialias resize of the uint8 copy (as the device would, here on the CPU)."""
     import torch
     import torch.nn.functional as F
@@ -240,7 +241,11 @@ def resize_costs(root: Path, n: int = 40) -> dict:
     x = batch.permute(0, 3, 1, 2).float()
     F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True, align_corners=False)
     device = (time.process_time() - t) / len(jpgs) * 1e3
-    return {"decode": timed(decode), "decode+cpu_resize": cpu, "torch_resize": device}
+    from models.data.readers import DeviceResize, _jpeg_direct
+
+    direct = timed(lambda j: _jpeg_direct(j, DeviceResize(IMAGE_SIZE))) if _jpeg_direct(
+        jpgs[0], DeviceResize(IMAGE_SIZE)) is not None else float("nan")  # nan: simplejpeg missing
+    return {"decode": timed(decode), "direct": direct, "decode+cpu_resize": cpu, "torch_resize": device}
 
 
 def end_to_end(steps: int = 60, rounds: int = 3) -> float:
@@ -331,7 +336,8 @@ def main() -> None:
             rounds.append((measure(made["image20"], None, args.seconds), measure(made["image20 tok"], 1, args.seconds),
                            measure(made["image20 tok"], 2, args.seconds)))
         costs = resize_costs(root)
-        print("per image, CPU ms: decode {decode:.2f}; decode + PIL bicubic resize on the CPU "
+        print("per image, CPU ms: decode {decode:.2f} (Pillow), {direct:.2f} (libjpeg-turbo to RGB, "
+              "device-resize sources); decode + PIL bicubic resize on the CPU "
               "{decode+cpu_resize:.2f}; torch bicubic-antialias resize (device stand-in, on this CPU) "
               "{torch_resize:.2f}".format(**costs))
     if not args.skip_e2e:
