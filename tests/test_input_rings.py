@@ -21,11 +21,11 @@ TOK = get_tokenizer(DataSource(name="world", kind="world", options=(("seed", 5),
 SIDE = 160  # 160 x 160 x 3 = 76,800 bytes: above SHARED_MIN_BYTES, so images use the ring
 
 
-def _jpeg(rng: np.random.Generator) -> bytes:
+def _jpeg(rng: np.random.Generator, side: int = SIDE) -> bytes:
     from PIL import Image
 
     out = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)).save(out, "JPEG", quality=80)
+    Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(out, "JPEG", quality=80)
     return out.getvalue()
 
 
@@ -297,3 +297,33 @@ def test_a_task_for_a_dead_worker_ends_with_its_reason():
             pool.result(pool.submit(key, (b"abc",)))
     finally:
         pool.close()
+
+
+def test_a_device_resize_batch_of_mixed_sizes_is_fitted_by_a_worker_as_in_process(tmp_path):
+    """`resize = "device"` over images of two sizes: a batch holding both is fitted to the target
+    (`stack_images`: bicubic on the CPU) — by the worker that stacks it, not the training process,
+    with the in-process path's pixels."""
+    path = tmp_path / "mixed-000.tar"
+    rng = np.random.default_rng(1)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(24):
+            _add(tar, f"{i:05d}.jpg", _jpeg(rng, SIDE if i % 3 else SIDE + 16))
+            _add(tar, f"{i:05d}.txt", f"a red ball {i}".encode())
+    src = DataSource(name="pairs", kind="webdataset", paths=(str(path),), options=(("resize", "device"),))
+
+    def make():
+        return mixed_stream(None, src, None, TOK, batch_size=4, seq_len=64, image_ratio=1.0,
+                            instruction_share=0.0, image_size=SIDE, image_tokens=16, seed=0)
+    serial = make()
+    expect = [next(serial) for _ in range(5)]
+    stream = make()
+    pool = wk.start_workers(stream, 2)
+    try:
+        got = [next(stream) for _ in range(5)]
+        gathered = sum(id(b.images) in pool.buffers.names for b in got)
+    finally:
+        pool.close()
+    assert gathered == 5
+    for a, b in zip(expect, got):
+        assert a.images.shape[1:] == (SIDE, SIDE, 3)
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.images, b.images)

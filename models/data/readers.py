@@ -367,11 +367,18 @@ def stack_images(images: list[np.ndarray], image_size: int) -> np.ndarray:
     device-resize source's images of one size), else each resized on the CPU to the target."""
     if all(im.shape == images[0].shape for im in images):
         return np.stack(images)
+    return np.stack([fit_image(im, image_size) for im in images])
+
+
+def fit_image(image: np.ndarray, image_size: int) -> np.ndarray:
+    """An image of a batch whose images differ in size, at the target size: as it is, or resized on
+    the CPU with bicubic (`stack_images`; a data worker stacking the batch runs the same)."""
+    size = (int(image_size), int(image_size))
+    if image.shape[:2] == size[::-1]:
+        return image
     from PIL import Image
 
-    size = (int(image_size), int(image_size))
-    return np.stack([im if im.shape[:2] == size[::-1] else np.asarray(
-        Image.fromarray(im).resize(size, Image.Resampling.BICUBIC)) for im in images])
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
 
 
 def field(rec: dict, name: str, shard: str, index: int, types=(str,)) -> Any:

@@ -80,7 +80,7 @@ class BatchStream:
         if self.pool is not None and any(decodes_file(im) for im in images):
             images = self.pool.materialise([im if decodes_file(im) else materialise(im) for im in images])
         if self.pool is not None:  # stacked by a worker while the next batch is packed
-            images = self.pool.gather(images) or images
+            images = self.pool.gather(images, getattr(self, "image_size", None)) or images
         return rows, images, counts
 
     _ahead: deque | None = None

@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from models.data.errors import BadRecordError
-from models.data.readers import read_members
+from models.data.readers import fit_image, read_members
 from models.data.tokenizer import encode_chunks
 from models.spawn import bare_main
 
@@ -164,14 +164,21 @@ def _block(name: str) -> shared_memory.SharedMemory:
     return _ATTACHED[name]
 
 
-def _gather(dest: str, parts: list[tuple[int, int, int]]) -> None:
-    """Copy `parts` (ring index, offset, bytes) of the workers' rings one after another into the
-    shared block `dest`: a batch's images stacked here, not in the training process."""
+def _gather(dest: str, parts: list[tuple[int, int, int, tuple]], size: int | None = None) -> None:
+    """Copy `parts` (ring index, offset, bytes, shape) of the workers' rings one after another into
+    the shared block `dest`: a batch's images stacked here, not in the training process. With
+    `size` (images of different sizes) each is fitted to size × size on the way (`fit_image`, what
+    `stack_images` does in process)."""
     out = _block(dest).buf
-    at = 0
-    for w, offset, n in parts:
-        out[at:at + n] = _block(_RINGS[w]).buf[offset:offset + n]
-        at += n
+    if size is None:
+        at = 0
+        for w, offset, n, _ in parts:
+            out[at:at + n] = _block(_RINGS[w]).buf[offset:offset + n]
+            at += n
+        return
+    stacked = np.frombuffer(out, np.uint8, len(parts) * size * size * 3).reshape(len(parts), size, size, 3)
+    for k, (w, offset, n, shape) in enumerate(parts):
+        stacked[k] = fit_image(np.frombuffer(_block(_RINGS[w]).buf, np.uint8, n, offset).reshape(shape), size)
 
 
 SHARED_MIN_BYTES = 1 << 16  # arrays this large (images) travel through the shared ring, not the pipe
@@ -444,26 +451,32 @@ class WorkerPool:
             raise DataWorkerError(f"data worker {w} failed on {self.about.get(ticket) or 'a task'}: {value}")
         return value
 
-    def gather(self, images: list) -> "Gathering | None":
-        """Have a worker stack `images` (views of the rings, of one shape) into a shared batch
-        buffer; None where they cannot be (an image came through a pipe, shapes differ, they are
-        a large share of the rings, or /dev/shm has no room): the caller stacks them itself."""
+    def gather(self, images: list, image_size: int | None = None) -> "Gathering | None":
+        """Have a worker stack `images` (views of the rings) into a shared batch buffer, as
+        `readers.stack_images(images, image_size)` would: images of different sizes (a device-resize
+        source of mixed sizes) fitted to the target by the worker. None where they cannot be (an
+        image came through a pipe, sizes differ and no target is given, they are a large share of
+        the rings, or /dev/shm has no room): the caller stacks them itself."""
         if not images or not self.rings or not all(
-                isinstance(im, RingView) and im.where is not None and im.shape == images[0].shape
-                and im.dtype == images[0].dtype and im.flags.c_contiguous for im in images):
+                isinstance(im, RingView) and im.where is not None and im.dtype == np.uint8
+                and im.ndim == 3 and im.shape[2] == 3 and im.flags.c_contiguous for im in images):
             return None
-        if len(images) * images[0].nbytes > sum(r.size for r in self.rings) // GATHER_RING_SHARE:
+        mixed = any(im.shape != images[0].shape for im in images)
+        if mixed and image_size is None:
+            return None
+        shape = (int(image_size), int(image_size), 3) if mixed else images[0].shape
+        if len(images) * math.prod(shape) > sum(r.size for r in self.rings) // GATHER_RING_SHARE:
             return None  # the rings would hold a packed batch's images as well as those in flight
-        out = self.buffers.array((len(images), *images[0].shape), images[0].dtype)
+        out = self.buffers.array((len(images), *shape), np.uint8)
         if out is None:
             return None
         w = self.gathers % self.size
         self.gathers += 1
         ticket = -self.gathers
         self.about[ticket] = f"stacking a batch's {len(images)} images"
-        parts = [(im.where[0], im.where[1], im.nbytes) for im in images]
+        parts = [(im.where[0], im.where[1], im.nbytes, im.shape) for im in images]
         try:
-            self.urgent[w].send((ticket, GATHER, (self.buffers.name_of(out), parts)))
+            self.urgent[w].send((ticket, GATHER, (self.buffers.name_of(out), parts, shape[0] if mixed else None)))
         except OSError:
             self._lost(w, ticket, "its urgent tasks' pipe")
         self.gathering[ticket] = gathering = Gathering(self, ticket, images, out)
