@@ -323,7 +323,7 @@ def decode_image(data: bytes | Member, image_size: int, shard: str, index: int) 
         return direct
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.format == "JPEG" and min(im.size) >= 2 * image_size:
+            if im.format == "JPEG" and _drafts(*im.size, image_size):
                 im.draft("RGB", (image_size, image_size))  # keeps every side >= the target
             if im.mode != "RGB":
                 im = im.convert("RGB")
@@ -332,6 +332,11 @@ def decode_image(data: bytes | Member, image_size: int, shard: str, index: int) 
             return np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # Pillow raises many types for undecodable bytes
         raise BadRecordError(shard, index, f"undecodable image ({type(exc).__name__}: {exc})") from None
+
+
+def _drafts(width: int, height: int, image_size: int) -> bool:
+    """Whether a JPEG this size is decoded in draft mode (a reduced DCT scale) for `image_size`."""
+    return min(width, height) >= 2 * image_size
 
 
 try:  # libjpeg-turbo's decoder straight to packed RGB (a dependency; PIL decodes where it is missing)
@@ -354,7 +359,7 @@ def _jpeg_direct(data: bytes, image_size: int) -> np.ndarray | None:
         return None
     try:
         height, width, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
-        if (colorspace not in ("YCbCr", "Gray") or min(height, width) >= 2 * image_size
+        if (colorspace not in ("YCbCr", "Gray") or _drafts(width, height, image_size)
                 or ((width, height) != (image_size, image_size) and not isinstance(image_size, DeviceResize))):
             return None  # CMYK/YCCK, a draft decode, or a resize: PIL
         return _simplejpeg.decode_jpeg(data, colorspace="RGB")

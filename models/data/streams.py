@@ -53,6 +53,7 @@ class BatchStream:
     """
 
     rank, world = 0, 1
+    image_size: int | None = None  # the target a batch's images are stacked at (streams with images)
     pool = None  # a models.data.workers.WorkerPool parsing this stream's file records ahead
 
     def __iter__(self) -> "BatchStream":
@@ -80,7 +81,7 @@ class BatchStream:
         if self.pool is not None and any(decodes_file(im) for im in images):
             images = self.pool.materialise([im if decodes_file(im) else materialise(im) for im in images])
         if self.pool is not None:  # stacked by a worker while the next batch is packed
-            images = self.pool.gather(images, getattr(self, "image_size", None)) or images
+            images = self.pool.gather(images, self.image_size) or images
         return rows, images, counts
 
     _ahead: deque | None = None

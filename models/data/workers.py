@@ -408,10 +408,14 @@ class WorkerPool:
     def submit(self, key: int, args: tuple, about: str = "") -> int:
         ticket, self.next_ticket = self.next_ticket, self.next_ticket + 1
         self.about[ticket] = about
-        w = ticket % self.size
+        w = self._worker_of(ticket)
         self.backlog[w].append((ticket, ForkingPickler.dumps((ticket, key, args))))
         self._send(w)
         return ticket
+
+    def _worker_of(self, ticket: int) -> int:
+        """The worker a ticket goes to: task t to worker t mod N, gather g (ticket -g) to (g - 1) mod N."""
+        return (-ticket - 1) % self.size if ticket < 0 else ticket % self.size
 
     def _send(self, w: int) -> None:
         """Write worker w's tasks not sent yet while its pipe surely has room: the bytes of tasks
@@ -440,7 +444,7 @@ class WorkerPool:
             self.about.pop(t, None)
 
     def result(self, ticket: int) -> Any:
-        w = (-ticket - 1) % self.size if ticket < 0 else ticket % self.size
+        w = self._worker_of(ticket)
         while ticket not in self.done:
             self._drain(w, ticket)
         self.about.pop(ticket, None)
@@ -470,9 +474,9 @@ class WorkerPool:
         out = self.buffers.array((len(images), *shape), np.uint8)
         if out is None:
             return None
-        w = self.gathers % self.size
         self.gathers += 1
         ticket = -self.gathers
+        w = self._worker_of(ticket)
         self.about[ticket] = f"stacking a batch's {len(images)} images"
         parts = [(im.where[0], im.where[1], im.nbytes, im.shape) for im in images]
         try:
