@@ -299,6 +299,35 @@ def test_a_task_for_a_dead_worker_ends_with_its_reason():
         pool.close()
 
 
+@pytest.mark.timeout(120)
+def test_a_worker_that_falls_behind_is_given_fewer_tasks_and_results_keep_their_order():
+    """Tasks go to the worker with the fewest unanswered, not in a fixed turn: with worker 0
+    stopped (SIGSTOP: on a shared core it would only be slow), it is given one task, and every
+    other goes to worker 1, which answers each before the next is given out — and the results still come back in
+    ticket order, each its own task's."""
+    import signal
+    import zlib
+
+    pool = wk.WorkerPool(2, [zlib.crc32])
+    try:
+        key = pool.job_key(zlib.crc32)
+        os.kill(pool.procs[0].pid, signal.SIGSTOP)
+        payloads = [bytes([i]) * 100 for i in range(10)]
+        tickets, owners = [], []
+        for p in payloads:
+            tickets.append(t := pool.submit(key, (p,)))
+            owners.append(pool.owner[t])
+            if owners[-1] == 1:  # answered (not yet read) before the next task is given out
+                assert pool.outboxes[1].poll(30)
+        assert owners.count(0) == 1, owners  # in a fixed turn: 5
+        os.kill(pool.procs[0].pid, signal.SIGCONT)
+        assert [pool.result(t) for t in tickets] == [zlib.crc32(p) for p in payloads]
+        assert not pool.owner and not any(pool.unread)
+    finally:
+        os.kill(pool.procs[0].pid, signal.SIGCONT)
+        pool.close()
+
+
 def test_a_device_resize_batch_of_mixed_sizes_is_fitted_by_a_worker_as_in_process(tmp_path):
     """`resize = "device"` over images of two sizes: a batch holding both is fitted to the target
     (`stack_images`: bicubic on the CPU) — by the worker that stacks it, not the training process,
