@@ -129,6 +129,32 @@ def test_the_fast_header_walk_reads_every_format_as_tarfile_does(tmp_path, fmt):
     assert [r["__key__"] for _, r in rd.iter_webdataset(str(path))] == ["a", f"{deep}/b", "c", "é"]
 
 
+def test_the_header_checksum_is_summed_as_python_sums_bytes_and_a_bad_one_goes_to_tarfile(tmp_path):
+    """The walk sums a header's bytes with two Adler-32s (`_byte_sum`): equal to `sum` for any block,
+    the all-0xFF one (the largest sum) included. A header with one byte changed fails the checksum:
+    the walk hands the shard to tarfile, which ends there as if the archive did — but what follows
+    the last member read is no end-of-archive block, so the shard ends with an error on the record
+    being read (it may have lost members), not quietly short of a record. An in-memory file (no
+    descriptor to `pread`) walks as a file on disk does."""
+    rng = np.random.default_rng(3)
+    for block in [bytes(512), b"\xff" * 512, *(rng.bytes(512) for _ in range(200))]:
+        assert rd._byte_sum(block) == sum(block)
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("a.jpg", "a.txt", "b.jpg", "b.txt"):
+            _add(tar, name, b"x" * 700)
+    with open(path, "rb") as f:
+        on_disk = list(rd._plain_members(f, 0))
+    assert list(rd._plain_members(io.BytesIO(path.read_bytes()), 0)) == on_disk
+    data = bytearray(path.read_bytes())
+    data[on_disk[2][1] + 1] ^= 0x01  # a byte of b.jpg's name
+    path.write_bytes(bytes(data))
+    for refs in (False, True):
+        (index, bad), = list(rd.iter_webdataset(str(path), refs=refs))
+        assert index == 0 and isinstance(bad, BadRecordError)
+        assert f"corrupt tar (ReadError: unreadable member header at byte {on_disk[2][1]})" in bad.reason
+
+
 def _dir(name: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE

@@ -20,7 +20,8 @@ import io
 import json
 import os
 import tarfile
-from typing import Any, Iterator, NamedTuple
+import zlib
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -131,8 +132,9 @@ def iter_webdataset(path: str, start: int = 0, resume: int | None = None, *,
                     storage: files.Storage = (), refs: bool = False) -> Iterator[Item]:
     """WebDataset samples: tar members grouped by key (name up to the first dot), in order.
 
-    Python's tarfile stops quietly at a truncated member, so sizes and the end-of-archive marker
-    are checked here: a cut-off shard is an error, never a silently shorter one. Each sample of a
+    Python's tarfile stops quietly at a truncated member and at a header it cannot read, so sizes
+    and the end-of-archive marker are checked here: a cut-off or corrupt shard is an error (on the
+    record being read, which may have lost members), never a silently shorter one. Each sample of a
     plain tar carries `RESUME`, the byte offset of the next sample's first header: given back with
     `start` (that sample's index), the read seeks there instead of reading through the shard.
     With `refs`, a plain local tar's members are `Member`s, not bytes: only headers are read here,
@@ -145,7 +147,7 @@ def iter_webdataset(path: str, start: int = 0, resume: int | None = None, *,
     try:
         size = files.size(path, storage) if plain else float("inf")
         with files.open_binary(path, storage) as f:
-            at = resume if seek else 0
+            at = end = resume if seek else 0
             members = _plain_members(f, at) if plain else _tarfile_members(f, at, "r:*", with_data=True)
             for name, offset, offset_data, msize, isfile, data in members:
                 end = offset_data + -(-msize // 512) * 512
@@ -172,8 +174,8 @@ def iter_webdataset(path: str, start: int = 0, resume: int | None = None, *,
                 if (not by_ref and len(data) != msize) or end > size:
                     raise EOFError(f"member {name!r} is cut off")
                 sample["__key__"], sample[ext.lower()] = k, data
-        if plain and end + 1024 > size:
-            raise EOFError("no end-of-archive marker")
+            if plain:
+                _check_end(f, end, size)
     except GeneratorExit:  # closed early; at interpreter exit the names below may be gone already
         raise
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -184,6 +186,17 @@ def iter_webdataset(path: str, start: int = 0, resume: int | None = None, *,
         if plain:
             sample[RESUME] = end
         yield index, sample
+
+
+def _check_end(f: Any, end: int, size: int) -> None:
+    """What follows a plain tar's last member must be its end-of-archive block: a shard cut short
+    has none, and a header the walk could not read (tarfile ends a walk quietly at a bad checksum,
+    as if the archive ended there) is not one — the shard's remaining records would be lost unseen."""
+    if end + 1024 > size:
+        raise EOFError("no end-of-archive marker")
+    f.seek(end)
+    if f.read(512).strip(b"\0"):
+        raise tarfile.ReadError(f"unreadable member header at byte {end}")
 
 
 TarMember = tuple[str, int, int, int, bool, Any]  # name, header offset, data offset, size, is a file, data
@@ -198,9 +211,9 @@ def _plain_members(f: Any, at: int) -> Iterator[TarMember]:
     walk as they end tarfile's (the caller then finds the missing end marker); anything else this
     does not decode itself — a pax or GNU long-name header, a bad checksum, base-256 sizes, a V7
     header — hands the rest of the shard to `tarfile` from that header on."""
+    header = _header_reader(f)
     while True:
-        f.seek(at)
-        block = f.read(512)
+        block = header(at)
         if len(block) < 512 or not block.strip(b"\0"):
             return
         kind, raw_size, raw_sum = block[156:157], block[124:136], block[148:156]
@@ -210,7 +223,7 @@ def _plain_members(f: Any, at: int) -> Iterator[TarMember]:
         except ValueError:
             size = checksum = -1
         if (block[257:262] != b"ustar" or kind not in _FAST_TYPES or size < 0
-                or checksum != sum(block) - sum(raw_sum) + 256):
+                or checksum != _byte_sum(block) - sum(raw_sum) + 256):
             yield from _tarfile_members(f, at, "r:")
             return
         name = block[0:100].split(b"\0", 1)[0]
@@ -223,6 +236,29 @@ def _plain_members(f: Any, at: int) -> Iterator[TarMember]:
 
 
 _FAST_TYPES = (b"0", b"\0", b"7", b"5")  # regular files and directories; the rest go to tarfile
+
+
+def _header_reader(f: Any) -> Callable[[int], bytes]:
+    """The 512 bytes at an offset of `f`: one `pread` for a local file (a buffered seek and read
+    filled 8 KB of buffer for each header), a seek and a read otherwise (a remote file)."""
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = -1
+    if fd >= 0 and isinstance(f, io.BufferedReader):
+        return lambda at: os.pread(fd, 512, at)
+
+    def seek_read(at: int) -> bytes:
+        f.seek(at)
+        return f.read(512)
+    return seek_read
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte header's bytes, at C speed (`sum` is ~1.7 µs, this ~0.4): Adler-32's
+    low half is 1 + the sum of the bytes mod 65521, and 256 bytes sum to at most 65,280."""
+    view = memoryview(block)
+    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
 
 
 def _tarfile_members(f: Any, at: int, mode: str, with_data: bool = False) -> Iterator[TarMember]:
