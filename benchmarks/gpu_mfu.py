@@ -7,6 +7,16 @@ the same Lightning trunk step the runs use. Target on one H100: MFU >= 40%.
 
 A run is PRESET[:MICRO_BATCH][:eager]; --profile prints the top kernels of one run (torch.profiler).
 
+    .venv/bin/python benchmarks/gpu_mfu.py --loader files [--workers 12] [--stages trunk image20]
+
+`--loader files` measures each run twice in the same invocation: fed from memory (batches made
+beforehand, as above) and through the real loader — the data-worker pipeline reading files in the
+paper data's published layouts (`benchmarks/input_pipeline.py`'s seeded fixture: token shards
+written by `vlmsweep tokenize` from DCLM-style jsonl.zst, a WebDataset shard of 384 px JPEGs with
+`resize = "device"`) — and prints files ÷ memory: below 1, the GPU waited for data. Stages: the
+trunk (text, seq_len) and the image stage at 20% image tokens (image_stage_seq_len, the preset's
+SigLIP-shaped encoder); the image stage's MFU counts the LM's FLOPs only.
+
 MFU = tokens/s × (6·N + attention FLOPs per token, models.accounting) / peak; the peak is the
 card's dense bf16 figure (--peak-tflops, H100 SXM 989), and a bf16 matmul measured in the same
 run is printed beside it. Micro-batches replace the paper's 512×2048 batches (FLOPs per token are
@@ -16,10 +26,12 @@ the same); per-step loss logging (one host sync) is included, as in real runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -28,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import ListStream, StepTimes, make_batches, tokens_per_s  # noqa: E402
 
 from models.accounting import lm_flops_per_token  # noqa: E402
-from models.config import OptimConfig, RunOptions  # noqa: E402
+from models.config import OptimConfig, RunOptions, default_data_workers  # noqa: E402
 from models.presets import get_preset  # noqa: E402
 from models.schedules import trunk_schedule  # noqa: E402
 from models.stages import trainer as base  # noqa: E402
 from models.stages.checkpointer import Checkpointer  # noqa: E402
-from models.stages.lm import TrunkModule  # noqa: E402
+from models.stages.lm import BranchModule, TrunkModule  # noqa: E402
 from models.stages.trainer import fit  # noqa: E402
 from models.vlm import VLM  # noqa: E402
 from sweep.spec import load_study  # noqa: E402
@@ -73,16 +85,75 @@ def measured_peak(device: str) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
-def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, cpu: bool,
-               profile: bool = False) -> float:
+class Feed:
+    """What a run trains on: a stage's module parts and its batches, from memory or from files."""
+
+    def __init__(self, stage: str, lm: Any, stream: Any, seq: int, image_id: int = -1, model: Any = None,
+                 workers: int = 0) -> None:
+        self.stage, self.lm, self.stream, self.seq = stage, lm, stream, seq
+        self.image_id, self.workers = image_id, workers
+        self.model = model or (lambda: VLM(lm))
+
+
+def memory_feed(name: str, batch: int) -> Feed:
+    """The trunk on random token batches made beforehand (the MFU baseline)."""
     preset = get_preset(name)
-    lm, train = preset.model.lm, preset.train
-    seq = train.seq_len
-    batches = make_batches(lm.vocab_size, batch, seq, 4)
+    lm, seq = preset.model.lm, preset.train.seq_len
+    return Feed("trunk", lm, ListStream(make_batches(lm.vocab_size, batch, seq, 4)), seq)
+
+
+def file_feeds(name: str, batch: int, stage: str, root: Path, workers: int) -> tuple[Feed, Feed]:
+    """(memory, files) for `stage` of preset `name`: the same stream read through the data workers
+    from the fixture's files, and its first 8 batches held in memory (read with no workers, so
+    they own their arrays), so that the two differ only in where a batch comes from."""
+    import input_pipeline as ip
+
+    from models import data as d
+
+    if not (root / "tokens").exists():
+        ip.make_fixture(root)
+    src = ip.sources(root)
+    tok = d.get_tokenizer(src["text"])
+    preset = get_preset(name)
+    lm = preset.model.lm
+    if tok.vocab_size > lm.vocab_size:  # the small world presets (a CPU dry run) take the fixture's
+        lm = dataclasses.replace(lm, vocab_size=tok.vocab_size)
+    if stage == "trunk":
+        seq = preset.train.seq_len
+
+        def stream():
+            return d.text_stream(src["tokens"], tok, batch_size=batch, seq_len=seq, seed=0)
+        model = None
+    elif stage == "image20":
+        seq, vision, projector = preset.train.image_stage_seq_len, preset.model.vision, preset.model.projector
+        pairs = dataclasses.replace(src["pairs"], options=src["pairs"].options + (("resize", "device"),))
+
+        def stream():
+            return d.mixed_stream(src["tokens"], pairs, None, tok, batch_size=batch, seq_len=seq,
+                                  image_ratio=0.2, instruction_share=0.0, image_size=vision.image_size,
+                                  image_tokens=projector.image_tokens(vision.n_patches), seed=0)
+
+        def model():
+            return VLM(lm, vision, projector)
+    else:
+        raise SystemExit(f"--stages: unknown stage {stage!r} (trunk, image20)")
+    first = stream()
+    held = ListStream([next(first) for _ in range(8)])
+    return (Feed(stage, lm, held, seq, tok.image_id, model),
+            Feed(stage, lm, stream(), seq, tok.image_id, model, workers))
+
+
+def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, cpu: bool,
+               profile: bool = False, feed: Feed | None = None) -> float:
+    preset = get_preset(name)
+    train = preset.train
+    feed = feed or memory_feed(name, batch)
+    seq = feed.seq
     torch.manual_seed(0)
-    module = TrunkModule(VLM(lm), trunk_schedule(train, steps),
-                         optim=OptimConfig(weight_decay=train.weight_decay),
-                         tokens_per_step=batch * seq, image_id=-1)
+    kind = TrunkModule if feed.stage == "trunk" else BranchModule
+    module = kind(feed.model(), trunk_schedule(train, steps),
+                  optim=OptimConfig(weight_decay=train.weight_decay),
+                  tokens_per_step=batch * seq, image_id=feed.image_id)
     timer = StepTimes()
     extra: list[L.Callback] = [timer]
     prof = None
@@ -92,7 +163,7 @@ def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, c
             wait=warmup, warmup=1, active=3, repeat=1))
         extra.append(ProfileSteps(prof))
     options = RunOptions(checkpoint_every_s=float("inf"), compile=compile_,
-                         accelerator="cpu" if cpu else "auto")
+                         accelerator="cpu" if cpu else "auto", data_workers=feed.workers)
     factory = base.make_trainer
     base.make_trainer = lambda o, m, cbs, **kw: factory(o, m, cbs + extra, **kw)
     try:
@@ -100,7 +171,7 @@ def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, c
             ckpt = Checkpointer(latest=Path(tmp) / "latest.pt", total_steps=steps, options=options)
             if prof is not None:
                 prof.start()
-            fit(module, ListStream(batches), options=options, total_steps=steps, checkpointer=ckpt)
+            fit(module, feed.stream, options=options, total_steps=steps, checkpointer=ckpt)
             _ = module.rows  # the metrics read back, as a real run does at its end
     finally:
         base.make_trainer = factory
@@ -110,6 +181,47 @@ def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, c
         key = "self_cpu_time_total" if cpu else "self_device_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
     return tokens_per_s(timer.times, warmup, batch * seq)
+
+
+def measure(label: str, p: str, steps: int, warmup: int, batch: int, compile_: bool, cpu: bool,
+            peak: float, feed: Feed | None = None) -> float | None:
+    """One run's printed line; its MFU (of the LM's FLOPs), or None where it failed."""
+    if not cpu:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    try:
+        tps = run_preset(p, steps, warmup, batch, compile_, cpu, feed=feed)
+    except Exception as exc:  # one configuration failing (OOM, compiler) must not end the sweep
+        print(f"{label}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}", flush=True)
+        if not cpu:
+            torch.cuda.empty_cache()
+        return None
+    lm, seq = (feed.lm, feed.seq) if feed else (get_preset(p).model.lm, get_preset(p).train.seq_len)
+    mfu = tps * lm_flops_per_token(lm, seq) / peak
+    mem = "" if cpu else f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+    print(f"{label}: {tps:,.0f} tokens/s, MFU {mfu:.1%}{mem} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return mfu
+
+
+def loader_runs(runs: list[str], steps: int, warmup: int, args: Any, cpu: bool, peak: float,
+                name: str) -> None:
+    """Each run and stage fed from memory, then through the loader from files; files ÷ memory."""
+    workers = default_data_workers() if args.workers is None else args.workers
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            p, batch, eager = parse_run(run)
+            batch = batch or MICRO_BATCH.get(p, 8)
+            compile_ = not (eager or args.no_compile or cpu)
+            for stage in args.stages:
+                held, files = file_feeds(p, batch, stage, Path(tmp), workers)
+                label = f"{p} {stage} micro-batch {batch} {'compiled' if compile_ else 'eager'}"
+                got = [measure(f"{label}, {what}", p, steps, warmup, batch, compile_, cpu, peak, feed)
+                       for what, feed in (("from memory", held), (f"from files, {workers} workers", files))]
+                if None not in got:
+                    ratios.append(f"{p} {stage} {got[1] / got[0]:.2f}x")  # same FLOPs a token: tokens/s
+    print(f"result: loader from files / from memory: {', '.join(ratios) or 'no run finished'} "
+          f"on {name} ({workers} data workers; below 1: the GPU waited for data)")
 
 
 def parse_run(text: str) -> tuple[str, int | None, bool]:
@@ -129,6 +241,11 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--profile", metavar="RUN", help="also profile this run (as in --runs): top kernels")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card")
+    parser.add_argument("--loader", choices=("memory", "files"), default="memory",
+                        help="files: also train each run through the data-worker loader on files")
+    parser.add_argument("--stages", nargs="+", default=["trunk", "image20"], help="with --loader files")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data workers with --loader files (default: as a run would start)")
     args = parser.parse_args()
     cpu = args.dry_run or not torch.cuda.is_available()
     if cpu and not args.dry_run:
@@ -141,28 +258,17 @@ def main() -> None:
     name = "cpu" if cpu else torch.cuda.get_device_name(0)
     print(f"device {name}: nominal peak {peak / 1e12:.3f} TFLOP/s, "
           f"measured matmul {measured / 1e12:.3f} TFLOP/s", flush=True)
+    if args.loader == "files":
+        loader_runs(runs, steps, warmup, args, cpu, peak, name)
+        return
     best: dict[str, tuple[float, str]] = {}
     for run in runs:
         p, batch, eager = parse_run(run)
         batch = batch or MICRO_BATCH.get(p, 8)
         compile_ = not (eager or args.no_compile or cpu)
-        lm = get_preset(p).model.lm
         label = f"{p} micro-batch {batch} {'compiled' if compile_ else 'eager'}"
-        if not cpu:
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        try:
-            tps = run_preset(p, steps, warmup, batch, compile_, cpu)
-        except Exception as exc:  # one configuration failing (OOM, compiler) must not end the sweep
-            print(f"{label}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}", flush=True)
-            if not cpu:
-                torch.cuda.empty_cache()
-            continue
-        mfu = tps * lm_flops_per_token(lm, get_preset(p).train.seq_len) / peak
-        mem = "" if cpu else f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
-        print(f"{label}: {tps:,.0f} tokens/s, MFU {mfu:.1%}{mem} ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
-        if mfu > best.get(p, (-1.0, ""))[0]:
+        mfu = measure(label, p, steps, warmup, batch, compile_, cpu, peak)
+        if mfu is not None and mfu > best.get(p, (-1.0, ""))[0]:
             best[p] = (mfu, label)
     if args.profile:
         p, batch, eager = parse_run(args.profile)
