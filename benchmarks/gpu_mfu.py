@@ -126,10 +126,9 @@ def file_feeds(name: str, batch: int, stage: str, root: Path, workers: int) -> t
         model = None
     elif stage == "image20":
         seq, vision, projector = preset.train.image_stage_seq_len, preset.model.vision, preset.model.projector
-        pairs = dataclasses.replace(src["pairs"], options=src["pairs"].options + (("resize", "device"),))
 
         def stream():
-            return d.mixed_stream(src["tokens"], pairs, None, tok, batch_size=batch, seq_len=seq,
+            return d.mixed_stream(src["tokens"], src["pairs, device resize"], None, tok, batch_size=batch, seq_len=seq,
                                   image_ratio=0.2, instruction_share=0.0, image_size=vision.image_size,
                                   image_tokens=projector.image_tokens(vision.n_patches), seed=0)
 

@@ -115,19 +115,20 @@ def sources(root: Path) -> dict:
     text = DataSource(name="text", kind="jsonl", paths=(str(root / "text" / "*.jsonl.zst"),), options=tok)
     if not (root / "tokens").exists():
         write_tokens(text, root / "tokens")
+    pairs = DataSource(name="pairs", kind="webdataset", paths=(str(root / "pairs-00000.tar"),), options=tok)
     return {"text": text,
             "tokens": DataSource(name="tokens", kind="tokens", paths=(str(root / "tokens"),)),
-            "pairs": DataSource(name="pairs", kind="webdataset", paths=(str(root / "pairs-00000.tar"),), options=tok),
+            "pairs": pairs,
+            "pairs, device resize": DataSource(name="pairs", kind="webdataset", paths=pairs.paths,
+                                               options=tok + (("resize", "device"),)),
             "llava": DataSource(name="llava", kind="llava", paths=(str(root / "llava.json"),))}
 
 
 def stages(src: dict) -> dict:
-    import dataclasses
-
     from models import data as d
 
     tok = d.get_tokenizer(src["text"])
-    device = dataclasses.replace(src["pairs"], options=src["pairs"].options + (("resize", "device"),))
+    device = src["pairs, device resize"]
     image = dict(seq_len=1024, instruction_share=0.0, image_size=IMAGE_SIZE, image_tokens=IMAGE_TOKENS, seed=0)
     return {
         "trunk": lambda: d.text_stream(src["text"], tok, batch_size=8, seq_len=2048, seed=0),
