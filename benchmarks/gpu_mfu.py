@@ -135,7 +135,7 @@ def file_feeds(name: str, batch: int, stage: str, root: Path, workers: int) -> t
         def model():
             return VLM(lm, vision, projector)
     else:
-        raise SystemExit(f"--stages: unknown stage {stage!r} (trunk, image20)")
+        raise ValueError(f"unknown stage {stage!r} (trunk, image20)")
     first = stream()
     held = ListStream([next(first) for _ in range(8)])
     return (Feed(stage, lm, held, seq, tok.image_id, model),
@@ -185,6 +185,7 @@ def run_preset(name: str, steps: int, warmup: int, batch: int, compile_: bool, c
 def measure(label: str, p: str, steps: int, warmup: int, batch: int, compile_: bool, cpu: bool,
             peak: float, feed: Feed | None = None) -> float | None:
     """One run's printed line; its MFU (of the LM's FLOPs), or None where it failed."""
+    feed = feed or memory_feed(p, batch)
     if not cpu:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -195,8 +196,7 @@ def measure(label: str, p: str, steps: int, warmup: int, batch: int, compile_: b
         if not cpu:
             torch.cuda.empty_cache()
         return None
-    lm, seq = (feed.lm, feed.seq) if feed else (get_preset(p).model.lm, get_preset(p).train.seq_len)
-    mfu = tps * lm_flops_per_token(lm, seq) / peak
+    mfu = tps * lm_flops_per_token(feed.lm, feed.seq) / peak
     mem = "" if cpu else f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
     print(f"{label}: {tps:,.0f} tokens/s, MFU {mfu:.1%}{mem} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return mfu
@@ -242,7 +242,8 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card")
     parser.add_argument("--loader", choices=("memory", "files"), default="memory",
                         help="files: also train each run through the data-worker loader on files")
-    parser.add_argument("--stages", nargs="+", default=["trunk", "image20"], help="with --loader files")
+    parser.add_argument("--stages", nargs="+", choices=("trunk", "image20"), default=["trunk", "image20"],
+                        help="with --loader files")
     parser.add_argument("--workers", type=int, default=None,
                         help="data workers with --loader files (default: as a run would start)")
     args = parser.parse_args()
